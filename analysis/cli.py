@@ -1,13 +1,77 @@
-"""The ``loadgen-report`` command."""
+"""The ``loadgen-report`` command: result folders in, a report folder out."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import click
 
 from analysis import __version__
 
+EPILOG = """\b
+Examples:
+  loadgen-report results/bench-sim/sim-vllm results/bench-sim/sim-sglang --out report/
+  loadgen-report results/ --out report/ --baseline vllm-0.8.2
+  loadgen-report vllm_runs/ sglang_runs/serving_benchmark_64_128_128.json --out cmp/
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+\b
+Inputs may be loadgen result JSON, vLLM benchmark_serving / `vllm bench serve`
+--save-result JSON, or SGLang bench_serving --output-file JSONL, in any mix.
+Folders are searched recursively. Runs are grouped by label (loadgen --label,
+else the folder name); every label is compared with the first (or --baseline).
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="loadgen-report")
-def main() -> None:
-    """Turn result files into a summary, a comparison, plots and a report."""
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Report folder to write (created if missing).")
+@click.option("--baseline", default=None, help="Label to compare the others against (default: the first found).")
+@click.option("--title", default="loadgen report", show_default=True, help="Title of report.html.")
+@click.option("--exclude-partial", is_flag=True, help="Leave out runs that stopped early.")
+def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: str, exclude_partial: bool) -> None:
+    """Turn result files into summary.csv, comparison.md, plots/ and a self-contained report.html.
+
+    Comparability warnings are printed first, then the conclusions that hold.
+    """
+    # Heavy imports (pandas, matplotlib) after parsing, so --help and --version stay instant.
+    from analysis.load import LoadError, histograms, load
+    from analysis.report import write_report
+
+    try:
+        runs = load(paths, include_partial=not exclude_partial)
+        hists = histograms(paths)
+    except LoadError as exc:
+        raise click.UsageError(str(exc)) from None
+    if runs.empty:
+        raise click.UsageError("every run found is partial; drop --exclude-partial or rerun them")
+    try:
+        report = write_report(runs, out_dir, hists, baseline=baseline, title=title)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise click.UsageError(f"cannot write the report into '{out_dir}' ({exc.strerror}); pick another --out") from None
+    print_summary(report, len(runs))
+
+
+def print_summary(report: object, n_runs: int) -> None:
+    """Warnings first, then conclusions, then where the files are."""
+    echo = click.echo
+    for issue in report.issues:
+        echo(f"{issue.severity.upper()}: {issue.message}")
+    for comp in report.comparisons:
+        echo(f"\n{comp.b} (B) vs {comp.a} (A):")
+        for c in comp.supported:
+            echo(f"  holds: {c.full_text}")
+        for c in comp.unsupported:
+            echo(f"  not supported: {c.text} (not comparable: {'; '.join(c.caveats)})")
+        if not comp.conclusions:
+            echo("  no difference holds over two or more consecutive points")
+    echo(f"\n{n_runs} runs -> {report.out_dir}: summary.csv, comparison.md, {len(report.plots)} plots, report.html")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,13 +1,217 @@
-"""The ``loadgen`` command."""
+"""The ``loadgen`` command: options → :class:`~loadgen.config.RunConfig` → :func:`~loadgen.sweep.run_all`.
+
+Option names follow vLLM's ``benchmark_serving.py`` and SGLang's ``bench_serving``
+where they exist (their spellings are accepted as aliases), so a command line from
+either tool mostly works unchanged. Any bad option or failed pre-flight check ends
+in one line on stderr and exit code 2; nothing runs before the checks pass.
+"""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
+from rich.console import Console
 
 from loadgen import __version__
+from loadgen.config import (
+    BACKENDS,
+    DATASETS,
+    DEFAULT_RESULT_FILENAME,
+    ConfigError,
+    RunConfig,
+    base_url_from,
+    parse_concurrencies,
+    parse_extra_body,
+    parse_goodput,
+    parse_metadata,
+    parse_percentiles,
+    parse_rates,
+)
+from loadgen.schedule import ARRIVALS
+
+# Options that take several space-separated values, as in vLLM (argparse nargs="+").
+_MULTI_VALUE = ("--goodput", "--metadata")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def normalize_argv(args: list[str]) -> list[str]:
+    """``--goodput ttft:500 tpot:50`` → ``--goodput ttft:500 --goodput tpot:50`` (click repeats options)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        out.append(arg)
+        i += 1
+        if arg in _MULTI_VALUE:
+            first = True
+            while i < len(args) and not args[i].startswith("-"):
+                if not first:
+                    out.append(arg)
+                out.append(args[i])
+                first = False
+                i += 1
+    return out
+
+
+class LoadgenCommand(click.Command):
+    """A click command whose errors are one line (no usage block) and exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, normalize_argv(list(args)))
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name or "loadgen", complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            click.echo(f"loadgen: error: {exc.format_message()}", err=True)
+            sys.exit(2)
+        except click.Abort:
+            click.echo("loadgen: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"loadgen: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
+    return click.option(*names, **kw)
+
+
+@click.command(cls=LoadgenCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="loadgen")
-def main() -> None:
-    """Benchmark an OpenAI-compatible inference server."""
+# target
+@_opt("--base-url", default=None, help="Server root, e.g. http://127.0.0.1:8000 (overrides --host/--port).")
+@_opt("--host", default=None, help="Server host when --base-url is not given. [default: 127.0.0.1]")
+@_opt("--port", type=int, default=None, help="Server port when --base-url is not given. [default: 8000]")
+@_opt("--endpoint", default=None, help="Request path; default from --backend (/v1/completions, /v1/chat/completions, /generate).")
+@_opt("--backend", type=click.Choice(BACKENDS), default="openai", show_default=True,
+      help="Wire protocol: openai (completions), vllm (openai + vLLM extensions), openai-chat, sglang (native /generate).")
+@_opt("--model", default=None, help="Model name sent to the server. [default: first of /v1/models]")
+@_opt("--served-model-name", default=None,
+      help="vLLM's spelling: the name sent to the server, while --model (a local folder) gives the tokenizer.")
+@_opt("--tokenizer", default=None, help="Local tokenizer folder, or 'deepseek-r1' (bundled). [default: --model if it is a local folder]")
+@_opt("--api-key", envvar="OPENAI_API_KEY", default=None, show_envvar=True, help="Bearer token for the server.")
+# workload
+@_opt("--dataset-name", "--dataset", "dataset", type=click.Choice(DATASETS), default="random", show_default=True,
+      help="Prompt source.")
+@_opt("--dataset-path", default=None, help="File for --dataset-name sharegpt or jsonl.")
+@_opt("--input-len", "--random-input-len", "--random-input", "input_len", type=int, default=1024, show_default=True,
+      help="Prompt length in tokens (random prompts).")
+@_opt("--output-len", "--random-output-len", "--random-output", "output_len", type=int, default=128, show_default=True,
+      help="Output tokens asked per request (max_tokens).")
+@_opt("--random-range-ratio", "range_ratio", type=float, default=0.0, show_default=True,
+      help="Lengths drawn uniformly from [L*(1-r), L*(1+r)] (vLLM's convention).")
+@_opt("--prefix-len", "--random-prefix-len", "prefix_len", type=int, default=0, show_default=True,
+      help="Shared-prefix tokens at the start of each prompt.")
+@_opt("--num-prefixes", type=int, default=0, show_default=True, help="Distinct shared prefixes (0: one when --prefix-len > 0).")
+@_opt("--input-len-counts", type=click.Choice(["total", "content"]), default="total", show_default=True,
+      help="Whether --input-len includes the chat template (total) or only the user text (content).")
+@_opt("--verify-prompts/--no-verify-prompts", default=None,
+      help="Before the run, have the server's /tokenize count a sample of prompts; stop on a disagreement. "
+           "[default: when the server has /tokenize]")
+@_opt("--num-prompts", type=int, default=None, help="Requests per point. [default: 1000, or rate x --duration]")
+# load shape
+@_opt("--duration", "duration_s", type=float, default=None, help="Stop releasing after this many seconds per point.")
+@_opt("--rate", "--request-rate", "rate", default="inf", show_default=True,
+      help="Requests per second: a number, 'inf', or a comma list for a sweep (1,2,inf).")
+@_opt("--arrival", type=click.Choice(ARRIVALS), default="poisson", show_default=True, help="Arrival process for a finite rate.")
+@_opt("--burstiness", type=float, default=1.0, show_default=True,
+      help="Gamma shape: <1 burstier, >1 smoother than Poisson (!=1 implies --arrival gamma).")
+@_opt("--concurrency", "--max-concurrency", "concurrency", default=None,
+      help="Max requests in flight: a number or a comma list for a sweep (1,2,4,8). [default: unlimited]")
+@_opt("--warmup", "--num-warmups", "warmup", type=int, default=0, show_default=True,
+      help="Requests sent before each point's measurement (excluded from the figures).")
+@_opt("--seed", type=int, default=0, show_default=True, help="Seed for prompts and arrival times.")
+@_opt("--ignore-eos/--no-ignore-eos", default=None,
+      help="Ask the server to generate exactly --output-len tokens. [default: on for random prompts, off for datasets]")
+@_opt("--extra-body", default=None, help="JSON object merged into every request body, e.g. '{\"temperature\": 0}'.")
+@_opt("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="Per-request timeout in seconds.")
+# figures and files
+@_opt("--goodput", multiple=True, help="SLOs for goodput, vLLM style: --goodput ttft:500 tpot:50 e2el:20000 (ms).")
+@_opt("--percentiles", "--metric-percentiles", "percentiles", default="50,90,95,99", show_default=True,
+      help="Percentiles to report, comma-separated.")
+@_opt("--output-dir", "--result-dir", "output_dir", default="results", show_default=True, help="Folder for result files.")
+@_opt("--result-filename", "--output-file", "result_filename", default=DEFAULT_RESULT_FILENAME, show_default=True,
+      help="File name template; fields {backend} {model} {concurrency} {rate} {input_len} {output_len} "
+           "{num_prompts} {dataset} {label} {date} {seed} {arrival}.")
+@_opt("--save-requests", is_flag=True, default=False, help="Also write per-request JSONL next to the result file.")
+@_opt("--save-text", is_flag=True, default=False, help="Keep generated texts (result 'generated_texts' and JSONL).")
+@_opt("--save-result", is_flag=True, default=False, hidden=True, help="Accepted for vLLM compatibility; results are always saved.")
+@_opt("--label", default=None, help="A name for this run, stored in results and usable as {label}.")
+@_opt("--metadata", multiple=True, help="KEY=VALUE pairs stored in every result: --metadata gpu=H20 tp=8.")
+@_opt("--progress/--no-progress", default=True, show_default=True, help="Live progress while running.")
+@_opt("--grace", "grace_s", type=float, default=5.0, show_default=True,
+      help="Seconds in-flight requests get to finish after Ctrl-C or --duration.")
+def main(**opts: Any) -> None:
+    """Benchmark an OpenAI-compatible or SGLang inference server with streaming requests.
+
+    \b
+    Examples:
+      loadgen --rate inf --concurrency 256 --tokenizer deepseek-r1
+      loadgen --backend openai-chat --concurrency 1,2,4,8,16 --input-len 128 --output-len 128
+      loadgen --rate 1,2,4,inf --duration 60 --goodput ttft:500 tpot:50
+    """
+    try:
+        cfg = config_from_options(opts)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    # piped output (CI logs) gets a fixed, wide layout instead of rich's 80 columns
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    progress_console = Console(stderr=True)
+    from loadgen.sweep import PreflightError, run_all
+
+    try:
+        results = run_all(cfg, console=console, progress_console=progress_console)
+    except PreflightError as exc:
+        raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("loadgen: interrupted before the run started; nothing written", err=True)
+        sys.exit(130)
+    if results and results[-1].get("partial"):
+        sys.exit(130)  # results were written, marked partial; scripts still see the interruption
+
+
+def config_from_options(opts: dict[str, Any]) -> RunConfig:
+    """Click's parsed options → a validated configuration (raises ConfigError)."""
+    return RunConfig(
+        base_url=base_url_from(opts["base_url"], opts["host"], opts["port"]),
+        endpoint=opts["endpoint"],
+        backend=opts["backend"],
+        # vLLM: --model is the checkpoint folder, --served-model-name the API name
+        model=opts["served_model_name"] or opts["model"],
+        tokenizer=opts["tokenizer"] or (opts["model"] if opts["served_model_name"] else None),
+        api_key=opts["api_key"] or None,
+        dataset=opts["dataset"],
+        dataset_path=opts["dataset_path"],
+        num_prompts=opts["num_prompts"],
+        input_len=opts["input_len"],
+        output_len=opts["output_len"],
+        range_ratio=opts["range_ratio"],
+        prefix_len=opts["prefix_len"],
+        num_prefixes=opts["num_prefixes"],
+        input_len_counts=opts["input_len_counts"],
+        verify_prompts=opts["verify_prompts"],
+        rates=parse_rates(opts["rate"]),
+        arrival=opts["arrival"],
+        burstiness=opts["burstiness"],
+        concurrencies=parse_concurrencies(opts["concurrency"]),
+        duration_s=opts["duration_s"],
+        warmup=opts["warmup"],
+        seed=opts["seed"],
+        ignore_eos=opts["ignore_eos"],
+        extra_body=parse_extra_body(opts["extra_body"]),
+        timeout_s=opts["timeout_s"],
+        goodput_slos_ms=parse_goodput(opts["goodput"]),
+        percentiles=parse_percentiles(opts["percentiles"]),
+        output_dir=opts["output_dir"],
+        result_filename=opts["result_filename"],
+        save_requests=opts["save_requests"],
+        save_text=opts["save_text"],
+        label=opts["label"],
+        metadata=parse_metadata(opts["metadata"]),
+        progress=opts["progress"],
+        grace_s=opts["grace_s"],
+    )

@@ -1,0 +1,360 @@
+"""``make bench``: launch a server, sweep concurrency with loadgen, write the report, stop the server.
+
+One Python process owns the whole loop so that the server is stopped whatever
+happens (an error, Ctrl-C, a failed point): the launcher's context manager
+guarantees it. Each load point is one ``loadgen`` run in a child process, and
+its result file is the checkpoint: a re-run skips points whose result file is
+complete, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+REPORT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 200, 256, 512, 1024)
+REPORT_LENGTHS = ((128, 128), (256, 256))
+QUICK_CONCURRENCY = (1, 4, 16, 64)
+QUICK_LENGTHS = ((128, 32),)
+RESULT_NAME = "serving_benchmark_{c}_{inp}_{out}.json"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Point:
+    """One load point: what loadgen is asked to do, and the file it writes."""
+
+    concurrency: int
+    input_len: int
+    output_len: int
+    num_prompts: int
+    warmup: int
+
+    @property
+    def filename(self) -> str:
+        return RESULT_NAME.format(c=self.concurrency, inp=self.input_len, out=self.output_len)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server to launch and sweep: engine, its options, and the label its results carry."""
+
+    engine: str
+    label: str
+    profile: str | None = None
+    preset: str | None = None
+    model: str | None = None
+    extra_args: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def steady_prompts(concurrency: int, sweep: str) -> int:
+    """Prompts for a steady state: 4 waves and at least 32 (report); 2 waves and at least 8 (quick)."""
+    if sweep == "report":
+        return max(4 * concurrency, 32)
+    return max(2 * concurrency, 8)
+
+
+def plan_points(sweep: str, like_report: bool = False, concurrency: tuple[int, ...] | None = None,
+                lengths: tuple[tuple[int, int], ...] | None = None) -> list[Point]:
+    """The grid of a sweep, in run order (lengths, then rising concurrency).
+
+    ``like_report`` reproduces the field report's method: one burst of exactly
+    ``concurrency`` requests per point and no warm-up.
+    """
+    concs = concurrency or (REPORT_CONCURRENCY if sweep == "report" else QUICK_CONCURRENCY)
+    lens = lengths or (REPORT_LENGTHS if sweep == "report" else QUICK_LENGTHS)
+    points = []
+    for inp, out in lens:
+        for c in concs:
+            if like_report:
+                points.append(Point(c, inp, out, num_prompts=c, warmup=0))
+            else:
+                points.append(Point(c, inp, out, num_prompts=steady_prompts(c, sweep), warmup=c))
+    return points
+
+
+def fitted_profiles() -> list[str]:
+    """The sim profiles fitted to the field report, vLLM's first (it is the comparison's baseline)."""
+    from launcher.sim.profiles import available_profiles
+
+    names = available_profiles()
+    vllm = [n for n in names if "vllm" in n]
+    sglang = [n for n in names if "sglang" in n]
+    return vllm[:1] + sglang[:1]
+
+
+def _profile_facts(name: str) -> dict[str, str]:
+    """Engine settings a sim profile emulates, as launch metadata for the comparability checks.
+
+    A fitted profile states the real deployment's flags in its description
+    (e.g. ``--enforce-eager``, ``--mem-fraction-static 0.90``) and carries its
+    batch limits as fields; both are turned into the keys the checks read.
+    """
+    from analysis.formats import parse_server_flags
+    from launcher.sim.profiles import PROFILE_DIR
+
+    try:
+        data = json.loads((PROFILE_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    description = str(data.get("description", ""))
+    flags = parse_server_flags(" ".join(tok.rstrip(".,;:)") for tok in description.split()))
+    facts: dict[str, str] = {}
+    if flags.get("eager") or "eager" in name.split("-"):
+        facts["enforce_eager"] = "true"
+    elif "cuda graph" in description.lower():
+        facts["enforce_eager"] = "false"
+    if "max_num_seqs" in data:
+        facts["max_num_seqs"] = str(data["max_num_seqs"])
+    if "chunked_prefill" in data:
+        facts["enable_chunked_prefill"] = str(bool(data["chunked_prefill"])).lower()
+    if "mem_fraction" in flags:
+        facts["mem_fraction_static"] = str(flags["mem_fraction"])
+    if "context_length" in flags:
+        facts["context_length"] = str(flags["context_length"])
+    return facts
+
+
+def targets_for(engine: str, profile: str | None, preset: str | None, model: str | None,
+                like_report: bool) -> list[Target]:
+    """Who to benchmark: both fitted sim profiles by default, else the one engine asked for."""
+    suffix = "-like-report" if like_report else ""
+    if engine == "sim":
+        profiles = [profile] if profile else fitted_profiles()
+        if not profiles:
+            raise click.UsageError("no fitted sim profiles are installed; pass PROFILE=fast (make) or --profile fast")
+        out = []
+        for name in profiles:
+            meta = {"engine": "sim", "profile": name, **_profile_facts(name)}
+            out.append(Target("sim", f"sim-{name}{suffix}", profile=name, preset=preset,
+                              extra_args=("--profile", name), metadata=meta))
+        return out
+    label = "-".join(x for x in (engine, Path(preset).stem if preset else None) if x) + suffix
+    meta = {"engine": engine, **({"preset": preset} if preset else {}), **({"model": model} if model else {})}
+    return [Target(engine, label, preset=preset, model=model, metadata=meta)]
+
+
+def pending(points: list[Point], directory: Path) -> list[Point]:
+    """Points whose result file is missing, unreadable, or partial (so a re-run redoes them)."""
+    from analysis.load import is_complete
+
+    return [p for p in points if not is_complete(directory / p.filename)]
+
+
+def loadgen_argv(point: Point, base_url: str, target: Target, directory: Path, like_report: bool,
+                 backend: str, tokenizer: str, sweep: str) -> list[str]:
+    """The loadgen command line of one point."""
+    argv = [
+        sys.executable, "-c", "from loadgen.cli import main; main()",
+        "--base-url", base_url, "--backend", backend, "--tokenizer", tokenizer,
+        "--dataset-name", "random", "--input-len", str(point.input_len), "--output-len", str(point.output_len),
+        "--num-prompts", str(point.num_prompts), "--concurrency", str(point.concurrency),
+        "--warmup", str(point.warmup), "--rate", "inf",
+        "--output-dir", str(directory), "--result-filename", point.filename,
+        "--label", target.label, "--save-requests", "--no-progress",
+        "--no-ignore-eos" if like_report else "--ignore-eos",
+    ]
+    meta = {**target.metadata, "sweep": sweep, "method": "one burst (like the field report)" if like_report else "steady state"}
+    argv += ["--metadata", *(f"{k}={v}" for k, v in meta.items())]
+    return argv
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if x)
+    return env
+
+
+def _run_point(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run one loadgen point; if we are told to stop, let it write its partial result first.
+
+    On Ctrl-C the terminal has already sent SIGINT to loadgen too; on SIGTERM
+    (turned into SystemExit by :func:`_exit_on_sigterm`) loadgen is sent SIGINT
+    here. Either way it gets its grace period to finish in-flight requests and
+    write a result marked partial, which the next run redoes.
+    """
+    child = subprocess.Popen(argv, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.communicate()
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            child.send_signal(signal.SIGINT)
+        try:
+            child.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, child.returncode, out, err)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds like an exception, so every ``with launch(...)`` block stops its server."""
+    raise SystemExit(128 + signum)
+
+
+def run_target(target: Target, points: list[Point], out: Path, *, like_report: bool, sweep: str,
+               tokenizer: str, ready_timeout_s: float, echo: Any = click.echo) -> tuple[int, int]:
+    """Launch one server, run its pending points, stop it. Returns (points done now, points failed)."""
+    from launcher.lifecycle import LaunchError, launch
+
+    directory = out / target.label
+    directory.mkdir(parents=True, exist_ok=True)
+    todo = pending(points, directory)
+    skipped = len(points) - len(todo)
+    if skipped:
+        echo(f"[{target.label}] {skipped} of {len(points)} points already complete: skipped")
+    if not todo:
+        return 0, 0
+    backend = "vllm" if target.engine == "vllm" else "openai"
+    echo(f"[{target.label}] launching {target.engine}" + (f" profile {target.profile}" if target.profile else "")
+         + (f" preset {target.preset}" if target.preset else "") + " …")
+    done = failed = 0
+    try:
+        with launch(target.engine, preset=target.preset, model=target.model, extra_args=target.extra_args,
+                    log_path=directory / "server.log", ready_timeout_s=ready_timeout_s) as server:
+            echo(f"[{target.label}] ready at {server.base_url}")
+            for point in todo:
+                if not server.alive():
+                    echo(f"[{target.label}] the server exited; see {directory / 'server.log'}")
+                    failed += len(todo) - done - failed
+                    break
+                started = time.monotonic()
+                echo(f"[{target.label}] concurrency {point.concurrency:>4}, {point.input_len} in / "
+                     f"{point.output_len} out, {point.num_prompts} prompts + {point.warmup} warm-up …", nl=False)
+                argv = loadgen_argv(point, server.base_url, target, directory, like_report, backend, tokenizer, sweep)
+                proc = _run_point(argv)
+                took = time.monotonic() - started
+                from analysis.load import is_complete
+
+                if proc.returncode == 0 and is_complete(directory / point.filename):
+                    done += 1
+                    echo(f" done in {took:.0f} s")
+                else:
+                    failed += 1
+                    last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
+                    echo(f" FAILED (exit {proc.returncode}): {last}")
+    except LaunchError as exc:
+        echo(f"[{target.label}] could not start {target.engine}: {exc}")
+        return done, len(todo)
+    return done, failed
+
+
+def write_bench_report(out: Path, labels: list[str], echo: Any = click.echo) -> int:
+    """The report over every target's folder; the first label is the comparison's baseline."""
+    from analysis.cli import print_summary
+    from analysis.load import LoadError, histograms, load
+    from analysis.report import write_report
+
+    dirs = [out / label for label in labels if (out / label).is_dir()]
+    try:
+        runs = load(dirs)
+    except LoadError as exc:
+        echo(f"no report: {exc}")
+        return 0
+    hists = histograms(dirs)
+    baseline = labels[0] if labels and labels[0] in set(runs["label"]) else None
+    report = write_report(runs, out / "report", hists, baseline=baseline, title=f"loadgen bench — {out.name}")
+    echo("")
+    print_summary(report, len(runs))
+    return len(runs)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+Examples:
+  make bench                                   # sim, quick sweep, both fitted profiles, compared
+  make bench SWEEP=report PROFILE=fast         # the field report's grid on the fast sim
+  python -m analysis.bench --engine sim --sweep report --like-report --out results/like-report
+  python -m analysis.bench --engine vllm --model ~/models/tiny-r1 --sweep quick --out results/vllm-cpu
+""")
+@click.option("--engine", type=click.Choice(["sim", "vllm", "sglang"]), default="sim", show_default=True)
+@click.option("--sweep", type=click.Choice(["quick", "report"]), default="quick", show_default=True,
+              help="quick: a few points in minutes; report: the field report's grid (12 concurrencies × 2 lengths).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results/bench"),
+              show_default=True, help="Results go to OUT/<label>/, the report to OUT/report/.")
+@click.option("--preset", default=None, help="Launcher preset (a deployment, e.g. deepseek-r1-fp8-tp8-h20).")
+@click.option("--model", default=None, help="Model folder (or id) for vllm/sglang.")
+@click.option("--profile", default=None, help="sim profile; default: both profiles fitted to the field report.")
+@click.option("--like-report", is_flag=True, help="The field report's method: one burst per point, no warm-up, EOS honoured.")
+@click.option("--concurrency", default=None, help="Override the sweep's concurrencies, e.g. 1,8,64.")
+@click.option("--lengths", default=None, help="Override the sweep's input×output lengths, e.g. 128x128,256x256.")
+@click.option("--tokenizer", default="deepseek-r1", show_default=True, help="Tokenizer loadgen builds prompts with.")
+@click.option("--ready-timeout", "ready_timeout_s", type=float, default=900.0, show_default=True,
+              help="Seconds to wait for the server to become ready.")
+@click.option("--dry-run", is_flag=True, help="Print the targets and points (and which are already done), run nothing.")
+def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str | None, profile: str | None,
+         like_report: bool, concurrency: str | None, lengths: str | None, tokenizer: str,
+         ready_timeout_s: float, dry_run: bool) -> None:
+    """Launch → wait ready → sweep (loadgen) → report (analysis) → stop, in one command; resumable."""
+    if engine != "sim" and profile:
+        raise click.UsageError("--profile applies to --engine sim only; use --preset/--model for vllm and sglang")
+    if engine in ("vllm", "sglang") and not (model or preset):
+        raise click.UsageError(f"--engine {engine} needs MODEL=<dir> (or PRESET=<name>) to know what to serve")
+    points = plan_points(sweep, like_report, _parse_ints(concurrency), _parse_lengths(lengths))
+    targets = targets_for(engine, profile, preset, model, like_report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dry_run:
+        for target in targets:
+            todo = set(pending(points, out_dir / target.label))
+            click.echo(f"{target.label}: {target.engine} {' '.join(target.extra_args)}".rstrip())
+            for p in points:
+                state = "to run" if p in todo else "complete"
+                click.echo(f"  {p.filename}: {p.num_prompts} prompts + {p.warmup} warm-up — {state}")
+        return
+    started = time.monotonic()
+    failed = 0
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        for target in targets:
+            _, bad = run_target(target, points, out_dir, like_report=like_report, sweep=sweep,
+                                tokenizer=tokenizer, ready_timeout_s=ready_timeout_s)
+            failed += bad
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the server is stopped; run the same command again to resume")
+        sys.exit(130)
+    except SystemExit:
+        click.echo("\nterminated: the server is stopped; run the same command again to resume")
+        raise
+    write_bench_report(out_dir, [t.label for t in targets])
+    click.echo(f"bench finished in {time.monotonic() - started:.0f} s; report: {out_dir / 'report' / 'report.html'}")
+    if failed:
+        click.echo(f"{failed} points failed; run the same command again to retry them")
+        sys.exit(1)
+
+
+def _parse_ints(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.UsageError(f"--concurrency '{text}': give positive integers separated by commas, e.g. 1,8,64") from None
+    if not values or min(values) < 1:
+        raise click.UsageError(f"--concurrency '{text}': give positive integers separated by commas, e.g. 1,8,64")
+    return values
+
+
+def _parse_lengths(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    if not text:
+        return None
+    out = []
+    for item in text.split(","):
+        inp, sep, outl = item.strip().lower().partition("x")
+        if not sep or not inp.isdigit() or not outl.isdigit() or int(inp) < 1 or int(outl) < 1:
+            raise click.UsageError(f"--lengths '{text}': give INxOUT pairs separated by commas, e.g. 128x128,256x256")
+        out.append((int(inp), int(outl)))
+    return tuple(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Comparability checks: reasons two sets of runs cannot be compared figure for figure.
+
+The field report compared engines whose runs differed in EOS handling, engine
+settings and method, and drew conclusions its data did not support. Each check
+here names such a difference, says which figures it distorts and how to remove
+it, so that a comparison can print them first and qualify its conclusions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+LENGTH_TOLERANCE = 0.02  # measured mean within 2 % of the asked length counts as on target
+
+# Which figures each kind of difference distorts (used to qualify conclusions).
+AFFECTS: dict[str, tuple[str, ...]] = {
+    "ignore_eos": ("output_throughput", "tpot", "e2el", "input_throughput"),
+    "output_len": ("output_throughput", "tpot", "e2el", "input_throughput"),
+    "input_len": ("ttft", "input_throughput", "output_throughput"),
+    "dataset": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
+    "burst": ("ttft", "e2el"),
+    "engine_settings": ("output_throughput", "tpot", "itl", "ttft", "e2el", "input_throughput"),
+    "client_saturated": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
+    "prompt_mismatch": ("ttft", "input_throughput"),
+    "partial": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
+    "model": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
+}
+
+_SETTING_NAMES = {
+    "engine_eager": "eager mode (no CUDA graphs)",
+    "engine_context_length": "context length",
+    "engine_mem_fraction": "memory fraction",
+    "engine_tensor_parallel": "tensor parallel size",
+    "engine_max_num_seqs": "max running requests",
+    "engine_chunked_prefill": "chunked prefill",
+}
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One comparability problem. ``severity`` is ``warning`` (distorts figures) or ``note``."""
+
+    kind: str
+    severity: str
+    message: str
+    labels: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def affects(self) -> tuple[str, ...]:
+        return AFFECTS.get(self.kind, ())
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()}: {self.message}"
+
+
+def _labels(runs: pd.DataFrame) -> list[str]:
+    return [str(x) for x in pd.unique(runs["label"])]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _points(values: list[int]) -> str:
+    vals = sorted({int(v) for v in values})
+    return ", ".join(str(v) for v in vals[:8]) + (f" … ({len(vals)} points)" if len(vals) > 8 else "")
+
+
+def _per_label_values(runs: pd.DataFrame, column: str) -> dict[str, set]:
+    out: dict[str, set] = {}
+    if column not in runs.columns:
+        return out
+    for label, group in runs.groupby("label", sort=True):
+        vals = {v for v in group[column] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        out[str(label)] = vals
+    return out
+
+
+def check_ignore_eos(runs: pd.DataFrame) -> list[Issue]:
+    per = {}
+    for label, group in runs.groupby("label", sort=True):
+        values = {(row.ignore_eos, row.ignore_eos_source) for row in group.itertuples()}
+        per[str(label)] = values
+    flags = {label: {v for v, _ in vals} for label, vals in per.items()}
+    distinct = set().union(*flags.values()) if flags else set()
+    if len(distinct) <= 1 and None not in distinct:
+        return []
+    parts = []
+    for label, vals in per.items():
+        desc = "/".join(sorted(f"{'on' if v else 'off' if v is not None else 'unknown'} ({src})" for v, src in vals))
+        parts.append(f"{label}: ignore_eos {desc}")
+    return [Issue(
+        "ignore_eos", "warning",
+        "runs differ in EOS handling — " + "; ".join(parts)
+        + ". Runs that stop at EOS generate fewer tokens, so throughput, TPOT and E2EL are not comparable; "
+        "rerun every engine with ignore_eos on (loadgen does by default).",
+        tuple(per),
+    )]
+
+
+def check_lengths(runs: pd.DataFrame) -> list[Issue]:
+    issues = []
+    for kind, asked, measured in (("output_len", "output_len", "mean_output_len"), ("input_len", "input_len", "mean_input_len")):
+        if asked not in runs.columns or measured not in runs.columns:
+            continue
+        for label, group in runs.groupby("label", sort=True):
+            off = []
+            for row in group.itertuples():
+                a, m = getattr(row, asked), getattr(row, measured)
+                if a is None or m is None or pd.isna(a) or pd.isna(m) or not a:
+                    continue
+                if abs(m - a) / a > LENGTH_TOLERANCE:
+                    off.append((row.concurrency, a, m))
+            if not off:
+                continue
+            worst = max(off, key=lambda t: abs(t[2] - t[1]) / t[1])
+            mean_ratio = sum(m / a for _, a, m in off) / len(off)
+            what = "output" if kind == "output_len" else "input"
+            issues.append(Issue(
+                kind, "warning",
+                f"{label}: measured {what} length is off the asked one at {len(off)} of {len(group)} points "
+                f"(on average {mean_ratio:.0%} of asked; worst: {worst[2]:.1f} of {_fmt(worst[1])} at "
+                f"concurrency {_fmt(worst[0])}). "
+                + ("Outputs stopped early (EOS or a length limit): rerun with ignore_eos on."
+                   if kind == "output_len" else "Prompts were not the asked length: check the tokenizer and template."),
+                (label,),
+            ))
+    return issues
+
+
+def check_dataset(runs: pd.DataFrame) -> list[Issue]:
+    per = _per_label_values(runs, "dataset")
+    distinct = set().union(*per.values()) if per else set()
+    if len(distinct) <= 1:
+        return []
+    desc = "; ".join(f"{label}: {', '.join(sorted(map(str, v))) or 'unknown'}" for label, v in per.items())
+    return [Issue("dataset", "warning", f"runs used different datasets — {desc}; compare runs of one workload.",
+                  tuple(per))]
+
+
+def check_burst(runs: pd.DataFrame) -> list[Issue]:
+    issues = []
+    for label, group in runs.groupby("label", sort=True):
+        burst = group[group["burst"].astype(bool)]
+        if burst.empty:
+            continue
+        issues.append(Issue(
+            "burst", "warning",
+            f"{label}: {len(burst)} of {len(group)} points are one burst (num_prompts ≤ concurrency, no "
+            f"steady state) at concurrency {_points(list(burst['concurrency'].dropna()))}. TTFT then measures "
+            "the burst's queue; use at least 4× the concurrency in prompts with a warm-up.",
+            (label,),
+        ))
+    return issues
+
+
+def check_engine_settings(runs: pd.DataFrame) -> list[Issue]:
+    issues = []
+    labels = _labels(runs)
+    for column, name in _SETTING_NAMES.items():
+        per = _per_label_values(runs, column)
+        if not per:
+            continue
+        known = {label: vals for label, vals in per.items() if vals}
+        distinct = set().union(*known.values()) if known else set()
+        if len(known) >= 2 and len(distinct) > 1:
+            desc = "; ".join(f"{label}: {', '.join(_fmt(v) for v in sorted(vals, key=str))}" for label, vals in known.items())
+            issues.append(Issue("engine_settings", "warning",
+                                f"engine settings differ in {name} — {desc}.", tuple(known)))
+        elif column == "engine_eager" and True in distinct and len(labels) >= 1:
+            eager = [label for label, vals in known.items() if True in vals]
+            issues.append(Issue("engine_settings", "note",
+                                f"{', '.join(eager)} ran in eager mode (no CUDA graphs): its TPOT is far above "
+                                "what the engine reaches with graphs.", tuple(eager)))
+    return issues
+
+
+def check_client(runs: pd.DataFrame) -> list[Issue]:
+    issues = []
+    for label, group in runs.groupby("label", sort=True):
+        sat = group[group["client_saturated"].astype(bool)] if "client_saturated" in group else group.iloc[0:0]
+        if not sat.empty:
+            issues.append(Issue(
+                "client_saturated", "warning",
+                f"{label}: the client itself was saturated at concurrency {_points(list(sat['concurrency'].dropna()))}; "
+                "its latencies include client delay — use fewer streams per client or more client cores.",
+                (label,),
+            ))
+        if "prompt_token_mismatches" in group:
+            mism = pd.to_numeric(group["prompt_token_mismatches"], errors="coerce").fillna(0)
+            if (mism > 0).any():
+                issues.append(Issue(
+                    "prompt_mismatch", "warning",
+                    f"{label}: the server counted a different prompt length than the workload built for "
+                    f"{int(mism.sum())} requests; its tokenizer or chat template differs from the client's.",
+                    (label,),
+                ))
+        part = group[group["partial"].astype(bool)] if "partial" in group else group.iloc[0:0]
+        if not part.empty:
+            issues.append(Issue(
+                "partial", "warning",
+                f"{label}: {len(part)} runs stopped early (partial) at concurrency "
+                f"{_points(list(part['concurrency'].dropna()))}; rerun them (make bench resumes).",
+                (label,),
+            ))
+        if "error_rate" in group:
+            err = group[group["error_rate"].fillna(0) > 0]
+            if not err.empty:
+                issues.append(Issue(
+                    "errors", "note",
+                    f"{label}: requests failed at {len(err)} points (worst error rate "
+                    f"{err['error_rate'].max():.1%}); failed requests are excluded from latencies.",
+                    (label,),
+                ))
+    return issues
+
+
+def check_models(runs: pd.DataFrame) -> list[Issue]:
+    per = _per_label_values(runs, "tokenizer")
+    per = {k: {str(x).rstrip("/").rsplit("/", 1)[-1] for x in v} for k, v in per.items() if v}
+    distinct = set().union(*per.values()) if per else set()
+    if len(per) >= 2 and len(distinct) > 1:
+        desc = "; ".join(f"{label}: {', '.join(sorted(v))}" for label, v in per.items())
+        return [Issue("model", "note", f"runs name different tokenizers — {desc}.", tuple(per))]
+    return []
+
+
+def comparability(runs: pd.DataFrame) -> list[Issue]:
+    """Every comparability issue across ``runs`` (warnings first), for printing before a comparison."""
+    if runs.empty:
+        return []
+    issues: list[Issue] = []
+    if runs["label"].nunique() > 1:
+        issues += check_ignore_eos(runs)
+        issues += check_dataset(runs)
+        issues += check_models(runs)
+    issues += check_lengths(runs)
+    issues += check_burst(runs)
+    issues += check_engine_settings(runs)
+    issues += check_client(runs)
+    return sorted(issues, key=lambda i: i.severity != "warning")

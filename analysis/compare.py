@@ -1,0 +1,255 @@
+"""Side-by-side comparison of two sets of runs, with the conclusions their data supports.
+
+A conclusion is stated only for a stretch of consecutive concurrencies where the
+ratio points the same way by more than :data:`THRESHOLD`; single-point wins are
+not generalised. A conclusion whose figure a difference in *method* distorts
+(EOS handling, lengths, dataset, bursts, a saturated client, partial runs) is
+listed as unsupported, with the reason, instead of being stated. A difference
+in *engine settings* does not make the measurement wrong, only its attribution:
+such conclusions stand, qualified as true of the deployments as configured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from analysis.checks import Issue, comparability
+
+THRESHOLD = 0.10  # a difference under 10 % is reported as "similar"
+
+# (column, readable name, higher is better, family used to match comparability issues)
+FIGURES: tuple[tuple[str, str, bool, str], ...] = (
+    ("output_throughput", "output throughput", True, "output_throughput"),
+    ("mean_ttft_ms", "mean TTFT", False, "ttft"),
+    ("p99_ttft_ms", "p99 TTFT", False, "ttft"),
+    ("mean_tpot_ms", "mean TPOT", False, "tpot"),
+    ("p99_tpot_ms", "p99 TPOT", False, "tpot"),
+    ("p99_itl_ms", "p99 ITL", False, "itl"),
+    ("p99_e2el_ms", "p99 E2EL", False, "e2el"),
+)
+
+
+@dataclass
+class Conclusion:
+    """One statement about B relative to A, and whether the data supports it."""
+
+    text: str
+    figure: str
+    supported: bool = True
+    caveats: tuple[str, ...] = ()
+    qualifiers: tuple[str, ...] = ()
+
+    @property
+    def full_text(self) -> str:
+        """The statement with its qualifiers (deployment differences it is conditional on)."""
+        if not self.qualifiers:
+            return self.text
+        return f"{self.text} — for these deployments as configured ({'; '.join(self.qualifiers)})"
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`: a table per concurrency, conclusions, and the issues found."""
+
+    a: str
+    b: str
+    table: pd.DataFrame
+    conclusions: list[Conclusion] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def supported(self) -> list[Conclusion]:
+        return [c for c in self.conclusions if c.supported]
+
+    @property
+    def unsupported(self) -> list[Conclusion]:
+        return [c for c in self.conclusions if not c.supported]
+
+    def to_markdown(self) -> str:
+        """The comparison as Markdown: issues first, then conclusions, then the tables."""
+        lines = [f"# {self.b} (B) vs {self.a} (A)", ""]
+        lines += ["## Comparability", ""]
+        lines += [f"- **{i.severity}**: {i.message}" for i in self.issues] or ["- no issues found"]
+        lines += ["", "## Conclusions the data supports", ""]
+        lines += [f"- {c.full_text}" for c in self.supported] or ["- none: no difference holds over two or more consecutive points"]
+        if self.unsupported:
+            lines += ["", "## Differences the data does not support", ""]
+            lines += [f"- {c.text} — not comparable: {'; '.join(c.caveats)}" for c in self.unsupported]
+        for (inp, out), group in self.table.groupby(["input_len", "output_len"], sort=True, dropna=False):
+            lines += ["", f"## {_fmt_len(inp)} in / {_fmt_len(out)} out", ""]
+            lines += _markdown_table(group.drop(columns=["input_len", "output_len"]))
+        return "\n".join(lines) + "\n"
+
+
+def _fmt_len(value: object) -> str:
+    return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
+    cols = list(frame.columns)
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        cells = []
+        for value in row:
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3g}" if abs(value) < 10 and not float(value).is_integer() else f"{value:,.1f}")
+            else:
+                cells.append(str(value))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _side(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (lengths, concurrency); repeated points are averaged."""
+    cols = [c for c, *_ in FIGURES if c in runs.columns]
+    keyed = runs.dropna(subset=["concurrency"])
+    return keyed.groupby(["input_len", "output_len", "concurrency"], dropna=False)[cols].mean(numeric_only=True)
+
+
+def table(a_runs: pd.DataFrame, b_runs: pd.DataFrame) -> pd.DataFrame:
+    """A and B side by side per (input_len, output_len, concurrency), with B/A ratios; shared points only."""
+    a, b = _side(a_runs), _side(b_runs)
+    joined = a.join(b, how="inner", lsuffix=" A", rsuffix=" B")
+    out = pd.DataFrame(index=joined.index)
+    for col, name, _, _ in FIGURES:
+        if f"{col} A" not in joined or f"{col} B" not in joined:
+            continue
+        out[f"{name} A"] = joined[f"{col} A"]
+        out[f"{name} B"] = joined[f"{col} B"]
+        out[f"{name} B/A"] = joined[f"{col} B"] / joined[f"{col} A"].where(joined[f"{col} A"] != 0)
+    out = out.dropna(axis=1, how="all")
+    return out.reset_index()
+
+
+def _segments(points: list[tuple[float, float]], higher_better: bool) -> list[tuple[int, int, str]]:
+    """Maximal runs of consecutive points classified alike: ``b`` (B better), ``a`` or ``same``."""
+    classes = []
+    for _, ratio in points:
+        if ratio is None or math.isnan(ratio) or ratio <= 0:
+            classes.append("?")
+        elif abs(math.log(ratio)) < math.log1p(THRESHOLD):
+            classes.append("same")
+        else:
+            classes.append("b" if (ratio > 1) == higher_better else "a")
+    segs = []
+    start = 0
+    for i in range(1, len(classes) + 1):
+        if i == len(classes) or classes[i] != classes[start]:
+            segs.append((start, i - 1, classes[start]))
+            start = i
+    return segs
+
+
+def _where(concs: list[float], first: int, last: int) -> str:
+    c0, c1 = int(concs[first]), int(concs[last])
+    if first == 0 and last == len(concs) - 1:
+        return "at every concurrency" if len(concs) > 1 else f"at concurrency {c0}"
+    if last == len(concs) - 1:
+        return f"from concurrency {c0} up"
+    if first == 0:
+        return f"up to concurrency {c1}"
+    return f"at concurrency {c0}–{c1}"
+
+
+def conclusions(tab: pd.DataFrame, a: str, b: str, issues: list[Issue] = ()) -> list[Conclusion]:
+    """Statements that hold over consecutive concurrencies, qualified by the issues that distort them."""
+    out: list[Conclusion] = []
+    groups = list(tab.groupby(["input_len", "output_len"], sort=True, dropna=False))
+    for (inp, outl), group in groups:
+        group = group.sort_values("concurrency")
+        concs = list(group["concurrency"])
+        suffix = f" ({_fmt_len(inp)} in / {_fmt_len(outl)} out)" if len(groups) > 1 else ""
+        for _col, name, higher_better, family in FIGURES:
+            rcol = f"{name} B/A"
+            if rcol not in group:
+                continue
+            points = list(zip(concs, group[rcol], strict=True))
+            for first, last, cls in _segments(points, higher_better):
+                if cls not in ("a", "b"):
+                    continue
+                if last - first + 1 < 2 and len(points) > 1:
+                    continue  # one point is not a trend
+                ratios = [r for _, r in points[first : last + 1]]
+                geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+                spread = f" (range {min(ratios):.2f}–{max(ratios):.2f}×)" if len(ratios) > 1 else ""
+                where = _where(concs, first, last)
+                if higher_better:
+                    text = f"{b}'s {name} is {geo:.2f}× {a}'s {where}{suffix}{spread}"
+                else:
+                    lower = b if cls == "b" else a
+                    text = f"{b}'s {name} is {geo:.2f}× {a}'s {where}{suffix}{spread}: {lower} is lower"
+                caveats, qualifiers = _caveats(issues, family, (a, b))
+                out.append(Conclusion(text, name, supported=not caveats, caveats=caveats, qualifiers=qualifiers))
+    return out
+
+
+QUALIFYING_KINDS = ("engine_settings",)
+
+
+def _caveats(issues: list[Issue], family: str, labels: tuple[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(issues that make a conclusion about ``family`` unsupported, issues that only qualify it)."""
+    relevant = [i for i in issues if i.severity == "warning" and family in i.affects
+                and (not i.labels or set(labels) & set(i.labels))]
+    blocking = tuple(_short(i) for i in relevant if i.kind not in QUALIFYING_KINDS)
+    qualifying = tuple(_short(i).removeprefix("engine settings ") for i in relevant if i.kind in QUALIFYING_KINDS)
+    return blocking, qualifying
+
+
+def _short(issue: Issue) -> str:
+    return issue.message.split(" — ")[0].split(". ")[0]
+
+
+def peak(runs: pd.DataFrame, column: str = "output_throughput") -> pd.DataFrame:
+    """The best value of ``column`` per label and lengths, with the concurrency where it was reached."""
+    if runs.empty or column not in runs:
+        return pd.DataFrame(columns=["label", "input_len", "output_len", "concurrency", column])
+    idx = runs.dropna(subset=[column]).groupby(["label", "input_len", "output_len"], dropna=False)[column].idxmax()
+    return runs.loc[idx, ["label", "input_len", "output_len", "concurrency", column]].reset_index(drop=True)
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame, name_a: str | None = None, name_b: str | None = None) -> Comparison:
+    """Compare runs ``b`` against runs ``a`` (frames from :func:`analysis.load`), point by point.
+
+    The comparability issues of the two sets together come first in the result;
+    conclusions distorted by one of them are marked unsupported.
+    """
+    name_a = name_a or _name(a, "A")
+    name_b = name_b or _name(b, "B")
+    a = a.assign(label=name_a)
+    b = b.assign(label=name_b)
+    issues = comparability(pd.concat([a, b], ignore_index=True))
+    tab = table(a, b)
+    concl = conclusions(tab, name_a, name_b, issues) if not tab.empty else []
+    pa, pb = peak(a), peak(b)
+    for row_a in pa.itertuples():
+        match = pb[(pb["input_len"] == row_a.input_len) & (pb["output_len"] == row_a.output_len)]
+        if match.empty or not row_a.output_throughput:
+            continue
+        row_b = match.iloc[0]
+        text = (f"peak output throughput ({_fmt_len(row_a.input_len)}/{_fmt_len(row_a.output_len)}): "
+                f"{name_a} {row_a.output_throughput:,.0f} tok/s at concurrency {int(row_a.concurrency)}, "
+                f"{name_b} {row_b['output_throughput']:,.0f} tok/s at concurrency {int(row_b['concurrency'])} "
+                f"(B/A {row_b['output_throughput'] / row_a.output_throughput:.2f}×)")
+        caveats, qualifiers = _caveats(issues, "output_throughput", (name_a, name_b))
+        concl.append(Conclusion(text, "peak output throughput", supported=not caveats, caveats=caveats,
+                                qualifiers=qualifiers))
+    return Comparison(name_a, name_b, tab, concl, issues)
+
+
+def _name(runs: pd.DataFrame, default: str) -> str:
+    labels = [str(x) for x in pd.unique(runs["label"])] if "label" in runs else []
+    return labels[0] if len(labels) == 1 else default
+
+
+def compare_labels(runs: pd.DataFrame, a: str, b: str) -> Comparison:
+    """Compare two labels of one frame of runs."""
+    for name in (a, b):
+        if name not in set(runs["label"]):
+            known = ", ".join(sorted(map(str, runs["label"].unique())))
+            raise ValueError(f"no runs labelled '{name}'; labels present: {known}")
+    return compare(runs[runs["label"] == a], runs[runs["label"] == b], a, b)

@@ -1,0 +1,389 @@
+"""Read result files from disk into pandas frames: runs, requests and histograms.
+
+This is the only module of the analysis that touches files; it finds them, parses
+them and hands each record to :mod:`analysis.formats`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import hdr
+from analysis.formats import METRICS, FormatError, normalize
+
+PathLike = str | os.PathLike[str]
+
+RUN_ORDER = ["label", "engine", "engine_version", "concurrency", "input_len", "output_len"]
+
+
+class LoadError(ValueError):
+    """A path that cannot be read as results; the message names it and says what to do."""
+
+
+def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
+    if isinstance(paths, str | os.PathLike):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def _candidate_files(root: Path) -> Iterator[Path]:
+    """Result-looking files under ``root``, in a stable order, skipping our own report output."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith((".json", ".jsonl")) and not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects in a file: one for ``.json``, one per line for JSON Lines (SGLang appends)."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.strip()
+    if not stripped:
+        return []
+    try:
+        obj = json.loads(stripped)
+        if isinstance(obj, dict):
+            return [(0, obj)]
+        if isinstance(obj, list):
+            return [(i, o) for i, o in enumerate(obj) if isinstance(o, dict)]
+        return []
+    except json.JSONDecodeError:
+        pass
+    out = []
+    for i, line in enumerate(stripped.splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LoadError(f"{path}: line {i + 1} is not JSON ({exc.msg}); fix or remove the file") from None
+        if isinstance(obj, dict):
+            out.append((i, obj))
+    return out
+
+
+def _run_rows(path: Path, strict: bool) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(row, raw record) for each result record in ``path``; non-results raise only when ``strict``."""
+    try:
+        records = _records(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoadError(f"{path}: cannot be read ({exc}); check the path and its permissions") from None
+    except LoadError:
+        if strict:
+            raise
+        return []
+    rows = []
+    for index, record in records:
+        try:
+            row = normalize(record, path.name)
+        except FormatError as exc:
+            if strict:
+                raise LoadError(
+                    f"{path}: not a result file ({exc}); give loadgen, vLLM benchmark_serving or "
+                    "SGLang bench_serving output"
+                ) from None
+            break  # one foreign record means the whole file is something else (e.g. per-request lines)
+        row["path"] = str(path)
+        row["record"] = index
+        row["run_id"] = f"{path}#{index}" if len(records) > 1 else str(path)
+        if not row.get("label"):
+            row["label"] = row.get("engine") if _generic_dir(path.parent.name) else path.parent.name
+        if not row.get("label"):
+            row["label"] = path.parent.name or "run"
+        rows.append((row, record))
+    return rows
+
+
+def _generic_dir(name: str) -> bool:
+    return name in ("", ".", "results", "result", "out", "output", "runs", "tmp")
+
+
+def _collect(paths: PathLike | Iterable[PathLike]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    found: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for order, path in enumerate(_as_paths(paths)):
+        if path.is_dir():
+            rows = [r for file in _candidate_files(path) for r in _run_rows(file, strict=False)]
+        elif path.is_file():
+            rows = _run_rows(path, strict=True)
+        else:
+            raise LoadError(f"{path}: no such file or directory; give result files or folders that hold them")
+        for row, _ in rows:
+            row["source_order"] = order
+        found.extend(rows)
+    return found
+
+
+def load(paths: PathLike | Iterable[PathLike], include_partial: bool = True) -> pd.DataFrame:
+    """One row per run, from files and folders (searched recursively) of any supported producer.
+
+    Files in a folder that are not results (per-request lines, reports) are
+    skipped; a file named explicitly must be a result. ``include_partial=False``
+    drops runs that stopped early.
+    """
+    rows = [row for row, _ in _collect(paths)]
+    if not rows:
+        names = ", ".join(str(p) for p in _as_paths(paths))
+        raise LoadError(f"no result files found in {names}; run loadgen with --output-dir there first")
+    df = pd.DataFrame(rows)
+    if not include_partial:
+        df = df[~df["partial"].astype(bool)]
+    # Paths keep the order they were given in (the first is the baseline of comparisons).
+    df = df.sort_values(["source_order", "label", "input_len", "output_len", "concurrency"],
+                        na_position="last", kind="stable")
+    front = [c for c in RUN_ORDER if c in df.columns]
+    return df[front + [c for c in df.columns if c not in front]].reset_index(drop=True)
+
+
+def _requests_path(result: Path, record: Mapping[str, Any]) -> Path | None:
+    """Where a run's per-request lines are: named in the result, or beside it by convention."""
+    named = record.get("requests_file") or record.get("requests_path")
+    if isinstance(named, str):
+        cand = Path(named)
+        return cand if cand.is_absolute() else result.parent / cand
+    stem = result.name[: -len(result.suffix)]
+    for name in (f"{stem}.requests.jsonl", f"{stem}_requests.jsonl", f"{stem}-requests.jsonl", f"{stem}.jsonl"):
+        cand = result.parent / name
+        if cand.is_file() and cand != result:
+            return cand
+    return None
+
+
+def _requests_from_lists(record: Mapping[str, Any]) -> pd.DataFrame:
+    """Per-request figures from the lists vLLM's --save-result keeps (seconds) in one result."""
+    ttfts = record.get("ttfts") or []
+    n = len(ttfts)
+    if not n:
+        return pd.DataFrame()
+    itls = record.get("itls") or [[] for _ in range(n)]
+    errors = record.get("errors") or [""] * n
+    in_lens = record.get("input_lens") or [None] * n
+    out_lens = record.get("output_lens") or [None] * n
+    rows = []
+    for i in range(n):
+        gaps = itls[i] if i < len(itls) and isinstance(itls[i], list) else []
+        ttft = ttfts[i] if isinstance(ttfts[i], int | float) else None
+        out_len = out_lens[i] if i < len(out_lens) else None
+        e2el = (ttft + sum(gaps)) * 1000.0 if ttft is not None and ttft > 0 else None
+        tpot = (sum(gaps) * 1000.0 / (out_len - 1)) if out_len and out_len > 1 else None
+        err = errors[i] if i < len(errors) else ""
+        rows.append({
+            "request": i,
+            "input_len": in_lens[i] if i < len(in_lens) else None,
+            "output_len": out_len,
+            "ttft_ms": ttft * 1000.0 if ttft is not None and ttft > 0 else None,
+            "tpot_ms": tpot,
+            "e2el_ms": e2el,
+            "itls_ms": [g * 1000.0 for g in gaps],
+            "ok": not err,
+            "error": err or None,
+        })
+    return pd.DataFrame(rows)
+
+
+def _requests_from_lines(path: Path) -> pd.DataFrame:
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise LoadError(f"{path}: a line is not JSON; the per-request file is damaged") from None
+    frame = pd.DataFrame(rows)
+    if "ok" not in frame.columns and "error" in frame.columns:
+        frame["ok"] = frame["error"].isna() | (frame["error"] == "")
+    return frame
+
+
+def requests(paths: PathLike | Iterable[PathLike], include_warmup: bool = False) -> pd.DataFrame:
+    """One row per request, from per-request files (``--save-requests``) or the lists inside results.
+
+    Each row carries its run's ``run_id``, ``label`` and ``concurrency`` so that
+    requests from many runs can be grouped like the runs themselves.
+    """
+    frames = []
+    for row, record in _collect(paths):
+        side = _requests_path(Path(row["path"]), record)
+        frame = _requests_from_lines(side) if side is not None else _requests_from_lists(record)
+        if frame.empty:
+            continue
+        if not include_warmup and "warmup" in frame.columns:
+            frame = frame[~frame["warmup"].fillna(False).astype(bool)]
+        frame = frame.copy()
+        for key in ("run_id", "label", "engine", "concurrency", "input_len", "output_len"):
+            frame[f"run_{key}" if key in frame.columns and key != "run_id" else key] = row.get(key)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "label", "concurrency", "ttft_ms", "tpot_ms", "e2el_ms"])
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- histograms -------------------------------------------------------------------------------
+
+_UNIT_MS = {"ns": 1e-6, "us": 1e-3, "usec": 1e-3, "µs": 1e-3, "ms": 1.0, "msec": 1.0, "s": 1000.0, "sec": 1000.0}
+
+
+def _unit_scale(record: Mapping[str, Any], default: str = "us") -> float:
+    for key in ("histogram_unit", "histograms_unit", "hdr_unit", "histogram_units", "unit"):
+        unit = record.get(key)
+        if isinstance(unit, str) and unit.lower() in _UNIT_MS:
+            return _UNIT_MS[unit.lower()]
+    return _UNIT_MS[default]
+
+
+def _metric_of(tag: str) -> str | None:
+    low = tag.lower()
+    for metric in METRICS:
+        if metric in low:
+            return metric
+    if "e2e" in low:
+        return "e2el"
+    if "queue" in low:
+        return "queue"
+    return None
+
+
+def _embedded(record: Mapping[str, Any]) -> dict[str, tuple[Any, float]]:
+    """Histograms embedded in a result record, keyed by metric, with their ms-per-unit."""
+    out: dict[str, tuple[Any, float]] = {}
+    default_scale = _unit_scale(record)
+    for key in ("histograms", "hdr_histograms", "hdr"):
+        block = record.get(key)
+        if not isinstance(block, Mapping):
+            continue
+        scale = _unit_scale(block, "us") if any(k in block for k in _UNIT_KEYS) else default_scale
+        for name, value in block.items():
+            payload, unit_scale = value, scale
+            if isinstance(value, Mapping):
+                payload = value.get("histogram") or value.get("encoded") or value.get("data")
+                unit_scale = _unit_scale({"histogram_unit": value.get("unit")}, "us") if value.get("unit") else scale
+            metric = _metric_of(str(name))
+            if metric and isinstance(payload, str) and payload.strip().startswith("HIST"):
+                try:
+                    out[metric] = (hdr.decode(payload), unit_scale)
+                except Exception:  # noqa: BLE001 - a damaged blob falls back to the other sources
+                    continue
+    return out
+
+
+_UNIT_KEYS = ("histogram_unit", "histograms_unit", "hdr_unit", "unit")
+
+
+def _from_hlog(path: Path, scale: float) -> dict[str, tuple[Any, float]]:
+    """Merge every interval of an HdrHistogram interval log, per tag."""
+    out: dict[str, Any] = {}
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith(("#", '"')):
+                continue
+            tag = None
+            if line.startswith("Tag="):
+                tag, _, line = line[4:].partition(",")
+            parts = line.split(",")
+            if len(parts) < 4:
+                continue
+            metric = _metric_of(tag or "")
+            if metric is None:
+                continue
+            try:
+                hist = hdr.decode(parts[3])
+            except Exception:  # noqa: BLE001 - skip a damaged interval, keep the rest
+                continue
+            if metric in out:
+                out[metric].add(hist)
+            else:
+                out[metric] = hist
+    return {m: (h, scale) for m, h in out.items()}
+
+
+def _from_lists(record: Mapping[str, Any]) -> dict[str, tuple[Any, float]]:
+    reqs = _requests_from_lists(record)
+    if reqs.empty:
+        return {}
+    ok = reqs[reqs["ok"]]
+    out = {}
+    for metric in ("ttft", "tpot", "e2el"):
+        values = ok[f"{metric}_ms"].dropna().tolist()
+        if values:
+            out[metric] = (hdr.from_ms(values), 0.001)
+    gaps = [g for lst in ok["itls_ms"] for g in lst]
+    if gaps:
+        out["itl"] = (hdr.from_ms(gaps), 0.001)
+    return out
+
+
+def histograms(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
+    """One row per (run, metric) with its HDR histogram in column ``histogram``.
+
+    Sources, best first: histograms embedded in the result, the ``.hlog`` beside
+    it, then the raw per-request lists (vLLM ``--save-result``). ``source`` says
+    which; ``ms_per_unit`` converts recorded values. Merge rows with
+    :func:`merge_histograms`.
+    """
+    rows = []
+    for row, record in _collect(paths):
+        path = Path(row["path"])
+        found = _embedded(record)
+        hlog = path.with_suffix(".hlog")
+        if hlog.is_file():
+            for metric, item in _from_hlog(hlog, _unit_scale(record)).items():
+                found.setdefault(metric, item)
+        source = "embedded/hlog" if found else "raw lists"
+        if not found:
+            found = _from_lists(record)
+        for metric, (hist, scale) in sorted(found.items()):
+            rows.append({
+                "run_id": row["run_id"], "label": row["label"], "engine": row.get("engine"),
+                "concurrency": row.get("concurrency"), "input_len": row.get("input_len"),
+                "output_len": row.get("output_len"), "metric": metric, "histogram": hist,
+                "ms_per_unit": scale, "count": hist.get_total_count(), "source": source,
+            })
+    return pd.DataFrame(rows, columns=[
+        "run_id", "label", "engine", "concurrency", "input_len", "output_len", "metric",
+        "histogram", "ms_per_unit", "count", "source",
+    ])
+
+
+def merge_histograms(frame: pd.DataFrame, by: list[str] | tuple[str, ...] = ("label", "metric")) -> pd.DataFrame:
+    """Merge the histograms of ``frame`` (from :func:`histograms`) within each group of ``by``.
+
+    The result has the same columns (``ms_per_unit`` becomes microseconds'
+    0.001) so it can be merged again or plotted.
+    """
+    by = list(by)
+    if "metric" not in by:
+        by.append("metric")
+    rows = []
+    for key, group in frame.groupby(by, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        merged = hdr.merge(list(group["histogram"]), list(group["ms_per_unit"]))
+        entry = dict(zip(by, key, strict=True))
+        entry.update({"histogram": merged, "ms_per_unit": 0.001, "count": merged.get_total_count(),
+                      "runs": len(group)})
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+def is_complete(path: PathLike) -> bool:
+    """True when ``path`` is a parseable result that did not stop early (resuming skips these)."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return False
+    try:
+        rows = _run_rows(p, strict=True)
+    except LoadError:
+        return False
+    return bool(rows) and not any(r["partial"] for r, _ in rows) and all(
+        (r.get("completed") or 0) > 0 and not math.isnan(r.get("completed") or 0) for r, _ in rows
+    )

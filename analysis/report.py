@@ -1,0 +1,165 @@
+"""Write a report folder: summary.csv, comparison.md, plots (PNG + SVG) and one self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots
+from analysis.checks import Issue, comparability
+from analysis.compare import Comparison, compare_labels
+from analysis.summary import summary, write_csv
+
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` produced, for the caller to print or test."""
+
+    out_dir: Path
+    summary_csv: Path
+    comparison_md: Path
+    html: Path
+    plots: list[Path] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+
+
+def ordered_labels(runs: pd.DataFrame, baseline: str | None = None) -> list[str]:
+    """Labels in order of first appearance, ``baseline`` first when given."""
+    labels = [str(x) for x in pd.unique(runs["label"])]
+    if baseline is not None:
+        if baseline not in labels:
+            raise ValueError(f"--baseline '{baseline}' is not a label of these runs; labels: {', '.join(labels)}")
+        labels.remove(baseline)
+        labels.insert(0, baseline)
+    return labels
+
+
+def comparisons(runs: pd.DataFrame, labels: list[str]) -> list[Comparison]:
+    """Every other label against the first (the baseline, A)."""
+    return [compare_labels(runs, labels[0], other) for other in labels[1:]]
+
+
+def _select_concurrencies(hists: pd.DataFrame, limit: int = 3) -> list[float]:
+    """Concurrencies shared by every label (else all), thinned to lowest, middle and highest."""
+    per_label = [set(g["concurrency"].dropna()) for _, g in hists.groupby("label")]
+    shared = sorted(set.intersection(*per_label)) if per_label else []
+    pool = shared or sorted(set(hists["concurrency"].dropna()))
+    if len(pool) <= limit:
+        return pool
+    picks = {pool[0], pool[len(pool) // 2], pool[-1]}
+    return sorted(picks)
+
+
+def make_plots(runs: pd.DataFrame, hists: pd.DataFrame | None, plot_dir: Path) -> list[Path]:
+    """Every report figure, written as PNG and SVG; returns the PNG paths in report order."""
+    written: list[Path] = []
+    written += plots.save(plots.throughput(runs), plot_dir, "output_throughput")
+    for metric in LATENCY_METRICS:
+        column = f"p99_{metric}_ms"
+        if column in runs and runs[column].notna().any():
+            written += plots.save(plots.latency(runs, metric), plot_dir, f"{metric}_vs_concurrency")
+    if "p99_ttft_ms" in runs and runs["p99_ttft_ms"].notna().any():
+        written += plots.save(plots.latency_throughput(runs), plot_dir, "latency_throughput")
+    if hists is not None and not hists.empty:
+        pairs = sorted({(r.input_len, r.output_len) for r in hists.itertuples()}, key=str)
+        for inp, outl in pairs:
+            sub = hists[(hists["input_len"] == inp) & (hists["output_len"] == outl)] if len(pairs) > 1 else hists
+            concs = _select_concurrencies(sub)
+            sub = sub[sub["concurrency"].isin(concs)]
+            suffix = f"_{_n(inp)}x{_n(outl)}" if len(pairs) > 1 else ""
+            for metric in LATENCY_METRICS:
+                if (sub["metric"] == metric).any():
+                    title = f"{metric.upper()} percentile distribution ({_n(inp)} in / {_n(outl)} out)"
+                    written += plots.save(plots.hdr_curves(sub, metric, title), plot_dir, f"hdr_{metric}{suffix}")
+    return [p for p in written if p.suffix == ".png"]
+
+
+def _n(value: object) -> str:
+    return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
+
+
+def comparison_markdown(issues: list[Issue], comps: list[Comparison], labels: list[str]) -> str:
+    """comparison.md: the issues across all runs, then one section per comparison."""
+    lines = ["# Comparison", ""]
+    if len(labels) < 2:
+        lines += [f"Only one set of runs ({', '.join(labels)}): nothing to compare.", ""]
+        lines += ["## Comparability", ""] + ([f"- **{i.severity}**: {i.message}" for i in issues] or ["- no issues found"])
+        return "\n".join(lines) + "\n"
+    for comp in comps:
+        lines.append(comp.to_markdown())
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """
+:root { color-scheme: light dark; --ink:#222; --bg:#fff; --muted:#666; --warn:#b35c00; --ok:#2f7d4f; --line:#ddd; }
+@media (prefers-color-scheme: dark) { :root { --ink:#e6e6e6; --bg:#16181c; --muted:#9a9a9a; --warn:#f0a050; --ok:#6fcf97; --line:#333; } }
+body { font: 14px/1.45 system-ui, sans-serif; color: var(--ink); background: var(--bg); margin: 2rem auto; max-width: 1200px; padding: 0 1rem; }
+h1, h2, h3 { font-weight: 600; } .muted { color: var(--muted); }
+li.warning { color: var(--warn); } li.note { color: var(--muted); } li.ok { color: var(--ok); }
+table { border-collapse: collapse; font-size: 12px; margin: .5rem 0 1.5rem; display: block; overflow-x: auto; }
+th, td { border-bottom: 1px solid var(--line); padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { position: sticky; top: 0; background: var(--bg); }
+img { max-width: 100%; display: block; margin: .5rem 0 1.5rem; }
+"""
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:,.2f}", na_rep="", border=0)
+
+
+def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: list[Comparison], pngs: list[Path]) -> str:
+    """One HTML page with everything inline (styles, tables, images): attachable to a ticket as is."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts.append("<h2>Comparability</h2><ul>")
+    parts += [f"<li class='{i.severity}'><b>{i.severity}</b>: {html.escape(i.message)}</li>" for i in issues]
+    if not issues:
+        parts.append("<li class='ok'>no issues found</li>")
+    parts.append("</ul>")
+    for comp in comps:
+        parts.append(f"<h2>{html.escape(comp.b)} (B) vs {html.escape(comp.a)} (A)</h2><h3>Conclusions the data supports</h3><ul>")
+        parts += [f"<li class='ok'>{html.escape(c.full_text)}</li>" for c in comp.supported] or ["<li class='muted'>none</li>"]
+        parts.append("</ul>")
+        if comp.unsupported:
+            parts.append("<h3>Differences the data does not support</h3><ul>")
+            parts += [f"<li class='warning'>{html.escape(c.text)} — not comparable: {html.escape('; '.join(c.caveats))}</li>"
+                      for c in comp.unsupported]
+            parts.append("</ul>")
+        parts.append("<details><summary>side by side, per concurrency</summary>" + _table(comp.table) + "</details>")
+    parts.append("<h2>Summary</h2>" + _table(table))
+    parts.append("<h2>Plots</h2>")
+    parts += [_img(p) for p in pngs]
+    parts.append("<p class='muted'>Written by loadgen-report.</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(runs: pd.DataFrame, out_dir: str | Path, hists: pd.DataFrame | None = None,
+                 baseline: str | None = None, title: str = "loadgen report") -> Report:
+    """Write summary.csv, comparison.md, plots/ and report.html into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = ordered_labels(runs, baseline)
+    table = summary(runs)
+    csv_path = out / "summary.csv"
+    write_csv(table, str(csv_path))
+    issues = comparability(runs)
+    comps = comparisons(runs, labels)
+    md_path = out / "comparison.md"
+    md_path.write_text(comparison_markdown(issues, comps, labels), encoding="utf-8")
+    pngs = make_plots(runs, hists, out / "plots")
+    html_path = out / "report.html"
+    html_path.write_text(render_html(title, table, issues, comps, pngs), encoding="utf-8")
+    return Report(out, csv_path, md_path, html_path, pngs, issues, comps)

@@ -1,0 +1,52 @@
+"""The summary table: the field report's columns, then the tails and failures it left out."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# The field report's summary.csv, in its order and with its names, so its readers keep working.
+REPORT_COLUMNS = {
+    "concurrency": "concurrency",
+    "mean_ttft_ms": "mean TTFT(ms)",
+    "input_throughput": "input_throughput(tokens/s)",
+    "output_throughput": "output_throughput(tokens/s)",
+    "mean_tpot_ms": "mean TPOT(ms)",
+    "mean_input_len": "mean_input_len",
+    "mean_output_len": "mean_output_len",
+}
+
+EXTRA_COLUMNS = {
+    "p50_ttft_ms": "p50 TTFT(ms)",
+    "p99_ttft_ms": "p99 TTFT(ms)",
+    "p50_tpot_ms": "p50 TPOT(ms)",
+    "p99_tpot_ms": "p99 TPOT(ms)",
+    "p50_itl_ms": "p50 ITL(ms)",
+    "p99_itl_ms": "p99 ITL(ms)",
+    "p50_e2el_ms": "p50 E2EL(ms)",
+    "p99_e2el_ms": "p99 E2EL(ms)",
+    "error_rate": "error_rate",
+    "request_goodput": "goodput(req/s)",
+    "request_throughput": "request_throughput(req/s)",
+    "num_prompts": "num_prompts",
+}
+
+KEY_COLUMNS = {"label": "label", "input_len": "input_len", "output_len": "output_len"}
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run with the report's columns first; figures a producer did not record are empty.
+
+    Rows are ordered by label, then asked lengths, then concurrency, which is
+    the order a reader scans a sweep in.
+    """
+    wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS}
+    frame = pd.DataFrame(index=runs.index)
+    for src, name in wanted.items():
+        frame[name] = runs[src] if src in runs.columns else pd.NA
+    frame = frame.sort_values(["label", "input_len", "output_len", "concurrency"], kind="stable", na_position="last")
+    return frame.reset_index(drop=True)
+
+
+def write_csv(table: pd.DataFrame, path: str) -> None:
+    """Write the summary with two decimals, as the field report's collector did."""
+    table.to_csv(path, index=False, float_format="%.2f")

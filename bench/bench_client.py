@@ -1,0 +1,275 @@
+"""How much does the client distort what it measures, and how fast can it read?
+
+Starts ``bench/stream_server.py`` pinned to one core, pins itself to another, and runs:
+
+* ``accuracy``: the server sends the first token after exactly ``--ttft-ms`` and then
+  one token every ``--itl-ms``; for each concurrency, 2x as many prompts as streams.
+  Reported figures are compared with the server's own log of when it wrote each
+  chunk (both sides stamp CLOCK_MONOTONIC through ``perf_counter_ns``), so each
+  error is "client says" minus "server did".
+* ``saturation``: the server writes whole responses at once (``--ttft-ms 0
+  --itl-ms 0``); the figure is content chunks consumed per second with full
+  measurement (every chunk stamped and counted).
+
+Each implementation runs in turn within each repeat so that they share the
+machine's noise; medians over ``--repeat`` runs are printed last:
+
+* ``raw``: loadgen as shipped (Protocol-level reader, through loadgen.runner);
+* ``aiohttp``: the same measurement through aiohttp's response API;
+* ``raw-gc``: raw without pausing the garbage collector during the run;
+* ``raw-noconn``: raw without opening the first wave's connections up front;
+* ``raw-noslice``: raw without the one-chunk-one-event fast path in data_received.
+
+    python bench/bench_client.py accuracy --concurrency 1,64,256,1024 --repeat 3
+    python bench/bench_client.py saturation --streams 64,512 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from loadgen import client, runner  # noqa: E402
+from loadgen.records import Prompt, RequestRecord  # noqa: E402
+from loadgen.runner import Target  # noqa: E402
+
+# raw: the product as shipped. The raw-* variants each switch one optimisation off.
+IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice")
+
+
+@contextmanager
+def stream_server(args: list[str], cpu: int | None):
+    cmd = [sys.executable, str(ROOT / "bench" / "stream_server.py"), "--port", "0", *args]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("LISTENING"):
+            raise RuntimeError(f"stream server did not start: {line!r}")
+        yield int(line.split()[1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def http_json(port: int, path: str, method: str = "GET"):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
+             ) -> tuple[list[RequestRecord], int, int, list[int]]:
+    import uvloop
+
+    if impl.startswith("raw"):
+        runner.FREEZE_GC = impl != "raw-gc"
+        runner.PRECONNECT = impl != "raw-noconn"
+        client._Conn.fast_path = impl != "raw-noslice"
+        try:
+            out = runner.run(target, prompts, None, concurrency=concurrency)
+        finally:
+            runner.FREEZE_GC = runner.PRECONNECT = client._Conn.fast_path = True
+        return out.records, out.start_ns, out.end_ns, out.lag_samples_ns
+    from bench_client_aiohttp import run_aiohttp
+
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            return r.run(run_aiohttp(target, prompts, concurrency))
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def pct(a, q: float) -> float:
+    return float(np.percentile(np.asarray(a, dtype=np.float64), q)) if len(a) else float("nan")
+
+
+def client_figures(records: list[RequestRecord]) -> dict[str, list[float]]:
+    """TTFT, TPOT and split ITL (ms) by the metrics contract's definitions."""
+    ttft, tpot, itl = [], [], []
+    for r in records:
+        if r.error or not r.chunk_ns:
+            continue
+        ttft.append((r.first_ns - r.sent_ns) / 1e6)
+        if r.output_tokens > 1:
+            tpot.append((r.last_ns - r.first_ns) / 1e6 / (r.output_tokens - 1))
+        for j in range(1, len(r.chunk_ns)):
+            k = r.chunk_tokens[j] or 1
+            gap = (r.chunk_ns[j] - r.chunk_ns[j - 1]) / 1e6 / k
+            itl.extend([gap] * k)
+    return {"ttft": ttft, "tpot": tpot, "itl": itl}
+
+
+def truth_figures(truth: list[dict]) -> dict[str, list[float]]:
+    ttft, tpot, itl = [], [], []
+    for t in truth:
+        s = t["send_ns"]
+        if not s:
+            continue
+        ttft.append((s[0] - t["recv_ns"]) / 1e6)
+        if len(s) > 1:
+            tpot.append((s[-1] - s[0]) / 1e6 / (len(s) - 1))
+            itl.extend(np.diff(np.asarray(s, dtype=np.float64)) / 1e6)
+    return {"ttft": ttft, "tpot": tpot, "itl": itl}
+
+
+def delivery_delays(records: list[RequestRecord], truth: list[dict]) -> list[float]:
+    """Per chunk: client stamp minus server write stamp (ms), matched by request id."""
+    by_id = {t["id"]: t["send_ns"] for t in truth}
+    out: list[float] = []
+    for r in records:
+        sends = by_id.get(r.prompt_id)
+        if not sends or r.error:
+            continue
+        n = min(len(sends), len(r.chunk_ns))
+        out.extend((np.asarray(r.chunk_ns[:n]) - np.asarray(sends[:n])) / 1e6)
+    return out
+
+
+def accuracy(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    srv = ["--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms), "--tokens", str(args.tokens)]
+    with stream_server(srv, args.server_cpu) as port:
+        target = Target(f"http://127.0.0.1:{port}", "vllm", "stream-test", timeout_s=120)
+        for rep in range(args.repeat):
+            for conc in args.concurrency:
+                for impl in args.impl:
+                    http_json(port, "/reset", "POST")
+                    prompts = [Prompt(i, 4, args.tokens, text=f"id={i} bench prompt") for i in range(2 * conc)]
+                    records, start, end, lag = run_impl(impl, target, prompts, conc)
+                    truth = http_json(port, "/truth")
+                    stats = http_json(port, "/stats")
+                    c, s = client_figures(records), truth_figures(truth)
+                    delay = delivery_delays(records, truth)
+                    row = {
+                        "mode": "accuracy", "impl": impl, "concurrency": conc, "repeat": rep,
+                        "errors": sum(1 for r in records if r.error),
+                        "ttft_mean_err": statistics.fmean(c["ttft"]) - statistics.fmean(s["ttft"]),
+                        "ttft_p99_err": pct(c["ttft"], 99) - pct(s["ttft"], 99),
+                        "tpot_mean_err": statistics.fmean(c["tpot"]) - statistics.fmean(s["tpot"]),
+                        "itl_p99_err": pct(c["itl"], 99) - pct(s["itl"], 99),
+                        "ttft_mean": statistics.fmean(c["ttft"]), "ttft_true": statistics.fmean(s["ttft"]),
+                        "itl_p99": pct(c["itl"], 99), "itl_p99_true": pct(s["itl"], 99),
+                        "delay_p50": pct(delay, 50), "delay_p99": pct(delay, 99),
+                        "lag_p99": pct(lag, 99) / 1e6, "lag_max": (max(lag) / 1e6 if lag else 0.0),
+                        "max_in_flight": stats["max_in_flight"], "wall_s": (end - start) / 1e9,
+                    }
+                    rows.append(row)
+                    print(f"accuracy {impl:8s} c={conc:5d} rep={rep} err={row['errors']} "
+                          f"TTFT mean {row['ttft_mean']:.1f} (true {row['ttft_true']:.1f}) err {row['ttft_mean_err']:+.2f} "
+                          f"p99err {row['ttft_p99_err']:+.2f} | TPOT err {row['tpot_mean_err']:+.3f} | "
+                          f"ITL p99 {row['itl_p99']:.2f} (true {row['itl_p99_true']:.2f}) err {row['itl_p99_err']:+.3f} | "
+                          f"delay p50/p99 {row['delay_p50']:.2f}/{row['delay_p99']:.2f} | lag p99 {row['lag_p99']:.1f} ms",
+                          flush=True)
+    return rows
+
+
+def saturation(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    srv = ["--ttft-ms", "0", "--itl-ms", "0", "--tokens", str(args.tokens), "--no-truth"]
+    with stream_server(srv, args.server_cpu) as port:
+        target = Target(f"http://127.0.0.1:{port}", "vllm", "stream-test", timeout_s=120)
+        for rep in range(args.repeat):
+            for streams in args.streams:
+                for impl in args.impl:
+                    n = streams * args.requests_per_stream
+                    prompts = [Prompt(i, 4, args.tokens, text=f"id={i} x") for i in range(n)]
+                    records, start, end, lag = run_impl(impl, target, prompts, streams)
+                    chunks = sum(len(r.chunk_ns) for r in records)
+                    errors = sum(1 for r in records if r.error)
+                    rate = chunks / ((end - start) / 1e9)
+                    rows.append({"mode": "saturation", "impl": impl, "streams": streams, "repeat": rep,
+                                 "chunks": chunks, "errors": errors, "chunks_per_s": rate,
+                                 "lag_p99": pct(lag, 99) / 1e6})
+                    print(f"saturation {impl:8s} streams={streams:4d} rep={rep} chunks={chunks} err={errors} "
+                          f"-> {rate / 1000:.0f}k chunks/s (lag p99 {pct(lag, 99) / 1e6:.1f} ms)", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict]) -> None:
+    print("\nmedians:")
+    keys: dict[tuple, list[dict]] = {}
+    for r in rows:
+        keys.setdefault((r["mode"], r["impl"], r.get("concurrency", r.get("streams"))), []).append(r)
+    for (mode, impl, n), group in keys.items():
+        med = lambda k: statistics.median(g[k] for g in group)  # noqa: E731
+        if mode == "accuracy":
+            print(f"  accuracy   {impl:8s} c={n:5d}: TTFT mean err {med('ttft_mean_err'):+.2f} ms, "
+                  f"TTFT p99 err {med('ttft_p99_err'):+.2f} ms, TPOT mean err {med('tpot_mean_err'):+.3f} ms, "
+                  f"ITL p99 err {med('itl_p99_err'):+.3f} ms, chunk delay p99 {med('delay_p99'):.2f} ms, "
+                  f"lag p99 {med('lag_p99'):.1f} ms ({len(group)} runs)")
+        else:
+            print(f"  saturation {impl:8s} streams={n:4d}: {med('chunks_per_s') / 1000:.0f}k chunks/s "
+                  f"({len(group)} runs)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("mode", choices=("accuracy", "saturation"))
+    ap.add_argument("--impl", default="raw,aiohttp", help=f"comma list of {', '.join(IMPLS)}")
+    ap.add_argument("--concurrency", default="1,64,256,1024")
+    ap.add_argument("--streams", default="64,512")
+    ap.add_argument("--requests-per-stream", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--ttft-ms", type=float, default=100.0)
+    ap.add_argument("--itl-ms", type=float, default=20.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
+    args = ap.parse_args()
+    args.impl = [s.strip() for s in args.impl.split(",") if s.strip()]
+    bad = [i for i in args.impl if i not in IMPLS]
+    if bad:
+        ap.error(f"unknown --impl {', '.join(bad)}; choose from {', '.join(IMPLS)}")
+    args.concurrency = [int(x) for x in args.concurrency.split(",")]
+    args.streams = [int(x) for x in args.streams.split(",")]
+    ncpu = os.cpu_count() or 1
+    if args.server_cpu >= ncpu or args.client_cpu >= ncpu:
+        args.server_cpu = None
+        print(f"only {ncpu} CPU(s): not pinning", file=sys.stderr)
+    else:
+        os.sched_setaffinity(0, {args.client_cpu})
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    except (ValueError, OSError):
+        pass
+    t0 = time.time()
+    rows = accuracy(args) if args.mode == "accuracy" else saturation(args)
+    summarise(rows)
+    print(f"({time.time() - t0:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Start, watch and stop a server process tree; remember detached servers in a state file.
+
+An engine is a tree of processes (vLLM: API server, engine core, workers; SGLang:
+tokenizer, schedulers per rank, detokenizer). Killing only the top one leaves
+workers holding GPU memory, and the next start then fails in memory profiling.
+So every server runs in its own session/process group, and stopping means:
+SIGTERM to the group, wait, SIGKILL whatever is left — the group *and* any
+descendant that moved to another group — until nothing is alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STATE_DIR_ENV = "LOADGEN_STATE_DIR"
+
+
+# --- ports -----------------------------------------------------------------------
+
+
+def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
+    """True when something already listens on (or holds) ``port``.
+
+    The bind test uses SO_REUSEADDR like the servers do, so connections of a
+    server stopped a moment ago (TIME_WAIT) do not count as busy, while a
+    listener does; a connect to the loopback catches a server bound with
+    SO_REUSEPORT (vLLM 0.8.2), which a bind test alone might miss.
+    """
+    bind_host = "" if host in ("0.0.0.0", "::", "") else host
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind_host, port))
+        except OSError:
+            return True
+    probe = "127.0.0.1" if family == socket.AF_INET and bind_host in ("", "127.0.0.1") else bind_host or "::1"
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            return sock.connect_ex((probe, port)) == 0
+        except OSError:
+            return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+# --- process tree ------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgid) from /proc, or None when the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = raw[raw.rfind(")") + 2 :].split()
+    return rest[0], int(rest[1]), int(rest[2])
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def live_tree(pgid: int, root_pid: int | None = None) -> set[int]:
+    """Non-zombie processes in group ``pgid`` plus every descendant of ``root_pid``."""
+    stats = {}
+    for pid in _all_pids():
+        st = _proc_stat(pid)
+        if st is not None:
+            stats[pid] = st
+    members = {pid for pid, (state, _, pg) in stats.items() if pg == pgid and state != "Z"}
+    roots = set(members)
+    if root_pid is not None:
+        roots.add(root_pid)
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    stack = list(roots)
+    seen = set(stack)
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+                if stats[child][0] != "Z":
+                    members.add(child)
+    if root_pid is not None and root_pid in stats and stats[root_pid][0] != "Z":
+        members.add(root_pid)
+    return members
+
+
+def _signal_all(pgid: int, pids: set[int], sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_tree(pgid: int, root_pid: int | None = None, timeout_s: float = 15.0, popen: subprocess.Popen | None = None) -> bool:
+    """SIGTERM the group, wait up to ``timeout_s``, then SIGKILL; True when nothing survives.
+
+    ``popen`` (when we started the process) is reaped as we go, so its zombie does
+    not look alive.
+    """
+    pids = live_tree(pgid, root_pid)
+    if not pids:
+        if popen is not None:
+            popen.poll()
+        return True
+    known = set(pids)
+    _signal_all(pgid, pids, signal.SIGTERM)
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    while time.monotonic() < deadline:
+        if popen is not None:
+            popen.poll()
+        pids = live_tree(pgid, root_pid) | {p for p in known if _alive(p)}
+        if not pids:
+            return True
+        known |= pids
+        time.sleep(0.1)
+    for _ in range(50):
+        pids = live_tree(pgid, root_pid) | {p for p in known if _alive(p)}
+        if not pids:
+            return True
+        known |= pids
+        _signal_all(pgid, pids, signal.SIGKILL)
+        if popen is not None:
+            try:
+                popen.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            time.sleep(0.1)
+    return not (live_tree(pgid, root_pid) | {p for p in known if _alive(p)})
+
+
+def _alive(pid: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[0] != "Z"
+
+
+def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``.
+
+    A new session makes the server its own process-group leader, so a Ctrl-C at
+    the terminal reaches only us and we stop the server deliberately.
+    """
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=str(cwd) if cwd else None,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+# --- docker ------------------------------------------------------------------------
+
+
+def docker_problem() -> str | None:
+    """None when a Docker daemon answers, else a one-line reason and fix."""
+    try:
+        proc = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=15
+        )
+    except FileNotFoundError:
+        return "the docker client is not installed; install Docker or run natively (drop --docker)"
+    except subprocess.TimeoutExpired:
+        return "the Docker daemon does not answer (docker info timed out); start it or run natively (drop --docker)"
+    if proc.returncode != 0:
+        first = (proc.stderr or proc.stdout).strip().splitlines()
+        why = first[-1] if first else f"exit {proc.returncode}"
+        return f"no Docker daemon is reachable ({why}); start it (systemctl start docker) or run natively (drop --docker)"
+    return None
+
+
+def docker_stop(name: str, timeout_s: float = 15.0) -> bool:
+    try:
+        proc = subprocess.run(
+            ["docker", "stop", "-t", str(int(timeout_s)), name], capture_output=True, text=True, timeout=timeout_s + 30
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def docker_container_name(docker_argv: list[str] | None) -> str | None:
+    if not docker_argv:
+        return None
+    for i, arg in enumerate(docker_argv):
+        if arg == "--name" and i + 1 < len(docker_argv):
+            return docker_argv[i + 1]
+        if arg.startswith("--name="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+# --- state files ---------------------------------------------------------------------
+
+
+@dataclass
+class ServerState:
+    """What ``serve --detach`` leaves behind so that ``stop`` and ``status`` find the server."""
+
+    pid: int
+    pgid: int
+    port: int
+    host: str
+    engine: str
+    base_url: str
+    log_path: str
+    argv: list[str]
+    started_at: float
+    container: str | None = None
+    health_path: str = "/health"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".loadgen" / "servers")
+
+
+def default_state_path(port: int) -> Path:
+    return state_dir() / f"{port}.json"
+
+
+def write_state(path: Path, state: ServerState) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(state.to_json(), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_state(path: Path) -> ServerState:
+    """Raise ValueError with a one-line reason when the file is missing or damaged."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return ServerState(**raw)
+    except FileNotFoundError:
+        raise ValueError(f"no state file {path}: was the server started with `serve --detach`?") from None
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"state file {path} is damaged ({exc}); stop the server by its pid and delete the file") from None
+
+
+def list_states() -> list[Path]:
+    root = state_dir()
+    return sorted(root.glob("*.json")) if root.is_dir() else []
+
+
+def state_alive(state: ServerState) -> bool:
+    return bool(live_tree(state.pgid, state.pid)) or state.container is not None and _container_running(state.container)
+
+
+def _container_running(name: str) -> bool:
+    try:
+        proc = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True, timeout=10
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and proc.stdout.strip() == "true"

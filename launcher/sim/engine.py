@@ -1,0 +1,324 @@
+"""The continuous-batching timing model, free of clocks and sockets.
+
+The server and the profile fit drive the very same ``Engine.step``: the server
+sleeps for the returned duration on a real clock, the fit adds it to a virtual
+one. That is what lets the fit be checked as a pure function and guarantees the
+server behaves like the fitted model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from launcher.sim.profiles import Profile
+
+
+class Seq:
+    """One request inside the engine. Mutable and slotted: the step loop touches
+    thousands of these per second."""
+
+    __slots__ = (
+        "rid",
+        "prompt_len",
+        "max_out",
+        "target_out",
+        "arrival",
+        "admitted_at",
+        "prefilled",
+        "generated",
+        "pending",
+        "reserved",
+        "done",
+        "cancelled",
+        "first_at",
+        "finished_at",
+        "sink",
+    )
+
+    def __init__(self, rid: int, prompt_len: int, max_out: int, target_out: int, arrival: float = 0.0) -> None:
+        self.rid = rid
+        self.prompt_len = prompt_len
+        self.max_out = max_out
+        self.target_out = min(max(1, target_out), max_out)
+        self.arrival = arrival
+        self.admitted_at = -1.0
+        self.prefilled = 0
+        self.generated = 0
+        self.pending = 0  # tokens produced by the last step, not yet delivered
+        self.reserved = 0
+        self.done = False
+        self.cancelled = False
+        self.first_at = -1.0
+        self.finished_at = -1.0
+        self.sink = None
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.generated >= self.max_out else "stop"
+
+
+class Engine:
+    """Slots, a FCFS waiting queue, a KV budget in tokens, a per-step token budget.
+
+    KV is reserved for the whole request (prompt + max_tokens) at admission, so no
+    preemption is ever needed; real engines allocate lazily and preempt, which
+    changes little for the bursty workloads the profiles are fitted to.
+    """
+
+    def __init__(self, profile: Profile, tokens_per_step: int = 1) -> None:
+        self.profile = profile
+        self.tokens_per_step = max(1, int(tokens_per_step))
+        self.waiting: deque[Seq] = deque()
+        self.running: list[Seq] = []
+        self.kv_used = 0
+        self.steps = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self._base = profile.base_ms / 1000.0
+        self._per_seq = profile.decode_seq_ms / 1000.0
+        self._per_tok = profile.prefill_token_ms / 1000.0
+        self._prefill_step = profile.prefill_step_ms / 1000.0
+        self._batch: tuple[list[Seq], list[Seq]] | None = None
+
+    def admissible(self, prompt_len: int, max_out: int) -> str | None:
+        """Why a request can never run here (None when it can)."""
+        p = self.profile
+        if prompt_len + max_out > p.kv_tokens:
+            return f"prompt + max_tokens = {prompt_len + max_out} exceeds the KV cache of {p.kv_tokens} tokens"
+        if not p.chunked_prefill and prompt_len > p.max_batched_tokens:
+            return f"prompt of {prompt_len} tokens exceeds the per-step budget of {p.max_batched_tokens} tokens"
+        return None
+
+    def submit(self, seq: Seq) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_used / self.profile.kv_tokens
+
+    def _admit(self, now: float, limit_tokens: int | None) -> None:
+        """Move waiting requests into slots while slots, KV (and prefill budget) allow."""
+        p = self.profile
+        running = self.running
+        waiting = self.waiting
+        while waiting:
+            seq = waiting[0]
+            if seq.cancelled:
+                waiting.popleft()
+                continue
+            if len(running) >= p.max_num_seqs:
+                return
+            need = seq.prompt_len + seq.max_out
+            if self.kv_used + need > p.kv_tokens:
+                return
+            if limit_tokens is not None and limit_tokens <= 0:
+                return
+            waiting.popleft()
+            seq.reserved = need
+            seq.admitted_at = now
+            self.kv_used += need
+            running.append(seq)
+            if limit_tokens is not None:
+                limit_tokens -= seq.prompt_len
+
+    def step(self, now: float = 0.0) -> tuple[float, list[Seq]]:
+        """Plan and execute one engine step that starts at ``now``.
+
+        Returns the step's duration and the sequences that produced tokens (their
+        ``pending`` counts them; ``done`` marks the finished ones, already out of
+        the batch). The tokens exist at ``now + duration``.
+        """
+        duration = self.plan(now)
+        return duration, self.finish()
+
+    @property
+    def planned(self) -> bool:
+        return self._batch is not None
+
+    def plan(self, now: float = 0.0) -> float:
+        """First half of a step: admit, build the batch, return its duration.
+
+        The server plans the next step as soon as the previous one ends and only
+        then writes the previous step's tokens to the sockets, so socket work
+        overlaps the next step like output processing does in a real engine.
+        """
+        p = self.profile
+        budget = p.max_batched_tokens
+        decode: list[Seq] = []
+        prefill_tokens = 0
+        completes_prefill: list[Seq] = []
+
+        # One pass: drop cancelled sequences (free their KV), collect decoders.
+        running = self.running
+        keep: list[Seq] = []
+        dropped = False
+        for seq in running:
+            if seq.cancelled:
+                self.kv_used -= seq.reserved
+                dropped = True
+                continue
+            keep.append(seq)
+            if seq.prefilled >= seq.prompt_len:
+                decode.append(seq)
+        if dropped:
+            self.running = running = keep
+
+        prefill_only = False
+        if p.schedule == "prefill-first":
+            self._admit(now, budget)
+            running = self.running
+            prefill_only = len(running) > len(decode)
+        if prefill_only:
+            decode = []
+        else:
+            budget -= len(decode)
+            if p.schedule == "mixed":
+                self._admit(now, None)
+                running = self.running
+        if prefill_only or (p.schedule == "mixed" and len(running) > len(decode)):
+            for seq in running:
+                if budget <= 0:
+                    break
+                left = seq.prompt_len - seq.prefilled
+                if left <= 0:
+                    continue
+                if left > budget and not p.chunked_prefill:
+                    break
+                chunk = left if left <= budget else budget
+                seq.prefilled += chunk
+                budget -= chunk
+                prefill_tokens += chunk
+                if seq.prefilled >= seq.prompt_len:
+                    completes_prefill.append(seq)
+
+        duration = self._base + self._per_seq * len(decode) + self._per_tok * prefill_tokens
+        if prefill_tokens:
+            duration += self._prefill_step
+        self.steps += 1
+        self.prompt_tokens_total += prefill_tokens
+        self._batch = (decode, completes_prefill)
+        return duration
+
+    def finish(self) -> list[Seq]:
+        """Second half of a step: its tokens now exist. Returns who got tokens."""
+        if self._batch is None:
+            return []
+        decode, completes_prefill = self._batch
+        self._batch = None
+        k = self.tokens_per_step
+        finished = False
+        produced = 0
+        if k == 1:
+            for seq in decode:
+                g = seq.generated + 1
+                seq.generated = g
+                seq.pending += 1
+                if g >= seq.target_out:
+                    seq.done = True
+                    finished = True
+            produced = len(decode)
+        else:
+            for seq in decode:
+                n = seq.target_out - seq.generated
+                if n > k:
+                    n = k
+                seq.generated += n
+                seq.pending += n
+                produced += n
+                if seq.generated >= seq.target_out:
+                    seq.done = True
+                    finished = True
+        emitted = decode
+        for seq in completes_prefill:
+            seq.generated += 1
+            seq.pending += 1
+            produced += 1
+            emitted.append(seq)
+            if seq.generated >= seq.target_out:
+                seq.done = True
+                finished = True
+        self.generation_tokens_total += produced
+        if finished:
+            keep = []
+            for seq in self.running:
+                if seq.done:
+                    self.kv_used -= seq.reserved
+                else:
+                    keep.append(seq)
+            self.running = keep
+        return emitted
+
+
+def natural_length(profile: Profile, rng: random.Random, max_out: int) -> int:
+    """Where the model would emit EOS on its own: log-normal around the profile's
+    median, capped by ``max_tokens``. A median of 0 means never stop early."""
+    if profile.natural_len_median <= 0:
+        return max_out
+    if profile.natural_len_sigma <= 0:
+        n = profile.natural_len_median
+    else:
+        n = math.exp(rng.gauss(math.log(profile.natural_len_median), profile.natural_len_sigma))
+    return max(1, min(max_out, int(round(n))))
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    arrival: float
+    prompt_len: int
+    output_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """When each request got its first and last token, on the virtual clock."""
+
+    arrival: float
+    first: float
+    finish: float
+    output_len: int
+
+    @property
+    def ttft(self) -> float:
+        return self.first - self.arrival
+
+    @property
+    def tpot(self) -> float | None:
+        if self.output_len < 2:
+            return None
+        return (self.finish - self.first) / (self.output_len - 1)
+
+
+def simulate(profile: Profile, requests: list[SimRequest], tokens_per_step: int = 1) -> list[SimResult]:
+    """Run the engine on a virtual clock; pure and deterministic."""
+    engine = Engine(profile, tokens_per_step)
+    order = sorted(range(len(requests)), key=lambda i: requests[i].arrival)
+    seqs = [
+        Seq(i, requests[i].prompt_len, requests[i].output_len, requests[i].output_len, requests[i].arrival)
+        for i in range(len(requests))
+    ]
+    t = 0.0
+    nxt = 0
+    while nxt < len(order) or engine.has_work():
+        while nxt < len(order) and requests[order[nxt]].arrival <= t:
+            engine.submit(seqs[order[nxt]])
+            nxt += 1
+        if not engine.has_work():
+            t = requests[order[nxt]].arrival
+            continue
+        duration, emitted = engine.step(t)
+        if duration <= 0 and not emitted and not engine.running:
+            raise RuntimeError("engine made no progress")
+        t += duration
+        for seq in emitted:
+            if seq.first_at < 0:
+                seq.first_at = t
+            seq.pending = 0
+            if seq.done:
+                seq.finished_at = t
+    return [SimResult(s.arrival, s.first_at, s.finished_at, s.generated) for s in seqs]

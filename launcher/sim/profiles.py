@@ -1,0 +1,111 @@
+"""Engine timing profiles: plain data, loaded from JSON.
+
+A profile is the whole difference between "a fast toy server for tests" and "an
+8xH20 DeepSeek-R1 deployment": the same batching model runs both, only these
+numbers change. Keeping them in data files means a new deployment is fitted and
+added without touching code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+SCHEDULES = ("mixed", "prefill-first")
+
+
+class ProfileError(ValueError):
+    """A profile could not be found or is invalid; the message names the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Cost model and capacity of one simulated deployment.
+
+    Step duration = ``base_ms`` + ``decode_seq_ms`` x decoding sequences
+    + ``prefill_token_ms`` x prompt tokens processed in the step
+    + ``prefill_step_ms`` when the step processes any prompt tokens.
+
+    ``schedule`` chooses how prefill and decode share a step: ``mixed`` puts every
+    running decode and prompt chunks up to the token budget in one step (vLLM V1
+    style); ``prefill-first`` runs a prefill-only step whenever prompts are waiting
+    and decode-only steps otherwise (vLLM V0 without chunked prefill, SGLang).
+    """
+
+    name: str
+    base_ms: float
+    decode_seq_ms: float
+    prefill_token_ms: float
+    prefill_step_ms: float = 0.0
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+    kv_tokens: int = 1_000_000
+    schedule: str = "mixed"
+    chunked_prefill: bool = True
+    natural_len_median: float = 0.0
+    natural_len_sigma: float = 0.0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for key in ("base_ms", "decode_seq_ms", "prefill_token_ms", "prefill_step_ms"):
+            if getattr(self, key) < 0:
+                problems.append(f"{key} must be >= 0")
+        for key in ("max_num_seqs", "max_batched_tokens", "kv_tokens"):
+            if int(getattr(self, key)) < 1:
+                problems.append(f"{key} must be >= 1")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}")
+        if self.natural_len_median < 0 or self.natural_len_sigma < 0:
+            problems.append("natural_len_median and natural_len_sigma must be >= 0")
+        if problems:
+            raise ProfileError(f"profile '{self.name}': " + "; ".join(problems))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def replace(self, **changes: Any) -> Profile:
+        data = asdict(self)
+        data.update(changes)
+        return Profile(**data)
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles shipped with the package."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+def profile_from_dict(data: dict[str, Any], name: str) -> Profile:
+    known = {f.name for f in fields(Profile)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ProfileError(
+            f"profile '{name}': unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+        )
+    data = {"name": name, **data}
+    try:
+        return Profile(**data)
+    except TypeError as exc:
+        raise ProfileError(f"profile '{name}': {exc}") from None
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load a shipped profile by name, or any profile JSON file by path."""
+    path = Path(name_or_path).expanduser()
+    if not (path.suffix == ".json" and path.is_file()):
+        path = PROFILE_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ProfileError(
+            f"unknown profile '{name_or_path}': use one of {', '.join(available_profiles())} "
+            f"or the path of a profile .json file"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ProfileError(f"cannot read profile '{path}': {exc}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"profile '{path}' must be a JSON object")
+    return profile_from_dict(data, data.pop("name", path.stem))

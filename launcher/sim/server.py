@@ -1,0 +1,187 @@
+"""``loadgen-launch serve --engine sim`` / ``python -m launcher.sim``: options and
+the foreground server process (one process, one uvloop event loop)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import NoReturn
+
+from launcher.sim.faults import FaultConfig
+from launcher.sim.profiles import ProfileError, available_profiles, load_profile
+
+EXAMPLES = """examples:
+  python -m launcher.sim --port 8000 --profile fast
+  loadgen-launch serve --engine sim --profile sglang-h20x8-r1 --max-model-len 65536
+  python -m launcher.sim --fault-429 0.05 --fault-reset-mid 0.01 --fault-seed 7
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit code 2
+        self.exit(2, f"sim: error: {message} (see --help)\n")
+
+
+def _prob(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability within 0..1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 0..65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="sim",
+        description="OpenAI-compatible LLM server emulator: continuous batching with a timing profile, "
+        "real tokenizer counts, fault injection.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="port to bind; 0 picks a free one (default: 8000)")
+    p.add_argument("--profile", default="fast",
+                   help=f"timing profile name ({', '.join(available_profiles())}) or a .json path (default: fast)")
+    p.add_argument("--model", default="deepseek-r1", help="model name served by /v1/models (default: deepseek-r1)")
+    p.add_argument("--tokenizer", default="deepseek-r1",
+                   help="tokenizer folder, or deepseek-r1 for the bundled one (default: deepseek-r1)")
+    p.add_argument("--max-model-len", type=_positive_int, default=8192,
+                   help="context length; prompt + max_tokens above it is a 400 (default: 8192)")
+    p.add_argument("--tokens-per-chunk", type=_positive_int, default=1,
+                   help="tokens per decode step and SSE chunk, like speculative decoding (default: 1)")
+    p.add_argument("--max-num-seqs", type=_positive_int, help="override the profile's batch slots")
+    p.add_argument("--natural-len-median", type=_nonneg_float,
+                   help="median output length when ignore_eos is off; 0 = always max_tokens (default: profile's)")
+    p.add_argument("--natural-len-sigma", type=_nonneg_float,
+                   help="log-normal sigma of that length (default: profile's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for output lengths and text (default: 0)")
+    g = p.add_argument_group("fault injection (per-request probabilities)")
+    g.add_argument("--fault-429", type=_prob, default=0.0, metavar="P", help="answer HTTP 429")
+    g.add_argument("--fault-500", type=_prob, default=0.0, metavar="P", help="answer HTTP 500")
+    g.add_argument("--fault-reset-before", type=_prob, default=0.0, metavar="P",
+                   help="reset the connection before the first byte")
+    g.add_argument("--fault-reset-mid", type=_prob, default=0.0, metavar="P", help="reset the connection mid-stream")
+    g.add_argument("--fault-stall", type=_prob, default=0.0, metavar="P", help="stall the stream mid-way")
+    g.add_argument("--stall-ms", type=_nonneg_float, default=2000.0, help="length of a stall (default: 2000)")
+    g.add_argument("--fault-malformed", type=_prob, default=0.0, metavar="P", help="send one malformed event")
+    g.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (default: 0)")
+    g.add_argument("--startup-delay", type=_nonneg_float, default=0.0, metavar="S",
+                   help="seconds during which /health answers 503 (default: 0)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def parse_config(argv: list[str]):  # -> SimConfig, imported lazily to keep --help instant
+    from launcher.sim.api import SimConfig
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        profile = load_profile(args.profile)
+        changes = {}
+        if args.max_num_seqs is not None:
+            changes["max_num_seqs"] = args.max_num_seqs
+        if args.natural_len_median is not None:
+            changes["natural_len_median"] = args.natural_len_median
+        if args.natural_len_sigma is not None:
+            changes["natural_len_sigma"] = args.natural_len_sigma
+        if changes:
+            profile = profile.replace(**changes)
+        faults = FaultConfig(
+            p_429=args.fault_429, p_500=args.fault_500, p_reset_before=args.fault_reset_before,
+            p_reset_mid=args.fault_reset_mid, p_stall=args.fault_stall, stall_ms=args.stall_ms,
+            p_malformed=args.fault_malformed, startup_delay=args.startup_delay, seed=args.fault_seed,
+        )
+    except (ProfileError, ValueError) as exc:
+        parser.error(str(exc))
+    return SimConfig(
+        host=args.host, port=args.port, model=args.model, tokenizer=args.tokenizer, profile=profile,
+        max_model_len=args.max_model_len, tokens_per_chunk=args.tokens_per_chunk, seed=args.seed, faults=faults,
+    ), args
+
+
+async def serve(cfg, tokenizer) -> None:
+    """Run until SIGTERM/SIGINT, then close listeners and streams."""
+    from aiohttp import web
+
+    from launcher.sim.api import build_app
+
+    app = build_app(cfg, tokenizer)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, backlog=4096, reuse_address=True)
+    await site.start()
+    port = cfg.port
+    for server in getattr(site, "_server", None).sockets if getattr(site, "_server", None) else []:
+        port = server.getsockname()[1]
+        break
+    print(f"sim: serving model '{cfg.model}' with profile '{cfg.profile.name}' on http://{cfg.host}:{port}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse sim's options and serve in the foreground until stopped."""
+    cfg, args = parse_config(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=args.log_level.upper(), format="sim %(levelname)s %(message)s")
+    logging.getLogger("aiohttp").setLevel(max(logging.ERROR, logging.getLogger().level))
+    from launcher.sim.tokens import SimTokenizer
+    from loadgen.workload.tokenizer import TokenizerError
+
+    try:
+        tokenizer = SimTokenizer(cfg.tokenizer)
+    except TokenizerError as exc:
+        print(f"sim: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    import uvloop
+
+    try:
+        uvloop.run(serve(cfg, tokenizer))
+    except OSError as exc:  # port in use, bad host
+        print(f"sim: error: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}; "
+              f"pick another --port or --host", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass

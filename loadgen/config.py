@@ -1,0 +1,318 @@
+"""The validated configuration of a run or sweep, and the parsers behind each option.
+
+Everything a user can get wrong is checked here, before any work starts, and every
+rejection is one line that names the option and the fix (:class:`ConfigError`; the
+CLI turns it into a usage error, exit code 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import string
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from loadgen.metrics import DEFAULT_PERCENTILES, GOODPUT_METRICS
+from loadgen.schedule import ARRIVALS
+
+BACKENDS = ("openai", "vllm", "openai-chat", "sglang")
+DATASETS = ("random", "sharegpt", "jsonl")
+DEFAULT_RESULT_FILENAME = "{backend}-c{concurrency}-r{rate}-i{input_len}-o{output_len}-{date}.json"
+FILENAME_FIELDS = (
+    "backend", "model", "concurrency", "rate", "input_len", "output_len", "num_prompts",
+    "dataset", "label", "date", "seed", "arrival",
+)
+
+
+class ConfigError(ValueError):
+    """A bad option or combination; the message is one line with the fix."""
+
+
+# ---------------------------------------------------------------- option parsers
+
+
+def parse_rates(text: str) -> list[float]:
+    """``"10"``, ``"inf"``, ``"1,2,inf"`` → request rates (req/s)."""
+    rates: list[float] = []
+    for part in _split_list(text, "--rate"):
+        low = part.lower()
+        if low in ("inf", "infinity", "max"):
+            rates.append(math.inf)
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(f"--rate: '{part}' is not a number; give e.g. --rate 10, --rate inf or --rate 1,2,inf") from None
+        if not value > 0 or math.isinf(value):
+            raise ConfigError(f"--rate must be > 0 (or inf), got {part}; give e.g. --rate 10 or --rate inf")
+        rates.append(value)
+    return rates
+
+
+def parse_concurrencies(text: str | None) -> list[int | None]:
+    """``"8"``, ``"1,2,4"`` → concurrency limits; ``None`` → one unlimited point."""
+    if text is None or text.strip().lower() in ("", "none", "unlimited"):
+        return [None]
+    values: list[int | None] = []
+    for part in _split_list(text, "--concurrency"):
+        try:
+            value = int(part)
+        except ValueError:
+            raise ConfigError(f"--concurrency: '{part}' is not a whole number; give e.g. --concurrency 8 or 1,2,4") from None
+        if value < 1:
+            raise ConfigError(f"--concurrency must be >= 1, got {value}; omit it for no limit")
+        values.append(value)
+    return values
+
+
+def parse_goodput(items: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """``["ttft:500", "tpot:50"]`` (or comma-joined) → SLOs in ms, vLLM's ``--goodput`` form."""
+    slos: dict[str, float] = {}
+    for item in items:
+        for part in _split_list(item, "--goodput"):
+            name, sep, value = part.partition(":")
+            name = name.strip().lower()
+            if not sep or name not in GOODPUT_METRICS:
+                raise ConfigError(
+                    f"--goodput: '{part}' is not METRIC:MS with METRIC one of {', '.join(GOODPUT_METRICS)}; "
+                    "give e.g. --goodput ttft:500 tpot:50"
+                )
+            try:
+                ms = float(value)
+            except ValueError:
+                raise ConfigError(f"--goodput: '{value}' in '{part}' is not a number of milliseconds") from None
+            if not ms > 0 or math.isinf(ms):
+                raise ConfigError(f"--goodput: the {name} SLO must be a positive number of ms, got {value}")
+            slos[name] = ms
+    return slos
+
+
+def parse_percentiles(text: str) -> list[float]:
+    """``"50,90,99"`` → percentiles in (0, 100]."""
+    values: list[float] = []
+    for part in _split_list(text, "--percentiles"):
+        try:
+            p = float(part)
+        except ValueError:
+            raise ConfigError(f"--percentiles: '{part}' is not a number; give e.g. --percentiles 50,90,99") from None
+        if not 0 < p <= 100:
+            raise ConfigError(f"--percentiles: {part} is outside (0, 100]; give e.g. --percentiles 50,90,99,99.9")
+        if p not in values:
+            values.append(p)
+    return values
+
+
+def parse_metadata(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["gpu=H20", "tp=8"]`` → a dict stored verbatim in every result file."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--metadata: '{item}' is not KEY=VALUE; give e.g. --metadata gpu=H20 tp=8")
+        out[key.strip()] = value
+    return out
+
+
+def parse_extra_body(text: str | None) -> dict[str, Any] | None:
+    """A JSON object merged into every request body (sampling parameters and the like)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--extra-body is not valid JSON ({exc.msg} at char {exc.pos}); give e.g. --extra-body '{{\"temperature\": 0}}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--extra-body must be a JSON object, e.g. --extra-body '{\"temperature\": 0}'")
+    return value
+
+
+def base_url_from(base_url: str | None, host: str | None, port: int | None) -> str:
+    """``--base-url`` wins; else ``http://HOST:PORT`` (vLLM's and SGLang's defaults are 127.0.0.1:8000-ish)."""
+    if base_url:
+        url = base_url.strip().rstrip("/")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"--base-url '{base_url}' is not an http(s) URL; give e.g. --base-url http://127.0.0.1:8000")
+        if host or port:
+            raise ConfigError("give either --base-url or --host/--port, not both")
+        return url
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"--port {port} is not a TCP port (1-65535)")
+    host = host or "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port or 8000}"
+
+
+def _split_list(text: str, option: str) -> list[str]:
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or any(not p for p in parts):
+        raise ConfigError(f"{option}: empty item in '{text}'; separate values with single commas")
+    return parts
+
+
+# ---------------------------------------------------------------- the configuration
+
+
+@dataclass
+class RunConfig:
+    """One invocation: a workload, a target, and the list of load points to run."""
+
+    base_url: str = "http://127.0.0.1:8000"
+    endpoint: str | None = None
+    backend: str = "openai"
+    model: str | None = None
+    tokenizer: str | None = None
+    api_key: str | None = None
+    dataset: str = "random"
+    dataset_path: str | None = None
+    num_prompts: int | None = None  # None: 1000, or rate × duration
+    input_len: int = 1024
+    output_len: int = 128
+    range_ratio: float = 0.0
+    prefix_len: int = 0
+    num_prefixes: int = 0
+    input_len_counts: str = "total"
+    verify_prompts: bool | None = None  # None: when the server has /tokenize
+    rates: list[float] = field(default_factory=lambda: [math.inf])
+    arrival: str = "poisson"
+    burstiness: float = 1.0
+    concurrencies: list[int | None] = field(default_factory=lambda: [None])
+    duration_s: float | None = None
+    warmup: int = 0
+    seed: int = 0
+    ignore_eos: bool | None = None  # None: on for random prompts, off for datasets
+    extra_body: dict[str, Any] | None = None
+    timeout_s: float = 600.0
+    goodput_slos_ms: dict[str, float] = field(default_factory=dict)
+    percentiles: list[float] = field(default_factory=lambda: list(DEFAULT_PERCENTILES))
+    output_dir: str = "results"
+    result_filename: str = DEFAULT_RESULT_FILENAME
+    save_requests: bool = False
+    save_text: bool = False
+    label: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+    grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # Defaults that depend on other options are resolved here, once.
+    @property
+    def effective_ignore_eos(self) -> bool:
+        return self.dataset == "random" if self.ignore_eos is None else self.ignore_eos
+
+    @property
+    def chat(self) -> bool:
+        return self.backend == "openai-chat"
+
+    def prompts_needed(self) -> int:
+        """Prompts to build: asked count, else rate × duration, else 1000.
+
+        Every point of a sweep reuses the same prompt set, so a duration-bounded sweep
+        builds enough for its fastest finite rate.
+        """
+        if self.num_prompts is not None:
+            return self.num_prompts
+        if self.duration_s is not None:
+            finite = [r for r in self.rates if not math.isinf(r)]
+            if finite and len(finite) == len(self.rates):
+                return max(1, math.ceil(max(finite) * self.duration_s))
+        return 1000
+
+    def points(self) -> list[tuple[int | None, float]]:
+        """Load points in run order: for each concurrency, each rate."""
+        return [(c, r) for c in self.concurrencies for r in self.rates]
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend '{self.backend}' is unknown; use one of {', '.join(BACKENDS)}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"--dataset-name '{self.dataset}' is unknown; use one of {', '.join(DATASETS)}")
+        if self.dataset in ("sharegpt", "jsonl") and not self.dataset_path:
+            raise ConfigError(f"--dataset-name {self.dataset} needs --dataset-path FILE")
+        if self.dataset_path and not os.path.isfile(self.dataset_path):
+            raise ConfigError(f"--dataset-path '{self.dataset_path}' is not a readable file; check the path")
+        if self.dataset_path and not os.access(self.dataset_path, os.R_OK):
+            raise ConfigError(f"--dataset-path '{self.dataset_path}' is not readable; check its permissions")
+        if self.arrival not in ARRIVALS:
+            raise ConfigError(f"--arrival '{self.arrival}' is unknown; use one of {', '.join(ARRIVALS)}")
+        if not self.burstiness > 0 or math.isinf(self.burstiness):
+            raise ConfigError(f"--burstiness must be a positive number, got {self.burstiness} (1 = Poisson)")
+        if self.burstiness != 1.0 and self.arrival == "poisson":
+            self.arrival = "gamma"  # vLLM: burstiness != 1 means gamma arrivals
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
+        if self.input_len < 1:
+            raise ConfigError(f"--input-len must be >= 1, got {self.input_len}")
+        if self.output_len < 1:
+            raise ConfigError(f"--output-len must be >= 1, got {self.output_len}")
+        if not 0.0 <= self.range_ratio <= 1.0:
+            raise ConfigError(f"--random-range-ratio must be in [0, 1], got {self.range_ratio}")
+        if self.prefix_len < 0 or self.num_prefixes < 0:
+            raise ConfigError("--prefix-len and --num-prefixes must be >= 0")
+        if self.prefix_len and self.prefix_len >= self.input_len:
+            raise ConfigError(f"--prefix-len {self.prefix_len} leaves no room in --input-len {self.input_len}; make it smaller")
+        if self.input_len_counts not in ("total", "content"):
+            raise ConfigError(f"--input-len-counts must be total or content, got '{self.input_len_counts}'")
+        if self.duration_s is not None and not (self.duration_s > 0 and math.isfinite(self.duration_s)):
+            raise ConfigError(f"--duration must be a positive number of seconds, got {self.duration_s}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0 requests, got {self.warmup}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
+        if not self.rates:
+            raise ConfigError("--rate needs at least one value")
+        if self.endpoint is not None and not self.endpoint.startswith("/"):
+            raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
+        self._validate_template()
+
+    def _validate_template(self) -> None:
+        template = self.result_filename
+        if os.sep in template or (os.altsep and os.altsep in template):
+            raise ConfigError("--result-filename is a file name, not a path; put the folder in --output-dir")
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        except ValueError as exc:
+            raise ConfigError(f"--result-filename '{template}' is not a valid template ({exc}); use fields like {{concurrency}}") from None
+        unknown = {n.split(".")[0].split("[")[0].split("!")[0].split(":")[0] for n in names} - set(FILENAME_FIELDS)
+        if unknown:
+            raise ConfigError(
+                f"--result-filename: unknown field(s) {', '.join(sorted('{' + u + '}' for u in unknown))}; "
+                f"available: {', '.join('{' + f + '}' for f in FILENAME_FIELDS)}"
+            )
+        if len(self.points()) > 1:
+            if len(self.concurrencies) > 1 and "concurrency" not in names:
+                raise ConfigError("a concurrency sweep writes one file per point: add {concurrency} to --result-filename")
+            if len(self.rates) > 1 and "rate" not in names:
+                raise ConfigError("a rate sweep writes one file per point: add {rate} to --result-filename")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as stored in result files (the API key is never written)."""
+        d = asdict(self)
+        d["api_key"] = "***" if self.api_key else None
+        d["rates"] = [_rate_json(r) for r in self.rates]
+        d["ignore_eos"] = self.effective_ignore_eos
+        return d
+
+
+def _rate_json(rate: float) -> float | str:
+    return "inf" if math.isinf(rate) else rate
+
+
+def rate_label(rate: float) -> str:
+    """How a rate appears in file names and tables: ``inf`` or a compact number."""
+    return "inf" if math.isinf(rate) else f"{rate:g}"
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+def safe_filename_part(value: Any) -> str:
+    """Model ids carry slashes; file names may not."""
+    return _SAFE.sub("_", str(value)).strip("_") or "_"

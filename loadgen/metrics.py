@@ -1,0 +1,314 @@
+"""From request records to figures: pure functions, numpy, no I/O.
+
+records ──► :func:`per_request` (one row per request, flat ITL array)
+        ──► :func:`summarize` (counts, throughputs, stats per metric, goodput,
+            errors by kind, prompt-token mismatches, loop lag)
+
+Definitions (ARCHITECTURE.md, "Metrics contract"):
+
+* TTFT  = first content chunk − sent;  E2EL = last byte − sent.
+* TPOT  = (E2EL − TTFT) / (output_tokens − 1), only for requests with > 1 output token
+  (as vLLM does).
+* ITL   = gaps between token-bearing chunks. A chunk carrying k tokens contributes k
+  gaps of 1/k of the time since the previous token-bearing chunk; the first chunk's
+  tokens are covered by TTFT and contribute no gap.
+* Queue = sent − intended release (client-side queueing: the concurrency gate or a
+  late loop). ``ttft_from_intended`` and ``e2el_from_intended`` add it back, which is
+  what a user would have seen had the client not stalled (coordinated omission).
+
+Token counts per chunk come from the server's running usage where it sends it;
+otherwise each chunk counts one token. When the final count (``output_tokens``)
+disagrees with the chunk counts, the chunk counts are rescaled to it, keeping their
+proportions (see :func:`_corrected_chunk_tokens`).
+
+Failed requests are counted by error kind and excluded from the latency figures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from loadgen.records import RequestRecord
+
+METRICS = ("ttft", "tpot", "itl", "e2el")
+EXTRA_METRICS = ("queue", "ttft_from_intended", "e2el_from_intended")
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+# Loop lag above this at p99 means the client itself delayed reads and releases by
+# more than a typical decode step's jitter: its figures are not the server's alone.
+SATURATION_LAG_P99_MS = 10.0
+NS_PER_MS = 1_000_000.0
+
+
+@dataclass
+class RequestFigures:
+    """Per-request figures of the successful requests (ms), plus the flat ITL array.
+
+    ``itl_ms`` concatenates every request's gaps; ``itl_offsets[i]:itl_offsets[i+1]``
+    are request i's. Arrays are aligned with ``records`` (the successful ones).
+    """
+
+    records: list[RequestRecord]
+    ttft_ms: np.ndarray
+    e2el_ms: np.ndarray
+    tpot_ms: np.ndarray  # NaN where output_tokens <= 1
+    queue_ms: np.ndarray
+    ttft_from_intended_ms: np.ndarray
+    e2el_from_intended_ms: np.ndarray
+    itl_ms: np.ndarray
+    itl_offsets: np.ndarray
+    output_tokens: np.ndarray
+    input_lens: np.ndarray
+
+    def itls_of(self, i: int) -> np.ndarray:
+        return self.itl_ms[self.itl_offsets[i] : self.itl_offsets[i + 1]]
+
+    def values(self, metric: str) -> np.ndarray:
+        """The finite samples of one metric (``tpot`` drops single-token requests)."""
+        arr = getattr(self, f"{metric}_ms")
+        return arr[np.isfinite(arr)]
+
+
+@dataclass
+class Stats:
+    """Summary statistics of one metric, in ms. Empty samples give NaN-free zeros and n=0."""
+
+    n: int
+    mean: float
+    median: float
+    std: float
+    min: float
+    max: float
+    percentiles: dict[float, float] = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    """Aggregates of one load point."""
+
+    duration_s: float
+    num_requests: int
+    completed: int
+    failed: int
+    errors_by_kind: dict[str, int]
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    input_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    good_completed: int | None
+    request_goodput: float | None
+    stats: dict[str, Stats]
+    output_tokens_source: dict[str, int]
+    prompt_tokens_checked: int
+    prompt_token_mismatches: int
+    prompt_token_max_diff: int
+    lag_p50_ms: float
+    lag_p99_ms: float
+    lag_max_ms: float
+    client_saturated: bool
+    retries: int
+    max_concurrency_observed: int
+
+
+def _corrected_chunk_tokens(rec: RequestRecord) -> np.ndarray:
+    """Per-chunk token counts, made to add up to the request's final output count.
+
+    Cumulative counts are rescaled and rounded, so every token is attributed to the
+    chunk where it most plausibly arrived and the total is exact.
+    """
+    k = np.asarray(rec.chunk_tokens, dtype=np.int64) if rec.chunk_tokens else np.ones(len(rec.chunk_ns), np.int64)
+    total = int(k.sum())
+    target = rec.output_tokens
+    if target <= 0 or total == target or total == 0:
+        return k
+    cum = np.rint(np.cumsum(k) * (target / total)).astype(np.int64)
+    return np.diff(cum, prepend=0)
+
+
+def per_request(records: Iterable[RequestRecord]) -> RequestFigures:
+    """Figures for every successful, non-warm-up request. Vectorised over all chunks."""
+    ok = [r for r in records if r.ok and not r.warmup and r.first_ns > 0]
+    n = len(ok)
+    sent = np.fromiter((r.sent_ns for r in ok), np.int64, n)
+    first = np.fromiter((r.first_ns for r in ok), np.int64, n)
+    last = np.fromiter((r.last_ns for r in ok), np.int64, n)
+    intended = np.fromiter((r.intended_ns or r.sent_ns for r in ok), np.int64, n)
+    out_tok = np.fromiter((r.output_tokens for r in ok), np.int64, n)
+    in_len = np.fromiter((r.input_len for r in ok), np.int64, n)
+
+    ttft = (first - sent) / NS_PER_MS
+    e2el = (last - sent) / NS_PER_MS
+    queue = (sent - intended) / NS_PER_MS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(out_tok > 1, (e2el - ttft) / (out_tok - 1), np.nan)
+
+    # ITL over all chunks at once: flat stamps, per-chunk token counts, owner index.
+    stamps_list: list[np.ndarray] = []
+    tokens_list: list[np.ndarray] = []
+    lengths = np.zeros(n, np.int64)
+    for i, rec in enumerate(ok):
+        if len(rec.chunk_ns) < 2:
+            continue
+        k = _corrected_chunk_tokens(rec)
+        keep = k > 0
+        t = np.asarray(rec.chunk_ns, np.int64)[keep]
+        if t.size < 2:
+            continue
+        stamps_list.append(t)
+        tokens_list.append(k[keep])
+        lengths[i] = t.size
+    if stamps_list:
+        t = np.concatenate(stamps_list)
+        k = np.concatenate(tokens_list)
+        owner = np.repeat(np.nonzero(lengths)[0], lengths[lengths > 0])
+        same = owner[1:] == owner[:-1]
+        interval = (t[1:] - t[:-1])[same]
+        ks = k[1:][same]
+        itl = np.repeat(interval / ks, ks) / NS_PER_MS
+        gaps_per_req = np.bincount(owner[1:][same], weights=ks, minlength=n).astype(np.int64)
+    else:
+        itl = np.zeros(0)
+        gaps_per_req = np.zeros(n, np.int64)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(gaps_per_req, out=offsets[1:])
+
+    return RequestFigures(
+        records=ok,
+        ttft_ms=ttft,
+        e2el_ms=e2el,
+        tpot_ms=tpot,
+        queue_ms=queue,
+        ttft_from_intended_ms=ttft + queue,
+        e2el_from_intended_ms=e2el + queue,
+        itl_ms=itl,
+        itl_offsets=offsets,
+        output_tokens=out_tok,
+        input_lens=in_len,
+    )
+
+
+def stats_of(values: np.ndarray, percentiles: Sequence[float]) -> Stats:
+    """Mean/median/std (population, like numpy and vLLM) and the asked percentiles (linear)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, {float(p): 0.0 for p in percentiles})
+    pct = np.percentile(v, list(percentiles)) if percentiles else []
+    return Stats(
+        n=int(v.size),
+        mean=float(v.mean()),
+        median=float(np.median(v)),
+        std=float(v.std()),
+        min=float(v.min()),
+        max=float(v.max()),
+        percentiles={float(p): float(x) for p, x in zip(percentiles, pct, strict=True)},
+    )
+
+
+def good_mask(fig: RequestFigures, slos_ms: Mapping[str, float]) -> np.ndarray:
+    """vLLM's goodput rule: a request is good when it meets every SLO given.
+
+    A request with a single output token has no TPOT and passes the TPOT SLO (vLLM
+    counts its TPOT as 0).
+    """
+    good = np.ones(len(fig.records), dtype=bool)
+    for name, limit in slos_ms.items():
+        if name not in GOODPUT_METRICS:
+            raise ValueError(f"unknown goodput metric {name!r}; use one of {', '.join(GOODPUT_METRICS)}")
+        arr = getattr(fig, f"{name}_ms")
+        good &= np.nan_to_num(arr, nan=0.0) <= limit
+    return good
+
+
+def max_in_flight(records: Sequence[RequestRecord]) -> int:
+    """Peak number of requests between send and last byte (checks the concurrency gate)."""
+    ev = []
+    for r in records:
+        if r.sent_ns and (r.last_ns or r.first_ns):
+            end = max(r.last_ns, r.first_ns)
+            ev.append((r.sent_ns, 1))
+            ev.append((end, -1))
+    if not ev:
+        return 0
+    ev.sort(key=lambda e: (e[0], e[1]))
+    arr = np.cumsum([d for _, d in ev])
+    return int(arr.max())
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    start_ns: int,
+    end_ns: int,
+    *,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    goodput_slos_ms: Mapping[str, float] | None = None,
+    lag_samples_ns: Sequence[int] = (),
+    figures: RequestFigures | None = None,
+    saturation_lag_p99_ms: float = SATURATION_LAG_P99_MS,
+) -> Summary:
+    """Every aggregate of one point. ``records`` excludes warm-up requests."""
+    measured = [r for r in records if not r.warmup]
+    fig = figures if figures is not None else per_request(measured)
+    duration = max((end_ns - start_ns) / 1e9, 1e-9)
+    completed = len(fig.records)
+    errors = Counter(r.error or "unknown" for r in measured if not r.ok)
+    # A request that "succeeded" without any content chunk is not a completion.
+    no_output = sum(1 for r in measured if r.ok and r.first_ns <= 0)
+    if no_output:
+        errors["no_output"] += no_output
+    failed = sum(errors.values())
+    total_in = int(fig.input_lens.sum())
+    total_out = int(fig.output_tokens.sum())
+
+    stats = {m: stats_of(fig.values(m), percentiles) for m in METRICS + EXTRA_METRICS}
+
+    good_completed = request_goodput = None
+    if goodput_slos_ms:
+        good_completed = int(good_mask(fig, goodput_slos_ms).sum())
+        request_goodput = good_completed / duration
+
+    checked = [r for r in fig.records if r.server_prompt_tokens is not None]
+    diffs = [abs(r.server_prompt_tokens - r.input_len) for r in checked]  # type: ignore[operator]
+    mismatches = sum(1 for d in diffs if d)
+
+    lag = np.asarray(lag_samples_ns, dtype=np.float64) / NS_PER_MS
+    lag_p50, lag_p99 = (float(x) for x in np.percentile(lag, [50, 99])) if lag.size else (0.0, 0.0)
+    lag_max = float(lag.max()) if lag.size else 0.0
+
+    return Summary(
+        duration_s=duration,
+        num_requests=len(measured),
+        completed=completed,
+        failed=failed,
+        errors_by_kind=dict(sorted(errors.items())),
+        total_input_tokens=total_in,
+        total_output_tokens=total_out,
+        request_throughput=completed / duration,
+        input_throughput=total_in / duration,
+        output_throughput=total_out / duration,
+        total_token_throughput=(total_in + total_out) / duration,
+        good_completed=good_completed,
+        request_goodput=request_goodput,
+        stats=stats,
+        output_tokens_source=dict(Counter(r.output_tokens_source or "unknown" for r in fig.records)),
+        prompt_tokens_checked=len(checked),
+        prompt_token_mismatches=mismatches,
+        prompt_token_max_diff=max(diffs, default=0),
+        lag_p50_ms=lag_p50,
+        lag_p99_ms=lag_p99,
+        lag_max_ms=lag_max,
+        client_saturated=lag_p99 > saturation_lag_p99_ms,
+        retries=sum(r.retries for r in measured),
+        max_concurrency_observed=max_in_flight(measured),
+    )
+
+
+def percentile_key(p: float) -> str:
+    """vLLM's spelling of a percentile in result keys: 99 → "99", 99.9 → "99.9"."""
+    return str(int(p)) if float(p).is_integer() else f"{p:g}"
+

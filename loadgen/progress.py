@@ -1,0 +1,242 @@
+"""What the user sees while a point runs and when it ends.
+
+The live display never touches the hot path: the runner bumps plain integer counters
+and calls :meth:`Progress.tick` on a timer; rates are differences between ticks. On a
+TTY it is a rich ``Live`` line; otherwise (CI, pipes) a plain line every few seconds
+so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+
+class Progress:
+    """Live progress of one point: completed/total, in flight, req/s, output tok/s, errors."""
+
+    def __init__(
+        self,
+        counters: Any,
+        total: int,
+        title: str,
+        *,
+        console: Console | None = None,
+        live: bool | None = None,
+        plain_every_s: float = 5.0,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.counters = counters
+        self.total = total
+        self.title = title
+        self.console = console or Console(file=stream or sys.stderr)
+        self.live_mode = self.console.is_terminal if live is None else live
+        self.enabled = enabled
+        self.plain_every_s = plain_every_s
+        self._window: deque[tuple[float, int, int]] = deque(maxlen=64)
+        self._live: Live | None = None
+        self._last_plain = 0.0
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> Progress:
+        self._t0 = time.monotonic()
+        self._last_plain = self._t0
+        if self.enabled and self.live_mode:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def tick(self, *_: Any) -> None:
+        """Called by the runner every ``tick_s``; cheap, and tolerant of any arguments."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self._window.append((now, int(self.counters.completed), int(self.counters.output_tokens)))
+        if self._live is not None:
+            self._live.update(self._render())
+        elif now - self._last_plain >= self.plain_every_s:
+            self._last_plain = now
+            self.console.print(self.line(), highlight=False, soft_wrap=True)
+
+    def rates(self) -> tuple[float, float]:
+        """(req/s, output tok/s) over the last few seconds."""
+        now = time.monotonic()
+        recent = [w for w in self._window if now - w[0] <= 3.0] or list(self._window)
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return 0.0, 0.0
+        dt = recent[-1][0] - recent[0][0]
+        return (recent[-1][1] - recent[0][1]) / dt, (recent[-1][2] - recent[0][2]) / dt
+
+    def line(self) -> str:
+        c = self.counters
+        req_s, tok_s = self.rates()
+        elapsed = time.monotonic() - self._t0
+        return (
+            f"{self.title}: {c.completed}/{self.total} done, {c.in_flight} in flight, "
+            f"{req_s:.1f} req/s, {tok_s:.0f} out tok/s, {c.failed} errors, {elapsed:.0f}s"
+        )
+
+    def _render(self) -> Text:
+        text = Text(self.line())
+        if self.counters.failed:
+            text.stylize("yellow")
+        return text
+
+
+# ---------------------------------------------------------------- end-of-point summary
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _fmt_ms(value: Any) -> str:
+    """Latencies keep three or four significant figures and never need truncating."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def warnings_of(result: Mapping[str, Any]) -> list[str]:
+    """The loud lines: anything that makes the figures less than they seem."""
+    out = []
+    if result.get("partial"):
+        out.append("PARTIAL: the run was interrupted; figures cover only what finished.")
+    if result.get("failed"):
+        kinds = ", ".join(f"{k}={v}" for k, v in result.get("errors_by_kind", {}).items())
+        out.append(f"{result['failed']} request(s) failed ({kinds}).")
+    if result.get("prompt_token_mismatches"):
+        out.append(
+            f"PROMPT LENGTH MISMATCH: {result['prompt_token_mismatches']} of {result['prompt_tokens_checked']} "
+            f"requests were counted differently by the server (max diff {result['prompt_token_max_diff']} tokens): "
+            "client and server tokenizers or chat templates differ."
+        )
+    if result.get("client_saturated"):
+        out.append(
+            f"CLIENT SATURATED: event-loop lag p99 {result['loop_lag_p99_ms']:.1f} ms > "
+            f"{result['client_saturation_lag_p99_ms']:g} ms; latencies include the client's own delay. "
+            "Lower --concurrency or run the client on a less busy machine."
+        )
+    return out
+
+
+def summary_table(result: Mapping[str, Any]) -> Table:
+    """The end-of-point table: throughput and the latency distribution per metric."""
+    conc = result.get("max_concurrency")
+    rate = result.get("request_rate")
+    title = (
+        f"{result.get('backend')} {result.get('model_id')}  concurrency={conc if conc is not None else 'unlimited'} "
+        f"rate={rate}"
+    )
+    head = Table(title=title, show_header=False, box=None, pad_edge=False)
+    head.add_column(justify="left")
+    head.add_column(justify="right")
+    rows = [
+        ("Successful requests", result.get("completed")),
+        ("Failed requests", result.get("failed")),
+        ("Benchmark duration (s)", result.get("duration")),
+        ("Total input tokens", result.get("total_input_tokens")),
+        ("Total generated tokens", result.get("total_output_tokens")),
+        ("Request throughput (req/s)", result.get("request_throughput")),
+        ("Request goodput (req/s)", result.get("request_goodput")),
+        ("Input token throughput (tok/s)", result.get("input_throughput")),
+        ("Output token throughput (tok/s)", result.get("output_throughput")),
+        ("Total token throughput (tok/s)", result.get("total_token_throughput")),
+        ("Ignore EOS", result.get("ignore_eos")),
+        ("Loop lag p99 / max (ms)", f"{_fmt(result.get('loop_lag_p99_ms'))} / {_fmt(result.get('loop_lag_max_ms'))}"),
+    ]
+    for name, value in rows:
+        if name.startswith("Request goodput") and value is None:
+            continue
+        head.add_row(name, _fmt(value))
+
+    pcts = result.get("percentiles", [])
+    lat = Table(box=None, pad_edge=False)
+    lat.add_column("ms", no_wrap=True)
+    for col in ["mean", "median", "std", *[f"p{_pkey(p)}" for p in pcts], "max"]:
+        lat.add_column(col, justify="right")
+    names = {
+        "ttft": "TTFT",
+        "tpot": "TPOT",
+        "itl": "ITL",
+        "e2el": "E2EL",
+        "queue": "queue",
+        "ttft_from_intended": "TTFT+queue",
+        "e2el_from_intended": "E2EL+queue",
+    }
+    for key, label in names.items():
+        cells = [result.get(f"{s}_{key}_ms") for s in ("mean", "median", "std")]
+        cells += [result.get(f"p{_pkey(p)}_{key}_ms") for p in pcts]
+        cells.append(result.get(f"max_{key}_ms"))
+        lat.add_row(label, *[_fmt_ms(c) for c in cells])
+    outer = Table.grid()
+    outer.add_row(head)
+    outer.add_row(lat)
+    return outer
+
+
+def _pkey(p: float) -> str:
+    return str(int(p)) if float(p).is_integer() else f"{p:g}"
+
+
+def print_summary(result: Mapping[str, Any], console: Console, path: str | None = None) -> None:
+    console.print(summary_table(result))
+    for w in warnings_of(result):
+        console.print(f"[bold red]WARNING[/]: {w}", highlight=False)
+    if path:
+        console.print(f"results: {path}", highlight=False, soft_wrap=True)
+
+
+def sweep_table(results: Sequence[Mapping[str, Any]]) -> Table:
+    """One row per point, for the end of a sweep."""
+    table = Table(title="sweep")
+    for col in ("concurrency", "rate", "ok", "err", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "ITL p99", "flags"):
+        table.add_column(col, justify="right")
+    for r in results:
+        p99 = "p99" if 99.0 in [float(x) for x in r.get("percentiles", [])] else "max"
+        flags = " ".join(
+            f for f, on in (
+                ("partial", r.get("partial")),
+                ("saturated", r.get("client_saturated")),
+                ("mismatch", r.get("prompt_token_mismatches")),
+            ) if on
+        )
+        table.add_row(
+            _fmt(r.get("max_concurrency")) if r.get("max_concurrency") is not None else "unl.",
+            str(r.get("request_rate")),
+            _fmt(r.get("completed")),
+            _fmt(r.get("failed")),
+            _fmt(r.get("request_throughput")),
+            _fmt(r.get("output_throughput"), 0),
+            _fmt(r.get("median_ttft_ms")),
+            _fmt(r.get(f"{p99}_ttft_ms")),
+            _fmt(r.get("median_tpot_ms")),
+            _fmt(r.get(f"{p99}_itl_ms")),
+            flags,
+        )
+    return table

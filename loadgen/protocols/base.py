@@ -1,0 +1,111 @@
+"""What every wire protocol provides to the client.
+
+A protocol knows two things: how to turn a :class:`~loadgen.records.Prompt` into the
+bytes of a streaming request body, and how to read one SSE event's ``data`` payload.
+Everything else (HTTP, timing, retries) is the client's, so adding a protocol touches
+only this folder.
+
+:meth:`WireProtocol.parse` runs once per streamed event on the hot path, so it returns
+a plain tuple in :class:`Event`'s field order (building a named tuple costs a Python
+call per event), decodes with orjson straight from the bytes, and reads only the
+fields the client needs. Malformed data raises (``ValueError`` from orjson, or
+:class:`MalformedEvent`, or ``AttributeError`` for JSON that is not an object); the
+client counts it as a ``malformed`` event.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import orjson
+
+from loadgen.records import Prompt
+
+
+class Event(NamedTuple):
+    """One parsed SSE event.
+
+    ``completion_tokens`` is the server's *running* count of output tokens when the
+    event carries usage (vLLM ``continuous_usage_stats``, SGLang ``meta_info``, or a
+    final usage-only chunk), else ``None``; the client turns running counts into per
+    chunk deltas. ``error`` is set when the server reports an error inside the stream.
+    """
+
+    content: bool
+    completion_tokens: int | None
+    prompt_tokens: int | None
+    finish_reason: str | None
+    text: str | None
+    error: str | None
+
+
+class MalformedEvent(ValueError):
+    """An event whose data is not the JSON object the protocol expects."""
+
+
+class WireProtocol:
+    """Base class; subclasses set ``name``, ``default_endpoint`` and implement both hooks."""
+
+    name: str = ""
+    default_endpoint: str = ""
+
+    def build_body(
+        self,
+        prompt: Prompt,
+        model: str,
+        *,
+        ignore_eos: bool = True,
+        extra_body: dict[str, Any] | None = None,
+    ) -> bytes:
+        body = self.body_dict(prompt, model, ignore_eos=ignore_eos)
+        if extra_body:
+            body = merge_body(body, extra_body)
+        return orjson.dumps(body)
+
+    def body_dict(self, prompt: Prompt, model: str, *, ignore_eos: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def new_state(self) -> Any:
+        """Per-request parse state (``None`` for stateless protocols)."""
+        return None
+
+    def parse(self, data: bytes, state: Any) -> tuple:
+        """``(content, completion_tokens, prompt_tokens, finish_reason, text, error)``."""
+        raise NotImplementedError
+
+
+def merge_body(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``extra`` last, recursively for nested objects, so that
+    ``--extra-body '{"stream_options": {"continuous_usage_stats": false}}'`` changes one
+    key without dropping ``include_usage``. A ``null`` value removes the key, which is
+    how a field this tool sends by default is taken out for a strict server."""
+    out = dict(body)
+    for key, value in extra.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_body(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def error_text(obj: dict[str, Any]) -> str | None:
+    """The message of an OpenAI-style error object sent inside a stream, if this is one."""
+    err = obj.get("error")
+    if err is None and obj.get("object") == "error":
+        err = obj
+    if err is None:
+        return None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)[:300]
+    return str(err)[:300]
+
+
+def require_text(prompt: Prompt, protocol: str) -> str:
+    if prompt.text is None:
+        raise ValueError(
+            f"prompt {prompt.id} has chat messages but backend '{protocol}' sends raw text; "
+            "use --backend openai-chat, or build text prompts"
+        )
+    return prompt.text

@@ -1,0 +1,65 @@
+"""OpenAI ``/v1/chat/completions`` streaming.
+
+Chat streams open with a role-only delta, which is not output; reasoning models
+(DeepSeek-R1 behind a reasoning parser) stream their thinking as
+``delta.reasoning_content`` (vLLM, SGLang) or ``delta.reasoning``, which is output and
+counts as content. ``continuous_usage_stats`` is sent because every chat server this
+tool targets (vLLM, SGLang) accepts it; remove it with
+``--extra-body '{"stream_options": {"continuous_usage_stats": null}}'`` if a strict
+server objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from loadgen.protocols.base import WireProtocol, error_text
+from loadgen.records import Prompt
+
+
+class OpenAIChat(WireProtocol):
+    name = "openai-chat"
+    default_endpoint = "/v1/chat/completions"
+
+    def body_dict(self, prompt: Prompt, model: str, *, ignore_eos: bool) -> dict[str, Any]:
+        if prompt.messages is None:
+            raise ValueError(
+                f"prompt {prompt.id} is raw text but backend 'openai-chat' sends messages; "
+                "build chat prompts (--chat) or use --backend openai"
+            )
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": prompt.messages,
+            "max_tokens": prompt.output_len,
+            "max_completion_tokens": prompt.output_len,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+        if ignore_eos:
+            body["ignore_eos"] = True
+        return body
+
+    def parse(self, data: bytes, state: Any, loads: Any = orjson.loads) -> tuple:
+        obj = loads(data)
+        usage = obj.get("usage")
+        if usage:
+            ct = usage.get("completion_tokens")
+            pt = usage.get("prompt_tokens")
+        else:
+            ct = pt = None
+        choices = obj.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            text = None
+            if delta:
+                text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+            return (bool(text), ct, pt, choice.get("finish_reason"), text, None)
+        if choices is None:
+            err = error_text(obj)
+            if err is not None:
+                return (False, None, None, None, None, err)
+        return (False, ct, pt, None, None, None)

@@ -1,0 +1,134 @@
+"""Shared fixtures: real sim servers on 127.0.0.1, started as subprocesses.
+
+Tests talk to the sim over real sockets, exactly as the load generator talks to
+vLLM or SGLang. Every server is started in its own process group and stopped
+(SIGTERM, then SIGKILL) at teardown, whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class SimServer:
+    """A running sim: ``base_url`` like ``http://127.0.0.1:PORT``."""
+
+    base_url: str
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group, wait, then SIGKILL what is left."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=grace_s)
+
+
+def wait_healthy(base_url: str, proc: subprocess.Popen, timeout_s: float = START_TIMEOUT_S,
+                 expect_status: int = 200) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sim exited with code {proc.returncode} before answering /health")
+        try:
+            with urllib.request.urlopen(base_url + "/health", timeout=2) as resp:
+                if resp.status == expect_status:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            if exc.code == expect_status:
+                return
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise RuntimeError(f"sim did not answer /health {expect_status} within {timeout_s:.0f} s (last: {last})")
+
+
+def start_sim(*extra_args: str, log_dir: Path, expect_status: int = 200) -> SimServer:
+    port = free_port()
+    log_path = log_dir / f"sim-{port}.log"
+    cmd = [sys.executable, "-m", "launcher.sim", "--host", "127.0.0.1", "--port", str(port), "--profile", "fast",
+           *extra_args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = SimServer(f"http://127.0.0.1:{port}", port, proc, log_path)
+    try:
+        wait_healthy(server.base_url, proc, expect_status=expect_status)
+    except BaseException as exc:
+        stop_process_group(proc)
+        raise RuntimeError(f"{exc}\n--- sim log ---\n{server.log()}") from None
+    return server
+
+
+@pytest.fixture
+def sim_server(tmp_path: Path) -> Iterator[Callable[..., SimServer]]:
+    """Factory: ``srv = sim_server("--tokens-per-chunk", "2")`` starts a fresh sim
+    (fast profile unless ``--profile`` is given again) and stops it after the test."""
+    started: list[SimServer] = []
+
+    def factory(*extra_args: str, expect_status: int = 200) -> SimServer:
+        server = start_sim(*extra_args, log_dir=tmp_path, expect_status=expect_status)
+        started.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def sim_fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimServer]:
+    """One default fast sim shared by the whole session."""
+    server = start_sim(log_dir=tmp_path_factory.mktemp("sim-fast"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,103 @@
+"""``make bench``'s entry point: the sweep plan, and the whole loop on the fast sim (run, report, resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.bench import REPORT_CONCURRENCY, plan_points, steady_prompts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_report_grid_is_the_field_reports_measured_properly():
+    points = plan_points("report")
+    assert len(points) == 24
+    assert {(p.input_len, p.output_len) for p in points} == {(128, 128), (256, 256)}
+    assert [p.concurrency for p in points[:12]] == [1, 2, 4, 8, 16, 32, 64, 128, 200, 256, 512, 1024]
+    for p in points:
+        assert p.num_prompts == max(4 * p.concurrency, 32)
+        assert p.warmup == p.concurrency
+    assert points[0].filename == "serving_benchmark_1_128_128.json"
+    assert points[-1].filename == "serving_benchmark_1024_256_256.json"
+
+
+def test_like_report_is_one_burst_per_point():
+    for p in plan_points("report", like_report=True):
+        assert p.num_prompts == p.concurrency and p.warmup == 0
+    assert tuple(p.concurrency for p in plan_points("report", like_report=True)[:12]) == REPORT_CONCURRENCY
+
+
+def test_quick_sweep_reaches_past_one_wave():
+    for p in plan_points("quick"):
+        assert p.num_prompts >= 2 * p.concurrency
+    assert steady_prompts(1, "quick") >= 8
+
+
+def _bench(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "analysis.bench", "--engine", "sim", "--profile", "fast", "--sweep", "quick",
+            "--concurrency", "1,4", "--lengths", "32x16", "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_bench_runs_reports_and_resumes(tmp_path):
+    out = tmp_path / "bench"
+    first = _bench(out)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    results = out / "sim-fast"
+    names = sorted(p.name for p in results.glob("serving_benchmark_*.json"))
+    assert names == ["serving_benchmark_1_32_16.json", "serving_benchmark_4_32_16.json"]
+    data = json.loads((results / "serving_benchmark_4_32_16.json").read_text())
+    assert data["max_concurrency"] == 4 and data["num_prompts"] == 8 and data["ignore_eos"] is True
+    assert data["label"] == "sim-fast" and data["metadata"]["profile"] == "fast"
+    assert data["completed"] == 8
+    report = out / "report"
+    summary = pd.read_csv(report / "summary.csv")
+    assert sorted(summary["concurrency"]) == [1, 4]
+    assert (summary["mean_output_len"] == 16).all()
+    assert (report / "report.html").stat().st_size > 10_000
+    assert (report / "plots" / "output_throughput.png").is_file()
+    assert "server.log" in {p.name for p in results.iterdir()}
+
+    # A re-run finds every point complete and does not start a server.
+    again = _bench(out)
+    assert again.returncode == 0
+    assert "2 of 2 points already complete: skipped" in again.stdout
+    assert "launching" not in again.stdout
+
+    # An interrupted point (partial result) is redone, the complete one kept.
+    partial = results / "serving_benchmark_4_32_16.json"
+    partial.write_text(json.dumps({**data, "partial": True}))
+    kept = (results / "serving_benchmark_1_32_16.json").stat().st_mtime_ns
+    third = _bench(out)
+    assert third.returncode == 0, third.stdout[-3000:]
+    assert "1 of 2 points already complete: skipped" in third.stdout
+    assert json.loads(partial.read_text())["partial"] is False
+    assert (results / "serving_benchmark_1_32_16.json").stat().st_mtime_ns == kept
+
+
+def test_bench_usage_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--engine", "vllm", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "MODEL" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--lengths", "128", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "INxOUT" in proc.stderr
+
+
+def test_dry_run_lists_points_and_their_state(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--profile", "fast", "--sweep", "report",
+                           "--dry-run", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("to run") == 24
+    assert "serving_benchmark_1024_256_256.json: 4096 prompts + 1024 warm-up" in proc.stdout

@@ -1,0 +1,110 @@
+"""Wire protocols: request bodies built from Prompt records, SSE events parsed."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from loadgen.protocols import BACKENDS, get_protocol
+from loadgen.records import Prompt
+
+TEXT = Prompt(id=1, input_len=5, output_len=64, text="hello there")
+CHAT = Prompt(id=2, input_len=9, output_len=32, messages=[{"role": "user", "content": "hi"}])
+
+
+def body(backend: str, prompt: Prompt, **kw) -> dict:
+    return orjson.loads(get_protocol(backend).build_body(prompt, "m", **kw))
+
+
+def test_registry_names_and_unknown_backend() -> None:
+    assert set(BACKENDS) == {"openai", "vllm", "openai-chat", "sglang"}
+    with pytest.raises(ValueError, match="unknown backend 'tgi'.*openai, vllm, openai-chat, sglang"):
+        get_protocol("tgi")
+
+
+def test_default_endpoints() -> None:
+    assert get_protocol("openai").default_endpoint == "/v1/completions"
+    assert get_protocol("vllm").default_endpoint == "/v1/completions"
+    assert get_protocol("openai-chat").default_endpoint == "/v1/chat/completions"
+    assert get_protocol("sglang").default_endpoint == "/generate"
+
+
+def test_openai_completions_body_asks_for_usage_only() -> None:
+    b = body("openai", TEXT)
+    assert b["stream"] is True and b["prompt"] == "hello there" and b["max_tokens"] == 64
+    assert b["stream_options"] == {"include_usage": True}
+    assert b["ignore_eos"] is True and b["model"] == "m"
+
+
+def test_vllm_body_asks_for_continuous_usage() -> None:
+    assert body("vllm", TEXT)["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+
+
+def test_ignore_eos_off_is_not_sent() -> None:
+    assert "ignore_eos" not in body("vllm", TEXT, ignore_eos=False)
+    assert "ignore_eos" not in body("sglang", TEXT, ignore_eos=False)["sampling_params"]
+
+
+def test_extra_body_merges_last_recursively_and_null_removes() -> None:
+    b = body("vllm", TEXT, extra_body={"temperature": 0.7, "stream_options": {"continuous_usage_stats": None},
+                                       "top_k": 5, "stream": True})
+    assert b["temperature"] == 0.7 and b["top_k"] == 5
+    assert b["stream_options"] == {"include_usage": True}
+
+
+def test_chat_body_and_wrong_prompt_kinds() -> None:
+    b = body("openai-chat", CHAT)
+    assert b["messages"] == CHAT.messages and b["stream"] is True
+    assert b["stream_options"]["include_usage"] is True
+    with pytest.raises(ValueError, match="raw text but backend 'openai-chat'"):
+        get_protocol("openai-chat").build_body(TEXT, "m")
+    with pytest.raises(ValueError, match="chat messages but backend 'vllm'"):
+        get_protocol("vllm").build_body(CHAT, "m")
+
+
+def test_sglang_body() -> None:
+    b = body("sglang", TEXT)
+    assert b["text"] == "hello there" and b["stream"] is True
+    assert b["sampling_params"] == {"max_new_tokens": 64, "temperature": 0.0, "ignore_eos": True}
+
+
+def test_completions_events() -> None:
+    p = get_protocol("vllm")
+    ev = p.parse(b'{"choices":[{"text":" a","finish_reason":null}],'
+                 b'"usage":{"prompt_tokens":5,"completion_tokens":3}}', None)
+    assert ev == (True, 3, 5, None, " a", None)
+    # empty text is not content; the usage-only final chunk carries counts only
+    assert p.parse(b'{"choices":[{"text":"","finish_reason":"length"}]}', None)[:4] == (False, None, None, "length")
+    assert p.parse(b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":64}}', None)[:3] == (False, 64, 5)
+    err = p.parse(b'{"error":{"message":"boom","code":500}}', None)
+    assert err[0] is False and err[5] == "boom"
+    assert p.parse(b'{"object":"error","message":"bad"}', None)[5] == "bad"
+
+
+def test_chat_events_role_delta_is_not_content_reasoning_is() -> None:
+    p = get_protocol("openai-chat")
+    assert p.parse(b'{"choices":[{"delta":{"role":"assistant","content":""}}]}', None)[0] is False
+    assert p.parse(b'{"choices":[{"delta":{"reasoning_content":"hmm"}}]}', None)[:5] == (True, None, None, None, "hmm")
+    ev = p.parse(b'{"choices":[{"delta":{"content":"x"},"finish_reason":"stop"}],'
+                 b'"usage":{"prompt_tokens":9,"completion_tokens":2}}', None)
+    assert ev == (True, 2, 9, "stop", "x", None)
+
+
+def test_sglang_events_are_cumulative() -> None:
+    p = get_protocol("sglang")
+    st = p.new_state()
+    e1 = p.parse(b'{"text":"ab","meta_info":{"prompt_tokens":4,"completion_tokens":1,"finish_reason":null}}', st)
+    e2 = p.parse(b'{"text":"abcd","meta_info":{"prompt_tokens":4,"completion_tokens":3,"finish_reason":null}}', st)
+    e3 = p.parse(b'{"text":"abcd","meta_info":{"prompt_tokens":4,"completion_tokens":3,'
+                 b'"finish_reason":{"type":"length","length":3}}}', st)
+    assert e1 == (True, 1, 4, None, "ab", None)
+    assert e2 == (True, 3, 4, None, "cd", None)
+    assert e3[0] is False and e3[3] == "length"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b'"text"'])
+def test_malformed_events_raise(backend: str, data: bytes) -> None:
+    p = get_protocol(backend)
+    with pytest.raises((ValueError, AttributeError)):
+        p.parse(data, p.new_state())

@@ -1,0 +1,132 @@
+"""Result files from hand-built records: vLLM/SGLang keys, the HDR log, per-request JSONL."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+
+from loadgen import hdr
+from loadgen.config import ConfigError, RunConfig
+from loadgen.records import RequestRecord
+from loadgen.results import PointInfo, load_result, render_filename
+from loadgen.sweep import PointFiles, finish_point
+
+MS = 1_000_000
+T0 = 5 * 10**12
+
+# Every key vLLM 0.8.x benchmark_serving.py --save-result writes (percentiles: ours default 50,90,95,99)
+VLLM_KEYS = [
+    "date", "backend", "model_id", "tokenizer_id", "num_prompts", "request_rate", "burstiness", "max_concurrency",
+    "duration", "completed", "total_input_tokens", "total_output_tokens", "request_throughput", "request_goodput:",
+    "output_throughput", "total_token_throughput", "input_lens", "output_lens", "ttfts", "itls", "errors",
+] + [f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "median", "std", "p99")]
+SGLANG_KEYS = [
+    "backend", "dataset_name", "request_rate", "max_concurrency", "random_input_len", "random_output_len",
+    "random_range_ratio", "duration", "completed", "total_input_tokens", "total_output_tokens", "request_throughput",
+    "input_throughput", "output_throughput", "mean_e2e_latency_ms", "median_e2e_latency_ms", "std_e2e_latency_ms",
+    "p99_e2e_latency_ms", "mean_ttft_ms", "median_ttft_ms", "std_ttft_ms", "p99_ttft_ms", "mean_tpot_ms",
+    "median_tpot_ms", "std_tpot_ms", "p99_tpot_ms", "mean_itl_ms", "median_itl_ms", "std_itl_ms", "p95_itl_ms",
+    "p99_itl_ms", "concurrency",
+]
+
+
+def _records(n: int = 10) -> list[RequestRecord]:
+    """Request i: sent at i*10 ms, TTFT 50 ms, then 4 tokens 20 ms apart; request 3 fails."""
+    out = []
+    for i in range(n):
+        sent = T0 + i * 10 * MS
+        r = RequestRecord(prompt_id=i, input_len=64, output_len=5, intended_ns=sent - MS, sent_ns=sent)
+        if i == 3:
+            r.error, r.status, r.error_detail = "http_500", 500, "boom"
+        else:
+            r.chunk_ns = [sent + 50 * MS + k * 20 * MS for k in range(5)]
+            r.chunk_tokens = [1] * 5
+            r.first_ns, r.last_ns = r.chunk_ns[0], r.chunk_ns[-1]
+            r.output_tokens, r.output_tokens_source, r.server_prompt_tokens = 5, "usage", 64
+            r.text = f"text {i}"
+        out.append(r)
+    return out
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[dict, PointFiles, RunConfig]:
+    cfg = RunConfig(concurrencies=[4], rates=[20.0], percentiles=[50, 99, 99.9], goodput_slos_ms={"ttft": 60},
+                    save_requests=True, save_text=True, metadata={"gpu": "H20"}, label="t", input_len=64, output_len=5)
+    files = PointFiles(tmp_path / "r.json", tmp_path / "r.hlog", tmp_path / "r.requests.jsonl")
+    info = PointInfo(concurrency=4, rate=20.0, date="20250101-000000", model="m", tokenizer_id="deepseek-r1",
+                     start_epoch_s=1_700_000_000.0, end_epoch_s=1_700_000_001.0)
+    finish_point(cfg, info, _records(), T0, T0 + 1000 * MS, [MS] * 10, files, server_version="9.9")
+    return load_result(files.result), files, cfg
+
+
+def test_result_has_vllm_and_sglang_keys(written: tuple[dict, PointFiles, RunConfig]) -> None:
+    res, _, _ = written
+    missing = [k for k in VLLM_KEYS + SGLANG_KEYS if k not in res]
+    assert not missing, missing
+    assert "p99.9_ttft_ms" in res and "p50_itl_ms" in res
+
+
+def test_result_values(written: tuple[dict, PointFiles, RunConfig]) -> None:
+    res, _, _ = written
+    assert res["completed"] == 9 and res["failed"] == 1 and res["errors_by_kind"] == {"http_500": 1}
+    assert res["num_prompts"] == 10 and res["request_rate"] == 20.0 and res["max_concurrency"] == 4
+    assert res["duration"] == pytest.approx(1.0)
+    assert res["mean_ttft_ms"] == pytest.approx(50.0) and res["p99_itl_ms"] == pytest.approx(20.0)
+    assert res["mean_tpot_ms"] == pytest.approx(20.0) and res["mean_e2el_ms"] == pytest.approx(130.0)
+    assert res["mean_queue_ms"] == pytest.approx(1.0) and res["mean_ttft_from_intended_ms"] == pytest.approx(51.0)
+    assert res["request_goodput:"] == pytest.approx(9.0) and res["good_completed"] == 9
+    assert res["total_output_tokens"] == 45 and res["input_throughput"] == pytest.approx(9 * 64)
+    # per-request lists in prompt order, seconds, failures as zeros with their error
+    assert res["ttfts"][0] == pytest.approx(0.05) and res["ttfts"][3] == 0
+    assert res["itls"][0] == pytest.approx([0.02] * 4)
+    assert res["errors"][3].startswith("http_500") and res["errors"][0] == ""
+    assert res["output_lens"][3] == 0 and res["generated_texts"][0] == "text 0"
+    assert res["concurrency"] == pytest.approx(9 * 0.13 / 1.0)  # SGLang: sum of E2EL / duration
+    assert res["ignore_eos"] is True and res["partial"] is False and res["client_saturated"] is False
+    assert res["gpu"] == "H20" and res["metadata"] == {"gpu": "H20"} and res["versions"]["server"] == "9.9"
+    assert res["config"]["rates"] == [20.0] and res["config"]["api_key"] is None
+
+
+def test_hlog_reads_back_with_hdr_tools(written: tuple[dict, PointFiles, RunConfig]) -> None:
+    res, files, _ = written
+    reader = HistogramLogReader(str(files.hlog), HdrHistogram(1, hdr.HIGHEST_US, 3))
+    tags = {}
+    while (h := reader.get_next_interval_histogram()) is not None:
+        tags[h.get_tag()] = h
+    reader.close()
+    assert set(tags) == {"ttft", "tpot", "itl", "e2el", "queue"}
+    assert tags["itl"].get_total_count() == 36
+    assert tags["ttft"].get_value_at_percentile(50) == pytest.approx(50_000, rel=0.001)  # µs
+    # the same histograms are embedded in the result JSON
+    embedded = hdr.decode(res["hdr_histograms"]["itl"])
+    assert embedded.get_total_count() == 36 and res["hdr_histograms"]["unit"] == "us"
+
+
+def test_requests_jsonl(written: tuple[dict, PointFiles, RunConfig]) -> None:
+    _, files, _ = written
+    rows = [json.loads(line) for line in files.requests.read_text().splitlines()]
+    assert len(rows) == 10
+    assert rows[0]["ttft_ms"] == pytest.approx(50.0) and rows[0]["chunks"] == 5 and rows[0]["text"] == "text 0"
+    assert rows[3]["error"] == "http_500" and rows[3]["first_ms"] is None
+
+
+def test_filename_template_fields() -> None:
+    cfg = RunConfig(concurrencies=[1, 2], rates=[math.inf], input_len=128, output_len=256)
+    names = {render_filename(cfg.result_filename, cfg, c, r, "org/model", "D") for c, r in cfg.points()}
+    assert names == {"openai-c1-rinf-i128-o256-D.json", "openai-c2-rinf-i128-o256-D.json"}
+    assert render_filename("{model}_{rate}", cfg, None, 2.5, "org/model", "D") == "org_model_2.5.json"
+
+
+@pytest.mark.parametrize("template,match", [
+    ("x.json", "add {concurrency}"),
+    ("{nope}.json", "unknown field"),
+    ("a/b.json", "not a path"),
+])
+def test_bad_templates_rejected(template: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RunConfig(concurrencies=[1, 2], result_filename=template)

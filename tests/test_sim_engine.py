@@ -1,0 +1,120 @@
+"""The continuous-batching model as a pure function: no sockets, no wall clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from launcher.sim.engine import Engine, Seq, SimRequest, natural_length, simulate
+from launcher.sim.profiles import Profile, ProfileError, available_profiles, load_profile
+
+
+def profile(**kw) -> Profile:
+    base = dict(name="t", base_ms=10.0, decode_seq_ms=1.0, prefill_token_ms=0.1, max_num_seqs=4,
+                max_batched_tokens=1000, kv_tokens=100000)
+    base.update(kw)
+    return Profile(**base)
+
+
+def test_single_request_timing_is_the_cost_formula():
+    p = profile()
+    (r,) = simulate(p, [SimRequest(0.0, 100, 5)])
+    # prefill step: 10 ms + 100 x 0.1 ms; it yields the first token
+    assert r.ttft == pytest.approx(0.020)
+    # then 4 decode steps of 10 + 1 x 1 ms
+    assert r.finish - r.first == pytest.approx(4 * 0.011)
+    assert r.tpot == pytest.approx(0.011)
+
+
+def test_slots_queue_requests_in_arrival_order():
+    p = profile(max_num_seqs=2)
+    res = simulate(p, [SimRequest(0.0, 10, 3) for _ in range(4)])
+    # the last two wait for slots: their first token comes after the first two finish
+    assert res[2].first > res[0].finish and res[3].first > res[1].finish
+    assert res[0].first == res[1].first
+
+
+def test_kv_budget_limits_concurrency():
+    p = profile(max_num_seqs=100, kv_tokens=300)
+    eng = Engine(p)
+    for i in range(5):
+        eng.submit(Seq(i, 50, 50, 50))
+    eng.step(0.0)
+    assert len(eng.running) == 3 and len(eng.waiting) == 2
+    assert eng.kv_usage == pytest.approx(1.0)
+    assert eng.admissible(250, 100) is not None
+
+
+def test_chunked_prefill_splits_long_prompts_over_steps():
+    p = profile(max_batched_tokens=256, chunked_prefill=True)
+    eng = Engine(p)
+    eng.submit(Seq(0, 1000, 4, 4))
+    steps = 0
+    emitted = []
+    while not emitted:
+        _, emitted = eng.step(0.0)
+        steps += 1
+    assert steps == 4  # 256 + 256 + 256 + 232
+    p2 = profile(max_batched_tokens=256, chunked_prefill=False)
+    assert Engine(p2).admissible(1000, 4) is not None
+
+
+def test_mixed_schedule_keeps_decoding_during_prefill():
+    mixed = profile(schedule="mixed", max_num_seqs=8)
+    first = profile(schedule="prefill-first", max_num_seqs=8)
+    reqs = [SimRequest(0.0, 10, 50), SimRequest(0.2, 500, 5)]
+    # with prefill-first the running request pauses for the newcomer's prefill step
+    gap_first = simulate(first, reqs)[0].tpot
+    gap_mixed = simulate(mixed, reqs)[0].tpot
+    assert gap_first > 0 and gap_mixed > 0
+    assert simulate(mixed, reqs)[1].ttft < simulate(first, reqs)[1].ttft + 0.1
+
+
+def test_tokens_per_step_emits_several_tokens_per_chunk():
+    p = profile()
+    eng = Engine(p, tokens_per_step=3)
+    seq = Seq(0, 10, 10, 10)
+    eng.submit(seq)
+    counts = []
+    while not seq.done:
+        _, emitted = eng.step(0.0)
+        for s in emitted:
+            counts.append(s.pending)
+            s.pending = 0
+    assert counts == [1, 3, 3, 3]
+
+
+def test_throughput_saturates_with_slots():
+    p = profile(max_num_seqs=8, base_ms=20.0, decode_seq_ms=0.5)
+    def tput(n):
+        res = simulate(p, [SimRequest(0.0, 16, 64) for _ in range(n)])
+        return sum(r.output_len for r in res) / max(r.finish for r in res)
+    assert tput(8) > 3 * tput(2)
+    assert tput(64) == pytest.approx(tput(32), rel=0.05)
+
+
+def test_natural_length_distribution_and_cap():
+    p = profile(natural_len_median=100, natural_len_sigma=0.5)
+    rng = random.Random(0)
+    xs = [natural_length(p, rng, 10_000) for _ in range(4000)]
+    xs.sort()
+    assert 90 <= xs[len(xs) // 2] <= 110
+    assert all(natural_length(p, rng, 50) <= 50 for _ in range(100))
+    assert natural_length(profile(), rng, 77) == 77  # median 0: never early
+
+
+def test_shipped_profiles_load_and_bad_ones_are_rejected(tmp_path):
+    names = available_profiles()
+    assert "fast" in names
+    for name in names:
+        assert load_profile(name).name == name
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"base_ms": 1, "decode_seq_ms": 1, "prefill_token_ms": 1, "bogus": 3}')
+    with pytest.raises(ProfileError, match="bogus"):
+        load_profile(str(bad))
+    bad.write_text('{"base_ms": -1, "decode_seq_ms": 1, "prefill_token_ms": 1}')
+    with pytest.raises(ProfileError, match="base_ms"):
+        load_profile(str(bad))
+    with pytest.raises(ProfileError, match="unknown profile"):
+        load_profile("nope")

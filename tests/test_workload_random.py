@@ -1,0 +1,268 @@
+"""Random prompts: exact lengths as the real DeepSeek-R1 tokenizer counts them.
+
+Every length here is re-counted through transformers' public API (``encode`` for
+text, ``apply_chat_template(tokenize=True)`` for chat), which is independent of the
+fast paths that built the prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from loadgen.workload import WorkloadError, WorkloadSpec, build_prompts, check_lengths
+from loadgen.workload.fit import TokenizerView, window_safe
+from loadgen.workload.lengths import length_bounds
+from loadgen.workload.random_prompts import build_random
+from loadgen.workload.tokenizer import bundled_tokenizer_dir, load_tokenizer
+
+EXACT_NS = [1, 2, 16, 128, 256, 1024, 4096]
+
+
+def _count(n: int) -> int:
+    """Prompts per length: plenty for short ones, a few for long ones (time budget)."""
+    return 40 if n <= 256 else (12 if n <= 1024 else 3)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOADGEN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("deepseek-r1")
+
+
+@pytest.fixture(scope="module")
+def view(tok):
+    return TokenizerView(tok)
+
+
+def _content_ids(tok, p) -> list[int]:
+    text = p.text if p.messages is None else p.messages[-1]["content"]
+    return tok.encode(text, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("n", EXACT_NS)
+def test_completions_prompts_are_exact(tok, n: int) -> None:
+    spec = WorkloadSpec(num_prompts=_count(n), input_len=n, output_len=8, seed=n)
+    prompts = build_prompts(spec, tok, use_cache=False)
+    assert len(prompts) == spec.num_prompts
+    assert [p.id for p in prompts] == list(range(spec.num_prompts))
+    for p in prompts:
+        assert p.messages is None and p.input_len == n
+        assert len(tok.encode(p.text)) == n, p.id
+        ids = _content_ids(tok, p)
+        assert all(3 <= i < 128000 for i in ids), "only ordinary vocabulary"
+
+
+@pytest.mark.parametrize("n", [n for n in EXACT_NS if n >= 4])
+def test_chat_prompts_are_exact_including_the_template(tok, n: int) -> None:
+    spec = WorkloadSpec(num_prompts=_count(n), input_len=n, output_len=8, chat=True, seed=n)
+    prompts = build_prompts(spec, tok, use_cache=False)
+    for p in prompts:
+        assert p.text is None and p.messages[0]["role"] == "user"
+        full = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert len(full) == n == p.input_len
+    assert check_lengths(tok, prompts) == []
+
+
+@pytest.mark.parametrize("n", [1, 2, 16, 1024])
+def test_chat_content_mode_counts_the_message_only(tok, n: int) -> None:
+    spec = WorkloadSpec(num_prompts=_count(n), input_len=n, chat=True, input_len_counts="content", seed=7)
+    prompts = build_prompts(spec, tok, use_cache=False)
+    for p in prompts:
+        assert len(_content_ids(tok, p)) == n
+        # input_len stays the server's count, so verification still compares like with like
+        full = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert p.input_len == len(full) == n + 3
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_chat_total_shorter_than_template_is_a_clear_error(tok, n: int) -> None:
+    spec = WorkloadSpec(num_prompts=2, input_len=n, chat=True)
+    with pytest.raises(WorkloadError) as err:
+        build_prompts(spec, tok, use_cache=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "chat template adds 3" in msg and "at least 4" in msg
+
+
+def test_every_prompt_starts_differently(tok) -> None:
+    prompts = build_prompts(WorkloadSpec(num_prompts=300, input_len=16, seed=3), tok, use_cache=False)
+    starts = {tuple(_content_ids(tok, p)[:2]) for p in prompts}
+    assert len(starts) == len(prompts)
+    assert len({p.text for p in prompts}) == len(prompts)
+
+
+def test_single_token_prompts_are_all_different(tok) -> None:
+    prompts = build_prompts(WorkloadSpec(num_prompts=500, input_len=1, seed=11), tok, use_cache=False)
+    assert len({tuple(_content_ids(tok, p)) for p in prompts}) == 500
+
+
+def test_same_seed_same_prompts_other_seed_other_prompts(tok) -> None:
+    spec = WorkloadSpec(num_prompts=20, input_len=64, range_ratio=0.5, seed=5)
+    a = build_prompts(spec, tok, use_cache=False)
+    b = build_prompts(spec, tok, use_cache=False)
+    c = build_prompts(WorkloadSpec(num_prompts=20, input_len=64, range_ratio=0.5, seed=6), tok, use_cache=False)
+    assert a == b
+    assert all(x.text != y.text for x, y in zip(a, c, strict=True))
+
+
+def test_pool_and_single_process_build_the_same_set(view) -> None:
+    spec = WorkloadSpec(num_prompts=24, input_len=200, range_ratio=0.3, seed=9)
+    alone = build_random(view, spec, workers=0)
+    pooled = build_random(view, spec, workers=2)
+    assert alone == pooled
+
+
+def test_range_ratio_uses_vllm_bounds(tok) -> None:
+    assert length_bounds(100, 0.5) == (50, 150)
+    assert length_bounds(128, 0.25) == (96, 160)
+    spec = WorkloadSpec(num_prompts=200, input_len=100, output_len=40, range_ratio=0.5, output_range_ratio=0.25, seed=1)
+    prompts = build_prompts(spec, tok, use_cache=False)
+    ins = [p.input_len for p in prompts]
+    outs = [p.output_len for p in prompts]
+    assert 50 <= min(ins) < 60 and 140 < max(ins) <= 150
+    assert 30 <= min(outs) and max(outs) <= 50 and len(set(outs)) > 5
+    assert check_lengths(tok, prompts) == []
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
+def test_range_ratio_outside_vllm_range_is_rejected(tok, ratio: float) -> None:
+    with pytest.raises(WorkloadError, match=r"outside \[0, 1\)"):
+        build_prompts(WorkloadSpec(num_prompts=2, input_len=64, range_ratio=ratio), tok, use_cache=False)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_shared_prefixes_share_exactly_k_tokens(tok, chat: bool) -> None:
+    k, groups, n = 32, 3, 96
+    spec = WorkloadSpec(num_prompts=30, input_len=n, prefix_len=k, num_prefixes=groups, chat=chat, seed=2)
+    prompts = build_prompts(spec, tok, use_cache=False)
+    assert check_lengths(tok, prompts) == []
+    assert all(p.input_len == n for p in prompts)
+    ids = [_content_ids(tok, p) for p in prompts]
+    for g in range(groups):
+        members = [ids[i] for i in range(len(ids)) if i % groups == g]
+        head = members[0][:k]
+        assert all(m[:k] == head for m in members)
+        assert len({m[k] for m in members}) == len(members), "the prefix must be exactly K tokens, no more"
+    heads = {tuple(ids[g][:k]) for g in range(groups)}
+    assert len(heads) == groups and len({h[0] for h in heads}) == groups
+
+
+def test_prefix_longer_than_prompt_is_rejected(tok) -> None:
+    spec = WorkloadSpec(num_prompts=4, input_len=16, prefix_len=16, num_prefixes=1)
+    with pytest.raises(WorkloadError, match="beyond the 16-token shared prefix"):
+        build_prompts(spec, tok, use_cache=False)
+
+
+def test_classic_fitter_is_exact_too(view, tok) -> None:
+    """The fallback used for tokenizers the fast cut cannot be trusted with."""
+    for chat in (False, True):
+        spec = WorkloadSpec(num_prompts=8, input_len=300, chat=chat, seed=4)
+        prompts = build_random(view, spec, general=True, workers=0)
+        assert check_lengths(tok, prompts) == []
+        assert all(p.input_len == 300 for p in prompts)
+
+
+def test_template_without_special_token_fences_is_fitted_whole(tmp_path: Path) -> None:
+    """A ChatML-like template in plain text: tokens can merge across the template
+    boundary, so every prompt's whole templated length is fitted and counted."""
+    src = bundled_tokenizer_dir()
+    folder = tmp_path / "chatml-tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = (
+        "{% for m in messages %}user:\n{{ m['content'] }}\nend\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:\n{% endif %}"
+    )
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    plain = load_tokenizer(str(folder))
+    view = TokenizerView(plain)
+    assert not view.frame.isolated
+    spec = WorkloadSpec(num_prompts=10, input_len=64, chat=True, tokenizer=str(folder), seed=1)
+    prompts = build_prompts(spec, plain, use_cache=False)
+    assert check_lengths(plain, prompts) == []
+    assert all(p.input_len == 64 for p in prompts)
+
+
+def test_window_safety_is_decided_from_the_tokenizer_config(view) -> None:
+    assert view.window  # DeepSeek-R1: regex splits + byte level, no normalizer
+    gpt2 = {"normalizer": None, "model": {"type": "BPE"}, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False}}
+    assert window_safe(gpt2)
+    assert not window_safe({**gpt2, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True}})
+    assert not window_safe({**gpt2, "pre_tokenizer": {"type": "Metaspace"}})
+    assert not window_safe({**gpt2, "normalizer": {"type": "NFKC"}})
+    behind = {"type": "Split", "pattern": {"Regex": "(?<=a)b"}, "behavior": "Isolated", "invert": False}
+    assert not window_safe({**gpt2, "pre_tokenizer": behind})
+    anchored = {**behind, "pattern": {"Regex": "^\\s+"}}
+    assert not window_safe({**gpt2, "pre_tokenizer": anchored})
+    in_class = {**behind, "pattern": {"Regex": "[^\\r\\n$^]+|\\s+(?!\\S)"}}
+    assert window_safe({**gpt2, "pre_tokenizer": in_class})
+
+
+def test_cache_serves_the_second_build(tok, tmp_path: Path) -> None:
+    spec = WorkloadSpec(num_prompts=50, input_len=128, seed=12)
+    first = build_prompts(spec, tok)
+    files = list((tmp_path / "cache" / "prompts").glob("random-*.jsonl"))
+    assert len(files) == 1
+    t0 = time.perf_counter()
+    second = build_prompts(spec, tok)
+    assert time.perf_counter() - t0 < 1.0
+    assert second == first
+    other = build_prompts(WorkloadSpec(num_prompts=50, input_len=129, seed=12), tok)
+    assert other[0].input_len == 129
+    assert len(list((tmp_path / "cache" / "prompts").glob("random-*.jsonl"))) == 2
+
+
+def test_corrupt_cache_file_is_rebuilt(tok, tmp_path: Path) -> None:
+    spec = WorkloadSpec(num_prompts=5, input_len=32, seed=1)
+    first = build_prompts(spec, tok)
+    (path,) = (tmp_path / "cache" / "prompts").glob("random-*.jsonl")
+    path.write_bytes(path.read_bytes()[:-40])
+    assert build_prompts(spec, tok) == first
+
+
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        ({"dataset": "nope"}, "unknown dataset 'nope'"),
+        ({"num_prompts": 0}, "--num-prompts"),
+        ({"input_len": 0}, "--input-len"),
+        ({"output_len": 0}, "--output-len"),
+        ({"input_len_counts": "words"}, "--input-len-counts"),
+        ({"num_prefixes": 2}, "--num-prefixes needs --prefix-len"),
+        ({"dataset": "sharegpt"}, "--dataset-path"),
+    ],
+)
+def test_bad_specs_fail_with_one_line(changes: dict, needle: str) -> None:
+    with pytest.raises(WorkloadError) as err:
+        build_prompts(WorkloadSpec(**changes))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_tokenizer_says_where_to_put_it(tmp_path: Path) -> None:
+    with pytest.raises(WorkloadError) as err:
+        build_prompts(WorkloadSpec(tokenizer=str(tmp_path / "nowhere")))
+    assert "never downloads" in str(err.value) and "--tokenizer" in str(err.value)
+
+
+def test_cache_key_changes_with_the_tokenizer_files(tok, tmp_path: Path) -> None:
+    spec = WorkloadSpec(num_prompts=3, input_len=16, seed=1)
+    build_prompts(spec, tok)
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    src = bundled_tokenizer_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["model_max_length"] = 1234
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    build_prompts(WorkloadSpec(num_prompts=3, input_len=16, seed=1, tokenizer=str(folder)))
+    assert len(os.listdir(tmp_path / "cache" / "prompts")) == 2
