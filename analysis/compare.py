@@ -175,17 +175,27 @@ def conclusions(tab: pd.DataFrame, a: str, b: str, issues: list[Issue] = ()) -> 
                 if last - first + 1 < 2 and len(points) > 1:
                     continue  # one point is not a trend
                 ratios = [r for _, r in points[first : last + 1]]
-                geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-                spread = f" (range {min(ratios):.2f}–{max(ratios):.2f}×)" if len(ratios) > 1 else ""
                 where = _where(concs, first, last)
-                if higher_better:
-                    text = f"{b}'s {name} is {geo:.2f}× {a}'s {where}{suffix}{spread}"
-                else:
-                    lower = b if cls == "b" else a
-                    text = f"{b}'s {name} is {geo:.2f}× {a}'s {where}{suffix}{spread}: {lower} is lower"
+                core, detail = _ratio_phrase(ratios, concs[first : last + 1])
+                text = f"{b}'s {name} is {core} {a}'s {where}{suffix}{detail}"
+                if not higher_better:
+                    text += f": {b if cls == 'b' else a} is lower"
                 caveats, qualifiers = _caveats(issues, family, (a, b))
                 out.append(Conclusion(text, name, supported=not caveats, caveats=caveats, qualifiers=qualifiers))
     return out
+
+
+SPREAD = 1.25  # ratios spanning more than this factor are described as a range, not one figure
+
+
+def _ratio_phrase(ratios: list[float], concs: list[float]) -> tuple[str, str]:
+    """("1.37×", " (range …)") when the ratio is steady over the stretch, else its span and direction."""
+    lo, hi = min(ratios), max(ratios)
+    if len(ratios) == 1 or hi / lo <= SPREAD:
+        geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        detail = f" (range {lo:.2f}–{hi:.2f}×)" if len(ratios) > 1 and hi - lo >= 0.01 else ""
+        return f"{geo:.2f}×", detail
+    return f"{lo:.2f}–{hi:.2f}×", f" ({ratios[0]:.2f}× at concurrency {int(concs[0])}, {ratios[-1]:.2f}× at {int(concs[-1])})"
 
 
 QUALIFYING_KINDS = ("engine_settings",)

@@ -27,6 +27,9 @@ _STAT_KEY = re.compile(r"^(mean|median|std|min|max|p\d+(?:\.\d+)?)_([a-z0-9_]+?)
 _METRIC_ALIASES = {"e2e_latency": "e2el", "e2e": "e2el", "queue": "queue", "queue_time": "queue"}
 _REPORT_NAME = re.compile(r"(\d+)_(\d+)_(\d+)\.jsonl?$")
 
+# Top-level string keys of a vLLM result that are not --metadata entries.
+_KNOWN_KEYS = frozenset({"date", "backend", "model_id", "tokenizer_id", "dataset_name", "label", "tag"})
+
 # Keys whose value is a per-request list; they are kept out of the run row.
 PER_REQUEST_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors", "e2els", "tpots")
 
@@ -37,7 +40,7 @@ _FIGURES: dict[str, tuple[str, ...]] = {
     "total_input_tokens": ("total_input_tokens", "total_input"),
     "total_output_tokens": ("total_output_tokens", "total_output"),
     "request_throughput": ("request_throughput",),
-    "request_goodput": ("request_goodput", "goodput"),
+    "request_goodput": ("request_goodput", "request_goodput:", "goodput"),
     "input_throughput": ("input_throughput",),
     "output_throughput": ("output_throughput",),
     "total_token_throughput": ("total_token_throughput", "total_throughput"),
@@ -378,5 +381,3 @@ def is_burst(row: Mapping[str, Any]) -> bool:
     rate = row.get("request_rate")
     return prompts <= conc and (rate is None or math.isinf(rate))
 
-
-_KNOWN_KEYS = frozenset({"date", "backend", "model_id", "tokenizer_id", "dataset_name", "label", "tag"})

@@ -230,6 +230,7 @@ def requests(paths: PathLike | Iterable[PathLike], include_warmup: bool = False)
 
 # --- histograms -------------------------------------------------------------------------------
 
+_UNIT_KEYS = ("histogram_unit", "histograms_unit", "hdr_unit", "unit")
 _UNIT_MS = {"ns": 1e-6, "us": 1e-3, "usec": 1e-3, "µs": 1e-3, "ms": 1.0, "msec": 1.0, "s": 1000.0, "sec": 1000.0}
 
 
@@ -275,8 +276,6 @@ def _embedded(record: Mapping[str, Any]) -> dict[str, tuple[Any, float]]:
                     continue
     return out
 
-
-_UNIT_KEYS = ("histogram_unit", "histograms_unit", "hdr_unit", "unit")
 
 
 def _from_hlog(path: Path, scale: float) -> dict[str, tuple[Any, float]]:

@@ -188,6 +188,7 @@ def hdr_curves(hists: pd.DataFrame, metric: str, title: str | None = None) -> Fi
         labels = [str(x) for x in pd.unique(rows["label"])] if "label" in rows else []
         concs = sorted({c for c in rows.get("concurrency", pd.Series(dtype=float)).dropna()})
         xmax = 10.0
+        lows, highs = [], []
         for row in rows.itertuples():
             curve = hdr.percentile_curve(row.histogram, row.ms_per_unit)
             if curve.empty:
@@ -199,6 +200,12 @@ def hdr_curves(hists: pd.DataFrame, metric: str, title: str | None = None) -> Fi
             name = label if conc is None or (isinstance(conc, float) and math.isnan(conc)) else f"{label} c={int(conc)}"
             ax.plot(curve["x"], curve["value_ms"], ls, color=colour, label=name, drawstyle="steps-post")
             xmax = max(xmax, float(curve["x"].max()))
+            positive = curve["value_ms"][curve["value_ms"] > 0]
+            if not positive.empty:
+                lows.append(float(positive.min()))
+                highs.append(float(positive.max()))
+        if lows and max(highs) / min(lows) > 20:
+            ax.set_yscale("log")
         ax.set_xscale("log")
         ticks = [1.0 / (1.0 - p / 100.0) for p in hdr.PERCENTILE_TICKS if 1.0 / (1.0 - p / 100.0) <= xmax * 1.01]
         ax.set_xlim(1.0, max(ticks[-1] if ticks else 10.0, xmax) * 1.2)

@@ -94,7 +94,7 @@ def comparison_markdown(issues: list[Issue], comps: list[Comparison], labels: li
         lines += ["## Comparability", ""] + ([f"- **{i.severity}**: {i.message}" for i in issues] or ["- no issues found"])
         return "\n".join(lines) + "\n"
     for comp in comps:
-        lines.append(comp.to_markdown())
+        lines += ["#" + line if line.startswith("#") else line for line in comp.to_markdown().splitlines()]
     return "\n".join(lines) + "\n"
 
 

@@ -151,6 +151,20 @@ def delivery_delays(records: list[RequestRecord], truth: list[dict]) -> list[flo
     return out
 
 
+def ttft_split(records: list[RequestRecord], truth: list[dict]) -> tuple[float, float]:
+    """Mean ms of (server arrival - client send) and (client first stamp - server first
+    write): where a TTFT error comes from, the way there or the way back."""
+    by_id = {t["id"]: t for t in truth}
+    there, back = [], []
+    for r in records:
+        t = by_id.get(r.prompt_id)
+        if r.error or not t or not t["send_ns"] or not r.first_ns:
+            continue
+        there.append((t["recv_ns"] - r.sent_ns) / 1e6)
+        back.append((r.first_ns - t["send_ns"][0]) / 1e6)
+    return (statistics.fmean(there) if there else float("nan"), statistics.fmean(back) if back else float("nan"))
+
+
 def accuracy(args: argparse.Namespace) -> list[dict]:
     rows = []
     srv = ["--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms), "--tokens", str(args.tokens)]
@@ -161,11 +175,14 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
                 for impl in args.impl:
                     http_json(port, "/reset", "POST")
                     prompts = [Prompt(i, 4, args.tokens, text=f"id={i} bench prompt") for i in range(2 * conc)]
+                    cpu0 = time.process_time()
                     records, start, end, lag = run_impl(impl, target, prompts, conc)
+                    cpu = time.process_time() - cpu0
                     truth = http_json(port, "/truth")
                     stats = http_json(port, "/stats")
                     c, s = client_figures(records), truth_figures(truth)
                     delay = delivery_delays(records, truth)
+                    there, back = ttft_split(records, truth)
                     row = {
                         "mode": "accuracy", "impl": impl, "concurrency": conc, "repeat": rep,
                         "errors": sum(1 for r in records if r.error),
@@ -176,15 +193,19 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
                         "ttft_mean": statistics.fmean(c["ttft"]), "ttft_true": statistics.fmean(s["ttft"]),
                         "itl_p99": pct(c["itl"], 99), "itl_p99_true": pct(s["itl"], 99),
                         "delay_p50": pct(delay, 50), "delay_p99": pct(delay, 99),
+                        "send_to_server": there, "first_chunk_delay": back,
                         "lag_p99": pct(lag, 99) / 1e6, "lag_max": (max(lag) / 1e6 if lag else 0.0),
                         "max_in_flight": stats["max_in_flight"], "wall_s": (end - start) / 1e9,
+                        "client_cpu_us_per_chunk": cpu * 1e6 / max(1, sum(len(r.chunk_ns) for r in records)),
                     }
                     rows.append(row)
                     print(f"accuracy {impl:8s} c={conc:5d} rep={rep} err={row['errors']} "
                           f"TTFT mean {row['ttft_mean']:.1f} (true {row['ttft_true']:.1f}) err {row['ttft_mean_err']:+.2f} "
                           f"p99err {row['ttft_p99_err']:+.2f} | TPOT err {row['tpot_mean_err']:+.3f} | "
                           f"ITL p99 {row['itl_p99']:.2f} (true {row['itl_p99_true']:.2f}) err {row['itl_p99_err']:+.3f} | "
-                          f"delay p50/p99 {row['delay_p50']:.2f}/{row['delay_p99']:.2f} | lag p99 {row['lag_p99']:.1f} ms",
+                          f"delay p50/p99 {row['delay_p50']:.2f}/{row['delay_p99']:.2f} | "
+                          f"TTFT err = send {there:+.1f} + first read {back:+.1f} | lag p99 {row['lag_p99']:.1f} ms | "
+                          f"client CPU {row['client_cpu_us_per_chunk']:.1f} us/chunk",
                           flush=True)
     return rows
 
@@ -199,15 +220,19 @@ def saturation(args: argparse.Namespace) -> list[dict]:
                 for impl in args.impl:
                     n = streams * args.requests_per_stream
                     prompts = [Prompt(i, 4, args.tokens, text=f"id={i} x") for i in range(n)]
+                    cpu0 = time.process_time()
                     records, start, end, lag = run_impl(impl, target, prompts, streams)
+                    cpu = time.process_time() - cpu0
                     chunks = sum(len(r.chunk_ns) for r in records)
                     errors = sum(1 for r in records if r.error)
                     rate = chunks / ((end - start) / 1e9)
                     rows.append({"mode": "saturation", "impl": impl, "streams": streams, "repeat": rep,
                                  "chunks": chunks, "errors": errors, "chunks_per_s": rate,
+                                 "chunks_per_cpu_s": chunks / cpu if cpu > 0 else float("nan"),
                                  "lag_p99": pct(lag, 99) / 1e6})
                     print(f"saturation {impl:8s} streams={streams:4d} rep={rep} chunks={chunks} err={errors} "
-                          f"-> {rate / 1000:.0f}k chunks/s (lag p99 {pct(lag, 99) / 1e6:.1f} ms)", flush=True)
+                          f"-> {rate / 1000:.0f}k chunks/s wall, {chunks / max(cpu, 1e-9) / 1000:.0f}k per client CPU-second "
+                          f"(lag p99 {pct(lag, 99) / 1e6:.1f} ms)", flush=True)
     return rows
 
 
@@ -217,15 +242,19 @@ def summarise(rows: list[dict]) -> None:
     for r in rows:
         keys.setdefault((r["mode"], r["impl"], r.get("concurrency", r.get("streams"))), []).append(r)
     for (mode, impl, n), group in keys.items():
-        med = lambda k: statistics.median(g[k] for g in group)  # noqa: E731
+        def med(k: str, group: list[dict] = group) -> float:
+            return statistics.median(g[k] for g in group)
+
         if mode == "accuracy":
             print(f"  accuracy   {impl:8s} c={n:5d}: TTFT mean err {med('ttft_mean_err'):+.2f} ms, "
                   f"TTFT p99 err {med('ttft_p99_err'):+.2f} ms, TPOT mean err {med('tpot_mean_err'):+.3f} ms, "
                   f"ITL p99 err {med('itl_p99_err'):+.3f} ms, chunk delay p99 {med('delay_p99'):.2f} ms, "
-                  f"lag p99 {med('lag_p99'):.1f} ms ({len(group)} runs)")
-        else:
-            print(f"  saturation {impl:8s} streams={n:4d}: {med('chunks_per_s') / 1000:.0f}k chunks/s "
+                  f"TTFT err = send {med('send_to_server'):+.1f} + first read {med('first_chunk_delay'):+.1f} ms, "
+                  f"lag p99 {med('lag_p99'):.1f} ms, client CPU {med('client_cpu_us_per_chunk'):.1f} us/chunk "
                   f"({len(group)} runs)")
+        else:
+            print(f"  saturation {impl:8s} streams={n:4d}: {med('chunks_per_s') / 1000:.0f}k chunks/s wall, "
+                  f"{med('chunks_per_cpu_s') / 1000:.0f}k chunks per client CPU-second ({len(group)} runs)")
 
 
 def main() -> int:

@@ -73,7 +73,7 @@ async def run_aiohttp(target: Target, prompts: Sequence[Prompt], concurrency: in
                                     last_ct = ct
                                 if pt is not None:
                                     rec.server_prompt_tokens = pt
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     rec.error = type(exc).__name__
             rec.output_tokens = last_ct if last_ct is not None else len(rec.chunk_ns)
             rec.output_tokens_source = "usage" if last_ct is not None else "chunks"

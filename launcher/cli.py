@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -112,7 +113,7 @@ def _print_progress(progress: Any) -> None:
 @click.option("--detach", is_flag=True, help="Return once ready; leave the server running and write a state file.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="State file for --detach (default .loadgen/servers/PORT.json).")
-@click.option("--no-preflight", is_flag=True, help="Skip the checkpoint check before starting.")
+@click.option("--no-preflight", is_flag=True, help="Skip the checkpoint and memory-plan checks before starting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 def serve(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str,
@@ -145,25 +146,26 @@ def serve(engine: str, version: str | None, preset: str | None, model: str | Non
         server = start_plan(plan, engine=engine, model=model, log_path=log_path, ready_timeout_s=ready_timeout,
                             on_progress=None if quiet else _print_progress, run_preflight=not no_preflight)
     except LaunchError as exc:
-        _err(f"error: {exc}")
+        _err(f"loadgen-launch: error: {exc}")
         sys.exit(1)
     except KeyboardInterrupt:
         _err("interrupted; the server was stopped")
         sys.exit(130)
-    click.echo(f"ready: {server.base_url} (pid {server.pid}, log {server.log_path})")
-    if detach:
-        state = process.ServerState(
-            pid=server.pid, pgid=server.pgid, port=port, host=host, engine=engine, base_url=server.base_url,
-            log_path=str(server.log_path.absolute()), argv=[str(a) for a in (plan.docker_argv or plan.argv)],
-            started_at=time.time(), container=server.container,
-            health_path=_health_path(plan),
-        )
-        path = process.write_state(state_path or process.default_state_path(port), state)
-        click.echo(f"detached; state in {path} (stop with: loadgen-launch stop --state {path})")
-        return
-    _err("serving; press Ctrl-C to stop")
     code: int | None = None
     try:
+        click.echo(f"ready: {server.base_url} (pid {server.pid}, log {server.log_path})")
+        if detach:
+            state = process.ServerState(
+                pid=server.pid, pgid=server.pgid, port=int(plan.port), host=str(plan.host), engine=engine,
+                base_url=server.base_url, log_path=str(server.log_path.absolute()),
+                argv=[str(a) for a in (plan.docker_argv or plan.argv)], started_at=time.time(),
+                container=server.container, health_path=_health_path(plan),
+                cleanup=[str(p) for p in server.cleanup],
+            )
+            path = process.write_state(state_path or process.default_state_path(int(plan.port)), state)
+            click.echo(f"detached; state in {path} (stop with: loadgen-launch stop --state {path})")
+            return
+        _err("serving; press Ctrl-C to stop")
         while code is None:
             time.sleep(0.5)
             code = server.exit_code()
@@ -172,12 +174,15 @@ def serve(engine: str, version: str | None, preset: str | None, model: str | Non
         server.stop()
         _err("stopped")
         sys.exit(130 if stop_requested["sig"] is None else 0)
+    except BaseException:
+        server.stop()
+        raise
     server.stop()
     from launcher.diagnose import diagnose_file
 
-    diag = diagnose_file(server.log_path, engine)
+    diag = diagnose_file(server.log_path, engine, start=server.log_offset)
     why = diag.summary() if diag.failed else "no known failure signature"
-    _err(f"error: the server exited with code {code} while serving: {why}; log: {server.log_path}")
+    _err(f"loadgen-launch: error: the server exited with code {code} while serving: {why}; log: {server.log_path}")
     sys.exit(1)
 
 
@@ -241,11 +246,13 @@ def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) 
             process.docker_stop(state.container, timeout)
         ok = process.stop_tree(state.pgid, state.pid, timeout)
         if ok:
+            for folder in state.cleanup:
+                shutil.rmtree(folder, ignore_errors=True)
             path.unlink(missing_ok=True)
             click.echo(f"stopped {state.engine} on port {state.port} (pid {state.pid})")
         else:
             failed = True
-            _err(f"error: processes of pid {state.pid} survived SIGKILL; see `ps -g {state.pgid}`")
+            _err(f"loadgen-launch: error: processes of pid {state.pid} survived SIGKILL; see `ps -g {state.pgid}`")
     if failed:
         sys.exit(1)
 

@@ -149,17 +149,36 @@ def diagnose_text(text: str, engine: str | None = None) -> Diagnosis:
     return scanner.diagnosis
 
 
-def diagnose_file(path: Path, engine: str | None = None) -> Diagnosis:
-    return diagnose_text(Path(path).read_text(encoding="utf-8", errors="replace"), engine)
+def diagnose_file(path: Path, engine: str | None = None, start: int = 0) -> Diagnosis:
+    """Diagnose a log file from byte ``start`` (where one run's output begins) to its end."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        return diagnose_text(fh.read().decode("utf-8", errors="replace"), engine)
 
 
-def last_lines(path: Path, n: int = 5, max_bytes: int = 65536) -> list[str]:
+ERROR_LINE = re.compile(r"(\b\w*(Error|Exception)\b|Value error|\berror:|\bERROR\b|Traceback)")
+
+
+def last_error_line(path: Path, max_bytes: int = 65536, start: int = 0) -> str | None:
+    """The last line of the log's tail that reads like an error (for a failure without a known signature).
+
+    The very last line is often a footer ("For further information visit ..."),
+    so the last error-looking line is the more useful one to show.
+    """
+    lines = last_lines(path, n=200, max_bytes=max_bytes, start=start)
+    for line in reversed(lines):
+        if ERROR_LINE.search(line) and not line.startswith("Traceback"):
+            return line
+    return lines[-1] if lines else None
+
+
+def last_lines(path: Path, n: int = 5, max_bytes: int = 65536, start: int = 0) -> list[str]:
     """The last non-empty lines of a log, for a failure without a known signature."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
             size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
+            fh.seek(max(start, size - max_bytes))
             tail = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return []

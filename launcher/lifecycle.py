@@ -15,8 +15,10 @@ line ends it at once; on any failure the whole process tree is stopped before
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import preflight, process
-from launcher.diagnose import last_lines
+from launcher.diagnose import last_error_line
 from launcher.readiness import NotReady, Progress, ReadinessSpec, Waiter
 
 
@@ -67,6 +69,8 @@ class Server:
     pgid: int = 0
     container: str | None = None
     progress: Progress | None = None
+    log_offset: int = 0  # where this server's output begins in its log
+    cleanup: list[Path] = field(default_factory=list)  # temporary folders removed by stop()
     _popen: subprocess.Popen | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
@@ -92,6 +96,7 @@ class Server:
         if self._stopped:
             return
         previous = None
+        ok = False
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -99,6 +104,9 @@ class Server:
                 process.docker_stop(self.container, timeout_s)
             ok = process.stop_tree(self.pgid or self.pid, self.pid, timeout_s, self._popen)
             self._stopped = True
+            if ok:
+                for path in self.cleanup:
+                    shutil.rmtree(path, ignore_errors=True)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -264,7 +272,12 @@ def start_plan(
     port = int(plan.port)
     host = str(getattr(plan, "host", "127.0.0.1"))
     docker_argv = list(plan.docker_argv) if getattr(plan, "docker_argv", None) else None
-    if process.port_in_use(port, host):
+    try:
+        busy = process.port_in_use(port, host)
+    except OSError:
+        raise LaunchError(f"--host {host} is not an address of this machine; use 0.0.0.0, 127.0.0.1 "
+                          f"or one of `hostname -I`", signature="host") from None
+    if busy:
         raise LaunchError(
             f"port {port} is already in use: stop the server holding it (loadgen-launch stop --port {port}) "
             f"or pick another --port",
@@ -282,14 +295,22 @@ def start_plan(
     log_path = Path(log_path) if log_path else default_log_path(engine, port)
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (getattr(plan, "env", None) or {}).items()})
+    cleanup: list[Path] = []
     if engine == "vllm" and not docker_argv and _uses_vllm_cpu(plan) and "VLLM_CACHE_ROOT" not in env:
-        from launcher.vllm_cpu import serve_env
+        from launcher.vllm_cpu import MAX_TMPDIR_LEN, serve_env
 
-        env.update(serve_env(work_dir or log_path.parent / f"{log_path.stem}.work"))
+        work = Path(work_dir or log_path.parent / f"{log_path.stem}.work").absolute()
+        tmp = work / "tmp"
+        if len(str(tmp)) > MAX_TMPDIR_LEN:  # ipc:// socket paths must stay under 108 bytes
+            tmp = Path(tempfile.mkdtemp(prefix="lgv-", dir="/tmp" if os.path.isdir("/tmp") else None))
+            cleanup.append(tmp)
+        env.update(serve_env(work, tmp))
     argv = docker_argv or list(plan.argv)
     try:
-        popen = process.start_process([str(a) for a in argv], env, log_path)
+        popen, log_offset = process.start_process([str(a) for a in argv], env, log_path)
     except OSError as exc:
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
         raise LaunchError(
             f"cannot start {argv[0]!r}: {exc.strerror}; install the engine or point --engine-bin/--python at it",
             log_path=log_path,
@@ -303,15 +324,18 @@ def start_plan(
         engine=engine,
         pgid=popen.pid,
         container=(getattr(plan, "docker_name", None) or process.docker_container_name(docker_argv)) if docker_argv else None,
+        log_offset=log_offset,
+        cleanup=cleanup,
         _popen=popen,
     )
     spec = readiness_spec(plan)
-    waiter = Waiter(server.base_url, spec, log_path, popen.poll, engine=engine, on_progress=on_progress)
+    waiter = Waiter(server.base_url, spec, log_path, popen.poll, engine=engine, on_progress=on_progress,
+                    log_offset=log_offset)
     try:
         server.progress = waiter.wait(ready_timeout_s)
     except NotReady as exc:
         server.stop()
-        raise LaunchError(_failure_message(engine, exc, log_path), log_path=log_path,
+        raise LaunchError(_failure_message(engine, exc, log_path, log_offset), log_path=log_path,
                           signature=exc.finding.signature.id if exc.finding else exc.reason) from None
     except BaseException:  # Ctrl-C or anything unexpected: never leave the server behind
         server.stop()
@@ -319,9 +343,9 @@ def start_plan(
     return server
 
 
-def _failure_message(engine: str, exc: NotReady, log_path: Path) -> str:
+def _failure_message(engine: str, exc: NotReady, log_path: Path, log_offset: int = 0) -> str:
     if exc.finding is not None:
         return f"{engine} failed to start: {exc.finding.describe()}; log: {log_path}"
-    tail = last_lines(log_path, 1)
-    last = f"; last log line: {tail[-1][:200]!r}" if tail else ""
+    line = last_error_line(log_path, start=log_offset)
+    last = f"; last error in the log: {line[:240]!r}" if line else ""
     return f"{engine} failed to start: {exc}{last}; log: {log_path}"

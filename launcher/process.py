@@ -10,13 +10,14 @@ descendant that moved to another group — until nothing is alive.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STATE_DIR_ENV = "LOADGEN_STATE_DIR"
@@ -39,7 +40,9 @@ def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((bind_host, port))
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise  # the host is not an address of this machine: not a port question
             return True
     probe = "127.0.0.1" if family == socket.AF_INET and bind_host in ("", "127.0.0.1") else bind_host or "::1"
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -156,15 +159,20 @@ def _alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
-def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
+def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> tuple[subprocess.Popen, int]:
     """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``.
 
     A new session makes the server its own process-group leader, so a Ctrl-C at
-    the terminal reaches only us and we stop the server deliberately.
+    the terminal reaches only us and we stop the server deliberately. Returns the
+    process and the log offset where its output begins (a log may hold earlier
+    runs: a resumed benchmark appends to the same file).
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab", buffering=0) as log:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"=== loadgen-launch {stamp}: {' '.join(argv)}\n".encode())
+        offset = log.tell()
         return subprocess.Popen(
             argv,
             env=env,
@@ -174,7 +182,7 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Pat
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
-        )
+        ), offset
 
 
 # --- docker ------------------------------------------------------------------------
@@ -236,6 +244,7 @@ class ServerState:
     started_at: float
     container: str | None = None
     health_path: str = "/health"
+    cleanup: list[str] = field(default_factory=list)  # temporary folders to remove once stopped
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

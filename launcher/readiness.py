@@ -88,9 +88,9 @@ def parse_progress(line: str, progress: Progress) -> bool:
 class LogTail:
     """Incremental reader of a growing log: whole lines only, ``\\r`` treated as a line end."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, offset: int = 0) -> None:
         self.path = Path(path)
-        self._offset = 0
+        self._offset = offset
         self._partial = ""
 
     def read_new(self, max_bytes: int = 4 << 20) -> list[str]:
@@ -149,11 +149,12 @@ class Waiter:
     engine: str | None = None
     on_progress: Callable[[Progress], Any] | None = None
     interval_s: float = 0.25
+    log_offset: int = 0  # where this start's output begins in an appended-to log
     progress: Progress = field(default_factory=Progress)
     ready_line_seen: bool = False
 
     def __post_init__(self) -> None:
-        self._tail = LogTail(self.log_path)
+        self._tail = LogTail(self.log_path, self.log_offset)
         self._scanner = LogScanner(self.engine)
         self._ready_res = [re.compile(rx) for rx in self.spec.ready_log]
 

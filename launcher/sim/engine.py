@@ -81,6 +81,7 @@ class Engine:
         self._per_seq = profile.decode_seq_ms / 1000.0
         self._per_tok = profile.prefill_token_ms / 1000.0
         self._prefill_step = profile.prefill_step_ms / 1000.0
+        self._exp = float(profile.decode_seq_exp)
         self._batch: tuple[list[Seq], list[Seq]] | None = None
 
     def admissible(self, prompt_len: int, max_out: int) -> str | None:
@@ -197,7 +198,9 @@ class Engine:
                 if seq.prefilled >= seq.prompt_len:
                     completes_prefill.append(seq)
 
-        duration = self._base + self._per_seq * len(decode) + self._per_tok * prefill_tokens
+        n_decode = len(decode)
+        decode_cost = n_decode if self._exp == 1.0 else n_decode**self._exp
+        duration = self._base + self._per_seq * decode_cost + self._per_tok * prefill_tokens
         if prefill_tokens:
             duration += self._prefill_step
         self.steps += 1

@@ -151,7 +151,7 @@ def fit(start: Profile, rows: list[Row], params: tuple[str, ...] = FIT_PARAMS, r
                     value = getattr(best, key) * direction
                     if key == "kv_tokens":
                         value = int(round(value))
-                    if value <= 0:
+                    if value <= 0 or (key == "decode_seq_exp" and value > 1.0):
                         continue
                     cand = best.replace(**{key: value})
                     loss = _loss(cand, rows)

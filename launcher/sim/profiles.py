@@ -25,9 +25,11 @@ class ProfileError(ValueError):
 class Profile:
     """Cost model and capacity of one simulated deployment.
 
-    Step duration = ``base_ms`` + ``decode_seq_ms`` x decoding sequences
+    Step duration = ``base_ms`` + ``decode_seq_ms`` x (decoding sequences ^ ``decode_seq_exp``)
     + ``prefill_token_ms`` x prompt tokens processed in the step
     + ``prefill_step_ms`` when the step processes any prompt tokens.
+    An exponent below 1 models GPUs whose decode step grows sub-linearly with the
+    batch (CUDA graphs, memory-bound kernels): SGLang's TPOT in the field report.
 
     ``schedule`` chooses how prefill and decode share a step: ``mixed`` puts every
     running decode and prompt chunks up to the token budget in one step (vLLM V1
@@ -40,6 +42,7 @@ class Profile:
     decode_seq_ms: float
     prefill_token_ms: float
     prefill_step_ms: float = 0.0
+    decode_seq_exp: float = 1.0
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
     kv_tokens: int = 1_000_000
@@ -57,6 +60,8 @@ class Profile:
         for key in ("max_num_seqs", "max_batched_tokens", "kv_tokens"):
             if int(getattr(self, key)) < 1:
                 problems.append(f"{key} must be >= 1")
+        if not 0.0 < self.decode_seq_exp <= 2.0:
+            problems.append("decode_seq_exp must be within (0, 2]")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}")
         if self.natural_len_median < 0 or self.natural_len_sigma < 0:

@@ -146,10 +146,8 @@ async def serve(cfg, tokenizer) -> None:
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, backlog=4096, reuse_address=True)
     await site.start()
-    port = cfg.port
-    for server in getattr(site, "_server", None).sockets if getattr(site, "_server", None) else []:
-        port = server.getsockname()[1]
-        break
+    addresses = runner.addresses  # the real port when --port 0 was asked
+    port = addresses[0][1] if addresses else cfg.port
     print(f"sim: serving model '{cfg.model}' with profile '{cfg.profile.name}' on http://{cfg.host}:{port}",
           flush=True)
     stop = asyncio.Event()

@@ -123,12 +123,12 @@ class SimTokenizer:
     def _piece_table(self) -> list[str]:
         """A few thousand ordinary word tokens (" the", " cat") whose concatenation
         re-tokenizes to the same ids, so output text and completion_tokens agree."""
-        rng = random.Random(1234)
         upper = min(self.vocab_size, 128000)
-        candidates = list(range(3, upper))
-        rng.shuffle(candidates)
+        rng = random.Random(1234)
+        ids = list(range(3, upper))
+        rng.shuffle(ids)
         pieces: list[str] = []
-        for tid in candidates:
+        for tid in ids:
             text = self.decode([tid])
             if len(text) < 3 or text[0] != " " or not text[1:].isascii() or not text[1:].isalpha():
                 continue
@@ -138,6 +138,5 @@ class SimTokenizer:
             if len(pieces) >= PIECE_TABLE_SIZE:
                 break
         if not pieces:  # an odd vocabulary: fall back to any decodable token
-            pieces = [self.decode([t]) for t in candidates[:PIECE_TABLE_SIZE]]
+            pieces = [self.decode([t]) for t in ids[:PIECE_TABLE_SIZE]]
         return pieces
-

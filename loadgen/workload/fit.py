@@ -197,7 +197,8 @@ class TokenizerView:
 
     # --- primitives ---------------------------------------------------------------
     def decode(self, ids: Any) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+        as_list = ids.tolist() if isinstance(ids, np.ndarray) else ids
+        return self.backend.decode(as_list, skip_special_tokens=False)
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -264,7 +265,9 @@ class TokenizerView:
 
     def fit_window(self, n: int, rng: np.random.Generator) -> tuple[str, list[int]]:
         """One encode, then a cut of exactly ``n`` tokens between piece boundaries."""
-        m = n + 2 + n // 64
+        # Re-encoding random ids grows the count (by +10..+44 tokens at n=1024), so a
+        # few spare ids leave a margin to cut from without a second encode.
+        m = n + 2 + n // 128
         for _ in range(MAX_WINDOW_ROUNDS):
             text = self.decode(self.sample_ids(rng, m))
             enc = self.backend.encode(text, add_special_tokens=False)
