@@ -147,7 +147,7 @@ def targets_for(engine: str, profile: str | None, preset: str | None, model: str
         out = []
         for name in profiles:
             meta = {"engine": "sim", "profile": name, **_profile_facts(name)}
-            out.append(Target("sim", f"sim-{Path(name).stem}{suffix}", profile=name, preset=preset,
+            out.append(Target("sim", f"sim-{Path(name).name.removesuffix('.json')}{suffix}", profile=name, preset=preset,
                               extra_args=("--profile", name), metadata=meta))
         return out
     label = "-".join(x for x in (engine, Path(preset).stem if preset else None) if x) + suffix

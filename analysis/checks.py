@@ -27,7 +27,10 @@ AFFECTS: dict[str, tuple[str, ...]] = {
     "prompt_mismatch": ("ttft", "input_throughput"),
     "partial": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
     "model": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
+    "client": ("ttft", "input_throughput"),
 }
+
+_CLIENT_NAMES = {"loadgen": "loadgen", "vllm": "vLLM's benchmark_serving", "sglang": "SGLang's bench_serving"}
 
 _SETTING_NAMES = {
     "engine_eager": "eager mode (no CUDA graphs)",
@@ -220,6 +223,18 @@ def check_client(runs: pd.DataFrame) -> list[Issue]:
     return issues
 
 
+def check_clients(runs: pd.DataFrame) -> list[Issue]:
+    """Different benchmark programs build prompts and count tokens their own way: not one workload."""
+    per = _per_label_values(runs, "format")
+    distinct = set().union(*per.values()) if per else set()
+    if len(distinct) <= 1:
+        return []
+    desc = "; ".join(f"{label}: {', '.join(_CLIENT_NAMES.get(v, v) for v in sorted(vals))}" for label, vals in per.items())
+    return [Issue("client", "warning",
+                  f"runs were measured by different benchmark clients — {desc}. Each builds its own prompts and "
+                  "counts tokens its own way; measure every engine with one client (loadgen).", tuple(per))]
+
+
 def check_models(runs: pd.DataFrame) -> list[Issue]:
     per = _per_label_values(runs, "tokenizer")
     per = {k: {str(x).rstrip("/").rsplit("/", 1)[-1] for x in v} for k, v in per.items() if v}
@@ -238,6 +253,7 @@ def comparability(runs: pd.DataFrame) -> list[Issue]:
     if runs["label"].nunique() > 1:
         issues += check_ignore_eos(runs)
         issues += check_dataset(runs)
+        issues += check_clients(runs)
         issues += check_models(runs)
     issues += check_lengths(runs)
     issues += check_burst(runs)

@@ -97,6 +97,12 @@ def _concurrency_axis(ax: plt.Axes, runs: pd.DataFrame) -> None:
     ax.set_xlabel("concurrency")
 
 
+def _log_y(ax: plt.Axes) -> None:
+    """Log scale with plain numbers (100, 1000) rather than powers of ten."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def _new(title: str) -> tuple[Figure, plt.Axes]:
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     ax.set_title(title)
@@ -130,7 +136,7 @@ def latency(runs: pd.DataFrame, metric: str, percentiles: tuple[str, ...] = ("p5
                         alpha=1.0 if i == 0 else 0.65, label=f"{name} {pct}")
                 values += [v for v in g[col] if v and v > 0 and not math.isnan(v)]
         if values and max(values) / min(values) > 20:
-            ax.set_yscale("log")
+            _log_y(ax)
         _concurrency_axis(ax, runs)
         ax.set_ylabel(f"{metric.upper()} (ms)")
         if values:
@@ -155,7 +161,7 @@ def latency_throughput(runs: pd.DataFrame, metric: str = "p99_ttft_ms") -> Figur
                                 xytext=(4, 4), fontsize=7, color=colour)
                     values.append(y)
         if values and min(values) > 0 and max(values) / min(values) > 20:
-            ax.set_yscale("log")
+            _log_y(ax)
         ax.set_xlabel("output tokens/s")
         ax.set_ylabel(f"{readable} (ms)")
         ax.legend()
@@ -205,7 +211,7 @@ def hdr_curves(hists: pd.DataFrame, metric: str, title: str | None = None) -> Fi
                 lows.append(float(positive.min()))
                 highs.append(float(positive.max()))
         if lows and max(highs) / min(lows) > 20:
-            ax.set_yscale("log")
+            _log_y(ax)
         ax.set_xscale("log")
         ticks = [1.0 / (1.0 - p / 100.0) for p in hdr.PERCENTILE_TICKS if 1.0 / (1.0 - p / 100.0) <= xmax * 1.01]
         ax.set_xlim(1.0, max(ticks[-1] if ticks else 10.0, xmax) * 1.2)

@@ -120,7 +120,18 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:,.2f}", na_rep="", border=0)
 
 
-def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: list[Comparison], pngs: list[Path]) -> str:
+METHOD_COLUMNS = ("label", "format", "engine", "engine_version", "input_len", "output_len", "concurrency",
+                  "num_prompts", "warmup_requests", "ignore_eos", "burst", "client_saturated", "partial",
+                  "error_rate", "engine_eager", "engine_context_length", "engine_max_num_seqs")
+
+
+def method_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """How each run was measured: what a reader checks before trusting a figure."""
+    return runs[[c for c in METHOD_COLUMNS if c in runs.columns]]
+
+
+def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: list[Comparison], pngs: list[Path],
+                method: pd.DataFrame | None = None) -> str:
     """One HTML page with everything inline (styles, tables, images): attachable to a ticket as is."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -140,6 +151,8 @@ def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: lis
             parts.append("</ul>")
         parts.append("<details><summary>side by side, per concurrency</summary>" + _table(comp.table) + "</details>")
     parts.append("<h2>Summary</h2>" + _table(table))
+    if method is not None and not method.empty:
+        parts.append("<details><summary>how each run was measured</summary>" + _table(method) + "</details>")
     parts.append("<h2>Plots</h2>")
     parts += [_img(p) for p in pngs]
     parts.append("<p class='muted'>Written by loadgen-report.</p></body></html>")
@@ -161,5 +174,5 @@ def write_report(runs: pd.DataFrame, out_dir: str | Path, hists: pd.DataFrame | 
     md_path.write_text(comparison_markdown(issues, comps, labels), encoding="utf-8")
     pngs = make_plots(runs, hists, out / "plots")
     html_path = out / "report.html"
-    html_path.write_text(render_html(title, table, issues, comps, pngs), encoding="utf-8")
+    html_path.write_text(render_html(title, table, issues, comps, pngs, method_table(runs)), encoding="utf-8")
     return Report(out, csv_path, md_path, html_path, pngs, issues, comps)

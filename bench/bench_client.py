@@ -18,7 +18,9 @@ machine's noise; medians over ``--repeat`` runs are printed last:
 * ``aiohttp``: the same measurement through aiohttp's response API;
 * ``raw-gc``: raw without pausing the garbage collector during the run;
 * ``raw-noconn``: raw without opening the first wave's connections up front;
-* ``raw-noslice``: raw without the one-chunk-one-event fast path in data_received.
+* ``raw-noslice``: raw without the one-chunk-one-event fast path in data_received;
+* ``raw-nokts``: raw stamping in ``data_received`` instead of using the kernel's
+  receive stamps (uvloop's transport instead of loadgen's ``recvmsg`` reader).
 
     python bench/bench_client.py accuracy --concurrency 1,64,256,1024 --repeat 3
     python bench/bench_client.py saturation --streams 64,512 --repeat 3
@@ -50,7 +52,7 @@ from loadgen.records import Prompt, RequestRecord  # noqa: E402
 from loadgen.runner import Target  # noqa: E402
 
 # raw: the product as shipped. The raw-* variants each switch one optimisation off.
-IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice")
+IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice", "raw-nokts")
 
 
 @contextmanager
@@ -87,10 +89,11 @@ def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
         runner.FREEZE_GC = impl != "raw-gc"
         runner.PRECONNECT = impl != "raw-noconn"
         client._Conn.fast_path = impl != "raw-noslice"
+        client.KERNEL_STAMPS = impl != "raw-nokts"
         try:
             out = runner.run(target, prompts, None, concurrency=concurrency)
         finally:
-            runner.FREEZE_GC = runner.PRECONNECT = client._Conn.fast_path = True
+            runner.FREEZE_GC = runner.PRECONNECT = client._Conn.fast_path = client.KERNEL_STAMPS = True
         return out.records, out.start_ns, out.end_ns, out.lag_samples_ns
     from bench_client_aiohttp import run_aiohttp
 
@@ -175,9 +178,11 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
                 for impl in args.impl:
                     http_json(port, "/reset", "POST")
                     prompts = [Prompt(i, 4, args.tokens, text=f"id={i} bench prompt") for i in range(2 * conc)]
-                    cpu0 = time.process_time()
+                    t0 = os.times()
                     records, start, end, lag = run_impl(impl, target, prompts, conc)
-                    cpu = time.process_time() - cpu0
+                    t1 = os.times()
+                    cpu = (t1.user - t0.user) + (t1.system - t0.system)
+                    sys_share = (t1.system - t0.system) / cpu if cpu > 0 else 0.0
                     truth = http_json(port, "/truth")
                     stats = http_json(port, "/stats")
                     c, s = client_figures(records), truth_figures(truth)
@@ -197,6 +202,7 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
                         "lag_p99": pct(lag, 99) / 1e6, "lag_max": (max(lag) / 1e6 if lag else 0.0),
                         "max_in_flight": stats["max_in_flight"], "wall_s": (end - start) / 1e9,
                         "client_cpu_us_per_chunk": cpu * 1e6 / max(1, sum(len(r.chunk_ns) for r in records)),
+                        "client_cpu_kernel_share": sys_share,
                     }
                     rows.append(row)
                     print(f"accuracy {impl:8s} c={conc:5d} rep={rep} err={row['errors']} "
@@ -205,7 +211,7 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
                           f"ITL p99 {row['itl_p99']:.2f} (true {row['itl_p99_true']:.2f}) err {row['itl_p99_err']:+.3f} | "
                           f"delay p50/p99 {row['delay_p50']:.2f}/{row['delay_p99']:.2f} | "
                           f"TTFT err = send {there:+.1f} + first read {back:+.1f} | lag p99 {row['lag_p99']:.1f} ms | "
-                          f"client CPU {row['client_cpu_us_per_chunk']:.1f} us/chunk",
+                          f"client CPU {row['client_cpu_us_per_chunk']:.1f} us/chunk ({sys_share:.0%} in the kernel)",
                           flush=True)
     return rows
 

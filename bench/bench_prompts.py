@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import loadgen.workload as workload  # noqa: E402
 from loadgen.workload import WorkloadSpec, build_prompts, check_lengths  # noqa: E402
 from loadgen.workload.tokenizer import load_tokenizer  # noqa: E402
-
 
 CORES = os.cpu_count() or 1
 
@@ -69,7 +69,8 @@ def main() -> int:
             f"build {args.num_prompts} x {args.input_len} ({'chat' if args.chat else 'completions'}, seed {spec.seed}): "
             f"{elapsed:.2f} s wall ({args.num_prompts / elapsed:.0f} prompts/s), {cpu:.1f} CPU-s "
             f"(= {cpu / CORES:.1f} s on {CORES} idle cores), load avg before {load_before:.2f}, "
-            f"after {os.getloadavg()[0]:.2f}"
+            f"after {os.getloadavg()[0]:.2f}; fitter {workload.last_build.fitter}"
+            + (" (fast set failed its re-count, rebuilt)" if workload.last_build.rebuilt else "")
         )
     bad = check_lengths(tok, prompts, 200)
     print(f"re-counted 200 sampled prompts with the tokenizer's public API: {len(bad)} disagreements")

@@ -68,6 +68,9 @@ class Stats:
     truth: list[dict] = field(default_factory=list)
 
 
+_WHOLE_RESPONSES: dict[tuple, bytes] = {}
+
+
 def _chunk(payload: bytes) -> bytes:
     """One HTTP/1.1 chunk."""
     return b"%x\r\n%s\r\n" % (len(payload), payload)
@@ -297,16 +300,24 @@ class Stream:
                 b"Cache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n" % opts.content_type.encode())
         role = self.r.role()
         if opts.ttft_ms <= 0 and opts.itl_ms <= 0 and self.fault is None:
-            parts = [head]
-            if role:
-                parts.append(_chunk(role))
-            while self.done < self.n:
-                k = min(self.k, self.n - self.done)
-                parts.append(_chunk(self.r.token(self.done, k, self.done + k >= self.n)))
-                self.done += k
-            parts.append(_chunk(self.r.tail(self.n)) + b"0\r\n\r\n")
+            # Saturation mode: identical requests get the identical response, built
+            # once, so that this server costs next to nothing and the client saturates.
+            key = (self.r.kind, self.n, self.k, self.r.pt)
+            whole = _WHOLE_RESPONSES.get(key)
+            if whole is None:
+                parts = [head]
+                if role:
+                    parts.append(_chunk(role))
+                done = 0
+                while done < self.n:
+                    k = min(self.k, self.n - done)
+                    parts.append(_chunk(self.r.token(done, k, done + k >= self.n)))
+                    done += k
+                parts.append(_chunk(self.r.tail(self.n)) + b"0\r\n\r\n")
+                whole = _WHOLE_RESPONSES[key] = b"".join(parts)
+            self.done = self.n
             now = perf_ns()
-            conn.transport.write(b"".join(parts))
+            conn.transport.write(whole)
             self.sends.append(now)
             self.finish(terminal=False)
             return

@@ -323,6 +323,15 @@ def plan_cmd(engine: str, version: str | None, preset: str | None, model: str | 
     if docker_argv:
         click.echo("# docker")
         click.echo(shlex.join(str(a) for a in docker_argv))
+        name = getattr(plan, "docker_name", None)
+        if name:
+            click.echo(f"# stop with: docker stop {name}")
+    spec = getattr(plan, "readiness", None)
+    if spec is not None:
+        ready = f"GET {spec.health_path} -> {spec.expected_status}"
+        if getattr(spec, "ready_log", None) and not spec.health_meaningful:
+            ready += f", or the log line /{spec.ready_log[0]}/"
+        click.echo(f"# ready when: {ready}")
 
 
 # --- check -------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ def test_field_report_command_lines_give_engine_settings():
 def test_checks_flag_what_the_field_report_got_wrong():
     issues = comparability(analysis.load([VLLM_DIR, SGLANG_DIR]))
     kinds = [i.kind for i in issues]
-    assert "ignore_eos" in kinds
+    assert "ignore_eos" in kinds and "client" in kinds
     length = next(i for i in issues if i.kind == "output_len")
     assert length.labels == ("vllm-0.8.2",) and "of 256" in length.message
     assert {i.labels[0] for i in issues if i.kind == "burst"} == {"vllm-0.8.2", "sglang-ea52b45"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.bench import REPORT_CONCURRENCY, Target, loadgen_argv, plan_points, steady_prompts
+from analysis.bench import REPORT_CONCURRENCY, Target, loadgen_argv, plan_points, steady_prompts, targets_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,6 +50,15 @@ def test_like_report_handles_eos_as_each_reports_client_did(tmp_path):
     steady = loadgen_argv(point, "http://127.0.0.1:1", targets[0], tmp_path, False, "openai", "deepseek-r1", "report")
     assert "--ignore-eos" in steady
     assert steady[steady.index("--result-filename") + 1] == "serving_benchmark_1_128_128.json"
+
+
+def test_default_sim_targets_are_both_fitted_profiles_vllm_first():
+    targets = targets_for("sim", None, None, None, like_report=False)
+    assert len(targets) == 2
+    assert "vllm" in targets[0].profile and "sglang" in targets[1].profile
+    assert [t.label for t in targets] == [f"sim-{t.profile}" for t in targets]  # dotted versions kept whole
+    assert targets[0].metadata["enforce_eager"] == "true" and targets[1].metadata["enforce_eager"] == "false"
+    assert [t.label for t in targets_for("sim", "fast", None, None, like_report=True)] == ["sim-fast-like-report"]
 
 
 def test_quick_sweep_reaches_past_one_wave():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import loadgen.workload as workload
 from loadgen.workload import WorkloadError, WorkloadSpec, build_prompts, check_lengths
 from loadgen.workload.fit import TokenizerView, window_safe
 from loadgen.workload.lengths import length_bounds
@@ -52,6 +53,8 @@ def _content_ids(tok, p) -> list[int]:
 def test_completions_prompts_are_exact(tok, n: int) -> None:
     spec = WorkloadSpec(num_prompts=_count(n), input_len=n, output_len=8, seed=n)
     prompts = build_prompts(spec, tok, use_cache=False)
+    # exact by the fast cut itself, not rescued by the re-count fallback
+    assert workload.last_build.fitter == "window" and not workload.last_build.rebuilt
     assert len(prompts) == spec.num_prompts
     assert [p.id for p in prompts] == list(range(spec.num_prompts))
     for p in prompts:
@@ -65,6 +68,7 @@ def test_completions_prompts_are_exact(tok, n: int) -> None:
 def test_chat_prompts_are_exact_including_the_template(tok, n: int) -> None:
     spec = WorkloadSpec(num_prompts=_count(n), input_len=n, output_len=8, chat=True, seed=n)
     prompts = build_prompts(spec, tok, use_cache=False)
+    assert workload.last_build.fitter == "window" and not workload.last_build.rebuilt
     for p in prompts:
         assert p.text is None and p.messages[0]["role"] == "user"
         full = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
@@ -76,6 +80,7 @@ def test_chat_prompts_are_exact_including_the_template(tok, n: int) -> None:
 def test_chat_content_mode_counts_the_message_only(tok, n: int) -> None:
     spec = WorkloadSpec(num_prompts=_count(n), input_len=n, chat=True, input_len_counts="content", seed=7)
     prompts = build_prompts(spec, tok, use_cache=False)
+    assert not workload.last_build.rebuilt
     for p in prompts:
         assert len(_content_ids(tok, p)) == n
         # input_len stays the server's count, so verification still compares like with like
@@ -143,6 +148,7 @@ def test_shared_prefixes_share_exactly_k_tokens(tok, chat: bool) -> None:
     k, groups, n = 32, 3, 96
     spec = WorkloadSpec(num_prompts=30, input_len=n, prefix_len=k, num_prefixes=groups, chat=chat, seed=2)
     prompts = build_prompts(spec, tok, use_cache=False)
+    assert not workload.last_build.rebuilt
     assert check_lengths(tok, prompts) == []
     assert all(p.input_len == n for p in prompts)
     ids = [_content_ids(tok, p) for p in prompts]
@@ -188,6 +194,7 @@ def test_template_without_special_token_fences_is_fitted_whole(tmp_path: Path) -
     assert not view.frame.isolated
     spec = WorkloadSpec(num_prompts=10, input_len=64, chat=True, tokenizer=str(folder), seed=1)
     prompts = build_prompts(spec, plain, use_cache=False)
+    assert not workload.last_build.rebuilt
     assert check_lengths(plain, prompts) == []
     assert all(p.input_len == 64 for p in prompts)
 
@@ -215,6 +222,7 @@ def test_cache_serves_the_second_build(tok, tmp_path: Path) -> None:
     t0 = time.perf_counter()
     second = build_prompts(spec, tok)
     assert time.perf_counter() - t0 < 1.0
+    assert workload.last_build.source == "cache"
     assert second == first
     other = build_prompts(WorkloadSpec(num_prompts=50, input_len=129, seed=12), tok)
     assert other[0].input_len == 129
@@ -266,3 +274,41 @@ def test_cache_key_changes_with_the_tokenizer_files(tok, tmp_path: Path) -> None
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     build_prompts(WorkloadSpec(num_prompts=3, input_len=16, seed=1, tokenizer=str(folder)))
     assert len(os.listdir(tmp_path / "cache" / "prompts")) == 2
+
+
+@pytest.fixture(scope="module")
+def prepend_tok(tmp_path_factory: pytest.TempPathFactory):
+    """R1 with a normalizer that prepends a marker to every text (and a decoder that drops
+    it), as SentencePiece-style tokenizers do: a cut-out run of tokens no longer encodes
+    to itself, so only the decode/re-encode loop is exact."""
+    src = bundled_tokenizer_dir()
+    folder = tmp_path_factory.mktemp("prepend-tok")
+    spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["normalizer"] = {"type": "Prepend", "prepend": "\u2581"}
+    spec["decoder"] = {
+        "type": "Sequence",
+        "decoders": [spec["decoder"], {"type": "Replace", "pattern": {"String": "\u2581"}, "content": ""}],
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_bytes((src / "tokenizer_config.json").read_bytes())
+    return str(folder), load_tokenizer(str(folder))
+
+
+def test_tokenizer_with_a_normalizer_uses_the_loop(prepend_tok) -> None:
+    path, ptok = prepend_tok
+    assert not TokenizerView(ptok).window
+    spec = WorkloadSpec(num_prompts=12, input_len=128, tokenizer=path, seed=1)
+    prompts = build_prompts(spec, ptok, use_cache=False)
+    assert workload.last_build.fitter == "loop" and not workload.last_build.rebuilt
+    assert check_lengths(ptok, prompts) == [] and {p.input_len for p in prompts} == {128}
+
+
+def test_a_wrongly_trusted_fast_cut_is_caught_and_rebuilt(prepend_tok, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadgen.workload.fit import view_of
+
+    path, ptok = prepend_tok
+    monkeypatch.setattr(view_of(ptok), "window", True)  # pretend the cut were safe
+    spec = WorkloadSpec(num_prompts=12, input_len=128, tokenizer=path, seed=2)
+    prompts = build_prompts(spec, ptok, use_cache=False)
+    assert workload.last_build.rebuilt and workload.last_build.fitter == "loop"
+    assert check_lengths(ptok, prompts) == [] and {p.input_len for p in prompts} == {128}

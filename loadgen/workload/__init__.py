@@ -10,6 +10,7 @@ sample before the clock starts.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,14 +107,32 @@ def _check_sample(prompts: Sequence[Prompt]) -> int | None:
     return None if sum(p.input_len for p in prompts) <= FULL_CHECK_TOKENS else CHECK_SAMPLE
 
 
+@dataclasses.dataclass
+class BuildInfo:
+    """How the last ``build_prompts`` call got its set (for benchmarks and debugging)."""
+
+    source: str = ""  # "cache" | "built"
+    fitter: str = ""  # random prompts: "window" (fast cut) or "loop" (decode/re-encode)
+    rebuilt: bool = False  # the fast set failed its re-count and was rebuilt with the loop
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        self.source, self.fitter, self.rebuilt, self.seconds = "", "", False, 0.0
+
+
+last_build = BuildInfo()
+
+
 def _build(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
     if spec.dataset == "sharegpt":
         return build_sharegpt(view, spec)
     if spec.dataset == "jsonl":
         return build_jsonl(view, spec)
+    last_build.fitter = "window" if view.window else "loop"
     prompts = build_random(view, spec)
     if check_lengths(view.tok, prompts, _check_sample(prompts)):
         # The fast fitter's assumptions do not hold for this tokenizer: count everything.
+        last_build.fitter, last_build.rebuilt = "loop", True
         prompts = build_random(view, spec, general=True)
         bad = check_lengths(view.tok, prompts, _check_sample(prompts))
         if bad:
@@ -133,12 +152,15 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
     points at, plus every spec field and the dataset file's identity.
     """
     validate_spec(spec)
+    started = time.perf_counter()
+    last_build.reset()
     try:
         fingerprint = tokenizer_fingerprint(spec.tokenizer)
         path = cache_path(spec, fingerprint)
         if use_cache:
             cached = load(path)
             if cached is not None:
+                last_build.source, last_build.seconds = "cache", time.perf_counter() - started
                 return cached
         tok = tokenizer if tokenizer is not None else load_tokenizer(spec.tokenizer)
     except TokenizerError as exc:
@@ -146,6 +168,7 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
     prompts = _build(view_of(tok), spec)
     if use_cache:
         save(path, spec, fingerprint, prompts)
+    last_build.source, last_build.seconds = "built", time.perf_counter() - started
     return prompts
 
 

@@ -23,7 +23,10 @@ from loadgen.workload.spec import WorkloadSpec
 MAX_TOTAL_ITERS = 8  # rounds of "fit content, count the whole prompt" per attempt
 MAX_PREFIX_JOIN_TRIES = 16
 MAX_ATTEMPTS = 24  # fresh random draws per prompt (duplicates, unlucky fits)
-POOL_MIN_TOKENS = 400_000  # below this a pool costs more than it saves
+POOL_MIN_TOKENS = 400_000
+# Prompts must differ within their first few tokens (a prefix cache then has nothing
+# to share). Four, not one: some tokenizers open every text with the same marker.
+UNIQUE_START = 4  # below this a pool costs more than it saves
 _SALT_CONTENT, _SALT_PREFIX, _SALT_INPUT_LENS, _SALT_OUTPUT_LENS = 1, 2, 3, 4
 
 
@@ -61,7 +64,7 @@ def _content(
     """Content of exactly ``n`` tokens and the ids that must be unique (its start)."""
     if not plan.prefix_ids:
         text, ids = _fit(view, plan, n, rng)
-        return text, tuple(ids[:2])
+        return text, tuple(ids[:UNIQUE_START])
     k = plan.prefix_len
     head_text, head_ids = plan.prefix_texts[group], list(plan.prefix_ids[group])
     for _ in range(MAX_PREFIX_JOIN_TRIES):

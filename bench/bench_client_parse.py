@@ -1,0 +1,96 @@
+"""CPU cost of the client's per-read work alone, without sockets.
+
+Replays a recorded 256-token vLLM-style response into the client's connection
+protocol (``data_received``), split the way a socket delivers it, and reports
+chunks per CPU-second (``time.process_time``, so other processes on the machine do
+not count). This isolates the Python work loadgen controls -- HTTP de-chunking, SSE
+framing, JSON decoding, stamping -- from the kernel and uvloop costs that
+bench_client.py includes.
+
+    python bench/bench_client_parse.py              # both read shapes, fast path on and off
+    python bench/bench_client_parse.py --reps 2000
+
+Read shapes: ``one-chunk`` (a read per HTTP chunk: streaming with ITL > 0) and
+``64k`` (whole responses in 64 KiB reads: saturation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from stream_server import Renderer, _chunk  # noqa: E402
+
+from loadgen.client import StreamClient, Target, _Conn  # noqa: E402
+from loadgen.records import RequestRecord  # noqa: E402
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class _NullTransport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def response_pieces(tokens: int) -> list[bytes]:
+    r = Renderer("completions", "stream-test", 4, True)
+    parts = [HEAD]
+    for i in range(tokens):
+        parts.append(_chunk(r.token(i, 1, i == tokens - 1)))
+    parts.append(_chunk(r.tail(tokens)) + b"0\r\n\r\n")
+    return parts
+
+
+async def measure(reads: list[bytes], tokens: int, reps: int) -> float:
+    client = StreamClient(Target("http://127.0.0.1:9", "vllm", "stream-test"))
+    conn = _Conn(client)
+    conn.transport = _NullTransport()  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    t0 = time.process_time()
+    for _ in range(reps):
+        rec = RequestRecord(0, 4, tokens)
+        conn.begin(rec, loop.create_future(), 600.0)
+        for data in reads:
+            conn.data_received(data)
+        if rec.error or len(rec.chunk_ns) != tokens:
+            raise RuntimeError(f"replay failed: {rec.error} {rec.error_detail}")
+        client.idle.clear()
+    return reps * tokens / (time.process_time() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=800)
+    args = ap.parse_args()
+    parts = response_pieces(args.tokens)
+    whole = b"".join(parts)
+    shapes = {
+        "one-chunk": parts,
+        "64k": [whole[i : i + 65536] for i in range(0, len(whole), 65536)],
+    }
+    for name, reads in shapes.items():
+        for fast in (True, False):
+            _Conn.fast_path = fast
+            rate = asyncio.run(measure(reads, args.tokens, args.reps))
+            print(f"{name:9s} fast path {'on ' if fast else 'off'}: {rate / 1000:6.0f}k chunks per CPU-second "
+                  f"({1e6 / rate:.2f} us/chunk)")
+    _Conn.fast_path = True
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
