@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,8 +31,8 @@ CORES = os.cpu_count() or 1
 
 
 def _cpu_s() -> float:
-    """CPU time of this process and its reaped pool workers: a figure the other jobs
-    on a shared machine cannot inflate, unlike wall time."""
+    """CPU time of this process and its reaped pool workers. Steadier than wall time on
+    a shared machine, though contention still inflates it (caches, memory bandwidth)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
@@ -46,7 +47,18 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    os.environ.setdefault("LOADGEN_CACHE_DIR", tempfile.mkdtemp(prefix="loadgen-bench-"))
+    scratch = None
+    if "LOADGEN_CACHE_DIR" not in os.environ:  # keep the user's cache out of it
+        scratch = tempfile.mkdtemp(prefix="loadgen-bench-")
+        os.environ["LOADGEN_CACHE_DIR"] = scratch
+    try:
+        return _run(args)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     tok = load_tokenizer(args.tokenizer)
     print(f"tokenizer load: {time.perf_counter() - t0:.2f} s")
@@ -68,7 +80,7 @@ def main() -> int:
         print(
             f"build {args.num_prompts} x {args.input_len} ({'chat' if args.chat else 'completions'}, seed {spec.seed}): "
             f"{elapsed:.2f} s wall ({args.num_prompts / elapsed:.0f} prompts/s), {cpu:.1f} CPU-s "
-            f"(= {cpu / CORES:.1f} s on {CORES} idle cores), load avg before {load_before:.2f}, "
+            f"on {CORES} cores, load avg before {load_before:.2f}, "
             f"after {os.getloadavg()[0]:.2f}; fitter {workload.last_build.fitter}"
             + (" (fast set failed its re-count, rebuilt)" if workload.last_build.rebuilt else "")
         )

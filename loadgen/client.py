@@ -4,10 +4,14 @@ Why not aiohttp's response reader: measured on this machine (docs/client.md), it
 per-read machinery (StreamReader, flow control, one task wake-up per read) delays
 reads enough at 1,024 streams to add tens of milliseconds to TTFT and to the ITL
 tail, and it saturates far earlier. So the streaming requests go through a small
-HTTP/1.1 client built directly on an ``asyncio.Protocol`` over uvloop's transport:
+HTTP/1.1 client built directly on an ``asyncio.Protocol`` (``_Conn``):
 
-* ``data_received`` stamps ``perf_counter_ns()`` first, before any parsing; every event
-  completed by that read shares the stamp;
+* every read is stamped before any parsing, and every event completed by that read
+  shares the stamp. On Linux over plain TCP the stamp is the kernel's receive time of
+  the packet (``SO_TIMESTAMPING``, read by ``_StampedSocket`` with ``recvmsg``), so a
+  read that waited behind other sockets' work is still stamped when its bytes
+  arrived; elsewhere (TLS, other systems) uvloop's transport is used and
+  ``data_received`` stamps ``perf_counter_ns()`` as its first statement;
 * the body (chunked transfer-encoding, content-length, or read-until-close) is
   de-framed and SSE-framed on bytes, and each event's JSON is decoded once (orjson);
 * per chunk the only work is two list appends; figures are computed after the run;
@@ -517,6 +521,9 @@ class _Conn(asyncio.Protocol):
 _SO_TIMESTAMPING = 37
 _TIMESTAMPING_FLAGS = (1 << 3) | (1 << 4)  # SOF_TIMESTAMPING_RX_SOFTWARE | SOFTWARE
 _ANCILLARY_BYTES = 128
+_READ_BUFFER = bytearray(256 * 1024)  # shared: the loop is single-threaded and reads copy out at once
+_READ_VIEW = memoryview(_READ_BUFFER)
+_READ_BUFFERS = [_READ_BUFFER]
 # Read streams through _StampedSocket where the platform allows (plain TCP on Linux).
 KERNEL_STAMPS = True
 
@@ -548,16 +555,19 @@ class _StampedSocket:
 
     def _readable(self) -> None:
         try:
-            data, anc, _flags, _addr = self.sock.recvmsg(262144, _ANCILLARY_BYTES)
+            # Into one preallocated buffer: recvmsg(n) would allocate n bytes per call,
+            # and a large n means an mmap/munmap pair per read.
+            n, anc, _flags, _addr = self.sock.recvmsg_into(_READ_BUFFERS, _ANCILLARY_BYTES)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._lost(exc)
             return
         now = perf_counter_ns()
-        if not data:
+        if not n:
             self._lost(None)
             return
+        data = _READ_VIEW[:n].tobytes()
         t = now
         if anc:
             level, kind, raw = anc[0]

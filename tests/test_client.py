@@ -268,3 +268,35 @@ def test_sim_stall_times_out(sim_server: Callable) -> None:
     srv = sim_server("--fault-stall", "1", "--stall-ms", "3000")
     (r,) = send_all(sim_target(srv, timeout_s=0.8), [prompt(0, 20)])
     assert r.error == "timeout"
+
+
+def first_chunk_with_busy_loop(port: int) -> tuple[RequestRecord, bool]:
+    """Send one request, then block the event loop for 300 ms while its first chunk
+    (due after 50 ms) arrives; return the record and whether kernel stamps were on."""
+    import time
+
+    async def main() -> tuple[RequestRecord, bool]:
+        client = StreamClient(Target(f"http://127.0.0.1:{port}", "vllm", "m"))
+        rec = RequestRecord(0, 4, 3)
+        task = asyncio.ensure_future(client.request(rec, client.build_body(prompt(0, 3))))
+        while not rec.sent_ns:
+            await asyncio.sleep(0.001)
+        time.sleep(0.3)  # the loop is busy elsewhere when the bytes arrive
+        await asyncio.wait_for(task, 10)
+        stamped = client.kernel_stamps
+        await client.close()
+        return rec, stamped
+
+    return asyncio.run(main())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="kernel receive stamps are Linux-only")
+def test_kernel_stamps_do_not_wait_for_a_busy_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    with stream_server("--ttft-ms", "50", "--itl-ms", "5") as port:
+        rec, stamped = first_chunk_with_busy_loop(port)
+        assert stamped and rec.error is None
+        assert 45 <= ms(rec.first_ns - rec.sent_ns) < 200  # when the chunk arrived, not when it was read
+        monkeypatch.setattr("loadgen.client.KERNEL_STAMPS", False)
+        rec, stamped = first_chunk_with_busy_loop(port)
+        assert not stamped and rec.error is None
+        assert ms(rec.first_ns - rec.sent_ns) >= 290  # read-time stamps include the loop's delay
