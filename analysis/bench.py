@@ -10,7 +10,6 @@ complete, so an interrupted sweep resumes where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -199,12 +198,6 @@ def loadgen_argv(point: Point, base_url: str, target: Target, directory: Path, l
     return argv
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if x)
-    return env
-
-
 def _run_point(argv: list[str]) -> subprocess.CompletedProcess:
     """Run one loadgen point; if we are told to stop, let it write its partial result first.
 
@@ -213,7 +206,7 @@ def _run_point(argv: list[str]) -> subprocess.CompletedProcess:
     here. Either way it gets its grace period to finish in-flight requests and
     write a result marked partial, which the next run redoes.
     """
-    child = subprocess.Popen(argv, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = child.communicate()
     except BaseException as exc:

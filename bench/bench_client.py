@@ -34,11 +34,9 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from stream_server import spawn  # noqa: E402
 
 from loadgen import client, runner  # noqa: E402
 from loadgen.records import Prompt, RequestRecord  # noqa: E402
@@ -56,28 +56,6 @@ IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice", "raw-nokts")
 
 
 NICE: int | None = None  # --nice: scheduling priority for the server and this process
-
-
-@contextmanager
-def stream_server(args: list[str], cpu: int | None):
-    cmd = [sys.executable, str(ROOT / "bench" / "stream_server.py"), "--port", "0", *args]
-    if cpu is not None:
-        cmd += ["--cpu", str(cpu)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    if NICE is not None:
-        os.setpriority(os.PRIO_PROCESS, proc.pid, NICE)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("LISTENING"):
-            raise RuntimeError(f"stream server did not start: {line!r}")
-        yield int(line.split()[1])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def http_json(port: int, path: str, method: str = "GET"):
@@ -176,7 +154,7 @@ def ttft_split(records: list[RequestRecord], truth: list[dict]) -> tuple[float, 
 def accuracy(args: argparse.Namespace) -> list[dict]:
     rows = []
     srv = ["--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms), "--tokens", str(args.tokens)]
-    with stream_server(srv, args.server_cpu) as port:
+    with spawn(*srv, cpu=args.server_cpu, nice=NICE) as port:
         target = Target(f"http://127.0.0.1:{port}", "vllm", "stream-test", timeout_s=120)
         for rep in range(args.repeat):
             for conc in args.concurrency:
@@ -224,7 +202,7 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
 def saturation(args: argparse.Namespace) -> list[dict]:
     rows = []
     srv = ["--ttft-ms", "0", "--itl-ms", "0", "--tokens", str(args.tokens), "--no-truth"]
-    with stream_server(srv, args.server_cpu) as port:
+    with spawn(*srv, cpu=args.server_cpu, nice=NICE) as port:
         target = Target(f"http://127.0.0.1:{port}", "vllm", "stream-test", timeout_s=120)
         for rep in range(args.repeat):
             for streams in args.streams:

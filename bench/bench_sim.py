@@ -17,8 +17,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from launcher import process  # noqa: E402
 
 
 class StreamReader(asyncio.Protocol):
@@ -108,12 +109,6 @@ async def client(port: int, streams: int, max_tokens: int) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pin(core: int) -> list[str]:
     return ["taskset", "-c", str(core)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []
 
@@ -142,7 +137,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def one_run(args: argparse.Namespace) -> dict:
-    port = _free_port()
+    port = process.free_port()
     sim = subprocess.Popen(
         [*_pin(0), sys.executable, "-m", "launcher.sim", "--host", "127.0.0.1", "--port", str(port),
          "--profile", args.profile, *args.sim_args],
@@ -167,11 +162,7 @@ def one_run(args: argparse.Namespace) -> dict:
         result["steps_measured"] = stats["steps_since_reset"]
         return result
     finally:
-        try:
-            os.killpg(sim.pid, signal.SIGTERM)
-            sim.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(sim.pid, signal.SIGKILL)
+        process.stop_tree(sim.pid, sim.pid, timeout_s=10, popen=sim)
 
 
 def main() -> int:

@@ -27,8 +27,11 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import orjson
@@ -401,6 +404,30 @@ async def serve(host: str, port: int, opts: Options, ready: asyncio.Future | Non
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.close()
+
+
+@contextmanager
+def spawn(*args: str, cpu: int | None = None, nice: int | None = None) -> Iterator[int]:
+    """Run this server in a subprocess on a free port (``--port 0``) and yield the port;
+    the server is always stopped afterwards. For bench/bench_client.py and the tests."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--port", "0", *args]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    if nice is not None:
+        os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("LISTENING"):
+            raise RuntimeError(f"stream server did not start: {line!r}")
+        yield int(line.split()[1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Options]:

@@ -425,14 +425,7 @@ class _Conn(asyncio.Protocol):
                 chunk_tokens.append(k)
                 if text:
                     self.texts.append(text)
-                if ct is not None:
-                    self.last_ct = ct
-                if pt is not None:
-                    rec.server_prompt_tokens = pt
-                if fin is not None:
-                    rec.finish_reason = fin
-                continue
-            if err is not None:
+            elif err is not None:
                 if rec.error is None:
                     rec.error = "server_error"
                     rec.error_detail = err

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import string
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -43,10 +44,7 @@ def parse_rates(text: str) -> list[float]:
         if low in ("inf", "infinity", "max"):
             rates.append(math.inf)
             continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise ConfigError(f"--rate: '{part}' is not a number; give e.g. --rate 10, --rate inf or --rate 1,2,inf") from None
+        value = _convert(float, part, f"--rate: '{part}' is not a number; give e.g. --rate 10, --rate inf or --rate 1,2,inf")
         if not value > 0 or math.isinf(value):
             raise ConfigError(f"--rate must be > 0 (or inf), got {part}; give e.g. --rate 10 or --rate inf")
         rates.append(value)
@@ -59,10 +57,7 @@ def parse_concurrencies(text: str | None) -> list[int | None]:
         return [None]
     values: list[int | None] = []
     for part in _split_list(text, "--concurrency"):
-        try:
-            value = int(part)
-        except ValueError:
-            raise ConfigError(f"--concurrency: '{part}' is not a whole number; give e.g. --concurrency 8 or 1,2,4") from None
+        value = _convert(int, part, f"--concurrency: '{part}' is not a whole number; give e.g. --concurrency 8 or 1,2,4")
         if value < 1:
             raise ConfigError(f"--concurrency must be >= 1, got {value}; omit it for no limit")
         values.append(value)
@@ -81,10 +76,7 @@ def parse_goodput(items: list[str] | tuple[str, ...]) -> dict[str, float]:
                     f"--goodput: '{part}' is not METRIC:MS with METRIC one of {', '.join(GOODPUT_METRICS)}; "
                     "give e.g. --goodput ttft:500 tpot:50"
                 )
-            try:
-                ms = float(value)
-            except ValueError:
-                raise ConfigError(f"--goodput: '{value}' in '{part}' is not a number of milliseconds") from None
+            ms = _convert(float, value, f"--goodput: '{value}' in '{part}' is not a number of milliseconds")
             if not ms > 0 or math.isinf(ms):
                 raise ConfigError(f"--goodput: the {name} SLO must be a positive number of ms, got {value}")
             slos[name] = ms
@@ -95,10 +87,7 @@ def parse_percentiles(text: str) -> list[float]:
     """``"50,90,99"`` → percentiles in (0, 100]."""
     values: list[float] = []
     for part in _split_list(text, "--percentiles"):
-        try:
-            p = float(part)
-        except ValueError:
-            raise ConfigError(f"--percentiles: '{part}' is not a number; give e.g. --percentiles 50,90,99") from None
+        p = _convert(float, part, f"--percentiles: '{part}' is not a number; give e.g. --percentiles 50,90,99")
         if not 0 < p <= 100:
             raise ConfigError(f"--percentiles: {part} is outside (0, 100]; give e.g. --percentiles 50,90,99,99.9")
         if p not in values:
@@ -146,6 +135,14 @@ def base_url_from(base_url: str | None, host: str | None, port: int | None) -> s
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port or 8000}"
+
+
+def _convert(convert: Callable[[str], Any], text: str, message: str) -> Any:
+    """``convert(text)``, or a :class:`ConfigError` with ``message`` when it does not parse."""
+    try:
+        return convert(text)
+    except ValueError:
+        raise ConfigError(message) from None
 
 
 def _split_list(text: str, option: str) -> list[str]:

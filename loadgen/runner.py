@@ -163,6 +163,17 @@ async def _drain(tasks: list[asyncio.Task], stop: _Stop, grace_s: float) -> None
         await asyncio.gather(*pending, return_exceptions=True)
 
 
+async def _finish_releasing(stop: _Stop, tasks: list[asyncio.Task], grace_s: float) -> None:
+    """Wait for ``stop.dispatcher`` to release its prompts, then drain ``tasks``."""
+    try:
+        await stop.dispatcher  # type: ignore[misc]
+    except asyncio.CancelledError:
+        # Cancelled by Ctrl-C or by the duration limit; anything else propagates.
+        if not stop.requested:
+            raise
+    await _drain(tasks, stop, grace_s)
+
+
 def _install_sigint(loop: asyncio.AbstractEventLoop, stop: _Stop) -> bool:
     if threading.current_thread() is not threading.main_thread():
         return False
@@ -217,12 +228,7 @@ async def run_async(
             stop.dispatcher = loop.create_task(
                 _dispatch(client, warm_prompts, warm_bodies, None, gate, perf_counter_ns(),
                           warm_records, warm_tasks, True))
-            try:
-                await stop.dispatcher
-            except asyncio.CancelledError:
-                if not stop.requested:
-                    raise
-            await _drain(warm_tasks, stop, grace_s)
+            await _finish_releasing(stop, warm_tasks, grace_s)
         if not stop.interrupted and prompts:
             # Connections for the first wave, opened off the clock: every request
             # released at t=0 would otherwise start with a handshake in a burst.
@@ -254,13 +260,7 @@ async def run_async(
                 _dispatch(client, prompts, bodies, offsets, gate, start_ns, records, tasks, False))
             if duration_s is not None:
                 duration_handle = loop.call_later(duration_s, stop.stop_releasing)
-            try:
-                await stop.dispatcher
-            except asyncio.CancelledError:
-                # Cancelled by Ctrl-C or by the duration limit; anything else propagates.
-                if not stop.requested:
-                    raise
-            await _drain(tasks, stop, grace_s)
+            await _finish_releasing(stop, tasks, grace_s)
             end_ns = perf_counter_ns()
     finally:
         if duration_handle is not None:

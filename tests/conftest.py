@@ -2,14 +2,12 @@
 
 Tests talk to the sim over real sockets, exactly as the load generator talks to
 vLLM or SGLang. Every server is started in its own process group and stopped
-(SIGTERM, then SIGKILL) at teardown, whatever the test's outcome.
+(SIGTERM, then SIGKILL: ``launcher.process.stop_tree``) at teardown, whatever the
+test's outcome.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from launcher.process import free_port, stop_tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -41,31 +41,7 @@ class SimServer:
             return ""
 
     def stop(self) -> None:
-        stop_process_group(self.proc)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the process group, wait, then SIGKILL what is left."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=grace_s)
+        stop_tree(self.proc.pid, self.proc.pid, timeout_s=5.0, popen=self.proc)
 
 
 def wait_healthy(base_url: str, proc: subprocess.Popen, timeout_s: float = START_TIMEOUT_S,
@@ -101,7 +77,7 @@ def start_sim(*extra_args: str, log_dir: Path, expect_status: int = 200) -> SimS
     try:
         wait_healthy(server.base_url, proc, expect_status=expect_status)
     except BaseException as exc:
-        stop_process_group(proc)
+        stop_tree(proc.pid, proc.pid, timeout_s=5.0, popen=proc)
         raise RuntimeError(f"{exc}\n--- sim log ---\n{server.log()}") from None
     return server
 
@@ -122,6 +98,20 @@ def sim_server(tmp_path: Path) -> Iterator[Callable[..., SimServer]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point LOADGEN_CACHE_DIR into the test's own folder (the prompt cache starts empty)."""
+    monkeypatch.setenv("LOADGEN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The bundled DeepSeek-R1 tokenizer, loaded once per test module."""
+    from loadgen.workload.tokenizer import load_tokenizer
+
+    return load_tokenizer("deepseek-r1")
 
 
 @pytest.fixture(scope="session")

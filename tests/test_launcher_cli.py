@@ -31,6 +31,21 @@ def run_cli(tmp_path: Path, *args: str, timeout: float = 90) -> subprocess.Compl
                           timeout=timeout, cwd=ROOT, env=cli_env(tmp_path))
 
 
+def start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """``loadgen-launch ARGS`` in the background, its output piped (see :func:`read_until`)."""
+    return subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(tmp_path))
+
+
+def stop_cli(proc: subprocess.Popen, server_pid: int | None = None) -> None:
+    """Test cleanup: the CLI if it still runs, then the server it started (once its pid is known)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if server_pid:
+        kill_group(server_pid)
+
+
 def kill_group(pid: int) -> None:
     """Test cleanup for a server whose pid we learned; harmless when it is already gone."""
     process.stop_tree(pid, pid, timeout_s=2)
@@ -56,10 +71,9 @@ def read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> str:
 def test_foreground_serve_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = process.free_port()
     log = tmp_path / "sim.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli", "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
-         "--log", str(log), "--ready-timeout", "60", "--startup-delay", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(tmp_path),
+    proc = start_cli(
+        tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
+        "--log", str(log), "--ready-timeout", "60", "--startup-delay", "0.5",
     )
     server_pid = None
     try:
@@ -74,20 +88,15 @@ def test_foreground_serve_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert process.live_tree(server_pid, server_pid) == set(), "Ctrl-C must stop the server"
         assert not process.port_in_use(port, "127.0.0.1")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if server_pid:
-            kill_group(server_pid)
+        stop_cli(proc, server_pid)
 
 
 def test_ctrl_c_during_startup_stops_the_server(tmp_path: Path) -> None:
     port = process.free_port()
     log = tmp_path / "sim.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli", "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
-         "--log", str(log), "--startup-delay", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(tmp_path),
+    proc = start_cli(
+        tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
+        "--log", str(log), "--startup-delay", "60",
     )
     try:
         # Wait until the sim process exists (its log file appears), then interrupt the wait.
@@ -102,9 +111,7 @@ def test_ctrl_c_during_startup_stops_the_server(tmp_path: Path) -> None:
         for pid in pids:
             assert not process._alive(pid), "the server must not outlive an interrupted start"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_cli(proc)
 
 
 def _cmdline_has(pid: int, text: str) -> bool:
@@ -207,10 +214,9 @@ def test_check_memory_plan_reproduces_the_sglang_verdicts(tmp_path: Path) -> Non
 
 def test_server_dying_while_serving_is_reported(tmp_path: Path) -> None:
     port = process.free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli", "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
-         "--log", str(tmp_path / "sim.log"), "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(tmp_path),
+    proc = start_cli(
+        tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
+        "--log", str(tmp_path / "sim.log"), "-q",
     )
     server_pid = None
     try:
@@ -221,8 +227,4 @@ def test_server_dying_while_serving_is_reported(tmp_path: Path) -> None:
         assert proc.returncode == 1
         assert "exited with code -9 while serving" in err and str(tmp_path / "sim.log") in err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if server_pid:
-            kill_group(server_pid)
+        stop_cli(proc, server_pid)

@@ -23,7 +23,7 @@ def _loadgen(base_url: str, out: Path, label: str) -> None:
             "--concurrency", "1,4", "--warmup", "2", "--output-dir", str(out), "--label", label,
             "--result-filename", "serving_benchmark_{concurrency}_{input_len}_{output_len}.json",
             "--save-requests", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -42,7 +42,6 @@ def sim_results(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.mark.timeout(300)
 def test_notebook_executes_on_sim_results(sim_results: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOADGEN_RESULTS", os.pathsep.join(str(d) for d in sim_results))
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}})

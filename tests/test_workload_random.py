@@ -29,14 +29,8 @@ def _count(n: int) -> int:
     return 40 if n <= 256 else (12 if n <= 1024 else 3)
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOADGEN_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("deepseek-r1")
+# ``private_cache`` and ``tok`` come from conftest.py.
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

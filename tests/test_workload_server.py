@@ -20,20 +20,14 @@ from loadgen.workload import (
     prompt_token_mismatches,
     verify_with_server,
 )
-from loadgen.workload.tokenizer import bundled_tokenizer_dir, load_tokenizer
+from loadgen.workload.tokenizer import bundled_tokenizer_dir
 
 N = 256
 MODEL = "deepseek-r1"
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOADGEN_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("deepseek-r1")
+# ``private_cache`` and ``tok`` come from conftest.py.
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _post(url: str, body: dict) -> dict:

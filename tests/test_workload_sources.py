@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from loadgen.workload import WorkloadError, WorkloadSpec, build_prompts, check_lengths
-from loadgen.workload.tokenizer import load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workload"
 SHAREGPT = FIXTURES / "sharegpt_small.json"
@@ -16,14 +15,8 @@ PROMPTS = FIXTURES / "prompts.jsonl"
 MESSAGES = FIXTURES / "messages.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOADGEN_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("deepseek-r1")
+# ``private_cache`` and ``tok`` come from conftest.py.
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _first_human_turns() -> dict[str, str]:

@@ -8,7 +8,8 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from launcher.sim.faults import FaultConfig
 from launcher.sim.profiles import ProfileError, available_profiles, load_profile
@@ -25,44 +26,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"sim: error: {message} (see --help)\n")
 
 
-def _prob(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability within 0..1")
-    return value
+def _checked(convert: Callable[[str], Any], noun: str, ok: Callable[[Any], bool], refusal: str):
+    """An argparse ``type``: ``convert(text)``, refused with one clear line when it does
+    not parse (``'x' is not <noun>``) or when ``ok(value)`` is false (``refusal``,
+    formatted with ``text`` and ``value``)."""
+
+    def check(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {noun}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(refusal.format(text=text, value=value))
+        return value
+
+    return check
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is outside 0..65535")
-    return value
+_prob = _checked(float, "a number", lambda v: 0.0 <= v <= 1.0, "{text} is not a probability within 0..1")
+# ``not v < x`` rather than ``v >= x`` below: a NaN passes, as it always has.
+_positive_int = _checked(int, "an integer", lambda v: not v < 1, "{text} must be >= 1")
+_nonneg_float = _checked(float, "a number", lambda v: not v < 0, "{text} must be >= 0")
+_port = _checked(int, "a port number", lambda v: 0 <= v <= 65535, "port {value} is outside 0..65535")
 
 
 def build_parser() -> argparse.ArgumentParser:

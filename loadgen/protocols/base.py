@@ -102,6 +102,41 @@ def error_text(obj: dict[str, Any]) -> str | None:
     return str(err)[:300]
 
 
+def openai_stream_body(
+    model: str,
+    source: dict[str, Any],
+    output_len: int,
+    stream_options: dict[str, Any],
+    *,
+    ignore_eos: bool,
+    max_completion_tokens: bool = False,
+) -> dict[str, Any]:
+    """The body of an OpenAI-style streaming request (``/v1/completions`` and
+    ``/v1/chat/completions``): ``source`` is the input field (``{"prompt": ...}`` or
+    ``{"messages": ...}``); chat also caps ``max_completion_tokens``, the newer name."""
+    body: dict[str, Any] = {"model": model, **source, "max_tokens": output_len}
+    if max_completion_tokens:
+        body["max_completion_tokens"] = output_len
+    body["temperature"] = 0.0
+    body["stream"] = True
+    body["stream_options"] = stream_options
+    if ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+def openai_no_choice(obj: dict[str, Any], choices: Any, ct: int | None, pt: int | None) -> tuple:
+    """:meth:`WireProtocol.parse`'s result for an OpenAI-style event with no choice: the
+    final usage-only chunk (``choices: []``), or an in-stream error object (no
+    ``choices`` at all). Events that carry a choice never get here, so the per-token
+    path stays inline in each protocol's ``parse``."""
+    if choices is None:
+        err = error_text(obj)
+        if err is not None:
+            return (False, None, None, None, None, err)
+    return (False, ct, pt, None, None, None)
+
+
 def require_text(prompt: Prompt, protocol: str) -> str:
     if prompt.text is None:
         raise ValueError(

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from loadgen.protocols.base import WireProtocol, error_text
+from loadgen.protocols.base import WireProtocol, openai_no_choice, openai_stream_body
 from loadgen.records import Prompt
 
 
@@ -29,18 +29,14 @@ class OpenAIChat(WireProtocol):
                 f"prompt {prompt.id} is raw text but backend 'openai-chat' sends messages; "
                 "build chat prompts (--chat) or use --backend openai"
             )
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": prompt.messages,
-            "max_tokens": prompt.output_len,
-            "max_completion_tokens": prompt.output_len,
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-        }
-        if ignore_eos:
-            body["ignore_eos"] = True
-        return body
+        return openai_stream_body(
+            model,
+            {"messages": prompt.messages},
+            prompt.output_len,
+            {"include_usage": True, "continuous_usage_stats": True},
+            ignore_eos=ignore_eos,
+            max_completion_tokens=True,
+        )
 
     def parse(self, data: bytes, state: Any, loads: Any = orjson.loads) -> tuple:
         obj = loads(data)
@@ -58,8 +54,4 @@ class OpenAIChat(WireProtocol):
             if delta:
                 text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
             return (bool(text), ct, pt, choice.get("finish_reason"), text, None)
-        if choices is None:
-            err = error_text(obj)
-            if err is not None:
-                return (False, None, None, None, None, err)
-        return (False, ct, pt, None, None, None)
+        return openai_no_choice(obj, choices, ct, pt)

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from loadgen.protocols.base import WireProtocol, error_text, require_text
+from loadgen.protocols.base import WireProtocol, openai_no_choice, openai_stream_body, require_text
 from loadgen.records import Prompt
 
 
@@ -26,17 +26,13 @@ class OpenAICompletions(WireProtocol):
         stream_options: dict[str, Any] = {"include_usage": True}
         if self.continuous_usage:
             stream_options["continuous_usage_stats"] = True
-        body: dict[str, Any] = {
-            "model": model,
-            "prompt": require_text(prompt, self.name),
-            "max_tokens": prompt.output_len,
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": stream_options,
-        }
-        if ignore_eos:
-            body["ignore_eos"] = True
-        return body
+        return openai_stream_body(
+            model,
+            {"prompt": require_text(prompt, self.name)},
+            prompt.output_len,
+            stream_options,
+            ignore_eos=ignore_eos,
+        )
 
     def parse(self, data: bytes, state: Any, loads: Any = orjson.loads) -> tuple:
         obj = loads(data)
@@ -51,11 +47,7 @@ class OpenAICompletions(WireProtocol):
             choice = choices[0]
             text = choice.get("text")
             return (bool(text), ct, pt, choice.get("finish_reason"), text, None)
-        if choices is None:
-            err = error_text(obj)
-            if err is not None:
-                return (False, None, None, None, None, err)
-        return (False, ct, pt, None, None, None)
+        return openai_no_choice(obj, choices, ct, pt)
 
 
 class VLLMCompletions(OpenAICompletions):
