@@ -26,7 +26,6 @@ REPORT_LENGTHS = ((128, 128), (256, 256))
 QUICK_CONCURRENCY = (1, 4, 16, 64)
 QUICK_LENGTHS = ((128, 32),)
 RESULT_NAME = "serving_benchmark_{c}_{inp}_{out}.json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
