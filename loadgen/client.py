@@ -21,7 +21,7 @@ HTTP/1.1 client built directly on an ``asyncio.Protocol`` (``_Conn``):
   keep-alive connection, e.g. llama.cpp closes after every stream) is retried on a
   fresh connection and the retry counted in ``RequestRecord.retries``.
 
-aiohttp stays in use for everything that is not the hot path (:func:`probe`).
+Control requests (``/v1/models``, ``/version``, ``/tokenize``) go through :mod:`loadgen.control`.
 
 Error kinds written to ``RequestRecord.error`` (see docs/client.md): ``http_<status>``,
 ``not_sse``, ``connect``, ``reset_before_first_byte``, ``reset_mid_stream``,
@@ -798,45 +798,6 @@ class StreamClient:
         self.idle.clear()
         self.all.clear()
         await asyncio.sleep(0)
-
-
-async def probe_async(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> list[str]:
-    """Fetch ``/v1/models`` before the clock starts; return the served model ids.
-
-    Raises :class:`ClientError` with one line naming the problem when the server is
-    unreachable or answers something else than a model list.
-    """
-    import aiohttp
-
-    ep = Endpoint.parse(base_url, "/v1/models")
-    url = f"{'https' if ep.tls else 'http'}://{ep.host_header}{ep.path}"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-            async with session.get(url, headers=headers) as resp:
-                if resp.status in (401, 403):
-                    raise ClientError(f"{url} answered HTTP {resp.status}: check --api-key")
-                if resp.status != 200:
-                    raise ClientError(f"{url} answered HTTP {resp.status}: is this an OpenAI-compatible server?")
-                try:
-                    payload = await resp.json(content_type=None)
-                except ValueError:
-                    raise ClientError(f"{url} did not answer JSON: is this an OpenAI-compatible server?") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise ClientError(f"cannot reach {url} ({exc.os_error or exc}): is the server running? check --base-url") from None
-    except TimeoutError:
-        raise ClientError(f"{url} did not answer within {timeout_s:g} s: is the server up and ready?") from None
-    except aiohttp.ClientError as exc:
-        raise ClientError(f"request to {url} failed: {exc}") from None
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        return []
-    return [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id") is not None]
-
-
-def probe(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> list[str]:
-    """Synchronous :func:`probe_async` for the CLI, before the run's loop exists."""
-    return asyncio.run(probe_async(base_url, api_key, timeout_s))
 
 
 async def check_stream_async(target: Target, prompt: Any) -> RequestRecord:

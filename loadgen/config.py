@@ -222,6 +222,13 @@ class RunConfig:
                 return max(1, math.ceil(max(finite) * self.duration_s))
         return 1000
 
+    def max_input_len(self) -> int:
+        """The longest random prompt this configuration can draw (vLLM's range rule)."""
+        return math.ceil(self.input_len * (1 + self.range_ratio))
+
+    def max_output_len(self) -> int:
+        return self.output_len
+
     def points(self) -> list[tuple[int | None, float]]:
         """Load points in run order: for each concurrency, each rate."""
         return [(c, r) for c in self.concurrencies for r in self.rates]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
+from loadgen import control
 from loadgen import metrics as metrics_mod
 from loadgen import results as results_mod
 from loadgen.config import RunConfig, rate_label
@@ -40,43 +39,28 @@ class Preflight:
 
     model: str
     tokenizer_id: str
-    tokenizer: Any
     server_version: str | None
     output_dir: Path
+    max_model_len: int | None = None
     verification: dict[str, Any] | None = None  # set by verify_prompts
 
 
 # ---------------------------------------------------------------- control-path HTTP
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # like aiohttp: no env proxies
-
-
-def _get(url: str, *, api_key: str | None, timeout: float, read_limit: int = 65536) -> tuple[int, str, bytes]:
-    """(status, content type, first bytes of the body). Raises OSError for network failures."""
-    headers = {"Accept": "*/*"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with _OPENER.open(req, timeout=timeout) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), resp.read(read_limit)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", "") if exc.headers else "", exc.read(4096)
-
 
 def server_version(cfg: RunConfig) -> str | None:
     """``/version`` (vLLM, SGLang) when it answers; recorded in the result, never required."""
     try:
-        status, _, data = _get(f"{cfg.base_url}/version", api_key=cfg.api_key, timeout=3.0)
-    except (OSError, ValueError):
+        resp = control.request(f"{cfg.base_url}/version", api_key=cfg.api_key, timeout_s=3.0, read_limit=65536)
+    except control.ControlError:
         return None
-    if status != 200:
+    if resp.status != 200:
         return None
     try:
-        obj = json.loads(data)
+        obj = json.loads(resp.body)
         return str(obj.get("version", obj)) if isinstance(obj, dict) else str(obj)
     except ValueError:
-        return data[:100].decode("utf-8", "replace").strip() or None
+        return resp.body[:100].decode("utf-8", "replace").strip() or None
 
 
 def probe_stream(cfg: RunConfig, model: str) -> None:
@@ -126,22 +110,24 @@ def preflight(cfg: RunConfig) -> Preflight:
     except PermissionError as exc:
         raise PreflightError(str(exc)) from None
 
-    from loadgen.client import ClientError, probe
-
     try:
-        models = probe(cfg.base_url, cfg.api_key, timeout_s=min(cfg.timeout_s, 10.0))
-    except ClientError as exc:
-        if cfg.model is None:
-            hint = " (or pass --model NAME)" if "answered HTTP" in str(exc) else ""
+        served = control.models(cfg.base_url, cfg.api_key, timeout_s=min(cfg.timeout_s, 10.0))
+    except control.ControlError as exc:
+        if cfg.model is None or exc.kind in ("tls", "connect", "timeout"):
+            hint = " (or pass --model NAME)" if exc.kind in ("http", "not_json") else ""
             raise PreflightError(f"{exc}{hint}") from None
-        models = []  # a server without /v1/models (SGLang native): the stream probe decides
+        served = []  # a server without /v1/models (SGLang native): the stream probe decides
+    names = [m.id for m in served]
     model = cfg.model
     if model is None:
-        if not models:
+        if not names:
             raise PreflightError(f"{cfg.base_url}/v1/models lists no model; pass --model NAME")
-        model = models[0]
-    elif models and model not in models:
-        raise PreflightError(f"the server does not serve model '{model}' (it has: {', '.join(models[:5])}); fix --model")
+        model = names[0]
+    elif names and model not in names:
+        raise PreflightError(f"the server does not serve model '{model}' (it has: {', '.join(names[:5])}); fix --model")
+    max_model_len = next((m.max_model_len for m in served if m.id == model), None)
+    if cfg.dataset == "random":
+        check_context(cfg.max_input_len(), cfg.max_output_len(), max_model_len, model)
 
     tokenizer_id = cfg.tokenizer
     if tokenizer_id is None:
@@ -152,10 +138,10 @@ def preflight(cfg: RunConfig) -> Preflight:
                 f"model '{model}' is not a local folder, so its tokenizer cannot be found offline; "
                 "pass --tokenizer PATH (a folder with tokenizer.json) or --tokenizer deepseek-r1"
             )
-    from loadgen.workload.tokenizer import TokenizerError, load_tokenizer
+    from loadgen.workload.tokenizer import TokenizerError, resolve_tokenizer_path
 
     try:
-        tokenizer = load_tokenizer(tokenizer_id)
+        resolve_tokenizer_path(tokenizer_id)  # found now; loaded only if the prompt set is not cached
     except TokenizerError as exc:
         raise PreflightError(str(exc)) from None
 
@@ -163,10 +149,28 @@ def preflight(cfg: RunConfig) -> Preflight:
     return Preflight(
         model=model,
         tokenizer_id=tokenizer_id,
-        tokenizer=tokenizer,
         server_version=server_version(cfg),
         output_dir=out_dir,
+        max_model_len=max_model_len,
     )
+
+
+def check_context(max_input: int, max_output: int, max_model_len: int | None, model: str) -> None:
+    """Fail before any work when no request could fit the server's context window.
+
+    vLLM rejects every request whose prompt plus ``max_tokens`` exceeds the model's
+    ``max_model_len`` (HTTP 400): a run that can only fail is not worth starting.
+    """
+    if max_model_len is None or max_input + max_output <= max_model_len:
+        return
+    if max_input >= max_model_len:
+        raise PreflightError(
+            f"prompts of up to {max_input} tokens do not fit {model}'s context of {max_model_len} tokens "
+            f"(the server's max_model_len): lower --input-len, or restart the server with a larger --max-model-len")
+    raise PreflightError(
+        f"{max_input} prompt + {max_output} output tokens exceed {model}'s context of {max_model_len} tokens "
+        f"(the server's max_model_len): lower --output-len to at most {max_model_len - max_input} or --input-len, "
+        "or restart the server with a larger --max-model-len")
 
 
 # ---------------------------------------------------------------- one point
@@ -309,9 +313,13 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> list[Prompt]:
     from loadgen.workload.errors import WorkloadError
 
     try:
-        return list(workload.build_prompts(spec, pre.tokenizer))
+        prompts = list(workload.build_prompts(spec))
     except WorkloadError as exc:
         raise PreflightError(str(exc)) from None
+    if prompts and pre.max_model_len is not None:
+        longest = max(prompts, key=lambda p: p.input_len + p.output_len)
+        check_context(longest.input_len, longest.output_len, pre.max_model_len, pre.model)
+    return prompts
 
 
 def verify_prompts(cfg: RunConfig, pre: Preflight, prompts: Sequence[Prompt], console: Console) -> None:

@@ -18,7 +18,8 @@ import pytest
 
 # stream_server(*args): bench/stream_server.py on a free port, yields the port, always stopped afterwards
 from bench.stream_server import spawn as stream_server
-from loadgen.client import ClientError, LiveCounters, StreamClient, Target, check_stream, probe
+from loadgen.client import ClientError, LiveCounters, StreamClient, Target, check_stream
+from loadgen.control import ControlError, models
 from loadgen.records import Prompt, RequestRecord
 
 
@@ -186,13 +187,14 @@ def test_non_sse_answer_is_named() -> None:
 
 def test_probe_and_check_stream() -> None:
     with stream_server("--ttft-ms", "1", "--itl-ms", "1") as port:
-        assert probe(f"http://127.0.0.1:{port}") == ["stream-test"]
+        assert [m.id for m in models(f"http://127.0.0.1:{port}")] == ["stream-test"]
         rec = check_stream(Target(f"http://127.0.0.1:{port}/v1", "vllm", "m"), prompt(0, 2))
         assert rec.output_tokens == 2
         with pytest.raises(ClientError, match="http_404"):
             check_stream(Target(f"http://127.0.0.1:{port}", "vllm", "m", endpoint="/nope"), prompt(0, 2))
-    with pytest.raises(ClientError, match="cannot reach .* is the server running"):
-        probe(f"http://127.0.0.1:{port}")
+    with pytest.raises(ControlError, match="cannot reach .* is the server running") as err:
+        models(f"http://127.0.0.1:{port}")
+    assert err.value.kind == "connect"
 
 
 def test_bad_base_url_is_one_clear_error() -> None:

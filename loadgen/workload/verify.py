@@ -7,18 +7,16 @@ means client and server do not tokenize alike, and every "N-token" figure of the
 run would be wrong, so the CLI stops. After the run, :func:`prompt_token_mismatches`
 compares every request's built length with the server's ``usage.prompt_tokens``.
 
-Plain ``urllib`` on purpose: a handful of blocking calls before the run, no event loop.
+Through :mod:`loadgen.control`: a handful of blocking calls before the run, no event loop.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadgen import control
 from loadgen.records import Prompt
 
 
@@ -80,20 +78,11 @@ def _sample(prompts: Sequence[Prompt], sample: int) -> list[Prompt]:
 
 
 def _post(url: str, body: dict[str, Any], api_key: str | None, timeout_s: float) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    resp = control.request(url, api_key=api_key, body=body, timeout_s=timeout_s)
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = raw.decode("utf-8", "replace")
-        return exc.code, payload
+        return resp.status, resp.json()
+    except control.ControlError:
+        return resp.status, resp.body.decode("utf-8", "replace")
 
 
 def _error_text(payload: Any) -> str:
@@ -167,9 +156,8 @@ def verify_with_server(
             body = {"model": model, "prompt": prompt.text or ""}
         try:
             status, payload = _post(url, body, api_key, timeout_s)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            return VerifyResult(False, False, message=f"could not reach {url} to check prompt lengths: {reason}")
+        except control.ControlError as exc:
+            return VerifyResult(False, False, message=f"could not reach the server to check prompt lengths: {exc}")
         if status != 200:
             if _no_endpoint(status, payload):
                 return VerifyResult(
