@@ -18,7 +18,6 @@ behaves alike:
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -96,7 +95,7 @@ def request(
     except urllib.error.HTTPError as exc:
         ctype = exc.headers.get("Content-Type", "") if exc.headers else ""
         return Response(exc.code, ctype, exc.read(read_limit))
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise ControlError("timeout", f"{url} did not answer within {timeout_s:g} s: is the server up and ready?") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
@@ -106,7 +105,7 @@ def request(
                 "trust its CA with --ca-cert FILE, or pass --insecure to skip verification") from None
         if isinstance(reason, ssl.SSLError):
             raise ControlError("tls", f"{url}: TLS handshake failed ({reason}); check the URL's scheme and port") from None
-        if isinstance(reason, (TimeoutError, socket.timeout)):
+        if isinstance(reason, TimeoutError):
             raise ControlError("timeout", f"{url} did not answer within {timeout_s:g} s: is the server up and ready?") from None
         raise ControlError("connect", f"cannot reach {url} ({reason}): is the server running? check --base-url") from None
     except (ConnectionError, OSError) as exc:
