@@ -69,14 +69,13 @@ def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
     import uvloop
 
     if impl.startswith("raw"):
-        runner.FREEZE_GC = impl != "raw-gc"
-        runner.PRECONNECT = impl != "raw-noconn"
         client._Conn.fast_path = impl != "raw-noslice"
         client.KERNEL_STAMPS = impl != "raw-nokts"
         try:
-            out = runner.run(target, prompts, None, concurrency=concurrency)
+            out = runner.run(target, prompts, None, concurrency=concurrency,
+                             freeze_gc=impl != "raw-gc", preconnect=impl != "raw-noconn")
         finally:
-            runner.FREEZE_GC = runner.PRECONNECT = client._Conn.fast_path = client.KERNEL_STAMPS = True
+            client._Conn.fast_path = client.KERNEL_STAMPS = True
         return out.records, out.start_ns, out.end_ns, out.lag_samples_ns
     from bench_client_aiohttp import run_aiohttp
 

@@ -12,9 +12,9 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
 
-from loadgen import __version__
+from loadgen import __version__, interrupts
+from loadgen.aggregate import DEFAULT_INLINE_LIMIT
 from loadgen.config import (
     BACKENDS,
     DATASETS,
@@ -30,6 +30,11 @@ from loadgen.config import (
     parse_rates,
 )
 from loadgen.schedule import ARRIVALS
+
+# Exit codes (docs/loadgen.md): 0 done; 2 bad option or failed pre-flight check;
+# 3 a point in which no request succeeded (its result file is written); 128 + N stopped
+# by signal N (130 Ctrl-C, 143 SIGTERM) after writing every point that ran.
+EXIT_NOTHING_MEASURED = 3
 
 # Options that take several space-separated values, as in vLLM (argparse nargs="+").
 _MULTI_VALUE = ("--goodput", "--metadata")
@@ -137,7 +142,11 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 @_opt("--result-filename", "--output-file", "result_filename", default=DEFAULT_RESULT_FILENAME, show_default=True,
       help="File name template; fields {backend} {model} {concurrency} {rate} {input_len} {output_len} "
            "{num_prompts} {dataset} {label} {date} {seed} {arrival}.")
-@_opt("--save-requests", is_flag=True, default=False, help="Also write per-request JSONL next to the result file.")
+@_opt("--save-requests", is_flag=True, default=False,
+      help="Also keep every chunk's arrival and token count (NAME.chunks.npy beside the per-request store).")
+@_opt("--max-inline-requests", "inline_requests", type=int, default=DEFAULT_INLINE_LIMIT, show_default=True,
+      help="Keep vLLM's per-request arrays (ttfts, itls, ...) in the result JSON up to this many requests; "
+           "above, they are only in the per-request store (NAME.requests.npy). 0: never.")
 @_opt("--save-text", is_flag=True, default=False, help="Keep generated texts (result 'generated_texts' and JSONL).")
 @_opt("--save-result", is_flag=True, default=False, hidden=True, help="Accepted for vLLM compatibility; results are always saved.")
 @_opt("--label", default=None, help="A name for this run, stored in results and usable as {label}.")
@@ -158,20 +167,32 @@ def main(**opts: Any) -> None:
         cfg = config_from_options(opts)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    from rich.console import Console
+
     # piped output (CI logs) gets a fixed, wide layout instead of rich's 80 columns
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     progress_console = Console(stderr=True)
     from loadgen.sweep import PreflightError, run_all
 
+    interrupts.install()
     try:
         results = run_all(cfg, console=console, progress_console=progress_console)
     except PreflightError as exc:
         raise click.UsageError(str(exc)) from None
-    except KeyboardInterrupt:
-        click.echo("loadgen: interrupted before the run started; nothing written", err=True)
-        sys.exit(130)
-    if results and results[-1].get("partial"):
-        sys.exit(130)  # results were written, marked partial; scripts still see the interruption
+    except interrupts.Interrupted as exc:
+        written = getattr(exc, "results", [])
+        if written:
+            partial = " (the last one partial)" if written[-1].get("partial") else ""
+            click.echo(f"loadgen: stopped by {exc.name}; {len(written)} point(s) written{partial}", err=True)
+        else:
+            click.echo(f"loadgen: stopped by {exc.name} before the first point ran; nothing was measured", err=True)
+        sys.exit(exc.exit_code)
+    empty = [r for r in results if not r.get("completed")]
+    if empty:
+        click.echo(f"loadgen: error: no request succeeded in {len(empty)} of {len(results)} point(s) "
+                   f"({', '.join(f'{k}={v}' for k, v in empty[0].get('errors_by_kind', {}).items())}); "
+                   "the result files say why", err=True)
+        sys.exit(EXIT_NOTHING_MEASURED)
 
 
 def config_from_options(opts: dict[str, Any]) -> RunConfig:
@@ -210,6 +231,7 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         result_filename=opts["result_filename"],
         save_requests=opts["save_requests"],
         save_text=opts["save_text"],
+        inline_requests=opts["inline_requests"],
         label=opts["label"],
         metadata=parse_metadata(opts["metadata"]),
         progress=opts["progress"],

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from loadgen.aggregate import DEFAULT_INLINE_LIMIT
 from loadgen.metrics import DEFAULT_PERCENTILES, GOODPUT_METRICS
 from loadgen.schedule import ARRIVALS
 
@@ -191,6 +192,7 @@ class RunConfig:
     result_filename: str = DEFAULT_RESULT_FILENAME
     save_requests: bool = False
     save_text: bool = False
+    inline_requests: int = DEFAULT_INLINE_LIMIT
     label: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     progress: bool = True
@@ -268,6 +270,8 @@ class RunConfig:
             raise ConfigError(f"--duration must be a positive number of seconds, got {self.duration_s}")
         if self.warmup < 0:
             raise ConfigError(f"--warmup must be >= 0 requests, got {self.warmup}")
+        if self.inline_requests < 0:
+            raise ConfigError(f"--max-inline-requests must be >= 0 (0: never inline), got {self.inline_requests}")
         if not self.timeout_s > 0:
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
         if not self.rates:

@@ -21,6 +21,8 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader, HistogramLogWriter
 
+from loadgen.fileio import atomic_write
+
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour: a request slower than that is clipped, and counted
 SIGNIFICANT_DIGITS = 3
@@ -87,7 +89,7 @@ def decode(payload: str) -> HdrHistogram:
 
 
 def summary_us(hist: HdrHistogram, percentiles: Iterable[float]) -> dict[str, float]:
-    """Percentiles straight from a histogram, in µs (for notebooks; the result JSON uses exact values)."""
+    """Percentiles straight from a histogram, in µs (for notebooks)."""
     out: dict[str, float] = {}
     for p in percentiles:
         out[f"p{p:g}"] = float(hist.get_value_at_percentile(p))
@@ -134,7 +136,7 @@ def write_hlog(
         # start 0 would make the writer fall back to the histogram's stamps (also 0 relative)
         line_writer.output_interval_histogram(hist, max_value_unit_ratio=1000.0)
         lines.append(f"Tag={tag},{buf.getvalue()}")
-    Path(path).write_text("".join(lines), encoding="utf-8")
+    atomic_write(path, "".join(lines).encode("utf-8"))
 
 
 def read_hlog(path: str | Path) -> dict[str, HdrHistogram]:

@@ -26,7 +26,6 @@ Failed requests are counted by error kind and excluded from the latency figures.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -75,15 +74,16 @@ class RequestFigures:
 
 @dataclass
 class Stats:
-    """Summary statistics of one metric, in ms. Empty samples give NaN-free zeros and n=0."""
+    """Summary statistics of one metric, in ms. With no samples (n=0) every figure is
+    ``None``: a run where nothing succeeded has no latency, not a zero one."""
 
     n: int
-    mean: float
-    median: float
-    std: float
-    min: float
-    max: float
-    percentiles: dict[float, float] = field(default_factory=dict)
+    mean: float | None
+    median: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    percentiles: dict[float, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,6 +114,8 @@ class Summary:
     client_saturated: bool
     retries: int
     max_concurrency_observed: int
+    invisible_outputs: int = 0  # successful requests whose tokens decoded to no visible text
+    mean_concurrency: float = 0.0  # sum of E2EL / duration (SGLang's "concurrency")
 
 
 def _corrected_chunk_tokens(rec: RequestRecord) -> np.ndarray:
@@ -194,10 +196,14 @@ def per_request(records: Iterable[RequestRecord]) -> RequestFigures:
 
 
 def stats_of(values: np.ndarray, percentiles: Sequence[float]) -> Stats:
-    """Mean/median/std (population, like numpy and vLLM) and the asked percentiles (linear)."""
+    """Exact statistics of a sample (population std, linear percentiles, like numpy and vLLM).
+
+    The result files use :class:`loadgen.aggregate.Aggregate` instead, whose
+    percentiles come from HDR histograms; this is for small, in-memory samples.
+    """
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
-        return Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, {float(p): 0.0 for p in percentiles})
+        return Stats(0, None, None, None, None, None, {float(p): None for p in percentiles})
     pct = np.percentile(v, list(percentiles)) if percentiles else []
     return Stats(
         n=int(v.size),
@@ -248,64 +254,21 @@ def summarize(
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     goodput_slos_ms: Mapping[str, float] | None = None,
     lag_samples_ns: Sequence[int] = (),
-    figures: RequestFigures | None = None,
     saturation_lag_p99_ms: float = SATURATION_LAG_P99_MS,
 ) -> Summary:
-    """Every aggregate of one point. ``records`` excludes warm-up requests."""
+    """Every aggregate of one point from records held in memory (warm-up ones are skipped).
+
+    The same arithmetic as a streamed run: one batch through
+    :class:`loadgen.aggregate.Aggregate`.
+    """
+    from loadgen.aggregate import Aggregate
+
     measured = [r for r in records if not r.warmup]
-    fig = figures if figures is not None else per_request(measured)
-    duration = max((end_ns - start_ns) / 1e9, 1e-9)
-    completed = len(fig.records)
-    errors = Counter(r.error or "unknown" for r in measured if not r.ok)
-    # A request that "succeeded" without any content chunk is not a completion.
-    no_output = sum(1 for r in measured if r.ok and r.first_ns <= 0)
-    if no_output:
-        errors["no_output"] += no_output
-    failed = sum(errors.values())
-    total_in = int(fig.input_lens.sum())
-    total_out = int(fig.output_tokens.sum())
-
-    stats = {m: stats_of(fig.values(m), percentiles) for m in METRICS + EXTRA_METRICS}
-
-    good_completed = request_goodput = None
-    if goodput_slos_ms:
-        good_completed = int(good_mask(fig, goodput_slos_ms).sum())
-        request_goodput = good_completed / duration
-
-    checked = [r for r in fig.records if r.server_prompt_tokens is not None]
-    diffs = [abs(r.server_prompt_tokens - r.input_len) for r in checked]  # type: ignore[operator]
-    mismatches = sum(1 for d in diffs if d)
-
-    lag = np.asarray(lag_samples_ns, dtype=np.float64) / NS_PER_MS
-    lag_p50, lag_p99 = (float(x) for x in np.percentile(lag, [50, 99])) if lag.size else (0.0, 0.0)
-    lag_max = float(lag.max()) if lag.size else 0.0
-
-    return Summary(
-        duration_s=duration,
-        num_requests=len(measured),
-        completed=completed,
-        failed=failed,
-        errors_by_kind=dict(sorted(errors.items())),
-        total_input_tokens=total_in,
-        total_output_tokens=total_out,
-        request_throughput=completed / duration,
-        input_throughput=total_in / duration,
-        output_throughput=total_out / duration,
-        total_token_throughput=(total_in + total_out) / duration,
-        good_completed=good_completed,
-        request_goodput=request_goodput,
-        stats=stats,
-        output_tokens_source=dict(Counter(r.output_tokens_source or "unknown" for r in fig.records)),
-        prompt_tokens_checked=len(checked),
-        prompt_token_mismatches=mismatches,
-        prompt_token_max_diff=max(diffs, default=0),
-        lag_p50_ms=lag_p50,
-        lag_p99_ms=lag_p99,
-        lag_max_ms=lag_max,
-        client_saturated=lag_p99 > saturation_lag_p99_ms,
-        retries=sum(r.retries for r in measured),
-        max_concurrency_observed=max_in_flight(measured),
-    )
+    agg = Aggregate(goodput_slos_ms=goodput_slos_ms, inline_limit=0)
+    agg.add(measured)
+    return agg.summary(start_ns, end_ns, percentiles=percentiles, lag_samples_ns=lag_samples_ns,
+                       max_concurrency_observed=max_in_flight(measured),
+                       saturation_lag_p99_ms=saturation_lag_p99_ms)
 
 
 def percentile_key(p: float) -> str:

@@ -127,6 +127,13 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
     out = []
     if result.get("partial"):
         out.append("PARTIAL: the run was interrupted; figures cover only what finished.")
+    if not result.get("completed") and result.get("num_prompts"):
+        out.append("NOTHING MEASURED: no request succeeded, so there are no latencies; "
+                   "see the errors below and the server's log.")
+    store = result.get("per_request") or {}
+    if store and not store.get("complete", True):
+        out.append(f"PER-REQUEST STORE INCOMPLETE: {store.get('error')}; the figures above are complete "
+                   f"(kept in memory), the per-request rows after row {store.get('rows')} were not saved.")
     if result.get("failed"):
         kinds = ", ".join(f"{k}={v}" for k, v in result.get("errors_by_kind", {}).items())
         out.append(f"{result['failed']} request(s) failed ({kinds}).")

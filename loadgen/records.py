@@ -56,6 +56,7 @@ class RequestRecord:
     retries: int = 0
     text: str = ""
     warmup: bool = False
+    invisible_output: bool = False  # tokens were generated (usage says so) but none decoded to text
 
     @property
     def ok(self) -> bool:

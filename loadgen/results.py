@@ -9,7 +9,6 @@ the same figures, and loadgen's own additions. The schema is documented in
 from __future__ import annotations
 
 import math
-import os
 import platform
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -18,21 +17,20 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from loadgen import hdr
+from loadgen.aggregate import InlineRequest
 from loadgen.config import RunConfig, rate_label, safe_filename_part
+from loadgen.fileio import atomic_write
 from loadgen.metrics import (
     EXTRA_METRICS,
     METRICS,
     SATURATION_LAG_P99_MS,
-    RequestFigures,
     Stats,
     Summary,
     percentile_key,
 )
-from loadgen.records import RequestRecord
 
 RESULT_SCHEMA = "loadgen-result/1"
 HLOG_TAGS = ("ttft", "tpot", "itl", "e2el", "queue")
@@ -106,57 +104,31 @@ def versions(server_version: str | None = None) -> dict[str, str | None]:
     return out
 
 
-def histograms(fig: RequestFigures) -> dict[str, Any]:
-    """One HDR histogram per metric, in µs, recorded in bulk."""
-    series = {
-        "ttft": fig.ttft_ms,
-        "tpot": fig.values("tpot"),
-        "itl": fig.itl_ms,
-        "e2el": fig.e2el_ms,
-        "queue": fig.queue_ms,
-    }
-    return {tag: hdr.histogram_of(np.rint(np.asarray(v) * 1000.0)) for tag, v in series.items()}
-
-
 def build_result(
     cfg: RunConfig,
     point: PointInfo,
     summary: Summary,
-    fig: RequestFigures,
-    measured: Sequence[RequestRecord],
+    inline: Sequence[InlineRequest] | None,
     hists: Mapping[str, Any],
     *,
     server_version: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The result JSON of one point as a dict (plain JSON types only)."""
+    """The result JSON of one point as a dict (plain JSON types only).
+
+    ``inline`` holds the per-request rows of a small point (vLLM's ``input_lens``,
+    ``output_lens``, ``ttfts``, ``itls``, ``errors``); for a large one it is ``None``
+    and those keys are absent: the per-request store has the rows (``per_request``).
+    """
     pcts = cfg.percentiles
     rate_json: float | str = "inf" if math.isinf(point.rate) else point.rate
-    by_id = {id(r): i for i, r in enumerate(fig.records)}
-    ordered = sorted(measured, key=lambda r: r.prompt_id)
-    ttfts, itls, out_lens, errors, texts = [], [], [], [], []
-    for r in ordered:
-        i = by_id.get(id(r))
-        if i is None:
-            ttfts.append(0.0)
-            itls.append([])
-            out_lens.append(0)
-            kind = r.error or "no_output"
-            errors.append(f"{kind}: {r.error_detail}" if r.error_detail else kind)
-        else:
-            ttfts.append(float(fig.ttft_ms[i]) / 1000.0)
-            itls.append((fig.itls_of(i) / 1000.0).tolist())
-            out_lens.append(int(r.output_tokens))
-            errors.append("")
-        texts.append(r.text)
-
     res: dict[str, Any] = {
         # vLLM 0.8.x benchmark_serving.py
         "date": point.date,
         "backend": cfg.backend,
         "model_id": point.model,
         "tokenizer_id": point.tokenizer_id,
-        "num_prompts": len(measured),
+        "num_prompts": summary.num_requests,
         "request_rate": rate_json,
         "burstiness": cfg.burstiness,
         "max_concurrency": point.concurrency,
@@ -168,14 +140,17 @@ def build_result(
         "request_goodput:": summary.request_goodput,
         "output_throughput": summary.output_throughput,
         "total_token_throughput": summary.total_token_throughput,
-        "input_lens": [int(r.input_len) for r in ordered],
-        "output_lens": out_lens,
-        "ttfts": ttfts,
-        "itls": itls,
-        "errors": errors,
     }
-    if cfg.save_text:
-        res["generated_texts"] = texts
+    if inline is not None:
+        res.update({
+            "input_lens": [r.input_len for r in inline],
+            "output_lens": [r.output_len for r in inline],
+            "ttfts": [r.ttft_s for r in inline],
+            "itls": [r.itls_s for r in inline],
+            "errors": [r.error for r in inline],
+        })
+        if cfg.save_text:
+            res["generated_texts"] = [r.text for r in inline]
     for m in METRICS:
         res.update(_stat_keys(m, summary.stats[m]))
     # vLLM-compatible extras and SGLang bench_serving names
@@ -192,7 +167,7 @@ def build_result(
             "mean_e2e_latency_ms": e2el.mean,
             "median_e2e_latency_ms": e2el.median,
             "std_e2e_latency_ms": e2el.std,
-            "concurrency": float(fig.e2el_ms.sum() / 1000.0 / summary.duration_s) if summary.duration_s else 0.0,
+            "concurrency": summary.mean_concurrency,
         }
     )
     for p, value in e2el.percentiles.items():
@@ -225,7 +200,9 @@ def build_result(
             "client_saturated": summary.client_saturated,
             "client_saturation_lag_p99_ms": SATURATION_LAG_P99_MS,
             "max_concurrency_observed": summary.max_concurrency_observed,
-            "itl_samples": int(fig.itl_ms.size),
+            "invisible_outputs": summary.invisible_outputs,
+            "itl_samples": summary.stats["itl"].n,
+            "percentiles_from": "hdr_histograms",
             "start_time": point.start_epoch_s,
             "end_time": point.end_epoch_s,
             "metadata": dict(cfg.metadata),
@@ -246,43 +223,6 @@ def build_result(
     return res
 
 
-def request_rows(records: Sequence[RequestRecord], start_ns: int, save_text: bool) -> list[dict[str, Any]]:
-    """Per-request rows (times in ms from the run's start) for the JSONL file."""
-    rows = []
-    for r in sorted(records, key=lambda r: (not r.warmup, r.prompt_id)):
-        def rel(ns: int) -> float | None:
-            return round((ns - start_ns) / 1e6, 4) if ns else None
-
-        row: dict[str, Any] = {
-            "prompt_id": r.prompt_id,
-            "warmup": r.warmup,
-            "input_len": r.input_len,
-            "output_len": r.output_len,
-            "server_prompt_tokens": r.server_prompt_tokens,
-            "output_tokens": r.output_tokens,
-            "output_tokens_source": r.output_tokens_source,
-            "intended_ms": rel(r.intended_ns),
-            "sent_ms": rel(r.sent_ns),
-            "first_ms": rel(r.first_ns),
-            "last_ms": rel(r.last_ns),
-            "queue_ms": round((r.sent_ns - r.intended_ns) / 1e6, 4) if r.sent_ns and r.intended_ns else None,
-            "ttft_ms": round((r.first_ns - r.sent_ns) / 1e6, 4) if r.first_ns and r.sent_ns else None,
-            "e2el_ms": round((r.last_ns - r.sent_ns) / 1e6, 4) if r.last_ns and r.sent_ns else None,
-            "chunks": len(r.chunk_ns),
-            "chunk_us": [round((t - r.sent_ns) / 1e3, 1) for t in r.chunk_ns] if r.sent_ns else [],
-            "chunk_tokens": list(r.chunk_tokens),
-            "finish_reason": r.finish_reason,
-            "status": r.status,
-            "error": r.error,
-            "error_detail": r.error_detail or None,
-            "retries": r.retries,
-        }
-        if save_text:
-            row["text"] = r.text
-        rows.append(row)
-    return rows
-
-
 def check_writable(directory: str | Path) -> Path:
     """Create the output folder and prove a file can be written there (before any work)."""
     path = Path(directory).expanduser()
@@ -295,18 +235,8 @@ def check_writable(directory: str | Path) -> Path:
     return path
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_result(path: Path, result: Mapping[str, Any]) -> None:
-    _atomic_write(path, orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-
-
-def write_requests(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    _atomic_write(path, b"".join(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in rows))
+    atomic_write(path, orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
 
 def write_hlog(path: Path, hists: Mapping[str, Any], point: PointInfo, cfg: RunConfig) -> None:

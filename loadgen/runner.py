@@ -9,10 +9,20 @@ and that intended time is stored in its record (``intended_ns``). When the
 concurrency gate is full a due request waits; the wait shows up as queue time
 (``sent_ns - intended_ns``), which is how coordinated omission is made visible.
 
-Everything that is not sending is prepared before the clock starts: request bodies
-are serialised up front, the garbage collector is frozen and paused for the run (a
-full collection over hundreds of thousands of stamps is a multi-millisecond stall in
-the middle of someone's stream), and progress is read from counters on a timer.
+Everything that is not sending is kept off the critical path: a request's body is
+serialised while the dispatcher waits for its release time (so a million prompts do
+not become a million bodies in memory), the garbage collector is frozen and paused
+for the run (a full collection over hundreds of thousands of stamps is a
+multi-millisecond stall in the middle of someone's stream), and progress is read
+from counters on a timer.
+
+Finished requests go to a ``sink`` (:class:`loadgen.collect.PointCollector`), which
+reduces them in batches on a timer and drops them, so memory stays flat however
+long the run; without a sink they are returned in :attr:`RunOutcome.records` (tests,
+benchmarks, notebooks).
+
+SIGINT and SIGTERM are handled alike (:mod:`loadgen.interrupts`): the first stops
+releasing and gives in-flight requests ``grace_s``; a second ends the grace period.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
+from typing import Protocol
 
 from loadgen.client import ClientError, LiveCounters, StreamClient, Target
 from loadgen.lag import LagMonitor
@@ -32,17 +43,24 @@ from loadgen.records import Prompt, RequestRecord
 
 __all__ = ["LiveCounters", "RunOutcome", "Target", "run", "run_async"]
 
-# Pause the garbage collector during the measured phase (bench/bench_client.py turns
-# it off to measure what it buys).
-FREEZE_GC = True
 # Open the first wave's connections before the clock starts (at most this many).
-PRECONNECT = True
 MAX_PRECONNECT = 4096
+
+
+class Sink(Protocol):
+    """Receives finished requests during a run (see :class:`loadgen.collect.PointCollector`)."""
+
+    def begin(self, start_ns: int) -> None: ...
+    def push(self, rec: RequestRecord) -> None: ...
+    def flush(self) -> None: ...
 
 
 @dataclass
 class RunOutcome:
-    """What one load point produced; figures are computed from it by loadgen.metrics."""
+    """What one load point produced; figures are computed from it by loadgen.metrics.
+
+    ``records`` and ``warmup_records`` are empty when a sink took the requests.
+    """
 
     records: list[RequestRecord]
     start_ns: int
@@ -50,12 +68,15 @@ class RunOutcome:
     lag_samples_ns: list[int]
     partial: bool
     warmup_records: list[RequestRecord] = field(default_factory=list)
+    signal: int | None = None  # the signal that stopped the run early
+    max_in_flight: int = 0  # most requests between release and their end, at any moment
 
 
 class _Stop:
     """Why and when releasing stopped; shared by the signal handler and the drain."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.signal: int | None = None
         self.interrupted = False
         self.requested = False  # releasing was stopped on purpose (duration or Ctrl-C)
         self.force = False
@@ -68,7 +89,8 @@ class _Stop:
         if self.dispatcher is not None and not self.dispatcher.done():
             self.dispatcher.cancel()
 
-    def interrupt(self) -> None:
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        self.signal = self.signal or signum
         if self.interrupted:
             self.force = True  # a second Ctrl-C: no more grace
         self.interrupted = True
@@ -98,11 +120,22 @@ def _validate(prompts: Sequence[Prompt], offsets_s: Sequence[float] | None, conc
                 raise ValueError(f"release offsets must be finite and >= 0 s, got {off}")
 
 
-async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], bodies: Sequence[bytes],
-                    offsets_s: Sequence[float] | None, gate: asyncio.Semaphore | None, start_ns: int,
-                    records: list[RequestRecord], tasks: list[asyncio.Task], warmup: bool) -> None:
+class _InFlight:
+    """Requests between release and end, and the most there ever were."""
+
+    __slots__ = ("now", "peak")
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+
+async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], offsets_s: Sequence[float] | None,
+                    gate: asyncio.Semaphore | None, start_ns: int, finished: Callable[[RequestRecord], None],
+                    tasks: set[asyncio.Task], warmup: bool, inflight: _InFlight) -> None:
     """Release each prompt at its absolute due time, through the gate."""
     loop = asyncio.get_running_loop()
+    build_body = client.build_body
 
     async def one(rec: RequestRecord, body: bytes) -> None:
         try:
@@ -114,11 +147,14 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], bodies: Seq
                 rec.error = "client_error"
                 rec.error_detail = f"{type(exc).__name__}: {exc}"[:300]
         finally:
+            inflight.now -= 1
             if gate is not None:
                 gate.release()
+            finished(rec)
 
     for i, prompt in enumerate(prompts):
         due = start_ns + (int(offsets_s[i] * 1e9) if offsets_s is not None else 0)
+        body = build_body(prompt)  # while waiting, not after
         wait = due - perf_counter_ns()
         while wait > 0:
             # uvloop's timers have 1 ms resolution and may fire a little early; the
@@ -129,11 +165,15 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], bodies: Seq
             await gate.acquire()
         rec = RequestRecord(prompt_id=prompt.id, input_len=prompt.input_len, output_len=prompt.output_len,
                             intended_ns=due, warmup=warmup)
-        records.append(rec)
-        tasks.append(loop.create_task(one(rec, bodies[i])))
+        inflight.now += 1
+        if inflight.now > inflight.peak:
+            inflight.peak = inflight.now
+        task = loop.create_task(one(rec, body))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
 
-async def _drain(tasks: list[asyncio.Task], stop: _Stop, grace_s: float) -> None:
+async def _drain(tasks: set[asyncio.Task], stop: _Stop, grace_s: float) -> None:
     """Wait for in-flight requests; after an interrupt, only ``grace_s`` more."""
     pending = [t for t in tasks if not t.done()]
     if not pending:
@@ -163,7 +203,7 @@ async def _drain(tasks: list[asyncio.Task], stop: _Stop, grace_s: float) -> None
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _finish_releasing(stop: _Stop, tasks: list[asyncio.Task], grace_s: float) -> None:
+async def _finish_releasing(stop: _Stop, tasks: set[asyncio.Task], grace_s: float) -> None:
     """Wait for ``stop.dispatcher`` to release its prompts, then drain ``tasks``."""
     try:
         await stop.dispatcher  # type: ignore[misc]
@@ -174,14 +214,29 @@ async def _finish_releasing(stop: _Stop, tasks: list[asyncio.Task], grace_s: flo
     await _drain(tasks, stop, grace_s)
 
 
-def _install_sigint(loop: asyncio.AbstractEventLoop, stop: _Stop) -> bool:
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: _Stop) -> dict[int, object]:
+    """Route SIGINT and SIGTERM to ``stop`` for the run; return the handlers to restore."""
     if threading.current_thread() is not threading.main_thread():
-        return False
-    try:
-        loop.add_signal_handler(signal.SIGINT, stop.interrupt)
-    except (NotImplementedError, RuntimeError, ValueError):
-        return False
-    return True
+        return {}
+    previous: dict[int, object] = {}
+    for sig in STOP_SIGNALS:
+        try:
+            prev = signal.getsignal(sig)
+            loop.add_signal_handler(sig, stop.interrupt, sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        previous[sig] = prev
+    return previous
+
+
+def _restore_signals(loop: asyncio.AbstractEventLoop, previous: dict[int, object]) -> None:
+    """Give the signals back to whoever had them (asyncio would reset them to the default)."""
+    for sig, prev in previous.items():
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, prev if prev is not None else signal.SIG_DFL)  # type: ignore[arg-type]
 
 
 async def run_async(
@@ -197,82 +252,95 @@ async def run_async(
     tick_s: float = 0.25,
     grace_s: float = 5.0,
     lag_interval_s: float = 0.010,
-    handle_sigint: bool = True,
+    handle_signals: bool = True,
+    sink: Sink | None = None,
+    flush_s: float = 0.5,
+    freeze_gc: bool = True,
+    preconnect: bool = True,
 ) -> RunOutcome:
-    """The body of :func:`run`, for callers that already run an event loop."""
+    """The body of :func:`run`, for callers that already run an event loop.
+
+    ``freeze_gc`` pauses the garbage collector during the measured phase and
+    ``preconnect`` opens the first wave's connections before the clock starts; both
+    are on in the product (``bench/bench_client.py`` turns each off to show what it buys).
+    """
     _validate(prompts, offsets_s, concurrency, warmup, duration_s, tick_s, grace_s)
     loop = asyncio.get_running_loop()
     counters = counters if counters is not None else LiveCounters()
     client = StreamClient(target, counters=None)
-    try:
-        bodies = [client.build_body(p) for p in prompts]
-    except ValueError as exc:
-        raise ClientError(str(exc)) from None
+    if prompts:
+        try:
+            client.build_body(prompts[0])  # a body the protocol cannot build fails now, not mid-run
+        except ValueError as exc:
+            raise ClientError(str(exc)) from None
     offsets = list(offsets_s) if offsets_s is not None else None
     stop = _Stop(loop)
-    sigint = handle_sigint and _install_sigint(loop, stop)
+    previous = _install_signals(loop, stop) if handle_signals else {}
     gate = asyncio.Semaphore(concurrency) if concurrency else None
     warm_records: list[RequestRecord] = []
     records: list[RequestRecord] = []
-    tasks: list[asyncio.Task] = []
+    tasks: set[asyncio.Task] = set()
+    inflight = _InFlight()
     lag = LagMonitor(lag_interval_s)
-    tick_handle: asyncio.TimerHandle | None = None
-    duration_handle: asyncio.TimerHandle | None = None
+    handles: list[asyncio.TimerHandle | None] = [None, None, None]  # tick, flush, duration
     gc_was_enabled = gc.isenabled()
     start_ns = end_ns = perf_counter_ns()
+
+    def every(slot: int, interval: float, fn: Callable[[], None]) -> None:
+        def fire() -> None:
+            try:
+                fn()
+            except Exception:  # a broken display must not stop a benchmark
+                handles[slot] = None
+                return
+            handles[slot] = loop.call_later(interval, fire)
+
+        handles[slot] = loop.call_later(interval, fire)
+
     try:
         if warmup:
             warm_prompts = [prompts[i % len(prompts)] for i in range(warmup)]
-            warm_bodies = [bodies[i % len(prompts)] for i in range(warmup)]
-            warm_tasks: list[asyncio.Task] = []
+            warm_tasks: set[asyncio.Task] = set()
             stop.dispatcher = loop.create_task(
-                _dispatch(client, warm_prompts, warm_bodies, None, gate, perf_counter_ns(),
-                          warm_records, warm_tasks, True))
+                _dispatch(client, warm_prompts, None, gate, perf_counter_ns(),
+                          sink.push if sink is not None else warm_records.append, warm_tasks, True, _InFlight()))
             await _finish_releasing(stop, warm_tasks, grace_s)
         if not stop.interrupted and prompts:
             # Connections for the first wave, opened off the clock: every request
             # released at t=0 would otherwise start with a handshake in a burst.
             zero = sum(1 for off in offsets if off == 0.0) if offsets is not None else len(prompts)
             first_wave = min(concurrency, zero) if concurrency else zero
-            if first_wave > 1 and PRECONNECT:
+            if first_wave > 1 and preconnect:
                 await client.preconnect(min(first_wave, MAX_PRECONNECT))
         if not stop.interrupted:
             client.counters = counters
-
-            def tick() -> None:
-                nonlocal tick_handle
-                try:
-                    on_tick(counters)  # type: ignore[misc]
-                except Exception:  # a broken display must not stop a benchmark
-                    tick_handle = None
-                    return
-                tick_handle = loop.call_later(tick_s, tick)
-
-            if FREEZE_GC:
+            if freeze_gc:
                 gc.collect()
                 gc.freeze()
                 gc.disable()
             start_ns = perf_counter_ns()
+            if sink is not None:
+                sink.begin(start_ns)
+                every(1, flush_s, sink.flush)
             lag.start(loop)
             if on_tick is not None:
-                tick_handle = loop.call_later(tick_s, tick)
+                every(0, tick_s, lambda: on_tick(counters))
             stop.dispatcher = loop.create_task(
-                _dispatch(client, prompts, bodies, offsets, gate, start_ns, records, tasks, False))
+                _dispatch(client, prompts, offsets, gate, start_ns,
+                          sink.push if sink is not None else records.append, tasks, False, inflight))
             if duration_s is not None:
-                duration_handle = loop.call_later(duration_s, stop.stop_releasing)
+                handles[2] = loop.call_later(duration_s, stop.stop_releasing)
             await _finish_releasing(stop, tasks, grace_s)
             end_ns = perf_counter_ns()
     finally:
-        if duration_handle is not None:
-            duration_handle.cancel()
-        if tick_handle is not None:
-            tick_handle.cancel()
+        for handle in handles:
+            if handle is not None:
+                handle.cancel()
         lag.stop()
         if gc_was_enabled:
             gc.enable()
         gc.unfreeze()
-        if sigint:
-            loop.remove_signal_handler(signal.SIGINT)
+        _restore_signals(loop, previous)
         await client.close()
     if on_tick is not None:
         try:
@@ -280,31 +348,24 @@ async def run_async(
         except Exception:
             pass
     return RunOutcome(records=records, start_ns=start_ns, end_ns=end_ns, lag_samples_ns=lag.samples_ns,
-                      partial=stop.interrupted, warmup_records=warm_records)
+                      partial=stop.interrupted, warmup_records=warm_records, signal=stop.signal,
+                      max_in_flight=inflight.peak)
 
 
 def run(
     target: Target,
     prompts: Sequence[Prompt],
     offsets_s: Sequence[float] | None,
-    *,
-    concurrency: int | None = None,
-    warmup: int = 0,
-    duration_s: float | None = None,
-    counters: LiveCounters | None = None,
-    on_tick: Callable[[LiveCounters], None] | None = None,
-    tick_s: float = 0.25,
-    grace_s: float = 5.0,
+    **options: object,
 ) -> RunOutcome:
-    """Run one load point on a fresh uvloop event loop and return every record.
+    """Run one load point on a fresh uvloop event loop (options as :func:`run_async`).
 
-    Ctrl-C stops releasing, gives in-flight requests ``grace_s`` to finish, cancels
-    the rest (their records kept, error ``cancelled``) and returns ``partial=True``;
-    a second Ctrl-C skips what is left of the grace period.
+    SIGINT or SIGTERM stops releasing, gives in-flight requests ``grace_s`` to finish,
+    cancels the rest (their records kept, error ``cancelled``) and returns
+    ``partial=True`` with the signal; a second signal skips what is left of the grace
+    period.
     """
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_async(
-            target, prompts, offsets_s, concurrency=concurrency, warmup=warmup, duration_s=duration_s,
-            counters=counters, on_tick=on_tick, tick_s=tick_s, grace_s=grace_s))
+        return runner.run(run_async(target, prompts, offsets_s, **options))  # type: ignore[arg-type]

@@ -20,13 +20,15 @@ from typing import Any
 
 from rich.console import Console
 
-from loadgen import control
-from loadgen import metrics as metrics_mod
+from loadgen import control, interrupts
 from loadgen import results as results_mod
+from loadgen.aggregate import Aggregate
+from loadgen.collect import PointCollector
 from loadgen.config import RunConfig, rate_label
 from loadgen.progress import Progress, print_summary, sweep_table
-from loadgen.records import Prompt, RequestRecord
+from loadgen.records import Prompt
 from loadgen.schedule import ArrivalSpec, release_offsets
+from loadgen.store import RequestStore, StoreFiles
 
 
 class PreflightError(RuntimeError):
@@ -180,7 +182,7 @@ def check_context(max_input: int, max_output: int, max_model_len: int | None, mo
 class PointFiles:
     result: Path
     hlog: Path
-    requests: Path | None
+    store: StoreFiles
 
 
 def point_paths(cfg: RunConfig, pre: Preflight, concurrency: int | None, rate: float, date: str) -> PointFiles:
@@ -189,47 +191,60 @@ def point_paths(cfg: RunConfig, pre: Preflight, concurrency: int | None, rate: f
     return PointFiles(
         result=path,
         hlog=results_mod.sibling(path, ".hlog"),
-        requests=results_mod.sibling(path, ".requests.jsonl") if cfg.save_requests else None,
+        store=StoreFiles(
+            requests=results_mod.sibling(path, ".requests.npy"),
+            chunks=results_mod.sibling(path, ".chunks.npy") if cfg.save_requests else None,
+            details=results_mod.sibling(path, ".details.jsonl"),
+        ),
+    )
+
+
+def new_collector(cfg: RunConfig, files: PointFiles) -> PointCollector:
+    """The aggregates and the per-request store one point's requests flow into."""
+    return PointCollector(
+        Aggregate(goodput_slos_ms=cfg.goodput_slos_ms or None, inline_limit=cfg.inline_requests),
+        RequestStore(files.store, save_text=cfg.save_text),
     )
 
 
 def finish_point(
     cfg: RunConfig,
     info: results_mod.PointInfo,
-    records: Sequence[RequestRecord],
+    collector: PointCollector,
     start_ns: int,
     end_ns: int,
     lag_samples_ns: Sequence[int],
     files: PointFiles,
     *,
     server_version: str | None = None,
-    warmup_records: Sequence[RequestRecord] = (),
     verification: dict[str, Any] | None = None,
+    max_in_flight: int = 0,
 ) -> dict[str, Any]:
-    """Records of one point → figures → the three files. No network; testable on its own."""
-    measured = [r for r in records if not r.warmup]
-    fig = metrics_mod.per_request(measured)
-    summary = metrics_mod.summarize(
-        measured, start_ns, end_ns,
+    """Aggregates of one point → the result JSON and the interval log. No network.
+
+    The per-request store was written during the run; only the last batch is left.
+    """
+    collector.close(start_ns)
+    agg = collector.aggregate
+    summary = agg.summary(
+        start_ns, end_ns,
         # p95/p99 are always computed: vLLM and SGLang readers expect p99_*_ms and p95_itl_ms
         percentiles=sorted(set(cfg.percentiles) | {95.0, 99.0}),
-        goodput_slos_ms=cfg.goodput_slos_ms or None,
         lag_samples_ns=lag_samples_ns,
-        figures=fig,
+        max_concurrency_observed=max_in_flight,
     )
-    hists = results_mod.histograms(fig)
+    hists = agg.histograms()
     extra: dict[str, Any] = {
-        "files": {"hlog": files.hlog.name, "requests": files.requests.name if files.requests else None},
+        "files": {"hlog": files.hlog.name, "requests": files.store.requests.name},
+        "per_request": collector.store.describe() if collector.store is not None else None,
     }
     if verification is not None:
         extra["prompt_verification"] = verification
+    info.warmup_requests = collector.warmup_requests
     result = results_mod.build_result(
-        cfg, info, summary, fig, measured, hists, server_version=server_version, extra=extra
+        cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
     )
     results_mod.write_hlog(files.hlog, hists, info, cfg)
-    if files.requests is not None:
-        rows = results_mod.request_rows([*warmup_records, *records], start_ns, cfg.save_text)
-        results_mod.write_requests(files.requests, rows)
     results_mod.write_result(files.result, result)
     return result
 
@@ -245,7 +260,12 @@ def run_point(
     console: Console,
     progress_console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run one (concurrency, rate) point against the server and write its files."""
+    """Run one (concurrency, rate) point against the server and write its files.
+
+    A stop signal during the run ends it early (a partial point); one that arrives
+    while the files are written waits until they are complete. Either way the point
+    is written first and :class:`~loadgen.interrupts.Interrupted` raised after.
+    """
     from loadgen.runner import LiveCounters, run
 
     files = point_paths(cfg, pre, concurrency, rate, date)
@@ -253,38 +273,44 @@ def run_point(
     target = _target(cfg, pre.model)
     counters = LiveCounters(0, 0, 0, 0, 0)
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
+    collector = new_collector(cfg, files)
     start_epoch = time.time()
-    with Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
-        outcome = run(
-            target,
-            list(prompts),
-            offsets.tolist(),
+    with interrupts.deferred():
+        try:
+            with Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
+                outcome = run(
+                    target,
+                    prompts,
+                    offsets.tolist(),
+                    concurrency=concurrency,
+                    warmup=cfg.warmup,
+                    duration_s=cfg.duration_s,
+                    counters=counters,
+                    on_tick=prog.tick,
+                    grace_s=cfg.grace_s,
+                    sink=collector,
+                )
+        except BaseException:
+            collector.close(0)
+            raise
+        if outcome.signal is not None:
+            interrupts.note(outcome.signal)
+        span_s = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
+        info = results_mod.PointInfo(
             concurrency=concurrency,
-            warmup=cfg.warmup,
-            duration_s=cfg.duration_s,
-            counters=counters,
-            on_tick=prog.tick,
-            grace_s=cfg.grace_s,
+            rate=rate,
+            date=date,
+            model=pre.model,
+            tokenizer_id=pre.tokenizer_id,
+            start_epoch_s=start_epoch,
+            end_epoch_s=start_epoch + span_s,
+            partial=bool(outcome.partial),
         )
-    span_s = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
-    end_epoch = start_epoch + span_s
-    info = results_mod.PointInfo(
-        concurrency=concurrency,
-        rate=rate,
-        date=date,
-        model=pre.model,
-        tokenizer_id=pre.tokenizer_id,
-        start_epoch_s=start_epoch,
-        end_epoch_s=end_epoch,
-        partial=bool(outcome.partial),
-        warmup_requests=len(outcome.warmup_records or ()),
-    )
-    result = finish_point(
-        cfg, info, outcome.records, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
-        server_version=pre.server_version, warmup_records=outcome.warmup_records or (),
-        verification=pre.verification,
-    )
-    print_summary(result, console, str(files.result))
+        result = finish_point(
+            cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
+            server_version=pre.server_version, verification=pre.verification, max_in_flight=outcome.max_in_flight,
+        )
+        print_summary(result, console, str(files.result))
     return result
 
 
@@ -368,12 +394,15 @@ def run_all(
         highlight=False, soft_wrap=True,
     )
     out: list[dict[str, Any]] = []
-    for concurrency, rate in cfg.points():
-        result = run_point(cfg, pre, prompts, concurrency, rate, date, console=console, progress_console=progress_console)
-        out.append(result)
-        if result.get("partial"):
-            break
-    if len(out) > 1:
-        console.print(sweep_table(out))
+    try:
+        for concurrency, rate in cfg.points():
+            out.append(run_point(cfg, pre, prompts, concurrency, rate, date,
+                                 console=console, progress_console=progress_console))
+    except interrupts.Interrupted as exc:
+        exc.results = out  # type: ignore[attr-defined] - what was written before the signal
+        raise
+    finally:
+        if len(out) > 1:
+            console.print(sweep_table(out))
     return out
 

@@ -86,9 +86,10 @@ def test_goodput_rejects_unknown_metric(records: list[RequestRecord]) -> None:
         good_mask(per_request(records), {"itl": 10})
 
 
-def test_empty_run_gives_zeros_not_errors() -> None:
+def test_empty_run_reports_latencies_as_absent_not_zero() -> None:
     s = summarize([], 0, MS, percentiles=[99])
-    assert s.completed == 0 and s.stats["ttft"].n == 0 and s.stats["ttft"].percentiles == {99.0: 0.0}
+    assert s.completed == 0 and s.stats["ttft"].n == 0 and s.stats["ttft"].percentiles == {99.0: None}
+    assert s.stats["ttft"].mean is None and s.stats["itl"].max is None
 
 
 def test_warmup_records_are_excluded(records: list[RequestRecord]) -> None:

@@ -1,4 +1,4 @@
-"""Result files from hand-built records: vLLM/SGLang keys, the HDR log, per-request JSONL."""
+"""Result files from hand-built records: vLLM/SGLang keys, the HDR log, the per-request store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
@@ -14,7 +15,8 @@ from loadgen import hdr
 from loadgen.config import ConfigError, RunConfig
 from loadgen.records import RequestRecord
 from loadgen.results import PointInfo, load_result, render_filename
-from loadgen.sweep import PointFiles, finish_point
+from loadgen.store import StoreFiles, read_requests
+from loadgen.sweep import PointFiles, finish_point, new_collector
 
 MS = 1_000_000
 T0 = 5 * 10**12
@@ -53,15 +55,34 @@ def _records(n: int = 10) -> list[RequestRecord]:
     return out
 
 
-@pytest.fixture
-def written(tmp_path: Path) -> tuple[dict, PointFiles, RunConfig]:
-    cfg = RunConfig(concurrencies=[4], rates=[20.0], percentiles=[50, 99, 99.9], goodput_slos_ms={"ttft": 60},
-                    save_requests=True, save_text=True, metadata={"gpu": "H20"}, label="t", input_len=64, output_len=5)
-    files = PointFiles(tmp_path / "r.json", tmp_path / "r.hlog", tmp_path / "r.requests.jsonl")
+def _files(folder: Path) -> PointFiles:
+    return PointFiles(folder / "r.json", folder / "r.hlog",
+                      StoreFiles(folder / "r.requests.npy", folder / "r.chunks.npy", folder / "r.details.jsonl"))
+
+
+def _write(cfg: RunConfig, files: PointFiles, records: list[RequestRecord], batch: int = 3) -> dict:
+    """Records pushed and flushed in batches, as the runner does during a run."""
     info = PointInfo(concurrency=4, rate=20.0, date="20250101-000000", model="m", tokenizer_id="deepseek-r1",
                      start_epoch_s=1_700_000_000.0, end_epoch_s=1_700_000_001.0)
-    finish_point(cfg, info, _records(), T0, T0 + 1000 * MS, [MS] * 10, files, server_version="9.9")
-    return load_result(files.result), files, cfg
+    collector = new_collector(cfg, files)
+    collector.begin(T0)
+    for i, r in enumerate(records):
+        collector.push(r)
+        if i % batch == batch - 1:
+            collector.flush()
+    finish_point(cfg, info, collector, T0, T0 + 1000 * MS, [MS] * 10, files, server_version="9.9", max_in_flight=4)
+    return load_result(files.result)
+
+
+CFG = dict(concurrencies=[4], rates=[20.0], percentiles=[50, 99, 99.9], goodput_slos_ms={"ttft": 60},
+           save_requests=True, save_text=True, metadata={"gpu": "H20"}, label="t", input_len=64, output_len=5)
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[dict, PointFiles, RunConfig]:
+    cfg = RunConfig(**CFG)
+    files = _files(tmp_path)
+    return _write(cfg, files, _records()), files, cfg
 
 
 def test_result_has_vllm_and_sglang_keys(written: tuple[dict, PointFiles, RunConfig]) -> None:
@@ -107,12 +128,52 @@ def test_hlog_reads_back_with_hdr_tools(written: tuple[dict, PointFiles, RunConf
     assert embedded.get_total_count() == 36 and res["hdr_histograms"]["unit"] == "us"
 
 
-def test_requests_jsonl(written: tuple[dict, PointFiles, RunConfig]) -> None:
-    _, files, _ = written
-    rows = [json.loads(line) for line in files.requests.read_text().splitlines()]
-    assert len(rows) == 10
-    assert rows[0]["ttft_ms"] == pytest.approx(50.0) and rows[0]["chunks"] == 5 and rows[0]["text"] == "text 0"
-    assert rows[3]["error"] == "http_500" and rows[3]["first_ms"] is None
+def test_request_store(written: tuple[dict, PointFiles, RunConfig]) -> None:
+    res, files, _ = written
+    rows = read_requests(files.store.requests)
+    assert len(rows) == 10 and res["per_request"] == {
+        "requests": "r.requests.npy", "chunks": "r.chunks.npy", "details": "r.details.jsonl", "rows": 10,
+        "complete": True, "error": None}
+    first = rows[rows["prompt_id"] == 0][0]
+    assert first["first_ms"] - first["sent_ms"] == pytest.approx(50.0) and first["chunks"] == 5 and first["ok"]
+    failed = rows[rows["prompt_id"] == 3][0]
+    assert failed["error"] == b"http_500" and math.isnan(failed["first_ms"]) and not failed["ok"]
+    chunks = np.load(files.store.chunks)  # a standard .npy file
+    assert len(chunks) == 45 and chunks[chunks["prompt_id"] == 0]["t_ms"].tolist() == pytest.approx([50, 70, 90, 110, 130])
+    details = [json.loads(line) for line in files.store.details.read_text().splitlines()]
+    assert {d["prompt_id"]: d.get("error_detail") for d in details}[3] == "boom"
+    assert {d["prompt_id"]: d["text"] for d in details}[0] == "text 0"
+
+
+def test_large_point_keeps_arrays_in_the_store_only(tmp_path: Path) -> None:
+    small = _write(RunConfig(**{**CFG, "inline_requests": 10}), _files(tmp_path), _records())
+    (tmp_path / "big").mkdir()
+    big = _write(RunConfig(**{**CFG, "inline_requests": 9}), _files(tmp_path / "big"), _records())
+    assert len(small["ttfts"]) == 10
+    assert not {"ttfts", "itls", "input_lens", "output_lens", "errors"} & set(big)
+    assert big["per_request"]["rows"] == 10 and big["per_request"]["requests"] == "r.requests.npy"
+    # the figures do not depend on where the arrays went
+    for key in ("mean_ttft_ms", "p99_itl_ms", "std_e2el_ms", "completed", "concurrency", "total_output_tokens"):
+        assert big[key] == small[key], key
+
+
+def test_unwritable_store_keeps_the_figures(tmp_path: Path) -> None:
+    files = _files(tmp_path / "gone")  # the store's folder does not exist: every store write fails
+    files.result = tmp_path / "r.json"
+    files.hlog = tmp_path / "r.hlog"
+    res = _write(RunConfig(**CFG), files, _records())
+    assert res["completed"] == 9 and res["mean_ttft_ms"] == pytest.approx(50.0)
+    assert res["per_request"]["complete"] is False and "No such file" in res["per_request"]["error"]
+    assert res["per_request"]["rows"] == 0
+
+
+def test_no_successful_request_reports_absent_latencies(tmp_path: Path) -> None:
+    records = [RequestRecord(prompt_id=i, input_len=64, output_len=5, sent_ns=T0, last_ns=T0 + MS, status=400,
+                             error="http_400", error_detail="too long") for i in range(3)]
+    res = _write(RunConfig(**CFG), _files(tmp_path), records)
+    assert res["completed"] == 0 and res["failed"] == 3
+    assert res["mean_ttft_ms"] is None and res["p99_itl_ms"] is None and res["median_e2el_ms"] is None
+    assert res["errors"] == ["http_400: too long"] * 3
 
 
 def test_filename_template_fields() -> None:
@@ -130,3 +191,11 @@ def test_filename_template_fields() -> None:
 def test_bad_templates_rejected(template: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RunConfig(concurrencies=[1, 2], result_filename=template)
+
+
+def test_disk_full_mid_run_keeps_the_figures(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    files.store.requests.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    res = _write(RunConfig(**CFG), files, _records())
+    assert res["completed"] == 9 and res["p99_itl_ms"] == pytest.approx(20.0, rel=1e-3)
+    assert res["per_request"]["complete"] is False and "No space left" in res["per_request"]["error"]

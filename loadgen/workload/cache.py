@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from loadgen.fileio import atomic_write
 from loadgen.records import Prompt
 from loadgen.workload.spec import WorkloadSpec
 from loadgen.workload.tokenizer import cache_dir
@@ -79,10 +80,8 @@ def save(path: Path, spec: WorkloadSpec, fingerprint: str, prompts: list[Prompt]
         else:
             row["text"] = p.text
         parts.append(orjson.dumps(row))
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(b"\n".join(parts) + b"\n")
-        tmp.replace(path)
+        atomic_write(path, b"\n".join(parts) + b"\n")
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass

@@ -1,0 +1,237 @@
+"""The per-request store: one row per request, appended as the run goes.
+
+Files next to the result JSON ``NAME.json``:
+
+* ``NAME.requests.npy`` — always: one fixed-width row per request (:data:`REQUEST_DTYPE`),
+  a standard NumPy ``.npy`` file. ``numpy.load`` (or :func:`read_requests`, or
+  ``analysis.requests``) reads a million rows in milliseconds; pandas takes it as is
+  (``pandas.DataFrame(numpy.load(path))``).
+* ``NAME.chunks.npy`` — with ``--save-requests``: one row per content chunk
+  (:data:`CHUNK_DTYPE`), its arrival and the tokens it carried.
+* ``NAME.details.jsonl`` — one line per request that has text worth keeping: an
+  error's detail, or the generated text with ``--save-text``.
+
+Why ``.npy`` and not Parquet (measured, ``bench/bench_store.py``; docs/loadgen.md):
+writing costs no import in the client — pyarrow adds ~70 MB of resident memory and
+~0.14 s of start-up, which alone would break the client's memory budget — appends are
+raw ``write`` calls, and reading is a memory map. Parquet is smaller on disk; a
+notebook that wants it writes it from the DataFrame in one call.
+
+The header's row count is rewritten after every append, so a run killed at any
+moment leaves a store that reads back up to its last batch. A store that cannot be
+written (disk full, permissions) stops writing and says why; the run goes on, and
+its figures (which come from the in-memory aggregates) are complete.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from loadgen.records import RequestRecord
+
+REQUEST_DTYPE = np.dtype([
+    ("prompt_id", "<i8"),
+    ("warmup", "?"),
+    ("ok", "?"),
+    ("status", "<i2"),
+    ("retries", "<i2"),
+    ("input_len", "<i4"),
+    ("output_len", "<i4"),  # asked (max_tokens)
+    ("output_tokens", "<i4"),  # generated
+    ("server_prompt_tokens", "<i4"),  # -1: the server did not say
+    ("chunks", "<i4"),
+    # ms from the point's start (negative for warm-up requests); NaN: never happened
+    ("intended_ms", "<f8"),
+    ("sent_ms", "<f8"),
+    ("first_ms", "<f8"),
+    ("last_ms", "<f8"),
+    ("error", "S24"),
+    ("finish_reason", "S16"),
+    ("output_tokens_source", "S10"),
+    ("invisible_output", "?"),
+])
+CHUNK_DTYPE = np.dtype([
+    ("prompt_id", "<i8"),
+    ("t_ms", "<f8"),  # arrival, ms from the request's send
+    ("tokens", "<i4"),
+])
+HEADER_BYTES = 4096  # fixed, so the row count can be rewritten in place
+_MAGIC = b"\x93NUMPY\x02\x00"
+
+
+def _header(dtype: np.dtype, rows: int) -> bytes:
+    body = repr({"descr": dtype.descr, "fortran_order": False, "shape": (rows,)}).encode("latin-1")
+    pad = HEADER_BYTES - len(_MAGIC) - 4 - len(body) - 1
+    return _MAGIC + (HEADER_BYTES - len(_MAGIC) - 4).to_bytes(4, "little") + body + b" " * pad + b"\n"
+
+
+class _NpyAppender:
+    """An ``.npy`` file of one structured dtype, grown by appends."""
+
+    def __init__(self, path: Path, dtype: np.dtype) -> None:
+        self.path = path
+        self.dtype = dtype
+        self.rows = 0
+        self.f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.f.write(_header(dtype, 0))
+
+    def append(self, arr: np.ndarray) -> None:
+        if not arr.size:
+            return
+        self.f.write(arr.tobytes())
+        self.rows += int(arr.size)
+        self.f.seek(0)
+        self.f.write(_header(self.dtype, self.rows))
+        self.f.seek(0, os.SEEK_END)
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _rel_ms(values: np.ndarray, start_ns: int) -> np.ndarray:
+    out = (values - start_ns) / 1e6
+    out[values == 0] = np.nan
+    return out
+
+
+def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
+    """Records → store rows (vectorised per column)."""
+    n = len(records)
+    rows = np.zeros(n, REQUEST_DTYPE)
+    if not n:
+        return rows
+
+    def col(get: Any, dtype: Any) -> np.ndarray:
+        return np.fromiter(map(get, records), dtype, n)
+
+    rows["prompt_id"] = col(lambda r: r.prompt_id, np.int64)
+    rows["warmup"] = col(lambda r: r.warmup, bool)
+    rows["ok"] = col(lambda r: r.error is None and r.first_ns > 0, bool)
+    rows["status"] = col(lambda r: r.status, np.int16)
+    rows["retries"] = col(lambda r: r.retries, np.int16)
+    rows["input_len"] = col(lambda r: r.input_len, np.int32)
+    rows["output_len"] = col(lambda r: r.output_len, np.int32)
+    rows["output_tokens"] = col(lambda r: r.output_tokens, np.int32)
+    rows["server_prompt_tokens"] = col(lambda r: -1 if r.server_prompt_tokens is None else r.server_prompt_tokens,
+                                       np.int32)
+    rows["chunks"] = col(lambda r: len(r.chunk_ns), np.int32)
+    for name in ("intended", "sent", "first", "last"):
+        rows[f"{name}_ms"] = _rel_ms(col(lambda r, a=f"{name}_ns": getattr(r, a), np.int64), start_ns)
+    rows["error"] = [(r.error or "").encode()[:24] for r in records]
+    rows["finish_reason"] = [(r.finish_reason or "").encode()[:16] for r in records]
+    rows["output_tokens_source"] = [r.output_tokens_source.encode()[:10] for r in records]
+    rows["invisible_output"] = col(lambda r: r.invisible_output, bool)
+    return rows
+
+
+def chunk_rows(records: Sequence[RequestRecord]) -> np.ndarray:
+    """Every content chunk of ``records``: arrival (ms from send) and tokens."""
+    counts = [len(r.chunk_ns) for r in records]
+    total = sum(counts)
+    rows = np.zeros(total, CHUNK_DTYPE)
+    if not total:
+        return rows
+    rows["prompt_id"] = np.repeat(np.fromiter((r.prompt_id for r in records), np.int64, len(records)), counts)
+    stamps = np.fromiter((t for r in records for t in r.chunk_ns), np.int64, total)
+    sent = np.repeat(np.fromiter((r.sent_ns for r in records), np.int64, len(records)), counts)
+    rows["t_ms"] = (stamps - sent) / 1e6
+    rows["tokens"] = np.fromiter(
+        (k for r in records for k in (r.chunk_tokens if len(r.chunk_tokens) == len(r.chunk_ns)
+                                      else [1] * len(r.chunk_ns))), np.int32, total)
+    return rows
+
+
+@dataclass
+class StoreFiles:
+    requests: Path
+    chunks: Path | None  # with --save-requests
+    details: Path
+
+
+class RequestStore:
+    """Appends batches of finished requests to the store files of one point."""
+
+    def __init__(self, files: StoreFiles, *, save_text: bool = False) -> None:
+        self.files = files
+        self.save_text = save_text
+        self.rows = 0
+        self.error: str | None = None  # why the store stopped being written
+        self._requests: _NpyAppender | None = None
+        self._chunks: _NpyAppender | None = None
+        self._details: BinaryIO | None = None
+        try:
+            self._requests = _NpyAppender(files.requests, REQUEST_DTYPE)
+            if files.chunks is not None:
+                self._chunks = _NpyAppender(files.chunks, CHUNK_DTYPE)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = f"{exc.strerror or exc} ({getattr(exc, 'filename', None) or self.files.requests})"
+        self.close()
+
+    def append(self, records: Sequence[RequestRecord], start_ns: int) -> None:
+        if self.error is not None or not records:
+            return
+        try:
+            self._requests.append(request_rows(records, start_ns))  # type: ignore[union-attr]
+            if self._chunks is not None:
+                self._chunks.append(chunk_rows(records))
+            lines = [
+                orjson.dumps({"prompt_id": r.prompt_id, "error": r.error, "error_detail": r.error_detail or None,
+                              **({"text": r.text} if self.save_text else {})}) + b"\n"
+                for r in records if r.error_detail or (self.save_text and r.text)
+            ]
+            if lines:
+                if self._details is None:
+                    self._details = open(self.files.details, "wb")  # noqa: SIM115 - closed in close()
+                self._details.write(b"".join(lines))
+                self._details.flush()
+            self.rows += len(records)
+        except OSError as exc:
+            self._fail(exc)
+
+    def close(self) -> None:
+        for f in (self._requests, self._chunks, self._details):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        self._requests = self._chunks = self._details = None
+
+    def describe(self) -> dict[str, Any]:
+        """What the result JSON says about the store (file names relative to it)."""
+        f = self.files
+        return {
+            "requests": f.requests.name,
+            "chunks": f.chunks.name if f.chunks is not None else None,
+            "details": f.details.name if f.details.exists() else None,
+            "rows": self.rows,
+            "complete": self.error is None,
+            "error": self.error,
+        }
+
+
+def read_requests(path: str | Path) -> np.ndarray:
+    """The store's rows (memory-mapped). A store cut short by a crash reads up to its last batch."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    if head[:6] != _MAGIC[:6]:
+        raise ValueError(f"{path} is not a .npy per-request store")
+    meta = ast.literal_eval(head[12:].decode("latin-1").strip())
+    dtype = np.dtype([tuple(d) for d in meta["descr"]])
+    rows = meta["shape"][0]
+    size = (path.stat().st_size - HEADER_BYTES) // dtype.itemsize
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(min(rows, size),)) \
+        if min(rows, size) else np.zeros(0, dtype)
