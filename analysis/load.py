@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis import hdr
@@ -205,16 +206,64 @@ def _requests_from_lines(path: Path) -> pd.DataFrame:
     return frame
 
 
+def _store_paths(result: Path, record: Mapping[str, Any]) -> tuple[Path, Path | None] | None:
+    """loadgen's per-request store (``NAME.requests.npy``, with ``NAME.chunks.npy``), if the result names one."""
+    store = record.get("per_request")
+    if not isinstance(store, dict) or not isinstance(store.get("requests"), str):
+        return None
+    path = result.parent / store["requests"]
+    chunks = result.parent / store["chunks"] if isinstance(store.get("chunks"), str) else None
+    return (path, chunks if chunks is not None and chunks.is_file() else None) if path.is_file() else None
+
+
+def _requests_from_store(path: Path, chunks: Path | None) -> pd.DataFrame:
+    """One row per request from the store; ``itls_ms`` per request when the chunks were saved."""
+    from loadgen.store import figures, read_requests
+
+    try:
+        rows = read_requests(path)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise LoadError(f"{path}: the per-request store is damaged ({exc})") from None
+    frame = pd.DataFrame(np.asarray(rows))
+    for col in ("error", "finish_reason", "output_tokens_source"):
+        frame[col] = frame[col].str.decode("utf-8").replace("", None)
+    frame["server_prompt_tokens"] = frame["server_prompt_tokens"].where(frame["server_prompt_tokens"] >= 0)
+    for name, values in figures(rows).items():
+        frame[name] = values
+    if chunks is not None:
+        frame["itls_ms"] = _itls_from_chunks(read_requests(chunks), frame["prompt_id"].to_numpy())
+    return frame
+
+
+def _itls_from_chunks(chunks: np.ndarray, prompt_ids: np.ndarray) -> list[list[float]]:
+    """Each request's gaps between token-bearing chunks, split evenly over a chunk's tokens."""
+    by_id: dict[int, list[float]] = {}
+    c = chunks[chunks["tokens"] > 0]
+    c = c[np.argsort(c["prompt_id"], kind="stable")]
+    for part in np.split(c, np.flatnonzero(np.diff(c["prompt_id"])) + 1):
+        if part.size > 1:
+            k = part["tokens"][1:]
+            by_id[int(part["prompt_id"][0])] = np.repeat(np.diff(part["t_ms"]) / k, k).tolist()
+    return [by_id.get(int(pid), []) for pid in prompt_ids]
+
+
 def requests(paths: PathLike | Iterable[PathLike], include_warmup: bool = False) -> pd.DataFrame:
-    """One row per request, from per-request files (``--save-requests``) or the lists inside results.
+    """One row per request: from loadgen's per-request store, other tools' per-request files, or the
+    lists inside results.
 
     Each row carries its run's ``run_id``, ``label`` and ``concurrency`` so that
     requests from many runs can be grouped like the runs themselves.
     """
     frames = []
     for row, record in _collect(paths):
+        store = _store_paths(Path(row["path"]), record)
         side = _requests_path(Path(row["path"]), record)
-        frame = _requests_from_lines(side) if side is not None else _requests_from_lists(record)
+        if store is not None:
+            frame = _requests_from_store(*store)
+        elif side is not None:
+            frame = _requests_from_lines(side)
+        else:
+            frame = _requests_from_lists(record)
         if frame.empty:
             continue
         if not include_warmup and "warmup" in frame.columns:

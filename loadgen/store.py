@@ -222,6 +222,18 @@ class RequestStore:
         }
 
 
+def figures(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-request latencies (ms) from store rows, by the metrics contract; NaN where absent."""
+    ok = rows["ok"]
+    nan = np.full(len(rows), np.nan)
+    ttft = np.where(ok, rows["first_ms"] - rows["sent_ms"], nan)
+    e2el = np.where(ok, rows["last_ms"] - rows["sent_ms"], nan)
+    out_tok = rows["output_tokens"].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(ok & (out_tok > 1), (e2el - ttft) / (out_tok - 1), nan)
+    return {"ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el, "queue_ms": rows["sent_ms"] - rows["intended_ms"]}
+
+
 def read_requests(path: str | Path) -> np.ndarray:
     """The store's rows (memory-mapped). A store cut short by a crash reads up to its last batch."""
     path = Path(path)

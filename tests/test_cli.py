@@ -18,6 +18,7 @@ from hdrh.log import HistogramLogReader
 
 from launcher.process import free_port
 from loadgen.cli import main
+from loadgen.store import read_requests
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--num-prompts", "32", "--concurrency", "8", "--input-len", "32", "--output-len", "16",
@@ -41,7 +42,7 @@ def write_profile(folder: Path, **values: float) -> Path:
     return path
 
 
-def test_canonical_command_writes_three_result_forms(sim_fast, tmp_path: Path) -> None:
+def test_canonical_command_writes_every_result_form(sim_fast, tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = invoke(["--base-url", sim_fast.base_url, *SMALL, "--output-dir", str(out), "--save-requests",
                 "--percentiles", "50,99,99.9", "--metadata", "gpu=none", "run=1"])
@@ -67,8 +68,10 @@ def test_canonical_command_writes_three_result_forms(sim_fast, tmp_path: Path) -
             assert h.get_total_count() == 32 * 15
     reader.close()
     assert tags == {"ttft", "tpot", "itl", "e2el", "queue"}
-    lines = (out / res["files"]["requests"]).read_text().splitlines()
-    assert len(lines) == 32 and all(json.loads(x)["output_tokens"] == 16 for x in lines)
+    rows = read_requests(out / res["per_request"]["requests"])
+    assert len(rows) == 32 and (rows["output_tokens"] == 16).all() and rows["ok"].all()
+    chunks = read_requests(out / res["per_request"]["chunks"])
+    assert chunks["tokens"].sum() == 32 * 16
     assert "Successful requests" in r.output
 
 
@@ -140,7 +143,7 @@ def test_release_times_hold_the_asked_rate(sim_fast, tmp_path: Path) -> None:
                 "--output-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output + r.stderr
     (res,) = results_in(tmp_path)
-    sent = sorted(json.loads(x)["sent_ms"] for x in (tmp_path / res["files"]["requests"]).read_text().splitlines())
+    sent = sorted(read_requests(tmp_path / res["per_request"]["requests"])["sent_ms"].tolist())
     # Measured between the 10th and the 10th-last send, so that one late first send (a new
     # connection on a loaded machine) does not stand for the whole schedule.
     inner = sent[10:-10]
