@@ -257,3 +257,79 @@ def start_cluster(
         cluster.stop()
         raise
     return cluster
+
+
+# ------------------------------------------------------------------ detached clusters
+
+
+def clusters_dir() -> Path:
+    """Beside the single-server state files, in their own folder (their format differs)."""
+    return process.state_dir().parent / "clusters"
+
+
+def write_cluster_state(cluster: Cluster, path: Path | str | None = None) -> Path:
+    """What ``stop`` needs to stop every node of a detached cluster: transport, node, group id, cleanup."""
+    import json
+
+    t = cluster.transport
+    state = {
+        "kind": "loadgen-cluster", "engine": cluster.plan.engine, "port": cluster.plan.port, "base_url": cluster.base_url,
+        "log_dir": str(cluster.log_dir.absolute()), "started_at": time.time(),
+        "transport": {"name": t.name, "ssh": getattr(t, "ssh", None), "options": list(getattr(t, "options", ()))},
+        "commands": [
+            {"label": rc.label, "target": rc.cmd.node.target, "pgid": rc.pgid, "pid": rc.popen.pid,
+             "cleanup": [c for c in ((rc.cmd.docker_cleanup_argv if cluster.docker else None), rc.cmd.cleanup_argv) if c]}
+            for rc in cluster.running
+        ],
+    }
+    path = Path(path) if path else clusters_dir() / f"{cluster.plan.port}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def is_cluster_state(path: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")).get("kind") == "loadgen-cluster"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def cluster_state_paths(port: int | None, all_: bool) -> list[Path]:
+    root = clusters_dir()
+    if port is not None:
+        path = root / f"{port}.json"
+        return [path] if path.is_file() else []
+    return sorted(root.glob("*.json")) if all_ and root.is_dir() else []
+
+
+def stop_cluster_state(path: Path, timeout_s: float = 15.0) -> tuple[list[str], str]:
+    """Stop every command recorded in a cluster state file, last started first; remove the file when clean."""
+    import json
+
+    from launcher.transport import SshTransport
+
+    try:
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+        t = state["transport"]
+        transport = SshTransport(t["ssh"] or "ssh", tuple(t["options"])) if t["name"] == "ssh" else LocalTransport()
+        commands = state["commands"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cluster state file {path} is unreadable ({exc}); stop the nodes by hand") from None
+    problems = []
+    for c in reversed(commands):
+        if c.get("pgid") is not None:
+            done = _run(transport.argv(c["target"], stop_script(int(c["pgid"]), timeout_s, c.get("cleanup", []))), timeout_s + 30)
+            if done is None or done.returncode != 0:
+                out = (done.stdout.strip() if done else "") or "no answer"
+                problems.append(f"{c['label']} ({c['target']}): stopping group {c['pgid']} failed: {out}")
+        pid = int(c["pid"])
+        if not process.stop_tree(pid, pid, timeout_s):
+            problems.append(f"{c['label']}: the local {transport.name} process {pid} survived SIGKILL")
+    if not problems:
+        Path(path).unlink(missing_ok=True)
+    return problems, f"{state.get('engine')} on {len({c['target'] for c in commands})} node(s), port {state.get('port')}"
