@@ -124,11 +124,12 @@ def serve_multinode(mn: dict, kw: dict) -> None:
     if not mn.get("node_addr"):
         raise click.UsageError("serve --nodes needs --node-addr HOST,HOST,... (head first)")
     plan = _build(mn, kw, extra)
-    for warning in plan.warnings:
-        _err(f"warning: {warning}")
     remote = [n.target for n in plan.nodes if not n.is_loopback]
     if remote and not mn.get("ssh"):
-        raise click.UsageError(f"{', '.join(remote)} is not this machine; pass --ssh to start the nodes over ssh")
+        raise click.UsageError(f"{', '.join(remote)} {'is' if len(remote) == 1 else 'are'} not this machine; "
+                               "pass --ssh to start the nodes over ssh")
+    for warning in plan.warnings:
+        _err(f"warning: {warning}")
     transport = SshTransport() if mn.get("ssh") else LocalTransport()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = Path(kw["log_path"]) if kw.get("log_path") else Path.cwd() / ".loadgen" / "logs" / f"{plan.engine}-{plan.port}-{stamp}"
