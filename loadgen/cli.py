@@ -180,7 +180,7 @@ def main(**opts: Any) -> None:
     except PreflightError as exc:
         raise click.UsageError(str(exc)) from None
     except interrupts.Interrupted as exc:
-        written = getattr(exc, "results", [])
+        written = exc.results
         if written:
             partial = " (the last one partial)" if written[-1].get("partial") else ""
             click.echo(f"loadgen: stopped by {exc.name}; {len(written)} point(s) written{partial}", err=True)

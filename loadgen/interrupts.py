@@ -25,11 +25,16 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal arrived; ``exit_code`` is 128 + its number."""
+    """A stop signal arrived; ``exit_code`` is 128 + its number.
+
+    ``results`` collects what was written before it propagated (the result of each
+    finished point), so the caller can say truthfully what was kept.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.results: list = []
 
     @property
     def exit_code(self) -> int:

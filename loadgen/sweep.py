@@ -275,42 +275,49 @@ def run_point(
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
     collector = new_collector(cfg, files)
     start_epoch = time.time()
-    with interrupts.deferred():
-        try:
-            with Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
-                outcome = run(
-                    target,
-                    prompts,
-                    offsets.tolist(),
-                    concurrency=concurrency,
-                    warmup=cfg.warmup,
-                    duration_s=cfg.duration_s,
-                    counters=counters,
-                    on_tick=prog.tick,
-                    grace_s=cfg.grace_s,
-                    sink=collector,
-                )
-        except BaseException:
-            collector.close(0)
-            raise
-        if outcome.signal is not None:
-            interrupts.note(outcome.signal)
-        span_s = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
-        info = results_mod.PointInfo(
-            concurrency=concurrency,
-            rate=rate,
-            date=date,
-            model=pre.model,
-            tokenizer_id=pre.tokenizer_id,
-            start_epoch_s=start_epoch,
-            end_epoch_s=start_epoch + span_s,
-            partial=bool(outcome.partial),
-        )
-        result = finish_point(
-            cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
-            server_version=pre.server_version, verification=pre.verification, max_in_flight=outcome.max_in_flight,
-        )
-        print_summary(result, console, str(files.result))
+    result: dict[str, Any] | None = None
+    try:
+        with interrupts.deferred():
+            try:
+                with Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
+                    outcome = run(
+                        target,
+                        prompts,
+                        offsets.tolist(),
+                        concurrency=concurrency,
+                        warmup=cfg.warmup,
+                        duration_s=cfg.duration_s,
+                        counters=counters,
+                        on_tick=prog.tick,
+                        grace_s=cfg.grace_s,
+                        sink=collector,
+                    )
+            except BaseException:
+                collector.close(0)
+                raise
+            if outcome.signal is not None:
+                interrupts.note(outcome.signal)
+            span_s = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
+            info = results_mod.PointInfo(
+                concurrency=concurrency,
+                rate=rate,
+                date=date,
+                model=pre.model,
+                tokenizer_id=pre.tokenizer_id,
+                start_epoch_s=start_epoch,
+                end_epoch_s=start_epoch + span_s,
+                partial=bool(outcome.partial),
+            )
+            result = finish_point(
+                cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
+                server_version=pre.server_version, verification=pre.verification,
+                max_in_flight=outcome.max_in_flight,
+            )
+            print_summary(result, console, str(files.result))
+    except interrupts.Interrupted as exc:
+        if result is not None:
+            exc.results.append(result)
+        raise
     return result
 
 
@@ -399,7 +406,7 @@ def run_all(
             out.append(run_point(cfg, pre, prompts, concurrency, rate, date,
                                  console=console, progress_console=progress_console))
     except interrupts.Interrupted as exc:
-        exc.results = out  # type: ignore[attr-defined] - what was written before the signal
+        exc.results[:0] = out  # the points written before this one
         raise
     finally:
         if len(out) > 1:
