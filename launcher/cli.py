@@ -195,9 +195,9 @@ def _check_program(option: str, value: str | None) -> None:
         return
     found = shutil.which(value) if os.sep not in value else (value if os.access(value, os.X_OK) else None)
     if not found or os.path.isdir(found):
-        raise click.UsageError(f"{option} {value} is not an executable file; give the engine environment's "
-                               f"{'interpreter, e.g. /opt/vllm/bin/python' if option == '--python' else 'command, e.g. /opt/vllm/bin/vllm'}"
-                               f", or leave {option} out")
+        example = "/opt/vllm/bin/python" if option == "--python" else "/opt/vllm/bin/vllm"
+        raise click.UsageError(f"{option} {value} is not an executable file; point it at the engine's environment "
+                               f"(e.g. {example}) or leave {option} out")
 
 
 def _shell(plan: Any, docker: bool) -> str:
@@ -228,7 +228,7 @@ def _state_paths(port: int | None, state_path: Path | None, all_: bool) -> list[
     if all_ or len(paths) == 1:
         return paths
     if not paths:
-        raise click.UsageError(f"no detached servers recorded in {process.state_dir()}; give --state FILE or --port")
+        raise click.UsageError(f"no servers recorded in {process.state_dir()}; give --state FILE or --port")
     raise click.UsageError(
         f"{len(paths)} servers recorded ({', '.join(p.stem for p in paths)}); pick one with --port, or use --all"
     )
@@ -282,7 +282,7 @@ def status(port: int | None, state_path: Path | None, as_json: bool) -> None:
 
     paths = [state_path] if state_path else [process.default_state_path(port)] if port else process.list_states()
     if not paths:
-        click.echo(f"no detached servers recorded in {process.state_dir()}")
+        click.echo(f"no servers recorded in {process.state_dir()}")
         return
     down = False
     for path in paths:

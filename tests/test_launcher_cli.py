@@ -187,7 +187,7 @@ def test_plan_prints_commands_and_usage_errors(tmp_path: Path) -> None:
     res = run_cli(tmp_path, "plan", "--engine", "vllm", "--preset", "no-such-preset")
     assert res.returncode == 2 and "Traceback" not in res.stderr and "no-such-preset" in res.stderr
     res = run_cli(tmp_path, "stop")
-    assert res.returncode == 2 and "no detached servers" in res.stderr
+    assert res.returncode == 2 and "no servers recorded" in res.stderr
 
 
 def test_docker_serve_without_daemon_is_one_line(tmp_path: Path) -> None:
