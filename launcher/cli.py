@@ -73,7 +73,8 @@ def plan_options(fn: Any) -> Any:
         click.option("--preset", default=None, help="Named deployment (a preset name or a JSON file)."),
         click.option("--model", default=None, help="Model directory (or name) to serve."),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True),
-        click.option("--host", default="0.0.0.0", show_default=True, help="Address the server binds."),
+        click.option("--host", default=None,
+                     help="Address the server binds (default: 127.0.0.1 for sim; the preset's, else 0.0.0.0, for vllm/sglang)."),
         click.option("--gpus", default=None, help="GPUs to use: all, or device numbers like 0,1,2,3."),
         click.option("--docker", "docker_image", default=None, metavar="IMAGE", help="Run in this Docker image instead of natively."),
         click.option("--python", default=None, help="Python of the engine's environment (native mode)."),
@@ -85,7 +86,7 @@ def plan_options(fn: Any) -> Any:
     return fn
 
 
-def _build_plan(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str,
+def _build_plan(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str | None,
                 gpus: str | None, docker_image: str | None, python: str | None, engine_bin: str | None,
                 served_model_name: str | None, extra: tuple[str, ...]) -> Any:
     from launcher.plan import PlanError, build_plan
@@ -113,12 +114,13 @@ def _print_progress(progress: Any) -> None:
               help="Seconds to wait for readiness (large models load for many minutes).")
 @click.option("--detach", is_flag=True, help="Return once ready; leave the server running and write a state file.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="State file for --detach (default .loadgen/servers/PORT.json).")
+              help="State file that `status` and `stop` read (default .loadgen/servers/PORT.json); "
+                   "a foreground serve removes it when it stops.")
 @click.option("--no-preflight", is_flag=True, help="Skip the checkpoint and memory-plan checks before starting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 @multinode_options("serve")
-def serve(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str,
+def serve(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str | None,
           gpus: str | None, docker_image: str | None, python: str | None, engine_bin: str | None,
           served_model_name: str | None, log_path: Path | None, ready_timeout: float, detach: bool,
           state_path: Path | None, no_preflight: bool, quiet: bool, engine_args: tuple[str, ...]) -> None:
@@ -131,12 +133,16 @@ def serve(engine: str, version: str | None, preset: str | None, model: str | Non
     from launcher.lifecycle import LaunchError, start_plan
 
     extra = tuple(a for a in engine_args if a != "--")
+    if docker_image is None:
+        _check_program("--python", python)
+        _check_program("--engine-bin", engine_bin)
     plan = _build_plan(engine, version, preset, model, port, host, gpus, docker_image, python, engine_bin,
                        served_model_name, extra)
     for warning in getattr(plan, "warnings", ()) or ():
         _err(f"warning: {warning}")
     if not quiet:
         _err(f"starting {engine}: {_shell(plan, docker_image is not None)}")
+    state_path = state_path or process.default_state_path(int(plan.port))
     stop_requested = {"sig": None}
 
     def on_term(signum: int, _frame: Any) -> None:
@@ -146,31 +152,28 @@ def serve(engine: str, version: str | None, preset: str | None, model: str | Non
     signal.signal(signal.SIGTERM, on_term)
     try:
         server = start_plan(plan, engine=engine, model=model, log_path=log_path, ready_timeout_s=ready_timeout,
-                            on_progress=None if quiet else _print_progress, run_preflight=not no_preflight)
+                            on_progress=None if quiet else _print_progress, run_preflight=not no_preflight,
+                            state_path=state_path, die_with_parent=not detach)
     except LaunchError as exc:
         _err(f"loadgen-launch: error: {exc}")
         sys.exit(1)
     except KeyboardInterrupt:
         _err("interrupted; the server was stopped")
-        sys.exit(130)
+        sys.exit(130 if stop_requested["sig"] is None else 128 + stop_requested["sig"])
     code: int | None = None
     try:
         click.echo(f"ready: {server.base_url} (pid {server.pid}, log {server.log_path})")
         if detach:
-            state = process.ServerState(
-                pid=server.pid, pgid=server.pgid, port=int(plan.port), host=str(plan.host), engine=engine,
-                base_url=server.base_url, log_path=str(server.log_path.absolute()),
-                argv=[str(a) for a in (plan.docker_argv or plan.argv)], started_at=time.time(),
-                container=server.container, health_path=_health_path(plan),
-                cleanup=[str(p) for p in server.cleanup],
-            )
-            path = process.write_state(state_path or process.default_state_path(int(plan.port)), state)
-            click.echo(f"detached; state in {path} (stop with: loadgen-launch stop --state {path})")
+            click.echo(f"detached; state in {state_path} (stop with: loadgen-launch stop --state {state_path})")
             return
         _err("serving; press Ctrl-C to stop")
         while code is None:
             time.sleep(0.5)
             code = server.exit_code()
+        if not state_path.exists():  # `loadgen-launch stop` removes the state file before it stops the server
+            server.stop()
+            _err(f"stopped by `loadgen-launch stop` (exit code {code})")
+            return
     except KeyboardInterrupt:
         _err("stopping the server ...")
         server.stop()
@@ -188,24 +191,29 @@ def serve(engine: str, version: str | None, preset: str | None, model: str | Non
     sys.exit(1)
 
 
-def _health_path(plan: Any) -> str:
-    from launcher.lifecycle import readiness_spec
-
-    return readiness_spec(plan).health_path
+def _check_program(option: str, value: str | None) -> None:
+    """An interpreter or executable given by hand must exist: never fall back to another engine silently."""
+    if value is None:
+        return
+    found = shutil.which(value) if os.sep not in value else (value if os.access(value, os.X_OK) else None)
+    if not found or os.path.isdir(found):
+        example = "/opt/vllm/bin/python" if option == "--python" else "/opt/vllm/bin/vllm"
+        raise click.UsageError(f"{option} {value} is not an executable file; point it at the engine's environment "
+                               f"(e.g. {example}) or leave {option} out")
 
 
 def _shell(plan: Any, docker: bool) -> str:
+    """The command as one pasteable line, with secrets masked (it is printed)."""
     import shlex
 
+    from launcher.redact import mask_argv, mask_env
+
     if docker and getattr(plan, "docker_argv", None):
-        return shlex.join(str(a) for a in plan.docker_argv)
-    shell = getattr(plan, "shell", None)
-    if callable(shell):
-        try:
-            return shell()
-        except TypeError:
-            pass
-    return shlex.join(str(a) for a in plan.argv)
+        return shlex.join(mask_argv(plan.docker_argv))
+    env = mask_env(getattr(plan, "env", None) or {})
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    cmd = shlex.join(mask_argv(plan.argv))
+    return f"{prefix} {cmd}" if prefix else cmd
 
 
 # --- stop / status --------------------------------------------------------------------
@@ -222,7 +230,7 @@ def _state_paths(port: int | None, state_path: Path | None, all_: bool) -> list[
     if all_ or len(paths) == 1:
         return paths
     if not paths:
-        raise click.UsageError(f"no detached servers recorded in {process.state_dir()}; give --state FILE or --port")
+        raise click.UsageError(f"no servers recorded in {process.state_dir()}; give --state FILE or --port")
     raise click.UsageError(
         f"{len(paths)} servers recorded ({', '.join(p.stem for p in paths)}); pick one with --port, or use --all"
     )
@@ -236,7 +244,7 @@ def _state_paths(port: int | None, state_path: Path | None, all_: bool) -> list[
               help="Seconds between SIGTERM and SIGKILL.")
 @stop_options
 def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) -> None:
-    """Stop a server started with `serve --detach` (SIGTERM to its group, then SIGKILL)."""
+    """Stop a recorded server, detached or foreground (SIGTERM to its group, then SIGKILL)."""
     from launcher import process
 
     failed = False
@@ -245,15 +253,21 @@ def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) 
             state = process.read_state(path)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        was_alive = process.state_alive(state)
+        path.unlink(missing_ok=True)  # first: a foreground `serve` owning it then knows the stop was asked for
         if state.container:
             process.docker_stop(state.container, timeout)
         ok = process.stop_tree(state.pgid, state.pid, timeout)
         if ok:
             for folder in state.cleanup:
                 shutil.rmtree(folder, ignore_errors=True)
-            path.unlink(missing_ok=True)
-            click.echo(f"stopped {state.engine} on port {state.port} (pid {state.pid})")
+            if was_alive:
+                click.echo(f"stopped {state.engine} on port {state.port} (pid {state.pid})")
+            else:
+                click.echo(f"{state.engine} on port {state.port} (pid {state.pid}) was not running; "
+                           f"removed its state file {path}")
         else:
+            process.write_state(path, state)
             failed = True
             _err(f"loadgen-launch: error: processes of pid {state.pid} survived SIGKILL; see `ps -g {state.pgid}`")
     if failed:
@@ -265,13 +279,13 @@ def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) 
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of text.")
 def status(port: int | None, state_path: Path | None, as_json: bool) -> None:
-    """Show recorded servers: alive or not, and their live health. Exit 1 if any is down."""
+    """Show recorded servers (detached and foreground): alive or not, and their live health. Exit 1 if any is down."""
     from launcher import process
     from launcher.readiness import http_status
 
     paths = [state_path] if state_path else [process.default_state_path(port)] if port else process.list_states()
     if not paths:
-        click.echo(f"no detached servers recorded in {process.state_dir()}")
+        click.echo(f"no servers recorded in {process.state_dir()}")
         return
     down = False
     for path in paths:
@@ -285,9 +299,10 @@ def status(port: int | None, state_path: Path | None, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"state": str(path), "engine": state.engine, "port": state.port, "pid": state.pid,
                                    "alive": alive, "health": health, "base_url": state.base_url,
+                                   "detached": state.detached,
                                    "log": state.log_path, "uptime_s": round(time.time() - state.started_at, 1)}))
         else:
-            what = "running" if alive else "DEAD"
+            what = ("running" if alive else "DEAD") + ("" if state.detached else " (foreground serve)")
             click.echo(f"{state.engine} port {state.port}: {what}, pid {state.pid}, "
                        f"{state.health_path} -> {health if health is not None else 'no answer'}, "
                        f"up {time.time() - state.started_at:.0f}s, log {state.log_path}")
@@ -303,30 +318,34 @@ def status(port: int | None, state_path: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print argv, env and docker argv as JSON.")
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 @multinode_options("plan")
-def plan_cmd(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str,
+def plan_cmd(engine: str, version: str | None, preset: str | None, model: str | None, port: int, host: str | None,
              gpus: str | None, docker_image: str | None, python: str | None, engine_bin: str | None,
              served_model_name: str | None, as_json: bool, engine_args: tuple[str, ...]) -> None:
-    """Print the exact command (native and Docker) without running anything; warnings go to stderr."""
+    """Print the exact command (native and Docker) without running anything; warnings go to stderr.
+
+    Secret values (--api-key, tokens) are shown as *** (see docs/launcher.md).
+    """
     import shlex
+
+    from launcher.redact import mask_argv, mask_env
 
     extra = tuple(a for a in engine_args if a != "--")
     plan = _build_plan(engine, version, preset, model, port, host, gpus, docker_image, python, engine_bin,
                        served_model_name, extra)
     for warning in getattr(plan, "warnings", ()) or ():
         _err(f"warning: {warning}")
-    env = dict(getattr(plan, "env", None) or {})
-    docker_argv = getattr(plan, "docker_argv", None)
+    env = mask_env(getattr(plan, "env", None) or {})
+    docker_argv = mask_argv(plan.docker_argv) if getattr(plan, "docker_argv", None) else None
     if as_json:
-        click.echo(json.dumps({"argv": [str(a) for a in plan.argv], "env": env,
-                               "docker_argv": [str(a) for a in docker_argv] if docker_argv else None,
+        click.echo(json.dumps({"argv": mask_argv(plan.argv), "env": env, "docker_argv": docker_argv,
                                "warnings": list(getattr(plan, "warnings", ()) or ())}, indent=1))
         return
     env_prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
     click.echo("# native")
-    click.echo((env_prefix + " " if env_prefix else "") + shlex.join(str(a) for a in plan.argv))
+    click.echo((env_prefix + " " if env_prefix else "") + shlex.join(mask_argv(plan.argv)))
     if docker_argv:
         click.echo("# docker")
-        click.echo(shlex.join(str(a) for a in docker_argv))
+        click.echo(shlex.join(docker_argv))
         name = getattr(plan, "docker_name", None)
         if name:
             click.echo(f"# stop with: docker stop {name}")

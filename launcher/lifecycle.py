@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -71,6 +72,7 @@ class Server:
     progress: Progress | None = None
     log_offset: int = 0  # where this server's output begins in its log
     cleanup: list[Path] = field(default_factory=list)  # temporary folders removed by stop()
+    state_path: Path | None = None  # its state file (see start_plan), removed by stop()
     _popen: subprocess.Popen | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
@@ -107,6 +109,8 @@ class Server:
             if ok:
                 for path in self.cleanup:
                     shutil.rmtree(path, ignore_errors=True)
+                if self.state_path is not None:
+                    self.state_path.unlink(missing_ok=True)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -219,11 +223,12 @@ def launch(
     gpus: Any = None,
     served_model_name: str | None = None,
     run_preflight: bool = True,
+    die_with_parent: bool = False,
 ) -> Server:
     """Build the plan, check, start, wait for readiness; return a ready :class:`Server`.
 
     ``port=None`` picks a free port. Raises :class:`LaunchError` (one line) on any
-    failure, with nothing left running.
+    failure, with nothing left running. ``die_with_parent``: see :func:`start_plan`.
     """
     from launcher.plan import PlanError, build_plan
 
@@ -254,6 +259,7 @@ def launch(
         ready_timeout_s=ready_timeout_s,
         on_progress=on_progress,
         run_preflight=run_preflight,
+        die_with_parent=die_with_parent,
     )
 
 
@@ -267,13 +273,25 @@ def start_plan(
     on_progress: Callable[[Progress], Any] | None = None,
     run_preflight: bool = True,
     work_dir: Path | None = None,
+    state_path: Path | None = None,
+    die_with_parent: bool = False,
 ) -> Server:
-    """Start an already-built plan (argv, env, docker_argv, host, port, readiness) and wait for it."""
+    """Start an already-built plan (argv, env, docker_argv, host, port, readiness) and wait for it.
+
+    ``state_path``: write a state file there as soon as the process exists (so
+    ``loadgen-launch status``/``stop`` see it even while it loads, and even if we
+    are killed); ``Server.stop`` removes it. ``die_with_parent``: the server gets
+    SIGTERM when the thread calling this dies, even by SIGKILL (Linux; only for a
+    server that must not outlive its caller).
+    """
     port = int(plan.port)
     host = str(getattr(plan, "host", "127.0.0.1"))
     docker_argv = list(plan.docker_argv) if getattr(plan, "docker_argv", None) else None
     try:
         busy = process.port_in_use(port, host)
+    except socket.gaierror as exc:
+        raise LaunchError(f"--host {host} is not an IP address or a known host name ({exc.strerror}); use 0.0.0.0, "
+                          f"127.0.0.1 or one of `hostname -I`", signature="host") from None
     except OSError:
         raise LaunchError(f"--host {host} is not an address of this machine; use 0.0.0.0, 127.0.0.1 "
                           f"or one of `hostname -I`", signature="host") from None
@@ -293,6 +311,13 @@ def start_plan(
         check_memory_or_raise(plan, host_model)
 
     log_path = Path(log_path) if log_path else default_log_path(engine, port)
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab"):
+            pass
+    except OSError as exc:
+        raise LaunchError(f"cannot write the server log {log_path}: {exc.strerror or exc}; "
+                          f"give --log a file in a writable folder", signature="log") from None
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (getattr(plan, "env", None) or {}).items()})
     cleanup: list[Path] = []
@@ -307,7 +332,8 @@ def start_plan(
         env.update(serve_env(work, tmp))
     argv = docker_argv or list(plan.argv)
     try:
-        popen, log_offset = process.start_process([str(a) for a in argv], env, log_path)
+        popen, log_offset = process.start_process([str(a) for a in argv], env, log_path,
+                                                  die_with_parent=die_with_parent)
     except OSError as exc:
         for path in cleanup:
             shutil.rmtree(path, ignore_errors=True)
@@ -329,6 +355,13 @@ def start_plan(
         _popen=popen,
     )
     spec = readiness_spec(plan)
+    if state_path is not None:
+        try:
+            _write_state(server, Path(state_path), spec.health_path, detached=not die_with_parent)
+        except OSError as exc:
+            server.stop()
+            raise LaunchError(f"cannot write the state file {state_path}: {exc.strerror or exc}; "
+                              f"give --state a file in a writable folder", signature="state") from None
     waiter = Waiter(server.base_url, spec, log_path, popen.poll, engine=engine, on_progress=on_progress,
                     log_offset=log_offset)
     try:
@@ -341,6 +374,19 @@ def start_plan(
         server.stop()
         raise
     return server
+
+
+def _write_state(server: Server, path: Path, health_path: str, detached: bool) -> None:
+    """Record the server for ``loadgen-launch status``/``stop`` (the command line is stored masked)."""
+    plan = server.plan
+    state = process.ServerState(
+        pid=server.pid, pgid=server.pgid, port=int(plan.port), host=str(getattr(plan, "host", "127.0.0.1")),
+        engine=server.engine, base_url=server.base_url, log_path=str(server.log_path.absolute()),
+        argv=[str(a) for a in (getattr(plan, "docker_argv", None) or plan.argv)], started_at=time.time(),
+        container=server.container, health_path=health_path, cleanup=[str(p) for p in server.cleanup],
+        detached=detached,
+    )
+    server.state_path = process.write_state(path, state)
 
 
 def _failure_message(engine: str, exc: NotReady, log_path: Path, log_offset: int = 0) -> str:

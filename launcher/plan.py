@@ -290,6 +290,7 @@ def _extra_error(exc: PlanError, engine: str, target: FlagSet, extra: Sequence[s
 
 def _sim_plan(host: str, port: int, extra_args: Sequence[str], python: str | None, preset: Preset | None, section: EnginePreset | None) -> Plan:
     args = [*(section.args if section else []), *extra_args]
+    sim_engine.check_args(args)
     return Plan(
         engine="sim",
         version=launcher_version,
@@ -312,7 +313,7 @@ def build_plan(
     preset: str | None = None,
     model: str | None = None,
     port: int = 8000,
-    host: str = "0.0.0.0",
+    host: str | None = None,
     gpus: str | None = None,
     docker_image: str | None = None,
     python: str | None = None,
@@ -328,7 +329,9 @@ def build_plan(
     point, else the preset's, else the newest we know (with a warning). A release
     we hold no data for borrows the nearest known release's flags, and says so.
     ``environ``/``host_facts`` exist so tests can pin the host; by default the
-    real environment and ``hostname -I`` are read.
+    real environment and ``hostname -I`` are read. ``host=None``: the preset's,
+    else 127.0.0.1 for sim (an emulator need not listen on every interface) and
+    0.0.0.0 for the real engines.
     """
     if engine not in ENGINES:
         raise PlanError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -337,13 +340,15 @@ def build_plan(
     environ = dict(os.environ if environ is None else environ)
     pre = load_preset(preset) if preset else None
     src_engine, section, warnings = _section_for(pre, engine)
-    if pre and pre.host and host == "0.0.0.0":
-        host = pre.host
+    if host is None:
+        host = pre.host if pre and pre.host else "127.0.0.1" if engine == "sim" else "0.0.0.0"
     if engine == "sim":
         return _sim_plan(host, port, extra_args, python, pre, section if src_engine == "sim" else None)
 
-    python = python or (expand_path(section.python) if section and src_engine == engine else None)
-    engine_bin = engine_bin or (expand_path(section.engine_bin) if section and src_engine == engine else None)
+    # An environment given by hand (--python or --engine-bin) replaces the preset's whole entry point.
+    own = section is not None and src_engine == engine and not (python or engine_bin)
+    python = python or (expand_path(section.python) if own else None)  # type: ignore[union-attr]
+    engine_bin = engine_bin or (expand_path(section.engine_bin) if own else None)  # type: ignore[union-attr]
     if version is None and (python or engine_bin):
         version = detect_version(engine, python=python, engine_bin=engine_bin)
         if version is None and not (section is not None and src_engine == engine):

@@ -10,6 +10,7 @@ descendant that moved to another group — until nothing is alive.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -17,10 +18,14 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from launcher.redact import mask_argv
+
 STATE_DIR_ENV = "LOADGEN_STATE_DIR"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 # --- ports -----------------------------------------------------------------------
@@ -41,8 +46,8 @@ def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
         try:
             sock.bind((bind_host, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise  # the host is not an address of this machine: not a port question
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                raise  # the host does not resolve, or is not an address of this machine: not a port question
             return True
     probe = "127.0.0.1" if family == socket.AF_INET and bind_host in ("", "127.0.0.1") else bind_host or "::1"
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -159,19 +164,44 @@ def _alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
-def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> tuple[subprocess.Popen, int]:
+def die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGTERM when the thread that started it dies.
+
+    Linux's PR_SET_PDEATHSIG: a launcher killed with SIGKILL cannot stop its
+    server, so the kernel does it. SIGTERM rather than SIGKILL lets the engine
+    stop its own workers. None where prctl is unavailable (not Linux). The libc
+    function is looked up here, before the fork, so the child only calls it.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
+                  die_with_parent: bool = False) -> tuple[subprocess.Popen, int]:
     """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``.
 
     A new session makes the server its own process-group leader, so a Ctrl-C at
     the terminal reaches only us and we stop the server deliberately. Returns the
     process and the log offset where its output begins (a log may hold earlier
-    runs: a resumed benchmark appends to the same file).
+    runs: a resumed benchmark appends to the same file). The log's header line
+    shows the command with secrets masked. ``die_with_parent``: see
+    :func:`die_with_parent_hook` (not for a detached server, which must outlive us).
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab", buffering=0) as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"=== loadgen-launch {stamp}: {' '.join(argv)}\n".encode())
+        log.write(f"=== loadgen-launch {stamp}: {' '.join(mask_argv(argv))}\n".encode())
         offset = log.tell()
         return subprocess.Popen(
             argv,
@@ -182,6 +212,7 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Pat
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=die_with_parent_hook() if die_with_parent else None,
         ), offset
 
 
@@ -245,6 +276,7 @@ class ServerState:
     container: str | None = None
     health_path: str = "/health"
     cleanup: list[str] = field(default_factory=list)  # temporary folders to remove once stopped
+    detached: bool = True  # False: a foreground `serve` owns it and removes this file when it stops
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -259,9 +291,11 @@ def default_state_path(port: int) -> Path:
 
 
 def write_state(path: Path, state: ServerState) -> Path:
+    """Write atomically (temp file + rename): a reader never sees half a file. ``argv`` is stored masked."""
+    state = replace(state, argv=mask_argv(state.argv))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(state.to_json(), encoding="utf-8")
     tmp.replace(path)
     return path

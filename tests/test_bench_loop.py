@@ -146,9 +146,6 @@ def test_sigterm_stops_the_server_and_leaves_a_resumable_sweep(tmp_path):
 
 
 def test_bench_usage_errors_are_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--engine", "vllm", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 2 and "MODEL" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--lengths", "128", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "INxOUT" in proc.stderr

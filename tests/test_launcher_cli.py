@@ -168,26 +168,26 @@ def test_busy_port_is_refused(tmp_path: Path) -> None:
     assert f"port {port} is already in use" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_bad_engine_option_is_diagnosed_fast(tmp_path: Path) -> None:
+def test_bad_engine_option_is_refused_before_start(tmp_path: Path) -> None:
     port = process.free_port()
     t0 = time.monotonic()
     res = run_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
                   "--log", str(tmp_path / "sim.log"), "--no-such-sim-flag", "1", "-q")
     assert time.monotonic() - t0 < 60
-    assert res.returncode == 1
+    assert res.returncode == 2
     err = res.stderr.strip().splitlines()[-1]
-    assert "rejected a command-line flag" in err and "cli_unrecognized_flag" in err
+    assert "--no-such-sim-flag is not a sim option" in err
     assert "Traceback" not in res.stderr
 
 
 def test_plan_prints_commands_and_usage_errors(tmp_path: Path) -> None:
     res = run_cli(tmp_path, "plan", "--engine", "sim", "--port", "8123", "--profile", "fast")
     assert res.returncode == 0
-    assert re.search(r"-m launcher\.sim --host 0\.0\.0\.0 --port 8123 --profile fast", res.stdout)
+    assert re.search(r"-P -m launcher\.sim --host 127\.0\.0\.1 --port 8123 --profile fast", res.stdout)
     res = run_cli(tmp_path, "plan", "--engine", "vllm", "--preset", "no-such-preset")
     assert res.returncode == 2 and "Traceback" not in res.stderr and "no-such-preset" in res.stderr
     res = run_cli(tmp_path, "stop")
-    assert res.returncode == 2 and "no detached servers" in res.stderr
+    assert res.returncode == 2 and "no servers recorded" in res.stderr
 
 
 def test_docker_serve_without_daemon_is_one_line(tmp_path: Path) -> None:

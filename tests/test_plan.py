@@ -317,7 +317,7 @@ def test_version_is_detected_from_the_engine_environment(tmp_path):
 
 def test_sim_plan():
     plan = build_plan("sim", port=9100, host="127.0.0.1", extra_args=["--profile", "fast"])
-    assert plan.argv == [sys.executable, "-m", "launcher.sim", "--host", "127.0.0.1", "--port", "9100", "--profile", "fast"]
+    assert plan.argv == [sys.executable, "-P", "-m", "launcher.sim", "--host", "127.0.0.1", "--port", "9100", "--profile", "fast"]
     assert plan.readiness.health_path == "/health" and plan.readiness.expected_status == 200
     assert isinstance(plan, Plan) and plan.docker_argv is None
 

@@ -93,6 +93,7 @@ class SimState:
         self.stall_s = cfg.faults.stall_ms / 1000.0
         self.ids = itertools.count(1)
         self.started = time.monotonic()
+        self.created = int(time.time())  # OpenAI's `created`: Unix seconds
         self.ready_at = self.started + cfg.faults.startup_delay
         self._wake: asyncio.Event | None = None
         self.ttft_hist = m.Histogram(m.TTFT_BUCKETS)
@@ -415,7 +416,7 @@ class Api:
 
     async def models(self, request: web.Request) -> web.Response:
         state = self.state
-        card = {"id": state.model, "object": "model", "created": int(state.started), "owned_by": "sim",
+        card = {"id": state.model, "object": "model", "created": state.created, "owned_by": "sim",
                 "root": state.model, "parent": None, "max_model_len": state.cfg.max_model_len, "permission": []}
         return web.json_response({"object": "list", "data": [card]}, dumps=lambda o: orjson.dumps(o).decode())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import signal
 import sys
@@ -24,6 +25,27 @@ EXAMPLES = """examples:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit code 2
         self.exit(2, f"sim: error: {message} (see --help)\n")
+
+
+class _ArgsRefused(ValueError):
+    pass
+
+
+class _CheckingParser(_Parser):
+    """Raises instead of exiting, so the launcher can check a sim command line in-process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgsRefused(message)
+
+
+def _unknown_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """Name the first unknown flag and the closest real one."""
+    flag = next((u for u in unknown if u.startswith("-")), unknown[0]).split("=", 1)[0]
+    close = difflib.get_close_matches(flag, list(parser._option_string_actions), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    if not flag.startswith("-"):
+        return f"unexpected argument {flag!r}; the sim takes only --options"
+    return f"{flag} is not a sim option{hint}"
 
 
 def _checked(convert: Callable[[str], Any], noun: str, ok: Callable[[Any], bool], refusal: str):
@@ -50,15 +72,16 @@ _nonneg_float = _checked(float, "a number", lambda v: not v < 0, "{text} must be
 _port = _checked(int, "a port number", lambda v: 0 <= v <= 65535, "port {value} is outside 0..65535")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argparse.ArgumentParser:
+    p = parser_class(
         prog="sim",
         description="OpenAI-compatible LLM server emulator: continuous batching with a timing profile, "
         "real tokenizer counts, fault injection.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1; --host 0.0.0.0 listens on every interface)")
     p.add_argument("--port", type=_port, default=8000, help="port to bind; 0 picks a free one (default: 8000)")
     p.add_argument("--profile", default="fast",
                    help=f"timing profile name ({', '.join(available_profiles())}) or a .json path (default: fast)")
@@ -91,11 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: list[str]):  # -> SimConfig, imported lazily to keep --help instant
+def check_argv(argv: list[str]) -> str | None:
+    """The one-line reason the sim would refuse ``argv``, or None (what the launcher checks before starting)."""
+    try:
+        parse_config(argv, build_parser(_CheckingParser))
+    except _ArgsRefused as exc:
+        return str(exc)
+    return None
+
+
+def parse_config(argv: list[str], parser: argparse.ArgumentParser | None = None):  # -> SimConfig (lazy import)
     from launcher.sim.api import SimConfig
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = parser or build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(_unknown_message(parser, unknown))
     try:
         profile = load_profile(args.profile)
         changes = {}
