@@ -237,3 +237,7 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         progress=opts["progress"],
         grace_s=opts["grace_s"],
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ The exit status is the shell's convention, 128 + the signal number (130, 143).
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,11 +47,18 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _State:
+    pid = 0  # the process that installed the handler
     depth = 0  # how many deferred() blocks are open
     pending: int | None = None  # a signal noted inside one
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _State.pid:
+        # A forked helper (a prompt-building worker) inherited the handler: it has
+        # nothing to keep, so it takes the signal's default action, quietly.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _State.depth:
         _State.pending = _State.pending or signum
         return
@@ -59,6 +67,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 def install() -> None:
     """Route SIGINT and SIGTERM through :func:`_handler` (main thread only)."""
+    _State.pid = os.getpid()
     for sig in SIGNALS:
         signal.signal(sig, _handler)
 

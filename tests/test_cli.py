@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -311,3 +313,125 @@ def test_stop_signal_mid_run_writes_partial_results(sim_server, tmp_path: Path, 
     assert 0 < res["completed"] < 40
     assert res["completed"] + res["failed"] == res["num_prompts"] == res["per_request"]["rows"]
     assert not list(out.glob(".*.tmp*"))  # every file written whole
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--input-len", "9000"], "do not fit deepseek-r1's context of 8192 tokens"),
+    (["--input-len", "100", "--output-len", "100000"], "lower --output-len to at most 8092"),
+    (["--input-len", "5000", "--random-range-ratio", "0.5", "--output-len", "1000"], "7500 prompt + 1000 output"),
+])
+def test_requests_that_cannot_fit_the_context_fail_before_any_work(sim_fast, tmp_path: Path, args: list[str],
+                                                                    needle: str) -> None:
+    """The sim says max_model_len 8192 in /v1/models, as vLLM does: a run whose every request
+    would be refused (HTTP 400) stops before prompts are built."""
+    started = time.monotonic()
+    r = invoke(["--base-url", sim_fast.base_url, "--tokenizer", "deepseek-r1", "--num-prompts", "4000", *args,
+                "--output-dir", str(tmp_path)])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "max_model_len" in lines[0], r.stderr
+    assert time.monotonic() - started < 30  # 4,000 long prompts were never built
+    assert not list(tmp_path.iterdir())
+
+
+def _serve_first_stream_then_400(port_box: list[int], stop: threading.Event) -> None:
+    """A server whose first completion streams (the pre-flight probe passes) and whose every later
+    request is refused: a run in which nothing can succeed."""
+    from aiohttp import web
+
+    count = 0
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        nonlocal count
+        count += 1
+        if count > 1:
+            return web.json_response({"error": {"message": "refused", "type": "BadRequestError"}}, status=400)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for text in ("a", "b"):
+            await resp.write(b'data: {"choices":[{"index":0,"text":"%s"}]}\n\n' % text.encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def main() -> None:
+        app = web.Application()
+        app.add_routes([web.get("/v1/models", models), web.post("/v1/completions", completions)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port_box.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_a_run_where_nothing_succeeds_exits_3_with_absent_latencies(tmp_path: Path) -> None:
+    port_box: list[int] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=_serve_first_stream_then_400, args=(port_box, stop), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not port_box and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = invoke(["--base-url", f"http://127.0.0.1:{port_box[0]}", "--tokenizer", "deepseek-r1",
+                    "--num-prompts", "5", "--input-len", "8", "--output-len", "4", "--no-progress",
+                    "--output-dir", str(tmp_path)])
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert r.exit_code == 3, r.output + r.stderr
+    assert "no request succeeded in 1 of 1 point(s) (http_400=5)" in r.stderr
+    (res,) = results_in(tmp_path)
+    assert res["completed"] == 0 and res["failed"] == 5
+    assert res["mean_ttft_ms"] is None and res["p99_tpot_ms"] is None and res["median_itl_ms"] is None
+    assert "NOTHING MEASURED" in r.output
+
+
+def test_signal_while_prompts_are_built_says_nothing_was_measured(sim_fast, tmp_path: Path,
+                                                                  private_cache: None) -> None:
+    cmd = [sys.executable, "-m", "loadgen.cli", "--base-url", sim_fast.base_url, "--tokenizer", "deepseek-r1",
+           "--num-prompts", "20000", "--input-len", "2000", "--output-len", "4", "--no-progress",
+           "--output-dir", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        time.sleep(4.0)  # pre-flight done; building 20,000 x 2,000-token prompts takes far longer
+        assert proc.poll() is None, proc.stderr.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = proc.stderr.read().decode()
+    assert proc.returncode == 143
+    assert stderr.strip() == "loadgen: stopped by SIGTERM before the first point ran; nothing was measured"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_signal_while_results_are_written_waits_for_the_files(tmp_path: Path) -> None:
+    """The window between the last response and the written files: the signal is held, the
+    files are completed, then the stop is reported."""
+    from loadgen import interrupts
+
+    previous = {sig: signal.getsignal(sig) for sig in interrupts.SIGNALS}
+    interrupts.install()
+    try:
+        with pytest.raises(interrupts.Interrupted) as err:
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered here, while "writing"
+                time.sleep(0.05)
+                (tmp_path / "result.json").write_text("{}")
+        assert err.value.exit_code == 143 and (tmp_path / "result.json").exists()
+        with pytest.raises(interrupts.Interrupted):  # outside a deferred block it stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -99,11 +99,12 @@ def test_ctrl_c_during_startup_stops_the_server(tmp_path: Path) -> None:
         "--log", str(log), "--startup-delay", "60",
     )
     try:
-        # Wait until the sim process exists (its log file appears), then interrupt the wait.
+        # Wait until the sim process exists, then interrupt the wait for its readiness.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (log.exists() and log.stat().st_size > 0):
+        pids: set[int] = set()
+        while time.monotonic() < deadline and not pids:
             time.sleep(0.1)
-        pids = {int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(int(p), str(port))}
+            pids = {int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(int(p), str(port))}
         assert pids, "the sim server should be running"
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
