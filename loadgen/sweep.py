@@ -201,6 +201,7 @@ def finish_point(
     server_version: str | None = None,
     warmup_records: Sequence[RequestRecord] = (),
     verification: dict[str, Any] | None = None,
+    telemetry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Records of one point → figures → the three files. No network; testable on its own."""
     measured = [r for r in records if not r.warmup]
@@ -219,6 +220,7 @@ def finish_point(
     }
     if verification is not None:
         extra["prompt_verification"] = verification
+    extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     result = results_mod.build_result(
         cfg, info, summary, fig, measured, hists, server_version=server_version, extra=extra
     )
@@ -243,6 +245,7 @@ def run_point(
 ) -> dict[str, Any]:
     """Run one (concurrency, rate) point against the server and write its files."""
     from loadgen.runner import LiveCounters, run
+    from loadgen.telemetry import PointTelemetry
 
     files = point_paths(cfg, pre, concurrency, rate, date)
     offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.arrival, cfg.burstiness), seed=cfg.seed)
@@ -250,7 +253,9 @@ def run_point(
     counters = LiveCounters(0, 0, 0, 0, 0)
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
     start_epoch = time.time()
-    with Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
+    telemetry = PointTelemetry(cfg, files.result, counters,
+                               note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
+    with telemetry, Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
         outcome = run(
             target,
             list(prompts),
@@ -279,6 +284,7 @@ def run_point(
         cfg, info, outcome.records, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
         server_version=pre.server_version, warmup_records=outcome.warmup_records or (),
         verification=pre.verification,
+        telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
     )
     print_summary(result, console, str(files.result))
     return result
