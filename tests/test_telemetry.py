@@ -188,7 +188,7 @@ def test_run_records_server_timeline_with_kv_pressure(sim_server, tmp_path: Path
     # 48 streams of 64 + 200 tokens against 4,000 tokens of KV: the sim must queue and preempt
     srv = sim_server("--kv-tokens", "4000", "--kv-allocation", "lazy", "--max-num-seqs", "64")
     result, _ = _loadgen(srv.base_url, tmp_path, "--num-prompts", "144", "--concurrency", "48",
-                         "--metrics-interval", "0.1")
+                         "--metrics-interval", "0.1", "--save-requests", "--label", "sim-lazy")
     sm = result["server_metrics"]
     assert sm["engine"] == "sim" and sm["failed_scrapes"] == 0 and sm["message"] is None
     assert sm["names"]["preemptions"] == "vllm:num_preemptions_total"
@@ -209,6 +209,34 @@ def test_run_records_server_timeline_with_kv_pressure(sim_server, tmp_path: Path
     assert 'sim:steps_total{model_name="deepseek-r1"}' in lines[0]["samples"]  # every raw series, not only ours
     assert lines[-1]["run"]["end_mono_ns"] > lines[-1]["run"]["start_mono_ns"]
     assert len(lines) == n + 1
+
+    # the report explains it: summary columns, notes, and the timeline of this point
+    from analysis.load import load
+    from analysis.report import write_report
+
+    runs = load(tmp_path)
+    report = write_report(runs, tmp_path / "report")
+    table = report.summary_csv.read_text().splitlines()
+    header = table[0].split(",")
+    row = dict(zip(header, table[1].split(","), strict=True))
+    assert float(row["preemptions"]) == s["preemptions"]
+    assert float(row["max waiting"]) == s["waiting_max"]
+    assert float(row["peak KV usage"]) == pytest.approx(s["kv_usage_peak"], abs=0.005)
+    kinds = {i.kind for i in report.issues}
+    assert {"server_preemptions", "server_kv_full"} <= kinds
+    assert [p.name for p in report.plots if p.name.startswith("timeline_")] == ["timeline_sim-lazy_c48_64x200.png"]
+
+
+def test_client_in_flight_from_sent_and_last_times() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from analysis.telemetry import client_in_flight
+
+    reqs = pd.DataFrame({"sent_ms": [0.0, 0.0, 500.0, None], "last_ms": [1000.0, 2000.0, None, None]})
+    got = client_in_flight(reqs, np.array([-0.1, 0.0, 0.6, 1.0, 1.5, 2.5]))
+    # the third never finished (still in flight), the fourth was never sent
+    assert got.tolist() == [0, 2, 3, 2, 2, 1]
 
 
 def test_dcgm_exporter_url_is_recorded_per_gpu(sim_fast, dcgm_url: str, tmp_path: Path) -> None:
