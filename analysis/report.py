@@ -156,7 +156,13 @@ def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: lis
     if method is not None and not method.empty:
         parts.append("<details><summary>how each run was measured</summary>" + _table(method) + "</details>")
     parts.append("<h2>Plots</h2>")
-    parts += [_img(p) for p in pngs]
+    parts += [_img(p) for p in pngs if not p.name.startswith("timeline_")]
+    timelines = [p for p in pngs if p.name.startswith("timeline_")]
+    if timelines:  # one per point: folded, so a long sweep does not bury the other plots
+        parts.append(f"<h2>Server timelines</h2><details><summary>client and server over time, one per point "
+                     f"({len(timelines)})</summary>")
+        parts += [_img(p) for p in timelines]
+        parts.append("</details>")
     parts.append("<p class='muted'>Written by loadgen-report.</p></body></html>")
     return "\n".join(parts)
 
