@@ -259,4 +259,7 @@ def comparability(runs: pd.DataFrame) -> list[Issue]:
     issues += check_burst(runs)
     issues += check_engine_settings(runs)
     issues += check_client(runs)
+    from analysis.telemetry import check_server  # it builds on Issue: imported here, not at the top
+
+    issues += check_server(runs)
     return sorted(issues, key=lambda i: i.severity != "warning")

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from analysis.telemetry import server_columns
+
 LOADGEN = "loadgen"
 VLLM = "vllm"
 SGLANG = "sglang"
@@ -370,6 +372,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
         k: v for k, v in obj.items() if k not in _KNOWN_KEYS and isinstance(v, str)
     }
     row["burst"] = is_burst(row)
+    row.update(server_columns(obj))  # server_metrics (loadgen --server-metrics)
     return row
 
 

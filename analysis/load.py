@@ -247,6 +247,15 @@ def _itls_from_chunks(chunks: np.ndarray, prompt_ids: np.ndarray) -> list[list[f
     return [by_id.get(int(pid), []) for pid in prompt_ids]
 
 
+def requests_of(result: Path, record: Mapping[str, Any]) -> pd.DataFrame:
+    """One run's requests: its per-request store, else per-request lines beside it, else its lists."""
+    store = _store_paths(result, record)
+    if store is not None:
+        return _requests_from_store(*store)
+    side = _requests_path(result, record)
+    return _requests_from_lines(side) if side is not None else _requests_from_lists(record)
+
+
 def requests(paths: PathLike | Iterable[PathLike], include_warmup: bool = False) -> pd.DataFrame:
     """One row per request: from loadgen's per-request store, other tools' per-request files, or the
     lists inside results.
@@ -256,14 +265,7 @@ def requests(paths: PathLike | Iterable[PathLike], include_warmup: bool = False)
     """
     frames = []
     for row, record in _collect(paths):
-        store = _store_paths(Path(row["path"]), record)
-        side = _requests_path(Path(row["path"]), record)
-        if store is not None:
-            frame = _requests_from_store(*store)
-        elif side is not None:
-            frame = _requests_from_lines(side)
-        else:
-            frame = _requests_from_lists(record)
+        frame = requests_of(Path(row["path"]), record)
         if frame.empty:
             continue
         if not include_warmup and "warmup" in frame.columns:

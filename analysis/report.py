@@ -14,6 +14,7 @@ from analysis import plots
 from analysis.checks import Issue, comparability
 from analysis.compare import Comparison, compare_labels
 from analysis.summary import summary, write_csv
+from analysis.telemetry import timeline_plots
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 
@@ -79,6 +80,7 @@ def make_plots(runs: pd.DataFrame, hists: pd.DataFrame | None, plot_dir: Path) -
                 if (sub["metric"] == metric).any():
                     title = f"{metric.upper()} percentile distribution ({_n(inp)} in / {_n(outl)} out)"
                     written += plots.save(plots.hdr_curves(sub, metric, title), plot_dir, f"hdr_{metric}{suffix}")
+    written += timeline_plots(runs, plot_dir)
     return [p for p in written if p.suffix == ".png"]
 
 
@@ -154,7 +156,13 @@ def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: lis
     if method is not None and not method.empty:
         parts.append("<details><summary>how each run was measured</summary>" + _table(method) + "</details>")
     parts.append("<h2>Plots</h2>")
-    parts += [_img(p) for p in pngs]
+    parts += [_img(p) for p in pngs if not p.name.startswith("timeline_")]
+    timelines = [p for p in pngs if p.name.startswith("timeline_")]
+    if timelines:  # one per point: folded, so a long sweep does not bury the other plots
+        parts.append(f"<h2>Server timelines</h2><details><summary>client and server over time, one per point "
+                     f"({len(timelines)})</summary>")
+        parts += [_img(p) for p in timelines]
+        parts.append("</details>")
     parts.append("<p class='muted'>Written by loadgen-report.</p></body></html>")
     return "\n".join(parts)
 

@@ -39,7 +39,9 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     Rows are ordered by label, then asked lengths, then concurrency, which is
     the order a reader scans a sweep in.
     """
-    wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS}
+    from analysis.telemetry import summary_columns
+
+    wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **summary_columns(runs)}
     frame = pd.DataFrame(index=runs.index)
     for src, name in wanted.items():
         frame[name] = runs[src] if src in runs.columns else pd.NA

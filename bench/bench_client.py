@@ -21,6 +21,9 @@ machine's noise; medians over ``--repeat`` runs are printed last:
 * ``raw-noslice``: raw without the one-chunk-one-event fast path in data_received;
 * ``raw-nokts``: raw stamping in ``data_received`` instead of using the kernel's
   receive stamps (uvloop's transport instead of loadgen's ``recvmsg`` reader).
+* ``raw-scrape``: raw while loadgen's telemetry thread scrapes a recorded vLLM
+  ``/metrics`` page every ``--metrics-interval`` s (served from the server's core), as
+  every loadgen run does: its figures should match ``raw``'s.
 
     python bench/bench_client.py accuracy --concurrency 1,64,256,1024 --repeat 3
     python bench/bench_client.py saturation --streams 64,512 --repeat 3
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -52,7 +56,9 @@ from loadgen.records import Prompt, RequestRecord  # noqa: E402
 from loadgen.runner import Target  # noqa: E402
 
 # raw: the product as shipped. The raw-* variants each switch one optimisation off.
-IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice", "raw-nokts")
+IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice", "raw-nokts", "raw-scrape")
+METRICS_URL: str | None = None  # set in main() when raw-scrape runs
+METRICS_INTERVAL_S = 1.0
 
 
 NICE: int | None = None  # --nice: scheduling priority for the server and this process
@@ -71,10 +77,21 @@ def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
     if impl.startswith("raw"):
         client._Conn.fast_path = impl != "raw-noslice"
         client.KERNEL_STAMPS = impl != "raw-nokts"
+        scraper = None
+        if impl == "raw-scrape":
+            from loadgen.telemetry.scrape import Fetcher, Scraper
+
+            scraper = Scraper(Fetcher(METRICS_URL, 5.0).get, None, METRICS_INTERVAL_S, None)
+            scraper.scrape(full=True)
+            scraper.start()
         try:
             out = runner.run(target, prompts, None, concurrency=concurrency,
                              freeze_gc=impl != "raw-gc", preconnect=impl != "raw-noconn")
         finally:
+            if scraper is not None:
+                scraper.stop()
+                print(f"  (scraper: {scraper.log.thread_ticks} scrapes, {scraper.log.errors} failed, "
+                      f"thread CPU {scraper.log.thread_cpu_s * 1000:.1f} ms)", flush=True)
             client._Conn.fast_path = client.KERNEL_STAMPS = True
         return out.records, out.start_ns, out.end_ns, out.lag_samples_ns
     from bench_client_aiohttp import run_aiohttp
@@ -259,6 +276,7 @@ def main() -> int:
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
+    ap.add_argument("--metrics-interval", type=float, default=1.0, help="raw-scrape: seconds between scrapes")
     ap.add_argument("--nice", type=int, default=None,
                     help="run server and client at this nice value (negative needs root): on a shared "
                          "machine, keeps other processes from taking the client's core in mid-stream")
@@ -289,9 +307,18 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     except (ValueError, OSError):
         pass
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     t0 = time.time()
-    rows = accuracy(args) if args.mode == "accuracy" else saturation(args)
+    with contextlib.ExitStack() as stack:
+        if "raw-scrape" in args.impl:
+            from bench_telemetry import page_server
+
+            global METRICS_URL, METRICS_INTERVAL_S
+            METRICS_URL = stack.enter_context(page_server(cpu=args.server_cpu))
+            METRICS_INTERVAL_S = args.metrics_interval
+        rows = accuracy(args) if args.mode == "accuracy" else saturation(args)
     summarise(rows)
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"({time.time() - t0:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -154,6 +154,13 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 @_opt("--progress/--no-progress", default=True, show_default=True, help="Live progress while running.")
 @_opt("--grace", "grace_s", type=float, default=5.0, show_default=True,
       help="Seconds in-flight requests get to finish after Ctrl-C or --duration.")
+# telemetry
+@_opt("--server-metrics", default=None,
+      help="Prometheus URL scraped during each point, or 'off'. [default: the server's /metrics when it has one]")
+@_opt("--metrics-interval", "metrics_interval_s", type=float, default=1.0, show_default=True,
+      help="Seconds between scrapes of --server-metrics and --gpu-metrics.")
+@_opt("--gpu-metrics", default="auto", show_default=True,
+      help="GPU telemetry: auto (NVML when loadgen runs on the GPU host), off, or a DCGM exporter URL.")
 def main(**opts: Any) -> None:
     """Benchmark an OpenAI-compatible or SGLang inference server with streaming requests.
 
@@ -236,6 +243,9 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         metadata=parse_metadata(opts["metadata"]),
         progress=opts["progress"],
         grace_s=opts["grace_s"],
+        server_metrics=opts.get("server_metrics"),
+        metrics_interval_s=opts.get("metrics_interval_s", 1.0),
+        gpu_metrics=opts.get("gpu_metrics") or "auto",
     )
 
 

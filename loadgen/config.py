@@ -197,6 +197,9 @@ class RunConfig:
     metadata: dict[str, str] = field(default_factory=dict)
     progress: bool = True
     grace_s: float = 5.0
+    server_metrics: str | None = None  # None: the server's /metrics when it has one; "off"; or a URL
+    metrics_interval_s: float = 1.0
+    gpu_metrics: str = "auto"  # auto (NVML when usable), off, or a DCGM exporter URL
 
     def __post_init__(self) -> None:
         self.validate()
@@ -279,6 +282,17 @@ class RunConfig:
         if self.endpoint is not None and not self.endpoint.startswith("/"):
             raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
         self._validate_template()
+        self._validate_telemetry()
+
+    def _validate_telemetry(self) -> None:
+        if self.server_metrics is not None and self.server_metrics != "off" and not _is_url(self.server_metrics):
+            raise ConfigError(f"--server-metrics '{self.server_metrics}' is not an http(s) URL or 'off'; "
+                              "give e.g. --server-metrics http://127.0.0.1:8000/metrics")
+        if not (self.metrics_interval_s >= 0.05 and math.isfinite(self.metrics_interval_s)):
+            raise ConfigError(f"--metrics-interval must be a number of seconds >= 0.05, got {self.metrics_interval_s}")
+        if self.gpu_metrics not in ("auto", "off") and not _is_url(self.gpu_metrics):
+            raise ConfigError(f"--gpu-metrics '{self.gpu_metrics}' is not auto, off or the http(s) URL of a DCGM "
+                              "exporter; give e.g. --gpu-metrics http://gpu-host:9400/metrics")
 
     def _validate_template(self) -> None:
         template = self.result_filename
@@ -307,6 +321,11 @@ class RunConfig:
         d["rates"] = [_rate_json(r) for r in self.rates]
         d["ignore_eos"] = self.effective_ignore_eos
         return d
+
+
+def _is_url(text: str) -> bool:
+    parsed = urlparse(text)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
 
 
 def _rate_json(rate: float) -> float | str:

@@ -219,6 +219,7 @@ def finish_point(
     server_version: str | None = None,
     verification: dict[str, Any] | None = None,
     max_in_flight: int = 0,
+    telemetry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregates of one point → the result JSON and the interval log. No network.
 
@@ -241,6 +242,7 @@ def finish_point(
     if verification is not None:
         extra["prompt_verification"] = verification
     info.warmup_requests = collector.warmup_requests
+    extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     result = results_mod.build_result(
         cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
     )
@@ -267,6 +269,7 @@ def run_point(
     is written first and :class:`~loadgen.interrupts.Interrupted` raised after.
     """
     from loadgen.runner import LiveCounters, run
+    from loadgen.telemetry import PointTelemetry
 
     files = point_paths(cfg, pre, concurrency, rate, date)
     offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.arrival, cfg.burstiness), seed=cfg.seed)
@@ -275,11 +278,14 @@ def run_point(
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
     collector = new_collector(cfg, files)
     start_epoch = time.time()
+    telemetry = PointTelemetry(cfg, files.result, counters,
+                               note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
     result: dict[str, Any] | None = None
     try:
         with interrupts.deferred():
             try:
-                with Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
+                with telemetry, Progress(counters, len(prompts), title, console=progress_console,
+                                         enabled=cfg.progress) as prog:
                     outcome = run(
                         target,
                         prompts,
@@ -312,6 +318,7 @@ def run_point(
                 cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
                 server_version=pre.server_version, verification=pre.verification,
                 max_in_flight=outcome.max_in_flight,
+                telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
             )
             print_summary(result, console, str(files.result))
     except interrupts.Interrupted as exc:

@@ -118,3 +118,58 @@ def test_shipped_profiles_load_and_bad_ones_are_rejected(tmp_path):
         load_profile(str(bad))
     with pytest.raises(ProfileError, match="unknown profile"):
         load_profile("nope")
+
+
+def _run_lazy(p: Profile, n: int, prompt: int, out: int, k: int = 1) -> tuple[Engine, list[Seq], float, int]:
+    eng = Engine(p, k)
+    seqs = [Seq(i, prompt, out, out) for i in range(n)]
+    for s in seqs:
+        eng.submit(s)
+    t, peak = 0.0, 0
+    for _ in range(100_000):
+        if not eng.has_work():
+            break
+        dur, emitted = eng.step(t)
+        t += dur
+        peak = max(peak, eng.kv_used)
+        for s in emitted:
+            s.pending = 0
+    return eng, seqs, t, peak
+
+
+def test_lazy_kv_preempts_when_decodes_outgrow_the_cache_and_everyone_finishes():
+    # 8 requests of 100 + 100 tokens: all 8 prompts fit (808 <= 1000), their outputs do not (1600)
+    p = profile(max_num_seqs=8, kv_tokens=1000, kv_allocation="lazy")
+    eng, seqs, _, peak = _run_lazy(p, 8, 100, 100)
+    assert eng.preemptions > 0
+    assert peak <= p.kv_tokens
+    assert all(s.done and s.generated == 100 for s in seqs)
+    assert eng.kv_used == 0 and not eng.running and not eng.waiting
+    # recomputation is real work: the preempted ones re-ran a prefill of prompt + output so far
+    assert eng.prompt_tokens_total > 8 * 100
+
+
+def test_lazy_kv_admits_more_than_reserve_and_reserve_never_preempts():
+    lazy = profile(max_num_seqs=8, kv_tokens=1000, kv_allocation="lazy")
+    reserve = lazy.replace(kv_allocation="reserve")
+    eng_r, seqs_r, _, _ = _run_lazy(reserve, 8, 100, 100)
+    assert eng_r.preemptions == 0 and all(s.generated == 100 for s in seqs_r)
+    first_lazy = Engine(lazy)
+    first_res = Engine(reserve)
+    for eng in (first_lazy, first_res):
+        for i in range(8):
+            eng.submit(Seq(i, 100, 100, 100))
+        eng.step(0.0)
+    # reserve holds prompt + max_tokens per request (5 x 200); lazy only the prompts (+1)
+    assert len(first_res.running) == 5 and len(first_lazy.running) == 8
+
+
+def test_lazy_kv_without_pressure_matches_reserve_timing():
+    lazy = profile(kv_allocation="lazy")
+    reqs = [SimRequest(0.01 * i, 50, 20) for i in range(6)]
+    assert simulate(lazy, reqs) == simulate(lazy.replace(kv_allocation="reserve"), reqs)
+
+
+def test_unknown_kv_allocation_is_refused():
+    with pytest.raises(ProfileError, match="kv_allocation must be one of reserve, lazy"):
+        profile(kv_allocation="paged")

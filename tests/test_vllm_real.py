@@ -188,3 +188,28 @@ def test_real_vllm_parser_accepts_the_translated_preset() -> None:
     verdicts = json.loads(res.stdout.strip().splitlines()[-1])
     assert verdicts[0] == "ok", verdicts[0]
     assert "unrecognized arguments" in verdicts[1] or "ignored explicit argument" in verdicts[1], verdicts[1]
+
+
+def test_server_metrics_scraped_during_a_run_and_drawn(server, tmp_path: Path) -> None:
+    """vLLM's own /metrics during a run: every stream shows up as running, and the report draws it."""
+    argv = [sys.executable, "-c", "from loadgen.cli import main; main()", "--base-url", server.base_url,
+            "--model", SERVED, "--tokenizer", str(MODEL_DIR), "--input-len", "64", "--output-len", "128",
+            "--num-prompts", "24", "--concurrency", "8", "--metrics-interval", "0.25", "--output-dir",
+            str(tmp_path), "--save-requests", "--no-progress", "--label", "vllm-cpu"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (path,) = tmp_path.glob("*.json")
+    sm = json.loads(path.read_text())["server_metrics"]
+    assert sm["engine"] == "vllm" and sm["vllm_names"] == "current names" and sm["failed_scrapes"] == 0
+    assert sm["names"]["running"] == "vllm:num_requests_running"
+    assert sm["summary"]["running_max"] == 8  # num_requests_running reaches the concurrency
+    assert sm["summary"]["generation_tokens"] == 24 * 128
+    assert sm["server_latency"]["ttft"]["count"] == 24
+    assert len(sm["timeline"]["t_s"]) >= 4
+
+    from analysis.load import load
+    from analysis.report import write_report
+
+    report = write_report(load(tmp_path), tmp_path / "report")
+    assert [p.name for p in report.plots if p.name.startswith("timeline_")] == ["timeline_vllm-cpu_c8_64x128.png"]
+    assert "server mean TTFT(ms)" in report.summary_csv.read_text().splitlines()[0]

@@ -510,6 +510,8 @@ def render_metrics(state: SimState) -> str:
         m.render_gauge("vllm:num_requests_waiting", "Number of requests waiting to be scheduled.", len(eng.waiting), labels),
         m.render_gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 1 means 100 percent.", eng.kv_usage, labels),
         m.render_gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (older name), 1 means 100 percent.", eng.kv_usage, labels),
+        m.render_counter("vllm:num_preemptions", "Requests preempted (KV freed, recomputed later).",
+                         eng.preemptions, labels),
         m.render_counter("vllm:prompt_tokens", "Prefill tokens processed.", eng.prompt_tokens_total, labels),
         m.render_counter("vllm:generation_tokens", "Generation tokens produced.", eng.generation_tokens_total, labels),
     ]

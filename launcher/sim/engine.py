@@ -28,6 +28,7 @@ class Seq:
         "arrival",
         "admitted_at",
         "prefilled",
+        "prefill_target",
         "generated",
         "pending",
         "reserved",
@@ -46,6 +47,7 @@ class Seq:
         self.arrival = arrival
         self.admitted_at = -1.0
         self.prefilled = 0
+        self.prefill_target = prompt_len  # grows when a preempted sequence must recompute its output
         self.generated = 0
         self.pending = 0  # tokens produced by the last step, not yet delivered
         self.reserved = 0
@@ -63,9 +65,12 @@ class Seq:
 class Engine:
     """Slots, a FCFS waiting queue, a KV budget in tokens, a per-step token budget.
 
-    KV is reserved for the whole request (prompt + max_tokens) at admission, so no
-    preemption is ever needed; real engines allocate lazily and preempt, which
-    changes little for the bursty workloads the profiles are fitted to.
+    With the profile's ``kv_allocation = "reserve"`` (the default, what the fitted
+    profiles use) KV is reserved for the whole request (prompt + max_tokens) at
+    admission, so no preemption is ever needed. With ``"lazy"`` KV grows token by
+    token as in vLLM: when a step's decodes do not fit, the most recently admitted
+    running request is preempted (its KV freed, back to the front of the queue) and
+    later recomputes its prompt and the output so far, as vLLM's recompute does.
     """
 
     def __init__(self, profile: Profile, tokens_per_step: int = 1) -> None:
@@ -74,6 +79,8 @@ class Engine:
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
         self.kv_used = 0
+        self.lazy = profile.kv_allocation == "lazy"
+        self.preemptions = 0
         self.steps = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -115,7 +122,8 @@ class Engine:
                 continue
             if len(running) >= p.max_num_seqs:
                 return
-            need = seq.prompt_len + seq.max_out
+            # lazy: the prompt (plus output to recompute) and the token the prefill produces
+            need = seq.prefill_target + 1 if self.lazy else seq.prompt_len + seq.max_out
             if self.kv_used + need > p.kv_tokens:
                 return
             if limit_tokens is not None and limit_tokens <= 0:
@@ -126,7 +134,41 @@ class Engine:
             self.kv_used += need
             running.append(seq)
             if limit_tokens is not None:
-                limit_tokens -= seq.prompt_len
+                limit_tokens -= seq.prefill_target
+
+    def _preempt(self, seq: Seq) -> None:
+        """Free a running sequence's KV and queue it first, to recompute what it had."""
+        self.running.remove(seq)
+        self.kv_used -= seq.reserved
+        seq.reserved = 0
+        seq.prefilled = 0
+        seq.prefill_target = seq.prompt_len + seq.generated
+        self.waiting.appendleft(seq)
+        self.preemptions += 1
+
+    def _grow(self, decode: list[Seq]) -> list[Seq]:
+        """Lazy KV: find room for this step's new tokens, preempting from the back of the
+        running list until it fits; returns the decodes that still run (a preempted
+        sequence has ``prefilled == 0``)."""
+        kv_tokens = self.profile.kv_tokens
+        k = self.tokens_per_step
+        kept: list[Seq] = []
+        for seq in decode:
+            if seq.prefilled == 0:  # preempted to make room for an earlier sequence
+                continue
+            need = seq.prompt_len + seq.generated + min(k, seq.target_out - seq.generated) - seq.reserved
+            while need > 0 and self.kv_used + need > kv_tokens:
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq.prefilled == 0:
+                break  # it preempted itself: everything after it is gone too
+            if need > 0:
+                self.kv_used += need
+                seq.reserved += need
+            kept.append(seq)
+        return kept
 
     def step(self, now: float = 0.0) -> tuple[float, list[Seq]]:
         """Plan and execute one engine step that starts at ``now``.
@@ -165,10 +207,13 @@ class Engine:
                 dropped = True
                 continue
             keep.append(seq)
-            if seq.prefilled >= seq.prompt_len:
+            if seq.prefilled >= seq.prefill_target:
                 decode.append(seq)
         if dropped:
             self.running = running = keep
+        if self.lazy and decode:
+            decode = self._grow(decode)
+            running = self.running
 
         prefill_only = False
         if p.schedule == "prefill-first":
@@ -186,16 +231,17 @@ class Engine:
             for seq in running:
                 if budget <= 0:
                     break
-                left = seq.prompt_len - seq.prefilled
+                left = seq.prefill_target - seq.prefilled
                 if left <= 0:
                     continue
-                if left > budget and not p.chunked_prefill:
+                # a recomputation longer than the step budget is chunked even without chunked prefill
+                if left > budget and not (p.chunked_prefill or left > p.max_batched_tokens):
                     break
                 chunk = left if left <= budget else budget
                 seq.prefilled += chunk
                 budget -= chunk
                 prefill_tokens += chunk
-                if seq.prefilled >= seq.prompt_len:
+                if seq.prefilled >= seq.prefill_target:
                     completes_prefill.append(seq)
 
         n_decode = len(decode)

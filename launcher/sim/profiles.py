@@ -15,6 +15,7 @@ from typing import Any
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 SCHEDULES = ("mixed", "prefill-first")
+KV_ALLOCATIONS = ("reserve", "lazy")
 
 
 class ProfileError(ValueError):
@@ -50,6 +51,7 @@ class Profile:
     chunked_prefill: bool = True
     natural_len_median: float = 0.0
     natural_len_sigma: float = 0.0
+    kv_allocation: str = "reserve"
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -64,6 +66,8 @@ class Profile:
             problems.append("decode_seq_exp must be within (0, 2]")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}")
+        if self.kv_allocation not in KV_ALLOCATIONS:
+            problems.append(f"kv_allocation must be one of {', '.join(KV_ALLOCATIONS)}")
         if self.natural_len_median < 0 or self.natural_len_sigma < 0:
             problems.append("natural_len_median and natural_len_sigma must be >= 0")
         if problems:

@@ -93,6 +93,10 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
     p.add_argument("--tokens-per-chunk", type=_positive_int, default=1,
                    help="tokens per decode step and SSE chunk, like speculative decoding (default: 1)")
     p.add_argument("--max-num-seqs", type=_positive_int, help="override the profile's batch slots")
+    p.add_argument("--kv-tokens", type=_positive_int, help="override the profile's KV cache size in tokens")
+    p.add_argument("--kv-allocation", choices=["reserve", "lazy"],
+                   help="reserve prompt + max_tokens at admission (no preemption), or grow KV per token and "
+                        "preempt like vLLM when it runs out (default: profile's, reserve)")
     p.add_argument("--natural-len-median", type=_nonneg_float,
                    help="median output length when ignore_eos is off; 0 = always max_tokens (default: profile's)")
     p.add_argument("--natural-len-sigma", type=_nonneg_float,
@@ -135,6 +139,10 @@ def parse_config(argv: list[str], parser: argparse.ArgumentParser | None = None)
         changes = {}
         if args.max_num_seqs is not None:
             changes["max_num_seqs"] = args.max_num_seqs
+        if args.kv_tokens is not None:
+            changes["kv_tokens"] = args.kv_tokens
+        if args.kv_allocation is not None:
+            changes["kv_allocation"] = args.kv_allocation
         if args.natural_len_median is not None:
             changes["natural_len_median"] = args.natural_len_median
         if args.natural_len_sigma is not None:

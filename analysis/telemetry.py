@@ -1,0 +1,217 @@
+"""What the server was doing: telemetry columns, explanations, and a timeline per point.
+
+Client figures show symptoms; the ``server_metrics`` a loadgen result carries
+(scraped from the engine's ``/metrics`` during the point) say why: requests
+queued at the server, a full KV cache, preemptions. This module turns them into
+summary columns, notes for the comparability list, and one timeline figure per
+point with the client's view beside the server's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.checks import Issue
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# run-row column → (where in server_metrics.summary, summary-table name)
+SERVER_COLUMNS: dict[str, tuple[str, str]] = {
+    "server_kv_usage_peak": ("kv_usage_peak", "peak KV usage"),
+    "server_kv_usage_mean": ("kv_usage_mean", "mean KV usage"),
+    "server_waiting_max": ("waiting_max", "max waiting"),
+    "server_preemptions": ("preemptions", "preemptions"),
+    "server_running_mean": ("running_mean", "mean running"),
+    "server_prefix_hit_rate": ("prefix_hit_rate", "prefix hit rate"),
+}
+LATENCY_COLUMNS = {
+    "server_mean_ttft_ms": "server mean TTFT(ms)",
+    "ttft_outside_engine_ms": "TTFT outside engine(ms)",
+    "server_mean_itl_ms": "server mean ITL(ms)",
+}
+KV_FULL = 0.98  # peak usage at or above this counts as a full cache
+QUEUE_SHARE = 0.5  # server queue time above this share of TTFT: "TTFT is mostly queue time"
+
+
+def _num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def server_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Run-row columns from a result's ``server_metrics`` (empty when it has none)."""
+    sm = obj.get("server_metrics")
+    if not isinstance(sm, Mapping) or not sm.get("scrapes"):
+        return {}
+    summ = sm.get("summary") if isinstance(sm.get("summary"), Mapping) else {}
+    row: dict[str, Any] = {col: _num(summ.get(key)) for col, (key, _) in SERVER_COLUMNS.items()}
+    lat = sm.get("server_latency") if isinstance(sm.get("server_latency"), Mapping) else {}
+    ttft = _num((lat.get("ttft") or {}).get("mean_ms"))
+    queue = _num((lat.get("queue") or {}).get("mean_ms"))
+    row["server_mean_ttft_ms"] = ttft
+    row["server_mean_queue_ms"] = queue
+    row["server_mean_itl_ms"] = _num((lat.get("itl") or {}).get("mean_ms"))
+    client = _num(obj.get("mean_ttft_ms"))
+    row["ttft_outside_engine_ms"] = client - ttft if client is not None and ttft is not None else None
+    row["server_engine"] = sm.get("engine")
+    row["has_server_timeline"] = bool((sm.get("timeline") or {}).get("t_s"))
+    return row
+
+
+def summary_columns(runs: pd.DataFrame) -> dict[str, str]:
+    """Telemetry columns for the summary table, only those some run recorded."""
+    named = {col: name for col, (_, name) in SERVER_COLUMNS.items()} | LATENCY_COLUMNS
+    return {c: n for c, n in named.items() if c in runs.columns and runs[c].notna().any()}
+
+
+def _where(group: pd.DataFrame) -> str:
+    concs = sorted({int(c) for c in group["concurrency"].dropna()})
+    return "concurrency " + ", ".join(str(c) for c in concs) if concs else "some points"
+
+
+def check_server(runs: pd.DataFrame) -> list[Issue]:
+    """Notes that explain client latencies from what the server reported."""
+    if "server_waiting_max" not in runs.columns:
+        return []
+    issues: list[Issue] = []
+    for label, group in runs.groupby("label", sort=True):
+        queued = group[pd.to_numeric(group["server_waiting_max"], errors="coerce").fillna(0) > 0]
+        if not queued.empty:
+            share = (pd.to_numeric(queued.get("server_mean_queue_ms"), errors="coerce")
+                     / pd.to_numeric(queued.get("mean_ttft_ms"), errors="coerce"))
+            mostly = queued[share.fillna(0) >= QUEUE_SHARE] if share.notna().any() else queued
+            if not mostly.empty:
+                issues.append(Issue("server_queue", "note",
+                                    f"{label}: requests queued at the server at {_where(mostly)} (up to "
+                                    f"{int(mostly['server_waiting_max'].max())} waiting): TTFT is mostly queue time.",
+                                    (label,)))
+        pre = group[pd.to_numeric(group.get("server_preemptions"), errors="coerce").fillna(0) > 0]
+        if not pre.empty:
+            issues.append(Issue("server_preemptions", "note",
+                                f"{label}: preemptions happened at {_where(pre)} ({int(pre['server_preemptions'].sum())} "
+                                "in all): latency includes recomputation.", (label,)))
+        full = group[pd.to_numeric(group.get("server_kv_usage_peak"), errors="coerce").fillna(0) >= KV_FULL]
+        if not full.empty:
+            issues.append(Issue("server_kv_full", "note",
+                                f"{label}: KV cache full at {_where(full)} (peak "
+                                f"{full['server_kv_usage_peak'].max():.0%}): the engine could not admit more "
+                                "requests; throughput there is capped by KV memory.", (label,)))
+    return issues
+
+
+# ------------------------------------------------------------------ timeline per point
+
+
+def client_in_flight(requests: pd.DataFrame, t_s: np.ndarray) -> np.ndarray:
+    """Requests in flight at each time (s from the run's start), from per-request sent/last times."""
+    sent = pd.to_numeric(requests.get("sent_ms"), errors="coerce").to_numpy(dtype=float) / 1000.0
+    last = pd.to_numeric(requests.get("last_ms"), errors="coerce").to_numpy(dtype=float) / 1000.0
+    ok = np.isfinite(sent)
+    sent, last = np.sort(sent[ok]), np.sort(np.where(np.isfinite(last[ok]), last[ok], np.inf))
+    return np.searchsorted(sent, t_s, side="right") - np.searchsorted(last, t_s, side="right")
+
+
+def _requests_of(path: Path, record: Mapping[str, Any]) -> pd.DataFrame | None:
+    from analysis.load import requests_of
+
+    frame = requests_of(path, record)
+    if frame.empty or "sent_ms" not in frame.columns:
+        return None
+    if "warmup" in frame.columns:
+        frame = frame[~frame["warmup"].fillna(False).astype(bool)]
+    return frame
+
+
+def timeline_figure(record: Mapping[str, Any], requests: pd.DataFrame | None, title: str) -> Figure | None:
+    """Three panels over time: in flight vs server running/waiting; KV usage and preemptions;
+    client latencies per request vs the server's per interval. None without a timeline."""
+    from matplotlib.figure import Figure
+
+    from analysis.plots import PALETTE
+
+    tl = (record.get("server_metrics") or {}).get("timeline") or {}
+    if not tl.get("t_s"):
+        return None
+    t = np.asarray(tl["t_s"], dtype=float)
+
+    def col(key: str) -> np.ndarray | None:
+        vals = tl.get(key)
+        return None if vals is None else np.asarray([np.nan if v is None else v for v in vals], dtype=float)
+
+    fig = Figure(figsize=(8.0, 7.0))
+    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
+    fig.suptitle(title)
+    if requests is not None and "sent_ms" in requests.columns:
+        grid = np.linspace(min(t.min(), 0.0), t.max(), 400)
+        ax1.plot(grid, client_in_flight(requests, grid), color=PALETTE[0], label="client in flight")
+    elif col("client_in_flight") is not None:
+        ax1.plot(t, col("client_in_flight"), color=PALETTE[0], label="client in flight")
+    for key, colour in (("running", PALETTE[1]), ("waiting", PALETTE[2])):
+        if col(key) is not None:
+            ax1.plot(t, col(key), color=colour, marker=".", label=f"server {key}")
+    ax1.set_ylabel("requests")
+    ax1.legend(fontsize=8)
+    if col("kv_usage") is not None:
+        ax2.plot(t, col("kv_usage") * 100.0, color=PALETTE[3], marker=".", label="KV usage (%)")
+        ax2.set_ylim(0, 105)
+    ax2.set_ylabel("KV usage (%)")
+    if col("preemptions") is not None:
+        twin = ax2.twinx()
+        twin.plot(t, col("preemptions"), color=PALETTE[4], linestyle="--", label="preemptions (cumulative)")
+        twin.set_ylabel("preemptions")
+        twin.grid(False)
+        twin.legend(fontsize=8, loc="lower right")
+    ax2.legend(fontsize=8, loc="upper left")
+    if requests is not None and {"sent_ms", "ttft_ms"} <= set(requests.columns):
+        ax3.scatter(pd.to_numeric(requests["sent_ms"], errors="coerce") / 1000.0,
+                    pd.to_numeric(requests["ttft_ms"], errors="coerce"), s=4, color=PALETTE[0],
+                    alpha=0.5, label="client TTFT (at send)")
+    if col("server_ttft_ms") is not None:
+        ax3.plot(t, col("server_ttft_ms"), color=PALETTE[1], marker=".", label="server TTFT (interval mean)")
+    if col("server_itl_ms") is not None:
+        ax3.plot(t, col("server_itl_ms"), color=PALETTE[2], marker=".", label="server ITL (interval mean)")
+    ax3.set_ylabel("ms")
+    ax3.set_xlabel("seconds from the start of the point")
+    ax3.legend(fontsize=8)
+    return fig
+
+
+def timeline_plots(runs: pd.DataFrame, plot_dir: Path) -> list[Path]:
+    """One timeline figure per run that recorded server metrics; returns the files written."""
+    from analysis.plots import save, style
+
+    if "has_server_timeline" not in runs.columns:
+        return []
+    written: list[Path] = []
+    for row in runs[runs["has_server_timeline"].fillna(False).astype(bool)].itertuples():
+        path = Path(str(row.path))
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        conc = "unl." if pd.isna(row.concurrency) else int(row.concurrency)
+        title = f"{row.label}: concurrency {conc}, {_len(row.input_len)} in / {_len(row.output_len)} out"
+        with style():
+            fig = timeline_figure(record, _requests_of(path, record), title)
+            if fig is not None:
+                stem = f"timeline_{_safe(str(row.label))}_c{conc}_{_len(row.input_len)}x{_len(row.output_len)}"
+                written += save(fig, plot_dir, stem)
+    return written
+
+
+def _len(value: Any) -> str:
+    return "?" if value is None or pd.isna(value) else str(int(value))
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)

@@ -1,0 +1,125 @@
+"""Telemetry around one load point: the context manager the sweep wraps ``run(...)`` in.
+
+Before the run it reads every source once (which is also the check that the
+source exists: a server without ``/metrics`` is noted, never fatal), during the
+run a thread scrapes on the interval, after the run one more full read closes
+the bracket. :meth:`PointTelemetry.result_keys` turns it into the result's
+``server_metrics`` and ``gpu_metrics`` entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loadgen.telemetry.gpu import DcgmSource, NvmlSource
+from loadgen.telemetry.scrape import Fetcher, Scraper
+from loadgen.telemetry.timeline import gpu_entry, server_entry
+
+SIDE_SUFFIX = ".metrics.jsonl"
+_NOTED: set[str] = set()
+
+
+def server_metrics_url(cfg: Any) -> str | None:
+    """``--server-metrics``: None (default) means the server's own ``/metrics``; ``off`` means none."""
+    value = getattr(cfg, "server_metrics", None)
+    if value is None:
+        return f"{cfg.base_url}/metrics"
+    return None if value == "off" else value
+
+
+def side_file_for(result_path: Path) -> Path:
+    stem = result_path.name[: -len(".json")] if result_path.name.endswith(".json") else result_path.name
+    return result_path.with_name(stem + SIDE_SUFFIX)
+
+
+class PointTelemetry:
+    """``with PointTelemetry(cfg, result_path, counters, note=console.print): run(...)``."""
+
+    def __init__(self, cfg: Any, result_path: Path, counters: Any = None,
+                 note: Callable[[str], Any] | None = None) -> None:
+        self.url = server_metrics_url(cfg)
+        self.explicit = getattr(cfg, "server_metrics", None) is not None
+        self.interval_s = float(getattr(cfg, "metrics_interval_s", 1.0))
+        self.gpu_spec = getattr(cfg, "gpu_metrics", "auto") or "auto"
+        self.side_path = side_file_for(result_path)
+        self.api_key = getattr(cfg, "api_key", None)
+        self._in_flight = (lambda: counters.in_flight) if counters is not None else None
+        self._note = note
+        self.server_message: str | None = None
+        self.gpu_message: str | None = None
+        self.gpu_source: str | None = None
+        self.gpu_url: str | None = None
+        self.scraper: Scraper | None = None
+
+    def _say(self, message: str) -> None:
+        if self._note is not None and message not in _NOTED:
+            _NOTED.add(message)
+            self._note(f"note: {message}")
+
+    def _timeout(self) -> float:
+        return min(5.0, max(1.0, self.interval_s))
+
+    def __enter__(self) -> PointTelemetry:
+        fetch = Fetcher(self.url, self._timeout(), self.api_key).get if self.url else None
+        gpu: Any = None
+        if self.gpu_spec == "auto":
+            gpu, msg = NvmlSource.open()
+            self.gpu_message = msg
+        elif self.gpu_spec != "off":
+            self.gpu_url = self.gpu_spec
+            gpu = DcgmSource(self.gpu_spec, Fetcher(self.gpu_spec, self._timeout()).get)
+        if fetch is None and gpu is None:
+            return self
+        scraper = Scraper(fetch, gpu, self.interval_s, self.side_path, self._in_flight)
+        scraper.open()
+        scraper.scrape(full=True)
+        if fetch is not None and scraper.log.errors:
+            hint = "--server-metrics URL" if not self.explicit else "check --server-metrics"
+            self.server_message = (f"server metrics not recorded: {scraper.log.last_error} "
+                                   f"({hint}, or --server-metrics off)")
+            scraper.drop_server()
+            self._say(self.server_message)
+        if gpu is not None and scraper.log.gpu_errors:
+            self.gpu_message = f"GPU metrics not recorded: {scraper.log.last_error} (check --gpu-metrics)"
+            scraper.drop_gpu()
+            self._say(self.gpu_message)
+        elif gpu is not None:
+            self.gpu_source = gpu.kind
+        if not scraper.active:
+            scraper.close()
+            self.side_path.unlink(missing_ok=True)
+            return self
+        self.scraper = scraper
+        scraper.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.scraper is None:
+            return
+        try:
+            self.scraper.stop()
+            self.scraper.scrape(full=True)
+        finally:
+            self.scraper.close()
+
+    def result_keys(self, start_ns: int, end_ns: int, start_epoch_s: float | None = None) -> dict[str, Any]:
+        """``{"server_metrics": ..., "gpu_metrics": ...}`` for the result (empty when both are off)."""
+        out: dict[str, Any] = {}
+        sc = self.scraper
+        if self.url is not None:
+            if sc is not None and self.server_message is None:
+                out["server_metrics"] = server_entry(sc.log, self.url, self.interval_s, start_ns, end_ns,
+                                                     self.side_path.name, None)
+            else:
+                out["server_metrics"] = {"url": self.url, "message": self.server_message, "scrapes": 0}
+        if self.gpu_spec != "off":
+            if sc is not None and self.gpu_source is not None:
+                out["gpu_metrics"] = gpu_entry(sc.log, self.gpu_source, self.gpu_url, start_ns, end_ns,
+                                               self.gpu_message)
+            else:
+                out["gpu_metrics"] = {"source": None, "url": self.gpu_url, "message": self.gpu_message}
+        if sc is not None:
+            sc.write_run_line(start_ns, end_ns, start_epoch_s)
+        return out

@@ -1,0 +1,230 @@
+"""The scraper: one thread that reads ``/metrics`` (and a GPU source) on a fixed interval.
+
+It never touches the client's event loop. Its per-tick work is small on purpose:
+one keep-alive GET, the vocabulary's lines only (no buckets) through the parser,
+one JSON line to the side file; its thread CPU time is measured and reported. The
+full page (every raw series, every bucket) is read once before the run and once
+after it, outside the measured window, which is what server-side percentiles
+over the point are computed from.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from loadgen.telemetry.gpu import GpuError, GpuReading
+from loadgen.telemetry.page import Hist, Page, PageError, normalise, parse_page, vocabulary_lines
+from loadgen.telemetry.vocab import choose_names
+
+
+class FetchError(RuntimeError):
+    """A GET that did not return a 200 page; the message is one line."""
+
+
+class Fetcher:
+    """GET one URL again and again over one keep-alive connection (reconnects on failure)."""
+
+    def __init__(self, url: str, timeout_s: float, api_key: str | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"'{url}' is not an http(s) URL")
+        self.url = url
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._timeout = timeout_s
+        self._headers = {"Accept": "text/plain"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=self._timeout)
+
+    def get(self) -> str:
+        for attempt in range(2):  # a kept-alive connection the server closed gets one fresh retry
+            conn = self._conn or self._connect()
+            self._conn = None
+            try:
+                conn.request("GET", self._path, headers=self._headers)
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if attempt:
+                    raise FetchError(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
+                continue
+            if resp.will_close:
+                conn.close()
+            else:
+                self._conn = conn
+            if resp.status != 200:
+                raise FetchError(f"{self.url} answered HTTP {resp.status}")
+            return body.decode("utf-8", "replace")
+        raise FetchError(f"{self.url}: no answer")  # pragma: no cover - the loop returns or raises
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+@dataclass(slots=True)
+class Tick:
+    """One scrape, as the summary needs it (the raw series go to the side file)."""
+
+    t_ns: int  # perf_counter_ns at the middle of the GET: the client's clock
+    values: dict[str, float]
+    hists: dict[str, tuple[float, float]]  # concept → (sum, count)
+    in_flight: int | None
+    gpu: GpuReading | None
+
+
+@dataclass
+class ScrapeLog:
+    """Everything the scraper collected for one point."""
+
+    ticks: list[Tick] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # concept → raw name
+    first: dict[str, Hist] = field(default_factory=dict)  # full histograms before the run
+    last: dict[str, Hist] = field(default_factory=dict)  # ... and after it
+    engine_names: set[str] = field(default_factory=set)
+    errors: int = 0
+    last_error: str | None = None
+    gpu_errors: int = 0
+    thread_cpu_s: float = 0.0
+    thread_wall_s: float = 0.0
+    thread_ticks: int = 0
+
+
+class Scraper:
+    """Owns the fetchers, the side file and the thread; used by :class:`PointTelemetry`."""
+
+    def __init__(self, fetch: Callable[[], str] | None, gpu: Any | None, interval_s: float,
+                 side_file: Path | None, in_flight: Callable[[], int] | None = None) -> None:
+        self._fetch = fetch
+        self._gpu = gpu
+        self.interval_s = interval_s
+        self._side_path = side_file
+        self._side: IO[bytes] | None = None
+        self._in_flight = in_flight
+        self.log = ScrapeLog()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one scrape ------------------------------------------------------------------
+    def scrape(self, *, full: bool) -> Tick:
+        """Read every source once; ``full`` parses the whole page (before/after the run)."""
+        values: dict[str, float] = {}
+        hists: dict[str, tuple[float, float]] = {}
+        raw: dict[str, float] | None = None
+        t0 = time.perf_counter_ns()
+        if self._fetch is not None:
+            try:
+                text = self._fetch()
+                page = parse_page(text if full else vocabulary_lines(text), yield_gil=not full)
+                self._absorb(page, full)
+                vals, hs = normalise(page, self.log.names)
+                values = vals
+                hists = {k: (h.sum, h.count) for k, h in hs.items()}
+                raw = page.raw
+            except (FetchError, PageError) as exc:
+                self.log.errors += 1
+                self.log.last_error = str(exc)
+        t_ns = (t0 + time.perf_counter_ns()) // 2
+        gpu = None
+        if self._gpu is not None:
+            try:
+                gpu = self._gpu.read()
+            except (FetchError, GpuError) as exc:
+                self.log.gpu_errors += 1
+                self.log.last_error = str(exc)
+        in_flight = self._in_flight() if self._in_flight is not None else None
+        tick = Tick(t_ns, values, hists, in_flight, gpu)
+        self.log.ticks.append(tick)
+        self._write(tick, raw, full)
+        return tick
+
+    def _absorb(self, page: Page, full: bool) -> None:
+        self.log.names.update(choose_names(page.names))
+        if full:
+            self.log.engine_names |= set(page.raw)
+            _, hs = normalise(page, self.log.names)
+            if not self.log.first:
+                self.log.first = hs
+            else:
+                self.log.last = hs
+
+    def _write(self, tick: Tick, raw: dict[str, float] | None, full: bool) -> None:
+        if self._side is None:
+            return
+        line = {"mono_ns": tick.t_ns, "epoch_s": round(time.time(), 4), "full": full, "samples": raw,
+                "in_flight": tick.in_flight, "gpu": tick.gpu}
+        self._side.write(orjson.dumps(line) + b"\n")
+
+    # -- the thread ------------------------------------------------------------------
+    def open(self) -> None:
+        if self._side_path is not None:
+            self._side = open(self._side_path, "wb")  # noqa: SIM115 - closed in close()
+
+    def drop_server(self) -> None:
+        """Forget the server source (its first scrape failed) and what it left behind."""
+        self._fetch = None
+        self.log = ScrapeLog(gpu_errors=self.log.gpu_errors)
+
+    def drop_gpu(self) -> None:
+        self._gpu = None
+        for t in self.log.ticks:
+            t.gpu = None
+
+    @property
+    def active(self) -> bool:
+        return self._fetch is not None or self._gpu is not None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="loadgen-telemetry", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        cpu0, wall0 = time.thread_time(), time.perf_counter()
+        interval = self.interval_s
+        next_at = time.perf_counter() + interval
+        while not self._stop.wait(max(0.0, next_at - time.perf_counter())):
+            self.scrape(full=False)
+            self.log.thread_ticks += 1
+            now = time.perf_counter()
+            next_at += interval
+            if next_at < now:  # a slow scrape: skip the missed ticks, keep the grid
+                next_at += interval * ((now - next_at) // interval + 1)
+        self.log.thread_cpu_s = time.thread_time() - cpu0
+        self.log.thread_wall_s = time.perf_counter() - wall0
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def close(self) -> None:
+        if self._side is not None:
+            self._side.close()
+            self._side = None
+
+    def write_run_line(self, start_ns: int, end_ns: int, start_epoch_s: float | None) -> None:
+        """The last side-file line: the run's window on the same clock as ``mono_ns``."""
+        if self._side_path is None:
+            return
+        with open(self._side_path, "ab") as fh:
+            fh.write(orjson.dumps({"run": {"start_mono_ns": start_ns, "end_mono_ns": end_ns,
+                                           "start_epoch_s": start_epoch_s}}) + b"\n")
