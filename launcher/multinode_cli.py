@@ -158,16 +158,16 @@ def serve_multinode(mn: dict, kw: dict) -> None:
     except KeyboardInterrupt:
         _err("interrupted; every node was stopped")
         sys.exit(130)
-    click.echo(f"ready: {plan.base_url} ({len(plan.nodes)} nodes, logs in {log_dir})")
-    if kw.get("detach"):
-        from launcher.cluster import write_cluster_state
-
-        path = write_cluster_state(cluster, kw.get("state_path"))
-        click.echo(f"detached; state in {path} (stop with: loadgen-launch stop --state {path})")
-        return
-    _err("serving; press Ctrl-C to stop every node")
     dead = None
-    try:
+    try:  # from the ready line on, a Ctrl-C stops every node
+        click.echo(f"ready: {plan.base_url} ({len(plan.nodes)} nodes, logs in {log_dir})")
+        if kw.get("detach"):
+            from launcher.cluster import write_cluster_state
+
+            path = write_cluster_state(cluster, kw.get("state_path"))
+            click.echo(f"detached; state in {path} (stop with: loadgen-launch stop --state {path})")
+            return
+        _err("serving; press Ctrl-C to stop every node")
         while dead is None:
             time.sleep(0.5)
             cluster.pump()
