@@ -29,6 +29,7 @@ from loadgen.config import (
     parse_percentiles,
     parse_rates,
 )
+from loadgen.connection import INSECURE_WARNING
 from loadgen.schedule import ARRIVALS
 
 # Options that take several space-separated values, as in vLLM (argparse nargs="+").
@@ -94,6 +95,10 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
       help="vLLM's spelling: the name sent to the server, while --model (a local folder) gives the tokenizer.")
 @_opt("--tokenizer", default=None, help="Local tokenizer folder, or 'deepseek-r1' (bundled). [default: --model if it is a local folder]")
 @_opt("--api-key", envvar="OPENAI_API_KEY", default=None, show_envvar=True, help="Bearer token for the server.")
+@_opt("--ca-cert", default=None, metavar="FILE",
+      help="PEM bundle of CA certificates to trust for an https server (e.g. a self-signed one).")
+@_opt("--insecure", is_flag=True, default=False,
+      help="https without certificate verification (warns on stderr; recorded in the result).")
 # workload
 @_opt("--dataset-name", "--dataset", "dataset", type=click.Choice(DATASETS), default="random", show_default=True,
       help="Prompt source.")
@@ -158,6 +163,8 @@ def main(**opts: Any) -> None:
         cfg = config_from_options(opts)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if cfg.insecure:
+        click.echo(INSECURE_WARNING, err=True)
     # piped output (CI logs) gets a fixed, wide layout instead of rich's 80 columns
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     progress_console = Console(stderr=True)
@@ -214,4 +221,6 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         metadata=parse_metadata(opts["metadata"]),
         progress=opts["progress"],
         grace_s=opts["grace_s"],
+        ca_cert=opts["ca_cert"],
+        insecure=opts["insecure"],
     )

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import struct
 import sys
 from dataclasses import dataclass
@@ -40,9 +39,12 @@ from time import perf_counter_ns, time_ns
 from typing import Any
 from urllib.parse import urlsplit
 
+from loadgen.connection import DEFAULT as DEFAULT_CONNECTION
+from loadgen.connection import Connection, cert_error_message, is_cert_error
 from loadgen.protocols import get_protocol
 from loadgen.protocols.base import WireProtocol
 from loadgen.records import RequestRecord
+from loadgen.secrets import mask_secrets, secret_values
 from loadgen.sse import SSEFramer
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -67,6 +69,7 @@ class Target:
     extra_body: dict | None = None
     timeout_s: float = 600.0
     save_text: bool = False
+    connection: Connection = DEFAULT_CONNECTION  # credentials from the URL, TLS trust
 
 
 @dataclass
@@ -124,7 +127,7 @@ class Endpoint:
         return cls(host, port, parts.scheme == "https", prefix + endpoint, host_header)
 
 
-def request_head(ep: Endpoint, api_key: str | None) -> bytes:
+def request_head(ep: Endpoint, api_key: str | None, connection: Connection = DEFAULT_CONNECTION) -> bytes:
     """Everything of a request before the Content-Length value; built once per run."""
     lines = [
         f"POST {ep.path} HTTP/1.1",
@@ -134,8 +137,9 @@ def request_head(ep: Endpoint, api_key: str | None) -> bytes:
         "Content-Type: application/json",
         "Connection: keep-alive",
     ]
-    if api_key:
-        lines.append(f"Authorization: Bearer {api_key}")
+    authorization = connection.authorization(api_key)
+    if authorization:
+        lines.append(f"Authorization: {authorization}")
     return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
 
 
@@ -425,11 +429,24 @@ class _Conn(asyncio.Protocol):
                 chunk_tokens.append(k)
                 if text:
                     self.texts.append(text)
+                else:
+                    rec.invisible_tokens += k
             elif err is not None:
                 if rec.error is None:
                     rec.error = "server_error"
                     rec.error_detail = err
                 continue
+            elif ct is not None and ct > counted and (self.last_ct is not None or not chunk_ns):
+                # Tokens without visible text (a token that decodes to nothing yet, or a
+                # stream whose only sign of output is its usage): still output, timed here.
+                # Running usage seen before, or nothing counted yet, tells this is not a
+                # final usage-only chunk totalling chunks already counted one by one.
+                if not chunk_ns:
+                    rec.first_ns = t
+                chunk_ns.append(t)
+                chunk_tokens.append(ct - counted)
+                rec.invisible_tokens += ct - counted
+                counted = ct
             if ct is not None:
                 self.last_ct = ct
             if pt is not None:
@@ -480,8 +497,11 @@ class _Conn(asyncio.Protocol):
         if kind is not None and rec.error is None:
             rec.error = kind
             rec.error_detail = detail
-        if rec.error is not None and rec.error.startswith("http_") and not rec.error_detail:
-            rec.error_detail = self.errbody[:300].decode("utf-8", "replace")
+        if rec.error is not None:
+            if rec.error.startswith("http_") and not rec.error_detail:
+                rec.error_detail = self.errbody[:300].decode("utf-8", "replace")
+            if self.client.secrets:  # a server may echo the key it was sent
+                rec.error_detail = mask_secrets(rec.error_detail, self.client.secrets)
         if self.last_ct is not None:
             rec.output_tokens = self.last_ct
             rec.output_tokens_source = "usage"
@@ -638,7 +658,8 @@ class StreamClient:
         except ValueError as exc:
             raise ClientError(str(exc)) from None
         self.endpoint = Endpoint.parse(target.base_url, target.endpoint or self.protocol.default_endpoint)
-        self.head = request_head(self.endpoint, target.api_key)
+        self.head = request_head(self.endpoint, target.api_key, target.connection)
+        self.secrets = secret_values(target.api_key, target.connection.basic_auth)
         self.counters = counters
         self.max_retries = max_retries
         self.timeout_s = target.timeout_s
@@ -653,7 +674,7 @@ class StreamClient:
         self.reuse = True
         self.reused = 0
         self.stale = 0
-        self._ssl = ssl.create_default_context() if self.endpoint.tls else None
+        self._ssl = target.connection.ssl_context() if self.endpoint.tls else None
         self._addr: tuple[int, Any] | None = None
         self.kernel_stamps = KERNEL_STAMPS and not self.endpoint.tls and sys.platform == "linux"
 
@@ -750,7 +771,10 @@ class StreamClient:
                 except (TimeoutError, OSError) as exc:
                     rec.error = "connect"
                     ep = self.endpoint
-                    rec.error_detail = f"cannot connect to {ep.host}:{ep.port}: {exc or type(exc).__name__}"
+                    rec.error_detail = (
+                        cert_error_message(f"https://{ep.host_header}", exc) if is_cert_error(exc)
+                        else f"cannot connect to {ep.host}:{ep.port}: {exc or type(exc).__name__}"
+                    )
                     if not rec.sent_ns:
                         rec.sent_ns = perf_counter_ns()
                     break
@@ -800,7 +824,8 @@ class StreamClient:
         await asyncio.sleep(0)
 
 
-async def probe_async(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> list[str]:
+async def probe_async(base_url: str, api_key: str | None = None, timeout_s: float = 10.0,
+                      connection: Connection = DEFAULT_CONNECTION) -> list[str]:
     """Fetch ``/v1/models`` before the clock starts; return the served model ids.
 
     Raises :class:`ClientError` with one line naming the problem when the server is
@@ -810,10 +835,11 @@ async def probe_async(base_url: str, api_key: str | None = None, timeout_s: floa
 
     ep = Endpoint.parse(base_url, "/v1/models")
     url = f"{'https' if ep.tls else 'http'}://{ep.host_header}{ep.path}"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = connection.headers(api_key)
+    ssl_ctx = connection.ssl_context() if ep.tls else None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-            async with session.get(url, headers=headers) as resp:
+            async with session.get(url, headers=headers, ssl=ssl_ctx) as resp:
                 if resp.status in (401, 403):
                     raise ClientError(f"{url} answered HTTP {resp.status}: check --api-key")
                 if resp.status != 200:
@@ -823,10 +849,14 @@ async def probe_async(base_url: str, api_key: str | None = None, timeout_s: floa
                 except ValueError:
                     raise ClientError(f"{url} did not answer JSON: is this an OpenAI-compatible server?") from None
     except aiohttp.ClientConnectorError as exc:
+        if is_cert_error(exc):
+            raise ClientError(cert_error_message(url, exc)) from None
         raise ClientError(f"cannot reach {url} ({exc.os_error or exc}): is the server running? check --base-url") from None
     except TimeoutError:
         raise ClientError(f"{url} did not answer within {timeout_s:g} s: is the server up and ready?") from None
     except aiohttp.ClientError as exc:
+        if is_cert_error(exc):
+            raise ClientError(cert_error_message(url, exc)) from None
         raise ClientError(f"request to {url} failed: {exc}") from None
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
@@ -834,9 +864,10 @@ async def probe_async(base_url: str, api_key: str | None = None, timeout_s: floa
     return [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id") is not None]
 
 
-def probe(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> list[str]:
+def probe(base_url: str, api_key: str | None = None, timeout_s: float = 10.0,
+          connection: Connection = DEFAULT_CONNECTION) -> list[str]:
     """Synchronous :func:`probe_async` for the CLI, before the run's loop exists."""
-    return asyncio.run(probe_async(base_url, api_key, timeout_s))
+    return asyncio.run(probe_async(base_url, api_key, timeout_s, connection))
 
 
 async def check_stream_async(target: Target, prompt: Any) -> RequestRecord:

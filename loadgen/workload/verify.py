@@ -13,12 +13,12 @@ Plain ``urllib`` on purpose: a handful of blocking calls before the run, no even
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadgen.connection import DEFAULT as DEFAULT_CONNECTION
+from loadgen.connection import Connection, cert_error_message, http_request, is_cert_error
 from loadgen.records import Prompt
 
 
@@ -79,21 +79,17 @@ def _sample(prompts: Sequence[Prompt], sample: int) -> list[Prompt]:
     return [prompts[int(i * step)] for i in range(sample)]
 
 
-def _post(url: str, body: dict[str, Any], api_key: str | None, timeout_s: float) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+def _post(url: str, body: dict[str, Any], api_key: str | None, timeout_s: float,
+          connection: Connection = DEFAULT_CONNECTION) -> tuple[int, Any]:
+    status, _, raw = http_request(url, connection=connection, api_key=api_key, body=body, timeout_s=timeout_s,
+                                  read_limit=16 * 1024 * 1024)
+    if status == 200:
+        return status, json.loads(raw or b"null")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = raw.decode("utf-8", "replace")
-        return exc.code, payload
+        payload = json.loads(raw)
+    except ValueError:
+        payload = raw.decode("utf-8", "replace")
+    return status, payload
 
 
 def _error_text(payload: Any) -> str:
@@ -155,6 +151,7 @@ def verify_with_server(
     sample: int = 8,
     api_key: str | None = None,
     timeout_s: float = 10,
+    connection: Connection = DEFAULT_CONNECTION,
 ) -> VerifyResult:
     """Ask the server to count a sample of prompts and compare with the built lengths."""
     url = _root(base_url) + "/tokenize"
@@ -166,8 +163,10 @@ def verify_with_server(
         else:
             body = {"model": model, "prompt": prompt.text or ""}
         try:
-            status, payload = _post(url, body, api_key, timeout_s)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            status, payload = _post(url, body, api_key, timeout_s, connection)
+        except (OSError, ValueError) as exc:
+            if is_cert_error(exc):
+                return VerifyResult(False, False, message=cert_error_message(url, exc))
             reason = getattr(exc, "reason", exc)
             return VerifyResult(False, False, message=f"could not reach {url} to check prompt lengths: {reason}")
         if status != 200:
