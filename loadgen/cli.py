@@ -224,3 +224,7 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         ca_cert=opts["ca_cert"],
         insecure=opts["insecure"],
     )
+
+
+if __name__ == "__main__":
+    main()
