@@ -57,12 +57,15 @@ DEFAULT = Connection()
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:
-    """``exc`` and what it wraps (urllib's ``reason``, aiohttp's ``os_error``, ``__cause__``)."""
+    """``exc`` and what it wraps (urllib's ``reason``, aiohttp's ``certificate_error`` and
+    ``os_error``, ``__cause__``)."""
     out: list[BaseException] = []
     while exc is not None and len(out) < 6 and exc not in out:
         out.append(exc)
         reason = getattr(exc, "reason", None)
-        exc = reason if isinstance(reason, BaseException) else (getattr(exc, "os_error", None) or exc.__cause__)
+        if not isinstance(reason, BaseException):
+            reason = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc.__cause__
+        exc = reason
     return out
 
 
@@ -74,8 +77,8 @@ def is_cert_error(exc: BaseException | None) -> bool:
 
 def cert_error_message(url: str, exc: BaseException | None) -> str:
     """One line for a refused certificate: what failed and the two ways forward."""
-    reason = next((e.verify_message for e in _chain(exc)
-                   if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message), "certificate verify failed")
+    reason = next((e.verify_message for e in _chain(exc) if getattr(e, "verify_message", None)),
+                  "certificate verify failed")
     return (
         f"TLS certificate verification failed for {mask_url(url)} ({reason}): trust its CA with "
         "--ca-cert FILE, or skip verification with --insecure"
