@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from loadgen import __version__
+from loadgen.cli_errors import OneLineErrors
 from loadgen.config import (
     BACKENDS,
     DATASETS,
@@ -55,26 +56,13 @@ def normalize_argv(args: list[str]) -> list[str]:
     return out
 
 
-class LoadgenCommand(click.Command):
+class LoadgenCommand(OneLineErrors, click.Command):
     """A click command whose errors are one line (no usage block) and exit code 2."""
+
+    prog = "loadgen"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, normalize_argv(list(args)))
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        try:
-            rv = super().main(args, prog_name or "loadgen", complete_var, standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            click.echo(f"loadgen: error: {exc.format_message()}", err=True)
-            sys.exit(2)
-        except click.Abort:
-            click.echo("loadgen: aborted", err=True)
-            sys.exit(130)
-        except click.ClickException as exc:
-            click.echo(f"loadgen: error: {exc.format_message()}", err=True)
-            sys.exit(exc.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
