@@ -118,22 +118,31 @@ def check_lengths(runs: pd.DataFrame) -> list[Issue]:
                 if a is None or m is None or pd.isna(a) or pd.isna(m) or not a:
                     continue
                 if abs(m - a) / a > LENGTH_TOLERANCE:
-                    off.append((row.concurrency, a, m))
+                    off.append((row.concurrency, a, m, getattr(row, "ignore_eos", None)))
             if not off:
                 continue
             worst = max(off, key=lambda t: abs(t[2] - t[1]) / t[1])
-            mean_ratio = sum(m / a for _, a, m in off) / len(off)
+            mean_ratio = sum(m / a for _, a, m, _ in off) / len(off)
             what = "output" if kind == "output_len" else "input"
             issues.append(Issue(
                 kind, "warning",
                 f"{label}: measured {what} length is off the asked one at {len(off)} of {len(group)} points "
                 f"(on average {mean_ratio:.0%} of asked; worst: {worst[2]:.1f} of {_fmt(worst[1])} at "
                 f"concurrency {_fmt(worst[0])}). "
-                + ("Outputs stopped early (EOS or a length limit): rerun with ignore_eos on."
-                   if kind == "output_len" else "Prompts were not the asked length: check the tokenizer and template."),
+                + (_short_output_advice(off) if kind == "output_len"
+                   else "Prompts were not the asked length: check the tokenizer and template."),
                 (label,),
             ))
     return issues
+
+
+def _short_output_advice(off: list[tuple]) -> str:
+    """Why completed requests came back short, by what the run asked for (failed requests
+    are not counted in the measured length, so they are never the reason)."""
+    if all(eos is True for *_, eos in off):
+        return ("Outputs stopped early although ignore_eos was on: a server length limit (max_model_len, "
+                "max_tokens cap) or a server that ignores ignore_eos.")
+    return "Outputs stopped early (EOS or a length limit): rerun with ignore_eos on."
 
 
 def check_dataset(runs: pd.DataFrame) -> list[Issue]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from analysis import __version__
+from loadgen.cli_errors import OneLineErrors
 
 EPILOG = """\b
 Examples:
@@ -23,7 +24,11 @@ else the folder name); every label is compared with the first (or --baseline).
 """
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+class ReportCommand(OneLineErrors, click.Command):
+    prog = "loadgen-report"
+
+
+@click.command(cls=ReportCommand, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="loadgen-report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -37,14 +42,21 @@ def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: st
     Comparability warnings are printed first, then the conclusions that hold.
     """
     # Heavy imports (pandas, matplotlib) after parsing, so --help and --version stay instant.
-    from analysis.load import LoadError, histograms, load
+    from analysis.load import LoadError, NothingUsable, Skipped, histograms, load
     from analysis.report import write_report
 
+    skipped: list[Skipped] = []
     try:
-        runs = load(paths, include_partial=not exclude_partial)
+        runs = load(paths, include_partial=not exclude_partial, skipped=skipped)
         hists = histograms(paths)
+    except NothingUsable as exc:
+        for item in exc.skipped:
+            click.echo(f"loadgen-report: skipped {item}", err=True)
+        raise click.UsageError(f"nothing to report: all {len(exc.skipped)} file(s) found were skipped") from None
     except LoadError as exc:
         raise click.UsageError(str(exc)) from None
+    for item in skipped:  # named before anything else, so that a missing run is never a mystery
+        click.echo(f"loadgen-report: skipped {item}", err=True)
     if runs.empty:
         raise click.UsageError("every run found is partial; drop --exclude-partial or rerun them")
     try:

@@ -94,8 +94,8 @@ def _markdown_table(frame: pd.DataFrame) -> list[str]:
     for row in frame.itertuples(index=False):
         cells = []
         for value in row:
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                cells.append("")
+            if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+                cells.append("—")  # not measured
             elif isinstance(value, float):
                 cells.append(f"{value:.3g}" if abs(value) < 10 and not float(value).is_integer() else f"{value:,.1f}")
             else:

@@ -89,6 +89,38 @@ def detect_format(obj: Mapping[str, Any]) -> str:
     raise FormatError("keys match neither vLLM's benchmark_serving nor SGLang's bench_serving output")
 
 
+# Keys that hold one number (or null) wherever a producer writes them; anything else there
+# means the file is damaged or not what it claims, and is rejected rather than read as absent.
+_NUMERIC_KEYS = frozenset(
+    {name for names in _FIGURES.values() for name in names}
+    | {"num_prompts", "failed", "max_concurrency", "mean_input_len", "mean_output_len", "total_requests"}
+)
+_LIST_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "errors")
+
+
+def check_types(obj: Mapping[str, Any]) -> None:
+    """Raise :class:`FormatError` naming the first known key whose value has the wrong type
+    (``"completed": "many"``, a latency that is a string, ``output_lens`` that is not a list)."""
+    for key, value in obj.items():
+        if value is None:
+            continue
+        if key in _NUMERIC_KEYS or _STAT_KEY.match(key):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise FormatError(f"'{key}' is {json_repr(value)}, not a number")
+        elif key == "request_rate" and _num(value) is None:
+            raise FormatError(f"'request_rate' is {json_repr(value)}, not a number or \"inf\"")
+        elif key in _LIST_KEYS and not isinstance(value, list):
+            raise FormatError(f"'{key}' is {json_repr(value)}, not a list")
+        elif key == "errors_by_kind" and not isinstance(value, Mapping):
+            raise FormatError(f"'errors_by_kind' is {json_repr(value)}, not an object")
+
+
+def json_repr(value: Any) -> str:
+    """A value as it appeared in the file, shortened for a one-line message."""
+    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _num(value: Any) -> float | None:
     """A finite or infinite float, or None for anything that is not a number (``"inf"`` counts)."""
     if isinstance(value, bool) or value is None:
@@ -137,6 +169,16 @@ def _mean(values: Any) -> float | None:
         return None
     nums = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     return sum(nums) / len(nums) if nums else None
+
+
+def _successful(obj: Mapping[str, Any], key: str) -> list[Any] | None:
+    """The per-request list ``key`` without the entries of failed requests (``errors`` non-empty)."""
+    values, errors = obj.get(key), obj.get("errors")
+    if not isinstance(values, list):
+        return None
+    if not isinstance(errors, list) or len(errors) != len(values):
+        return values
+    return [v for v, e in zip(values, errors, strict=True) if not e]
 
 
 def lengths_from_name(name: str) -> tuple[int, int, int] | None:
@@ -264,12 +306,14 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     server = obj.get("server") if isinstance(obj.get("server"), Mapping) else {}
     # vLLM's --metadata k=v lands at the top level; ours under "metadata"; launch facts under either.
     views: list[Mapping[str, Any]] = [obj, metadata, launch, server, config]
+    check_types(obj)
     row: dict[str, Any] = {"format": fmt}
     for key, names in _FIGURES.items():
         row[key] = _num(_first([obj], names))
-    row.update(_stats(obj))
-    for key, value in _stats_from_lists(obj).items():
-        row.setdefault(key, value)
+    if row["completed"] != 0:  # nothing completed: no latency was measured, whatever zeros the file holds
+        row.update(_stats(obj))
+        for key, value in _stats_from_lists(obj).items():
+            row.setdefault(key, value)
 
     num_prompts = _int(_first([obj, config], ("num_prompts", "total_requests")))
     completed = _int(obj.get("completed"))
@@ -312,12 +356,17 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
         out_asked = out_asked if out_asked is not None else grid[2]
     row["input_len"] = in_asked
     row["output_len"] = out_asked
-    mean_in = _num(obj.get("mean_input_len")) or _mean(obj.get("input_lens"))
-    mean_out = _num(obj.get("mean_output_len")) or _mean(obj.get("output_lens"))
+    # Mean lengths are over completed requests: vLLM lists a failed request with output
+    # length 0, which is no evidence that the server stopped early.
+    mean_in, mean_out = _num(obj.get("mean_input_len")), _num(obj.get("mean_output_len"))
     if mean_in is None and row["total_input_tokens"] is not None and completed:
         mean_in = row["total_input_tokens"] / completed
     if mean_out is None and row["total_output_tokens"] is not None and completed:
         mean_out = row["total_output_tokens"] / completed
+    if mean_in is None:
+        mean_in = _mean(_successful(obj, "input_lens"))
+    if mean_out is None:
+        mean_out = _mean(_successful(obj, "output_lens"))
     row["mean_input_len"] = mean_in
     row["mean_output_len"] = mean_out
     if row["input_throughput"] is None and row["total_input_tokens"] is not None and row["duration"]:

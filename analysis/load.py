@@ -10,6 +10,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import hdr
-from analysis.formats import METRICS, FormatError, normalize
+from analysis.formats import METRICS, FormatError, json_repr, normalize
 
 PathLike = str | os.PathLike[str]
 
@@ -26,6 +27,33 @@ RUN_ORDER = ["label", "engine", "engine_version", "concurrency", "input_len", "o
 
 class LoadError(ValueError):
     """A path that cannot be read as results; the message names it and says what to do."""
+
+
+class NothingUsable(LoadError):
+    """Every file found was skipped; ``skipped`` says why for each."""
+
+    def __init__(self, message: str, skipped: list[Skipped]) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was found but not used, and why (printed by ``loadgen-report``)."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class _Unusable(Exception):
+    """A file that cannot be read as result records; the message is the reason."""
+
+
+# Files that belong to a result beside them (per-request lines); read through it, never runs themselves.
+_COMPANION_SUFFIXES = (".requests.jsonl", "_requests.jsonl", "-requests.jsonl")
 
 
 def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
@@ -44,55 +72,73 @@ def _candidate_files(root: Path) -> Iterator[Path]:
 
 
 def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """The JSON objects in a file: one for ``.json``, one per line for JSON Lines (SGLang appends)."""
-    text = path.read_text(encoding="utf-8")
+    """The JSON objects in a file: one for ``.json``, one per line for JSON Lines (SGLang appends).
+
+    Raises :class:`_Unusable` naming what is wrong: empty, not UTF-8, truncated (a writer
+    stopped mid-file), or not JSON.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unusable(f"not UTF-8 text (byte {exc.start})") from None
     stripped = text.strip()
     if not stripped:
-        return []
+        raise _Unusable("empty file")
     try:
         obj = json.loads(stripped)
         if isinstance(obj, dict):
             return [(0, obj)]
         if isinstance(obj, list):
             return [(i, o) for i, o in enumerate(obj) if isinstance(o, dict)]
-        return []
-    except json.JSONDecodeError:
-        pass
+        raise _Unusable(f"holds a JSON {type(obj).__name__}, not a result object")
+    except json.JSONDecodeError as whole:
+        whole_error = whole
+    lines = stripped.splitlines()
     out = []
-    for i, line in enumerate(stripped.splitlines()):
+    for i, line in enumerate(lines):
         line = line.strip()
         if not line:
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise LoadError(f"{path}: line {i + 1} is not JSON ({exc.msg}); fix or remove the file") from None
+            if not out:  # not JSON Lines either: say what is wrong with the file as a whole
+                raise _Unusable(_json_problem(stripped, whole_error)) from None
+            where = "the last line" if i == len(lines) - 1 else f"line {i + 1}"
+            raise _Unusable(f"{where} is not JSON ({_json_problem(line, exc)})") from None
         if isinstance(obj, dict):
             out.append((i, obj))
     return out
 
 
-def _run_rows(path: Path, strict: bool) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(row, raw record) for each result record in ``path``; non-results raise only when ``strict``."""
+def _json_problem(text: str, exc: json.JSONDecodeError) -> str:
+    """``truncated JSON at byte N`` when the text stops mid-value (N: where it stops), else
+    where the JSON goes wrong."""
+    if exc.msg.startswith("Unterminated") or exc.pos >= len(text) - 1:
+        return f"truncated JSON at byte {len(text.encode())}"
+    return f"invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})"
+
+
+def _run_rows(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(row, raw record) for each result record in ``path``.
+
+    Raises :class:`_Unusable` with the reason when the file is not a usable result: one
+    damaged record (a wrong type in a known key, an undecodable histogram) spoils the
+    file rather than being read as absent figures.
+    """
     try:
         records = _records(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LoadError(f"{path}: cannot be read ({exc}); check the path and its permissions") from None
-    except LoadError:
-        if strict:
-            raise
-        return []
+    except OSError as exc:
+        raise _Unusable(f"cannot be read ({exc.strerror or exc}); check its permissions") from None
     rows = []
     for index, record in records:
         try:
             row = normalize(record, path.name)
+            _check_histograms(record)
         except FormatError as exc:
-            if strict:
-                raise LoadError(
-                    f"{path}: not a result file ({exc}); give loadgen, vLLM benchmark_serving or "
-                    "SGLang bench_serving output"
-                ) from None
-            break  # one foreign record means the whole file is something else (e.g. per-request lines)
+            where = f"record {index + 1}: " if len(records) > 1 else ""
+            raise _Unusable(f"{where}not a usable result ({exc})") from None
         row["path"] = str(path)
         row["record"] = index
         row["run_id"] = f"{path}#{index}" if len(records) > 1 else str(path)
@@ -108,31 +154,68 @@ def _generic_dir(name: str) -> bool:
     return name in ("", ".", "results", "result", "out", "output", "runs", "tmp")
 
 
-def _collect(paths: PathLike | Iterable[PathLike]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def _check_histograms(record: Mapping[str, Any]) -> None:
+    """Every embedded histogram must decode: a damaged one is a damaged file, not a missing figure."""
+    for key in ("histograms", "hdr_histograms", "hdr"):
+        block = record.get(key)
+        if not isinstance(block, Mapping):
+            continue
+        for name, value in block.items():
+            payload = value
+            if isinstance(value, Mapping):
+                payload = value.get("histogram") or value.get("encoded") or value.get("data")
+            if _metric_of(str(name)) is None or payload is None:
+                continue
+            if not isinstance(payload, str):
+                raise FormatError(f"'{key}.{name}' is {json_repr(payload)}, not an encoded histogram")
+            try:
+                hdr.decode(payload)
+            except Exception:  # noqa: BLE001 - any failure to decode means the same thing
+                raise FormatError(f"'{key}.{name}' is not a valid HdrHistogram encoding (damaged?)") from None
+
+
+def _collect(paths: PathLike | Iterable[PathLike],
+             skipped: list[Skipped] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Rows of every usable file under ``paths``; each unusable one is added to ``skipped`` with its reason."""
     found: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for order, path in enumerate(_as_paths(paths)):
         if path.is_dir():
-            rows = [r for file in _candidate_files(path) for r in _run_rows(file, strict=False)]
+            files = [f for f in _candidate_files(path) if not f.name.endswith(_COMPANION_SUFFIXES)]
         elif path.is_file():
-            rows = _run_rows(path, strict=True)
+            files = [path]
         else:
             raise LoadError(f"{path}: no such file or directory; give result files or folders that hold them")
-        for row, _ in rows:
-            row["source_order"] = order
-        found.extend(rows)
+        for file in files:
+            try:
+                rows = _run_rows(file)
+            except _Unusable as exc:
+                if skipped is not None:
+                    skipped.append(Skipped(file, str(exc)))
+                continue
+            for row, _ in rows:
+                row["source_order"] = order
+            found.extend(rows)
     return found
 
 
-def load(paths: PathLike | Iterable[PathLike], include_partial: bool = True) -> pd.DataFrame:
+def load(paths: PathLike | Iterable[PathLike], include_partial: bool = True, *,
+         skipped: list[Skipped] | None = None) -> pd.DataFrame:
     """One row per run, from files and folders (searched recursively) of any supported producer.
 
-    Files in a folder that are not results (per-request lines, reports) are
-    skipped; a file named explicitly must be a result. ``include_partial=False``
-    drops runs that stopped early.
+    A file that is not a usable result (truncated, damaged, or something else) is
+    left out and, when ``skipped`` is given, appended to it with the reason; per-request
+    lines beside a result are not runs and are not listed. Raises :class:`LoadError`
+    when nothing usable is left. ``include_partial=False`` drops runs that stopped early.
     """
-    rows = [row for row, _ in _collect(paths)]
+    own: list[Skipped] = []
+    rows = [row for row, _ in _collect(paths, own)]
+    if skipped is not None:
+        skipped.extend(own)
     if not rows:
         names = ", ".join(str(p) for p in _as_paths(paths))
+        why = "; ".join(f"skipped {s}" for s in own[:3]) + ("; ..." if len(own) > 3 else "")
+        if own:
+            raise NothingUsable(f"nothing to report from {names}: {why}", own)
         raise LoadError(f"no result files found in {names}; run loadgen with --output-dir there first")
     df = pd.DataFrame(rows)
     if not include_partial:
@@ -431,8 +514,8 @@ def is_complete(path: PathLike) -> bool:
     if not p.is_file() or p.stat().st_size == 0:
         return False
     try:
-        rows = _run_rows(p, strict=True)
-    except LoadError:
+        rows = _run_rows(p)
+    except _Unusable:
         return False
     return bool(rows) and not any(r["partial"] for r, _ in rows) and all(
         (r.get("completed") or 0) > 0 and not math.isnan(r.get("completed") or 0) for r, _ in rows

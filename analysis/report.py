@@ -17,6 +17,7 @@ from analysis.summary import summary, write_csv
 from analysis.telemetry import timeline_plots
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+ABSENT = "—"  # a figure that was not measured (e.g. latencies of a run where nothing completed)
 
 
 @dataclass
@@ -119,7 +120,7 @@ def _img(path: Path) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:,.2f}", na_rep="", border=0)
+    return frame.to_html(index=False, float_format=lambda v: f"{v:,.2f}", na_rep=ABSENT, border=0)
 
 
 METHOD_COLUMNS = ("label", "format", "engine", "engine_version", "input_len", "output_len", "concurrency",

@@ -44,7 +44,10 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **summary_columns(runs)}
     frame = pd.DataFrame(index=runs.index)
     for src, name in wanted.items():
-        frame[name] = runs[src] if src in runs.columns else pd.NA
+        # every column but the label is a number; a figure not recorded is NaN (empty in the
+        # CSV, shown as absent in the report), never None or pd.NA rendered as text
+        frame[name] = (runs[src] if src == "label" else pd.to_numeric(runs[src], errors="coerce")) \
+            if src in runs.columns else float("nan")
     frame = frame.sort_values(["label", "input_len", "output_len", "concurrency"], kind="stable", na_position="last")
     return frame.reset_index(drop=True)
 

@@ -159,7 +159,8 @@ class Aggregate:
         self.prompt_token_mismatches = 0
         self.prompt_token_max_diff = 0
         self.retries = 0
-        self.invisible_outputs = 0
+        self.invisible_outputs = 0  # successful requests with tokens that decoded to no visible text
+        self.invisible_tokens = 0
         self.e2el_sum_s = 0.0
         self.inline: list[InlineRequest] | None = [] if inline_limit > 0 else None
 
@@ -186,8 +187,9 @@ class Aggregate:
             self.good_completed += int(good_mask(fig, self.goodput_slos_ms).sum())
         for r in fig.records:
             self.sources[r.output_tokens_source or "unknown"] += 1
-            if r.invisible_output:
+            if r.invisible_tokens:
                 self.invisible_outputs += 1
+                self.invisible_tokens += r.invisible_tokens
             if r.server_prompt_tokens is not None:
                 self.prompt_tokens_checked += 1
                 diff = abs(r.server_prompt_tokens - r.input_len)
@@ -220,6 +222,7 @@ class Aggregate:
             self.metrics[m].merge(other.metrics[m])
         for name in ("num_requests", "completed", "total_input_tokens", "total_output_tokens", "good_completed",
                      "prompt_tokens_checked", "prompt_token_mismatches", "retries", "invisible_outputs",
+                     "invisible_tokens",
                      "e2el_sum_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.prompt_token_max_diff = max(self.prompt_token_max_diff, other.prompt_token_max_diff)
@@ -284,5 +287,6 @@ class Aggregate:
             retries=self.retries,
             max_concurrency_observed=max_concurrency_observed,
             invisible_outputs=self.invisible_outputs,
+            invisible_tokens=self.invisible_tokens,
             mean_concurrency=self.e2el_sum_s / duration,
         )

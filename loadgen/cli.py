@@ -15,6 +15,7 @@ import click
 
 from loadgen import __version__, interrupts
 from loadgen.aggregate import DEFAULT_INLINE_LIMIT
+from loadgen.cli_errors import OneLineErrors
 from loadgen.config import (
     BACKENDS,
     DATASETS,
@@ -29,6 +30,7 @@ from loadgen.config import (
     parse_percentiles,
     parse_rates,
 )
+from loadgen.connection import INSECURE_WARNING
 from loadgen.schedule import ARRIVALS
 
 # Exit codes (docs/loadgen.md): 0 done; 2 bad option or failed pre-flight check;
@@ -59,26 +61,13 @@ def normalize_argv(args: list[str]) -> list[str]:
     return out
 
 
-class LoadgenCommand(click.Command):
+class LoadgenCommand(OneLineErrors, click.Command):
     """A click command whose errors are one line (no usage block) and exit code 2."""
+
+    prog = "loadgen"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, normalize_argv(list(args)))
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        try:
-            rv = super().main(args, prog_name or "loadgen", complete_var, standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            click.echo(f"loadgen: error: {exc.format_message()}", err=True)
-            sys.exit(2)
-        except click.Abort:
-            click.echo("loadgen: aborted", err=True)
-            sys.exit(130)
-        except click.ClickException as exc:
-            click.echo(f"loadgen: error: {exc.format_message()}", err=True)
-            sys.exit(exc.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
@@ -99,6 +88,10 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
       help="vLLM's spelling: the name sent to the server, while --model (a local folder) gives the tokenizer.")
 @_opt("--tokenizer", default=None, help="Local tokenizer folder, or 'deepseek-r1' (bundled). [default: --model if it is a local folder]")
 @_opt("--api-key", envvar="OPENAI_API_KEY", default=None, show_envvar=True, help="Bearer token for the server.")
+@_opt("--ca-cert", default=None, metavar="FILE",
+      help="PEM bundle of CA certificates to trust for an https server (e.g. a self-signed one).")
+@_opt("--insecure", is_flag=True, default=False,
+      help="https without certificate verification (warns on stderr; recorded in the result).")
 # workload
 @_opt("--dataset-name", "--dataset", "dataset", type=click.Choice(DATASETS), default="random", show_default=True,
       help="Prompt source.")
@@ -176,6 +169,8 @@ def main(**opts: Any) -> None:
         raise click.UsageError(str(exc)) from None
     from rich.console import Console
 
+    if cfg.insecure:
+        click.echo(INSECURE_WARNING, err=True)
     # piped output (CI logs) gets a fixed, wide layout instead of rich's 80 columns
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     progress_console = Console(stderr=True)
@@ -246,6 +241,8 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         server_metrics=opts.get("server_metrics"),
         metrics_interval_s=opts.get("metrics_interval_s", 1.0),
         gpu_metrics=opts.get("gpu_metrics") or "auto",
+        ca_cert=opts["ca_cert"],
+        insecure=opts["insecure"],
     )
 
 

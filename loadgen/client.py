@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import struct
 import sys
 from dataclasses import dataclass
@@ -40,9 +39,12 @@ from time import perf_counter_ns, time_ns
 from typing import Any
 from urllib.parse import urlsplit
 
+from loadgen.connection import DEFAULT as DEFAULT_CONNECTION
+from loadgen.connection import Connection, cert_error_message, is_cert_error
 from loadgen.protocols import get_protocol
 from loadgen.protocols.base import WireProtocol
 from loadgen.records import RequestRecord
+from loadgen.secrets import mask_secrets, secret_values
 from loadgen.sse import SSEFramer
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -67,6 +69,7 @@ class Target:
     extra_body: dict | None = None
     timeout_s: float = 600.0
     save_text: bool = False
+    connection: Connection = DEFAULT_CONNECTION  # credentials from the URL, TLS trust
 
 
 @dataclass
@@ -124,7 +127,7 @@ class Endpoint:
         return cls(host, port, parts.scheme == "https", prefix + endpoint, host_header)
 
 
-def request_head(ep: Endpoint, api_key: str | None) -> bytes:
+def request_head(ep: Endpoint, api_key: str | None, connection: Connection = DEFAULT_CONNECTION) -> bytes:
     """Everything of a request before the Content-Length value; built once per run."""
     lines = [
         f"POST {ep.path} HTTP/1.1",
@@ -134,8 +137,9 @@ def request_head(ep: Endpoint, api_key: str | None) -> bytes:
         "Content-Type: application/json",
         "Connection: keep-alive",
     ]
-    if api_key:
-        lines.append(f"Authorization: Bearer {api_key}")
+    authorization = connection.authorization(api_key)
+    if authorization:
+        lines.append(f"Authorization: {authorization}")
     return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
 
 
@@ -425,11 +429,24 @@ class _Conn(asyncio.Protocol):
                 chunk_tokens.append(k)
                 if text:
                     self.texts.append(text)
+                else:
+                    rec.invisible_tokens += k
             elif err is not None:
                 if rec.error is None:
                     rec.error = "server_error"
                     rec.error_detail = err
                 continue
+            elif ct is not None and ct > counted and (self.last_ct is not None or not chunk_ns):
+                # Tokens without visible text (a token that decodes to nothing yet, or a
+                # stream whose only sign of output is its usage): still output, timed here.
+                # Running usage seen before, or nothing counted yet, tells this is not a
+                # final usage-only chunk totalling chunks already counted one by one.
+                if not chunk_ns:
+                    rec.first_ns = t
+                chunk_ns.append(t)
+                chunk_tokens.append(ct - counted)
+                rec.invisible_tokens += ct - counted
+                counted = ct
             if ct is not None:
                 self.last_ct = ct
             if pt is not None:
@@ -480,8 +497,11 @@ class _Conn(asyncio.Protocol):
         if kind is not None and rec.error is None:
             rec.error = kind
             rec.error_detail = detail
-        if rec.error is not None and rec.error.startswith("http_") and not rec.error_detail:
-            rec.error_detail = self.errbody[:300].decode("utf-8", "replace")
+        if rec.error is not None:
+            if rec.error.startswith("http_") and not rec.error_detail:
+                rec.error_detail = self.errbody[:300].decode("utf-8", "replace")
+            if self.client.secrets:  # a server may echo the key it was sent
+                rec.error_detail = mask_secrets(rec.error_detail, self.client.secrets)
         if self.last_ct is not None:
             rec.output_tokens = self.last_ct
             rec.output_tokens_source = "usage"
@@ -638,7 +658,8 @@ class StreamClient:
         except ValueError as exc:
             raise ClientError(str(exc)) from None
         self.endpoint = Endpoint.parse(target.base_url, target.endpoint or self.protocol.default_endpoint)
-        self.head = request_head(self.endpoint, target.api_key)
+        self.head = request_head(self.endpoint, target.api_key, target.connection)
+        self.secrets = secret_values(target.api_key, target.connection.basic_auth)
         self.counters = counters
         self.max_retries = max_retries
         self.timeout_s = target.timeout_s
@@ -653,7 +674,7 @@ class StreamClient:
         self.reuse = True
         self.reused = 0
         self.stale = 0
-        self._ssl = ssl.create_default_context() if self.endpoint.tls else None
+        self._ssl = target.connection.ssl_context() if self.endpoint.tls else None
         self._addr: tuple[int, Any] | None = None
         self.kernel_stamps = KERNEL_STAMPS and not self.endpoint.tls and sys.platform == "linux"
 
@@ -750,7 +771,10 @@ class StreamClient:
                 except (TimeoutError, OSError) as exc:
                     rec.error = "connect"
                     ep = self.endpoint
-                    rec.error_detail = f"cannot connect to {ep.host}:{ep.port}: {exc or type(exc).__name__}"
+                    rec.error_detail = (
+                        cert_error_message(f"https://{ep.host_header}", exc) if is_cert_error(exc)
+                        else f"cannot connect to {ep.host}:{ep.port}: {exc or type(exc).__name__}"
+                    )
                     if not rec.sent_ns:
                         rec.sent_ns = perf_counter_ns()
                     break

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import ssl
 import string
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,8 +19,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from loadgen.aggregate import DEFAULT_INLINE_LIMIT
+from loadgen.connection import Connection
 from loadgen.metrics import DEFAULT_PERCENTILES, GOODPUT_METRICS
 from loadgen.schedule import ARRIVALS
+from loadgen.secrets import MASK, mask_url, split_credentials
 
 BACKENDS = ("openai", "vllm", "openai-chat", "sglang")
 DATASETS = ("random", "sharegpt", "jsonl")
@@ -126,7 +129,7 @@ def base_url_from(base_url: str | None, host: str | None, port: int | None) -> s
         url = base_url.strip().rstrip("/")
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(f"--base-url '{base_url}' is not an http(s) URL; give e.g. --base-url http://127.0.0.1:8000")
+            raise ConfigError(f"--base-url '{mask_url(base_url)}' is not an http(s) URL; give e.g. --base-url http://127.0.0.1:8000")
         if host or port:
             raise ConfigError("give either --base-url or --host/--port, not both")
         return url
@@ -200,6 +203,9 @@ class RunConfig:
     server_metrics: str | None = None  # None: the server's /metrics when it has one; "off"; or a URL
     metrics_interval_s: float = 1.0
     gpu_metrics: str = "auto"  # auto (NVML when usable), off, or a DCGM exporter URL
+    ca_cert: str | None = None  # a PEM CA bundle to trust for https (--ca-cert)
+    insecure: bool = False  # https without certificate verification (--insecure)
+    basic_auth: tuple[str, str] | None = None  # credentials taken out of --base-url
 
     def __post_init__(self) -> None:
         self.validate()
@@ -233,6 +239,10 @@ class RunConfig:
 
     def max_output_len(self) -> int:
         return self.output_len
+
+    def connection(self) -> Connection:
+        """Credentials and TLS trust, as every piece of network code must apply them."""
+        return Connection(basic_auth=self.basic_auth, ca_cert=self.ca_cert, insecure=self.insecure)
 
     def points(self) -> list[tuple[int | None, float]]:
         """Load points in run order: for each concurrency, each rate."""
@@ -275,8 +285,13 @@ class RunConfig:
             raise ConfigError(f"--warmup must be >= 0 requests, got {self.warmup}")
         if self.inline_requests < 0:
             raise ConfigError(f"--max-inline-requests must be >= 0 (0: never inline), got {self.inline_requests}")
-        if not self.timeout_s > 0:
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
+        if not (self.grace_s >= 0 and math.isfinite(self.grace_s)):
+            raise ConfigError(f"--grace must be a number of seconds >= 0, got {self.grace_s}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        self._validate_connection()
         if not self.rates:
             raise ConfigError("--rate needs at least one value")
         if self.endpoint is not None and not self.endpoint.startswith("/"):
@@ -293,6 +308,31 @@ class RunConfig:
         if self.gpu_metrics not in ("auto", "off") and not _is_url(self.gpu_metrics):
             raise ConfigError(f"--gpu-metrics '{self.gpu_metrics}' is not auto, off or the http(s) URL of a DCGM "
                               "exporter; give e.g. --gpu-metrics http://gpu-host:9400/metrics")
+
+    def _validate_connection(self) -> None:
+        """Credentials in the URL move out of it (so that printing the URL cannot leak
+        them); TLS options must make sense for the target."""
+        clean, creds = split_credentials(self.base_url)
+        if creds is not None:
+            self.base_url, self.basic_auth = clean, creds
+        if self.basic_auth and self.api_key:
+            raise ConfigError(
+                "--base-url carries credentials and --api-key (or $OPENAI_API_KEY) is set: both would go in the "
+                "Authorization header; drop one"
+            )
+        if self.ca_cert and self.insecure:
+            raise ConfigError("--ca-cert and --insecure contradict each other: trust a CA, or verify nothing")
+        if (self.ca_cert or self.insecure) and not self.base_url.startswith("https:"):
+            raise ConfigError(
+                f"--{'ca-cert' if self.ca_cert else 'insecure'} applies to https servers only; "
+                f"--base-url is {self.base_url}"
+            )
+        if self.ca_cert:
+            try:
+                ssl.create_default_context(cafile=self.ca_cert)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+                raise ConfigError(f"--ca-cert '{self.ca_cert}' is not a readable PEM CA bundle ({reason})") from None
 
     def _validate_template(self) -> None:
         template = self.result_filename
@@ -315,9 +355,10 @@ class RunConfig:
                 raise ConfigError("a rate sweep writes one file per point: add {rate} to --result-filename")
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as stored in result files (the API key is never written)."""
+        """The configuration as stored in result files (the API key and URL credentials are never written)."""
         d = asdict(self)
-        d["api_key"] = "***" if self.api_key else None
+        d["api_key"] = MASK if self.api_key else None
+        d["basic_auth"] = MASK if self.basic_auth else None
         d["rates"] = [_rate_json(r) for r in self.rates]
         d["ignore_eos"] = self.effective_ignore_eos
         return d

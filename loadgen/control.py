@@ -24,6 +24,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen.connection import DEFAULT as DEFAULT_CONNECTION
+from loadgen.connection import Connection, cert_error_message, is_cert_error
+from loadgen.secrets import mask_url
+
 READ_LIMIT = 1 << 20
 
 
@@ -74,51 +78,50 @@ def request(
     api_key: str | None = None,
     body: Any = None,
     timeout_s: float = 10.0,
-    ssl_context: ssl.SSLContext | None = None,
+    connection: Connection = DEFAULT_CONNECTION,
     read_limit: int = READ_LIMIT,
 ) -> Response:
     """GET (or POST ``body`` as JSON) ``url``; any HTTP status is a :class:`Response`.
 
+    ``connection`` brings the credentials and TLS trust every request must share.
     Raises :class:`ControlError` only when no HTTP answer came back.
     """
-    headers = {"Accept": "*/*"}
+    headers = {"Accept": "*/*", **connection.headers(api_key)}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
     req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
+    context = connection.ssl_context() if url.startswith("https:") else None
     try:
-        with _opener(ssl_context).open(req, timeout=timeout_s) as resp:
+        with _opener(context).open(req, timeout=timeout_s) as resp:
             return Response(resp.status, resp.headers.get("Content-Type", ""), resp.read(read_limit))
     except urllib.error.HTTPError as exc:
         ctype = exc.headers.get("Content-Type", "") if exc.headers else ""
         return Response(exc.code, ctype, exc.read(read_limit))
     except TimeoutError:
-        raise ControlError("timeout", f"{url} did not answer within {timeout_s:g} s: is the server up and ready?") from None
+        raise ControlError("timeout", f"{mask_url(url)} did not answer within {timeout_s:g} s: is the server up and ready?") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            raise ControlError(
-                "tls", f"{url}: TLS certificate verification failed ({reason.verify_message}); "
-                "trust its CA with --ca-cert FILE, or pass --insecure to skip verification") from None
+        if is_cert_error(exc):
+            raise ControlError("tls", cert_error_message(url, exc)) from None
         if isinstance(reason, ssl.SSLError):
-            raise ControlError("tls", f"{url}: TLS handshake failed ({reason}); check the URL's scheme and port") from None
+            raise ControlError("tls", f"{mask_url(url)}: TLS handshake failed ({reason}); check the URL's scheme and port") from None
         if isinstance(reason, TimeoutError):
-            raise ControlError("timeout", f"{url} did not answer within {timeout_s:g} s: is the server up and ready?") from None
-        raise ControlError("connect", f"cannot reach {url} ({reason}): is the server running? check --base-url") from None
+            raise ControlError("timeout", f"{mask_url(url)} did not answer within {timeout_s:g} s: is the server up and ready?") from None
+        raise ControlError("connect", f"cannot reach {mask_url(url)} ({reason}): is the server running? check --base-url") from None
     except (ConnectionError, OSError) as exc:
-        raise ControlError("connect", f"cannot reach {url} ({exc}): is the server running? check --base-url") from None
+        raise ControlError("connect", f"cannot reach {mask_url(url)} ({exc}): is the server running? check --base-url") from None
 
 
 def models(
-    base_url: str, api_key: str | None = None, *, timeout_s: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    base_url: str, api_key: str | None = None, *, timeout_s: float = 10.0,
+    connection: Connection = DEFAULT_CONNECTION,
 ) -> list[ModelInfo]:
     """The served models (``/v1/models``), with ``max_model_len`` where the server gives it."""
     root = base_url.rstrip("/")
     url = f"{root}/models" if root.endswith("/v1") else f"{root}/v1/models"
-    resp = request(url, api_key=api_key, timeout_s=timeout_s, ssl_context=ssl_context)
+    resp = request(url, api_key=api_key, timeout_s=timeout_s, connection=connection)
     if resp.status in (401, 403):
         raise ControlError("http", f"{url} answered HTTP {resp.status}: check --api-key", resp.status)
     if resp.status != 200:

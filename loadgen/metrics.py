@@ -114,7 +114,8 @@ class Summary:
     client_saturated: bool
     retries: int
     max_concurrency_observed: int
-    invisible_outputs: int = 0  # successful requests whose tokens decoded to no visible text
+    invisible_outputs: int = 0  # successful requests with tokens that decoded to no visible text
+    invisible_tokens: int = 0  # those tokens (usage counted them; no text came with them)
     mean_concurrency: float = 0.0  # sum of E2EL / duration (SGLang's "concurrency")
 
 

@@ -166,6 +166,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
     rows = [
         ("Successful requests", result.get("completed")),
         ("Failed requests", result.get("failed")),
+        ("Retries after a connection reset", result.get("retries")),
         ("Benchmark duration (s)", result.get("duration")),
         ("Total input tokens", result.get("total_input_tokens")),
         ("Total generated tokens", result.get("total_output_tokens")),

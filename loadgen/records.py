@@ -54,9 +54,9 @@ class RequestRecord:
     error: str | None = None  # error kind: http_4xx, http_5xx, connect, reset, timeout, malformed, ...
     error_detail: str = ""
     retries: int = 0
+    invisible_tokens: int = 0  # output tokens in chunks without visible text (they decode to nothing)
     text: str = ""
     warmup: bool = False
-    invisible_output: bool = False  # tokens were generated (usage says so) but none decoded to text
 
     @property
     def ok(self) -> bool:

@@ -56,7 +56,7 @@ REQUEST_DTYPE = np.dtype([
     ("error", "S24"),
     ("finish_reason", "S16"),
     ("output_tokens_source", "S10"),
-    ("invisible_output", "?"),
+    ("invisible_tokens", "<i4"),  # output tokens that came without visible text
 ])
 CHUNK_DTYPE = np.dtype([
     ("prompt_id", "<i8"),
@@ -129,7 +129,7 @@ def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
     rows["error"] = [(r.error or "").encode()[:24] for r in records]
     rows["finish_reason"] = [(r.finish_reason or "").encode()[:16] for r in records]
     rows["output_tokens_source"] = [r.output_tokens_source.encode()[:10] for r in records]
-    rows["invisible_output"] = col(lambda r: r.invisible_output, bool)
+    rows["invisible_tokens"] = col(lambda r: r.invisible_tokens, np.int32)
     return rows
 
 

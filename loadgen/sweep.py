@@ -53,7 +53,8 @@ class Preflight:
 def server_version(cfg: RunConfig) -> str | None:
     """``/version`` (vLLM, SGLang) when it answers; recorded in the result, never required."""
     try:
-        resp = control.request(f"{cfg.base_url}/version", api_key=cfg.api_key, timeout_s=3.0, read_limit=65536)
+        resp = control.request(f"{cfg.base_url}/version", api_key=cfg.api_key, timeout_s=3.0, read_limit=65536,
+                               connection=cfg.connection())
     except control.ControlError:
         return None
     if resp.status != 200:
@@ -99,6 +100,7 @@ def _target(cfg: RunConfig, model: str) -> Any:
         extra_body=cfg.extra_body,
         timeout_s=cfg.timeout_s,
         save_text=cfg.save_text,
+        connection=cfg.connection(),
     )
 
 
@@ -113,7 +115,8 @@ def preflight(cfg: RunConfig) -> Preflight:
         raise PreflightError(str(exc)) from None
 
     try:
-        served = control.models(cfg.base_url, cfg.api_key, timeout_s=min(cfg.timeout_s, 10.0))
+        served = control.models(cfg.base_url, cfg.api_key, timeout_s=min(cfg.timeout_s, 10.0),
+                                connection=cfg.connection())
     except control.ControlError as exc:
         if cfg.model is None or exc.kind in ("tls", "connect", "timeout"):
             hint = " (or pass --model NAME)" if exc.kind in ("http", "not_json") else ""
@@ -372,7 +375,8 @@ def verify_prompts(cfg: RunConfig, pre: Preflight, prompts: Sequence[Prompt], co
         return
     from loadgen.workload import verify_with_server
 
-    res = verify_with_server(cfg.base_url, pre.model, prompts, api_key=cfg.api_key, timeout_s=min(cfg.timeout_s, 30.0))
+    res = verify_with_server(cfg.base_url, pre.model, prompts, api_key=cfg.api_key, timeout_s=min(cfg.timeout_s, 30.0),
+                             connection=cfg.connection())
     pre.verification = {"supported": res.supported, "ok": res.ok, "checked": res.checked,
                         "max_diff": res.max_diff, "message": res.message}
     if not res.supported:

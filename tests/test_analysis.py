@@ -176,7 +176,7 @@ def test_unknown_records_are_rejected_with_the_file_named(tmp_path):
         detect_format({"hello": 1})
     bad = tmp_path / "notes.json"
     bad.write_text(json.dumps({"hello": 1}))
-    with pytest.raises(LoadError, match="notes.json: not a result file"):
+    with pytest.raises(LoadError, match="skipped .*notes.json: not a usable result"):
         analysis.load(bad)
     # In a folder it is skipped, next to a real result.
     (tmp_path / "serving_benchmark_1_256_256.json").write_text((VLLM_DIR / "serving_benchmark_1_256_256.json").read_text())

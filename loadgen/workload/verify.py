@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadgen import control
+from loadgen.connection import DEFAULT as DEFAULT_CONNECTION
+from loadgen.connection import Connection
 from loadgen.records import Prompt
 
 
@@ -77,8 +79,10 @@ def _sample(prompts: Sequence[Prompt], sample: int) -> list[Prompt]:
     return [prompts[int(i * step)] for i in range(sample)]
 
 
-def _post(url: str, body: dict[str, Any], api_key: str | None, timeout_s: float) -> tuple[int, Any]:
-    resp = control.request(url, api_key=api_key, body=body, timeout_s=timeout_s)
+def _post(url: str, body: dict[str, Any], api_key: str | None, timeout_s: float,
+          connection: Connection = DEFAULT_CONNECTION) -> tuple[int, Any]:
+    resp = control.request(url, api_key=api_key, body=body, timeout_s=timeout_s, connection=connection,
+                           read_limit=16 * 1024 * 1024)
     try:
         return resp.status, resp.json()
     except control.ControlError:
@@ -144,6 +148,7 @@ def verify_with_server(
     sample: int = 8,
     api_key: str | None = None,
     timeout_s: float = 10,
+    connection: Connection = DEFAULT_CONNECTION,
 ) -> VerifyResult:
     """Ask the server to count a sample of prompts and compare with the built lengths."""
     url = _root(base_url) + "/tokenize"
@@ -155,7 +160,7 @@ def verify_with_server(
         else:
             body = {"model": model, "prompt": prompt.text or ""}
         try:
-            status, payload = _post(url, body, api_key, timeout_s)
+            status, payload = _post(url, body, api_key, timeout_s, connection)
         except control.ControlError as exc:
             return VerifyResult(False, False, message=f"could not reach the server to check prompt lengths: {exc}")
         if status != 200:

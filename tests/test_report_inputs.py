@@ -1,0 +1,141 @@
+"""loadgen-report on damaged, foreign and empty-handed inputs: every skipped file is named
+with its reason, nothing usable is an error, and what was not measured is shown absent."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from hdrh.histogram import HdrHistogram
+
+import analysis
+from analysis.checks import comparability
+
+FIXTURES = Path(__file__).parent / "fixtures" / "analysis"
+GOOD = FIXTURES / "vllm-0.8.2" / "serving_benchmark_1_256_256.json"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def report(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def loadgen_result(**changes: object) -> dict:
+    hist = HdrHistogram(1, 3_600_000_000, 3)
+    for v in range(100_000, 300_000, 1000):
+        hist.record_value(v)
+    base = {
+        "schema": "loadgen-result/1", "date": "20260101-000000", "backend": "openai", "model_id": "m",
+        "num_prompts": 4, "request_rate": "inf", "max_concurrency": 4, "duration": 1.0, "completed": 4,
+        "failed": 0, "total_input_tokens": 512, "total_output_tokens": 512, "output_throughput": 512.0,
+        "mean_ttft_ms": 199.5, "p99_ttft_ms": 297.0, "mean_tpot_ms": 20.0, "random_input_len": 128,
+        "random_output_len": 128, "ignore_eos": True, "versions": {"loadgen": "0.1.0"},
+        "hdr_histograms": {"unit": "us", "significant_digits": 3, "ttft": hist.encode().decode()},
+    }
+    base.update(changes)
+    return base
+
+
+def test_every_skipped_file_is_named_with_its_reason(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    text = GOOD.read_text()
+    (runs / "good.json").write_text(text)
+    (runs / "good.requests.jsonl").write_text('{"prompt_id": 1}\n')  # a companion: used, not a run, not listed
+    (runs / "cut.json").write_text(text[:100])
+    (runs / "many.json").write_text(json.dumps({**json.loads(text), "completed": "many"}))
+    broken = loadgen_result()
+    blob = broken["hdr_histograms"]["ttft"]
+    broken["hdr_histograms"]["ttft"] = blob[:20] + ("A" if blob[20] != "A" else "B") * 8 + blob[28:]
+    (runs / "badhist.json").write_text(json.dumps(broken))
+    (runs / "binary.json").write_bytes(b'{"a": "\xff\xfe"}')
+    (runs / "empty.json").write_text("")
+    (runs / "notes.json").write_text(json.dumps({"hello": 1}))
+    out = tmp_path / "rep"
+    proc = report(str(runs), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    skipped = {line.split(": ", 2)[1].split("skipped ", 1)[1]: line.split(": ", 2)[2]
+               for line in proc.stderr.splitlines() if line.startswith("loadgen-report: skipped ")}
+    names = {Path(k).name: v for k, v in skipped.items()}
+    assert set(names) == {"cut.json", "many.json", "badhist.json", "binary.json", "empty.json", "notes.json"}, proc.stderr
+    assert names["cut.json"] == "truncated JSON at byte 100"
+    assert "'completed' is \"many\", not a number" in names["many.json"]
+    assert "'hdr_histograms.ttft' is not a valid HdrHistogram encoding" in names["badhist.json"]
+    assert names["binary.json"] == "not UTF-8 text (byte 7)"  # offset of \xff
+    assert names["empty.json"] == "empty file"
+    assert "no serving figures" in names["notes.json"]
+    assert len(pd.read_csv(out / "summary.csv")) == 1
+
+
+def test_nothing_to_report_is_an_error(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.json"
+    cut.write_text(GOOD.read_text()[:-7])
+    for target in (tmp_path, cut):  # a folder, and the file named explicitly
+        proc = report(str(target), "--out", str(tmp_path / "rep"))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stderr
+        assert lines[0].startswith(f"loadgen-report: skipped {cut}: truncated JSON at byte ")
+        assert lines[1] == "loadgen-report: error: nothing to report: all 1 file(s) found were skipped"
+        assert len(lines) == 2 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "rep").exists()
+
+
+def test_usage_errors_are_one_line() -> None:
+    for args in ([], ["--bogus"], ["x", "--out"]):
+        proc = report(*args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("loadgen-report: error: ")
+
+
+def test_failed_requests_do_not_make_outputs_look_short(tmp_path: Path) -> None:
+    """vLLM lists a failed request with output length 0; the mean is over completed ones."""
+    record = json.loads(GOOD.read_text())
+    ok_itls = record["itls"][0]
+    record.update(
+        num_prompts=4, completed=2, total_output_tokens=None,
+        errors=["", "Server disconnected", "", "Server disconnected"],
+        input_lens=[256] * 4, output_lens=[256, 0, 256, 0],
+        ttfts=[record["ttfts"][0], 0.0, record["ttfts"][0], 0.0], itls=[ok_itls, [], ok_itls, []],
+        generated_texts=["x", "", "x", ""],
+    )
+    path = tmp_path / "serving_benchmark_1_256_256.json"
+    path.write_text(json.dumps(record))
+    run = analysis.load(path).iloc[0]
+    assert run["mean_output_len"] == 256
+    assert not [i for i in comparability(analysis.load(path)) if i.kind == "output_len"]
+
+
+def test_short_outputs_with_ignore_eos_on_point_at_a_length_limit(tmp_path: Path) -> None:
+    path = tmp_path / "short.json"
+    path.write_text(json.dumps(loadgen_result(total_output_tokens=4 * 64, mean_output_len=64)))
+    (issue,) = [i for i in comparability(analysis.load(path)) if i.kind == "output_len"]
+    assert "ignore_eos was on" in issue.message and "rerun with ignore_eos on" not in issue.message
+
+
+def test_latencies_of_a_run_where_nothing_completed_are_absent(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # as loadgen now writes it (null), and as older loadgen wrote it (zeros)
+    for name, value in (("null", None), ("zero", 0.0)):
+        res = loadgen_result(label=name, completed=0, failed=4, total_output_tokens=0, output_throughput=0.0,
+                             mean_ttft_ms=value, p99_ttft_ms=value, mean_tpot_ms=value, hdr_histograms={})
+        (runs / f"{name}.json").write_text(json.dumps(res))
+    out = tmp_path / "rep"
+    proc = report(str(runs), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "summary.csv")
+    assert len(table) == 2
+    for column in ("mean TTFT(ms)", "p99 TTFT(ms)", "mean TPOT(ms)"):
+        assert table[column].isna().all(), table[column]
+    html = (out / "report.html").read_text()
+    summary_html = html.split("<h2>Summary</h2>", 1)[1].split("</table>", 1)[0]
+    header = re.findall(r"<th>(.*?)</th>", summary_html)
+    col = header.index("mean TTFT(ms)")
+    for row in re.findall(r"<tr>(.*?)</tr>", summary_html, re.S)[1:]:
+        assert re.findall(r"<td>(.*?)</td>", row, re.S)[col] == "—", row
