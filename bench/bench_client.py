@@ -14,7 +14,9 @@ Starts ``bench/stream_server.py`` pinned to one core, pins itself to another, an
 Each implementation runs in turn within each repeat so that they share the
 machine's noise; medians over ``--repeat`` runs are printed last:
 
-* ``raw``: loadgen as shipped (Protocol-level reader, through loadgen.runner);
+* ``raw``: loadgen as shipped (Protocol-level reader, through loadgen.runner, finished requests
+  reduced in slices into the aggregates and the per-request store during the run);
+* ``raw-nosink``: raw keeping every record in memory and reducing nothing during the run;
 * ``aiohttp``: the same measurement through aiohttp's response API;
 * ``raw-gc``: raw without pausing the garbage collector during the run;
 * ``raw-noconn``: raw without opening the first wave's connections up front;
@@ -39,6 +41,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -52,11 +55,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 from stream_server import spawn  # noqa: E402
 
 from loadgen import client, runner  # noqa: E402
+from loadgen.aggregate import Aggregate  # noqa: E402
+from loadgen.collect import PointCollector  # noqa: E402
 from loadgen.records import Prompt, RequestRecord  # noqa: E402
 from loadgen.runner import Target  # noqa: E402
+from loadgen.store import RequestStore, StoreFiles  # noqa: E402
 
 # raw: the product as shipped. The raw-* variants each switch one optimisation off.
-IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice", "raw-nokts", "raw-scrape")
+IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice", "raw-nokts", "raw-scrape", "raw-nosink")
 METRICS_URL: str | None = None  # set in main() when raw-scrape runs
 METRICS_INTERVAL_S = 1.0
 
@@ -68,6 +74,20 @@ def http_json(port: int, path: str, method: str = "GET"):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=b"" if method == "POST" else None)
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
+
+
+class _Tee(PointCollector):
+    """The product's sink (aggregates and a per-request store, reduced in slices during the
+    run), which also keeps every record so that the benchmark can compare it with the truth."""
+
+    def __init__(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="bench-client-"))
+        super().__init__(Aggregate(), RequestStore(StoreFiles(folder / "r.npy", None, folder / "r.details.jsonl")))
+        self.kept: list[RequestRecord] = []
+
+    def push(self, rec: RequestRecord) -> None:
+        self.kept.append(rec)
+        super().push(rec)
 
 
 def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
@@ -84,8 +104,9 @@ def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
             scraper = Scraper(Fetcher(METRICS_URL, 5.0).get, None, METRICS_INTERVAL_S, None)
             scraper.scrape(full=True)
             scraper.start()
+        sink = None if impl == "raw-nosink" else _Tee()
         try:
-            out = runner.run(target, prompts, None, concurrency=concurrency,
+            out = runner.run(target, prompts, None, concurrency=concurrency, sink=sink,
                              freeze_gc=impl != "raw-gc", preconnect=impl != "raw-noconn")
         finally:
             if scraper is not None:
@@ -93,7 +114,7 @@ def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
                 print(f"  (scraper: {scraper.log.thread_ticks} scrapes, {scraper.log.errors} failed, "
                       f"thread CPU {scraper.log.thread_cpu_s * 1000:.1f} ms)", flush=True)
             client._Conn.fast_path = client.KERNEL_STAMPS = True
-        return out.records, out.start_ns, out.end_ns, out.lag_samples_ns
+        return (sink.kept if sink is not None else out.records), out.start_ns, out.end_ns, out.lag_samples_ns
     from bench_client_aiohttp import run_aiohttp
 
     gc.collect()

@@ -2,10 +2,15 @@
 
 The runner hands every finished request to :meth:`PointCollector.push` (one list
 append on the hot path) and calls :meth:`PointCollector.flush` on a timer; a flush
-reduces the batch (numpy, a few hundred microseconds for a few hundred requests)
-and appends it to the per-request store, after which the records are garbage. So
-memory stays flat over any number of requests, and the event loop never stalls on
-a large reduction: the batch is what finished since the last flush.
+reduces a slice of what finished (numpy, ~0.3 µs per chunk in bulk) and appends it
+to the per-request store, after which the records are garbage. So memory stays flat
+over any number of requests.
+
+A slice holds at most :data:`SLICE_CHUNKS` chunks: 1,024 streams that finish
+together would otherwise be one 60 ms reduction, a stall long enough for several
+chunks of one stream to arrive in one read and share a stamp. While more is
+pending the runner calls again on the next loop iteration, so sockets are read
+between slices and each stall stays around a few milliseconds.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from loadgen.records import RequestRecord
 from loadgen.store import RequestStore
 
 FLUSH_INTERVAL_S = 0.5
+SLICE_CHUNKS = 8192
 
 
 class PointCollector:
@@ -34,20 +40,31 @@ class PointCollector:
     def push(self, rec: RequestRecord) -> None:
         self.pending.append(rec)
 
-    def flush(self) -> None:
+    def flush(self, max_chunks: int | None = SLICE_CHUNKS) -> bool:
+        """Reduce one slice of the pending requests; True when more is pending."""
         if not self.pending or self.start_ns is None:
-            return  # warm-up requests wait for the clock's start, so their times are relative to it
-        batch, self.pending = self.pending, []
+            return False  # warm-up requests wait for the clock's start, so their times are relative to it
+        n, chunks = 0, 0
+        if max_chunks is None:
+            n = len(self.pending)
+        else:
+            for rec in self.pending:
+                n += 1
+                chunks += len(rec.chunk_ns)
+                if chunks >= max_chunks:
+                    break
+        batch, self.pending = self.pending[:n], self.pending[n:]
         measured = [r for r in batch if not r.warmup]
         self.warmup_requests += len(batch) - len(measured)
         self.aggregate.add(measured)
         if self.store is not None:
             self.store.append(batch, self.start_ns)
+        return bool(self.pending)
 
     def close(self, start_ns: int) -> None:
         """Flush what is left (``start_ns`` if the clock never started) and close the store."""
         if self.start_ns is None:
             self.start_ns = start_ns
-        self.flush()
+        self.flush(max_chunks=None)
         if self.store is not None:
             self.store.close()

@@ -7,6 +7,7 @@ a preallocated object and nothing else; every figure is derived later, in
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,11 @@ class RequestRecord:
     sent_ns: int = 0
     first_ns: int = 0
     last_ns: int = 0
-    chunk_ns: list[int] = field(default_factory=list)
-    chunk_tokens: list[int] = field(default_factory=list)
+    # Typed arrays, not lists: 8 and 4 bytes per chunk instead of ~40 and 8, which at
+    # 1,024 streams of 256 tokens is ~10 MB of the client's memory (numpy reads them
+    # without a copy).
+    chunk_ns: array = field(default_factory=lambda: array("q"))
+    chunk_tokens: array = field(default_factory=lambda: array("i"))
     output_tokens: int = 0
     output_tokens_source: str = ""  # "usage" | "tokenizer" | "chunks"
     server_prompt_tokens: int | None = None

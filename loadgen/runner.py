@@ -52,7 +52,7 @@ class Sink(Protocol):
 
     def begin(self, start_ns: int) -> None: ...
     def push(self, rec: RequestRecord) -> None: ...
-    def flush(self) -> None: ...
+    def flush(self) -> bool: ...  # True: more is pending, call again soon
 
 
 @dataclass
@@ -321,7 +321,12 @@ async def run_async(
             start_ns = perf_counter_ns()
             if sink is not None:
                 sink.begin(start_ns)
-                every(1, flush_s, sink.flush)
+
+                def flush() -> None:
+                    # a slice per call; while more is pending, again on the next iteration
+                    handles[1] = loop.call_later(0 if sink.flush() else flush_s, flush)
+
+                handles[1] = loop.call_later(flush_s, flush)
             lag.start(loop)
             if on_tick is not None:
                 every(0, tick_s, lambda: on_tick(counters))

@@ -141,12 +141,12 @@ def chunk_rows(records: Sequence[RequestRecord]) -> np.ndarray:
     if not total:
         return rows
     rows["prompt_id"] = np.repeat(np.fromiter((r.prompt_id for r in records), np.int64, len(records)), counts)
-    stamps = np.fromiter((t for r in records for t in r.chunk_ns), np.int64, total)
+    stamps = np.concatenate([np.asarray(r.chunk_ns, np.int64) for r in records])
     sent = np.repeat(np.fromiter((r.sent_ns for r in records), np.int64, len(records)), counts)
     rows["t_ms"] = (stamps - sent) / 1e6
-    rows["tokens"] = np.fromiter(
-        (k for r in records for k in (r.chunk_tokens if len(r.chunk_tokens) == len(r.chunk_ns)
-                                      else [1] * len(r.chunk_ns))), np.int32, total)
+    rows["tokens"] = np.concatenate([
+        np.asarray(r.chunk_tokens, np.int32) if len(r.chunk_tokens) == len(r.chunk_ns) else np.ones(len(r.chunk_ns), np.int32)
+        for r in records])
     return rows
 
 

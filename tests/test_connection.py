@@ -77,12 +77,12 @@ def test_tokens_without_visible_text_are_output_timed_from_the_first_token() -> 
         (rec_openai,) = send_all(Target(srv.base_url, "openai", MODEL), prompts(1))  # usage only at the end
     # six events, one token each; tokens 1, 3 and 5 carry no text
     assert rec.error is None and rec.output_tokens == 6
-    assert rec.chunk_tokens == [1] * 6 and len(rec.chunk_ns) == 6
+    assert list(rec.chunk_tokens) == [1] * 6 and len(rec.chunk_ns) == 6
     assert rec.first_ns == rec.chunk_ns[0]  # the first token, although it was invisible
     assert rec.invisible_tokens == 3
     # no visible text at all, and no running usage: the final usage says 6 tokens came
     assert rec_openai.error is None and rec_openai.output_tokens == 6
-    assert rec_openai.invisible_tokens == 6 and rec_openai.chunk_tokens == [6]
+    assert rec_openai.invisible_tokens == 6 and list(rec_openai.chunk_tokens) == [6]
 
 
 # ---------------------------------------------------------------- TLS

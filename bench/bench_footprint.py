@@ -1,0 +1,165 @@
+"""The whole ``loadgen`` command's footprint: peak memory, start-up, a million requests.
+
+Each mode runs the real CLI (``python -m loadgen.cli``) as a child pinned to one core
+against ``bench/stream_server.py`` pinned to the other, and reads the child's peak
+resident set size from the kernel (``wait4``; the same figure ``/usr/bin/time -v``
+prints as "Maximum resident set size"). Medians over ``--repeat`` runs are printed.
+
+* ``streams``: 1,024 streams (TTFT 100 ms, ITL 20 ms, 256 tokens): peak RSS, and the
+  result file's TTFT mean and ITL p99 against the server's own log of what it did.
+* ``startup``: launch → the first benchmark request reaching the server, with the
+  prompt set cached (the default) or built cold (``--cold``), 2,048 × 128 tokens.
+* ``million``: 1,000,000 requests (16 in / 8 out, concurrency 256, whole responses at
+  once): peak RSS, every request accounted for, then ``loadgen-report`` on the result.
+
+    python bench/bench_footprint.py streams --repeat 3
+    python bench/bench_footprint.py startup --repeat 3 [--cold]
+    python bench/bench_footprint.py million --requests 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from stream_server import spawn  # noqa: E402
+
+
+def http_json(port: int, path: str, method: str = "GET"):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def run_cli(args: list[str], cpu: int, env: dict[str, str] | None = None) -> tuple[int, float, int, str]:
+    """(exit code, wall seconds, peak RSS in KiB, stderr) of one loadgen run on ``cpu``."""
+    cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "loadgen.cli", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss, err
+
+
+def common(port: int, out: Path) -> list[str]:
+    return ["--base-url", f"http://127.0.0.1:{port}", "--tokenizer", "deepseek-r1", "--no-progress",
+            "--output-dir", str(out)]
+
+
+def only_result(out: Path) -> dict:
+    (path,) = out.glob("*.json")
+    return json.loads(path.read_text())
+
+
+def streams(args: argparse.Namespace) -> None:
+    rows = []
+    with spawn("--ttft-ms", "100", "--itl-ms", "20", "--tokens", "256", cpu=args.server_cpu) as port:
+        for rep in range(args.repeat):
+            http_json(port, "/reset", "POST")
+            with tempfile.TemporaryDirectory() as tmp:
+                code, wall, rss, err = run_cli(
+                    [*common(port, Path(tmp)), "--concurrency", str(args.concurrency),
+                     "--num-prompts", str(2 * args.concurrency), "--input-len", "16", "--output-len", "256"],
+                    args.client_cpu)
+                if code != 0:
+                    raise SystemExit(f"loadgen failed ({code}): {err}")
+                res = only_result(Path(tmp))
+            truth = [t for t in http_json(port, "/truth") if len(t["send_ns"]) > 2]  # not the 2-token probe
+            ttft = statistics.fmean((t["send_ns"][0] - t["recv_ns"]) / 1e6 for t in truth)
+            itl = np.concatenate([np.diff(np.asarray(t["send_ns"], np.float64)) / 1e6 for t in truth])
+            row = {"rss_mb": rss / 1024, "wall_s": wall, "completed": res["completed"],
+                   "ttft_mean_err_ms": res["mean_ttft_ms"] - ttft,
+                   "itl_p99_err_ms": res["p99_itl_ms"] - float(np.percentile(itl, 99)),
+                   "lag_p99_ms": res["loop_lag_p99_ms"]}
+            rows.append(row)
+            print(json.dumps({"repeat": rep, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
+    print_medians(rows)
+
+
+def startup(args: argparse.Namespace) -> None:
+    rows = []
+    with spawn("--ttft-ms", "1", "--itl-ms", "1", "--tokens", "2", cpu=args.server_cpu) as port:
+        for rep in range(args.repeat):
+            with tempfile.TemporaryDirectory() as tmp:
+                env = {"LOADGEN_CACHE_DIR": str(Path(tmp) / "cache")}
+                run_args = [*common(port, Path(tmp) / "out"), "--concurrency", "1", "--num-prompts", "2048",
+                            "--input-len", "128", "--output-len", "2"]
+                if not args.cold:  # build the set once, then measure with it cached
+                    run_cli(run_args, args.client_cpu, env)
+                http_json(port, "/reset", "POST")
+                launched = time.perf_counter_ns()
+                code, wall, rss, err = run_cli(run_args, args.client_cpu, env)
+                if code != 0:
+                    raise SystemExit(f"loadgen failed ({code}): {err}")
+            arrivals = sorted(t["recv_ns"] for t in http_json(port, "/truth"))
+            row = {"first_request_s": (arrivals[1] - launched) / 1e9, "probe_s": (arrivals[0] - launched) / 1e9,
+                   "rss_mb": rss / 1024, "wall_s": wall}
+            rows.append(row)
+            print(json.dumps({"repeat": rep, "cold": args.cold, **{k: round(v, 3) for k, v in row.items()}}),
+                  flush=True)
+    print_medians(rows)
+
+
+def million(args: argparse.Namespace) -> None:
+    with spawn("--ttft-ms", "0", "--itl-ms", "0", "--no-truth", cpu=args.server_cpu) as port, \
+            tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        out = Path(tmp) / "out"
+        code, wall, rss, err = run_cli(
+            [*common(port, out), "--concurrency", str(args.concurrency), "--num-prompts", str(args.requests),
+             "--input-len", "16", "--output-len", "8", "--no-verify-prompts"], args.client_cpu)
+        res = only_result(out)
+        sizes = {p.name.split(".", 1)[1]: p.stat().st_size for p in out.iterdir()}
+        t0 = time.perf_counter()
+        rep = subprocess.run([sys.executable, "-m", "analysis.cli", str(out), "--out", str(Path(tmp) / "report")],
+                             cwd=ROOT, capture_output=True, text=True, check=False)
+        report_s = time.perf_counter() - t0
+        child = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print(json.dumps({
+            "exit": code, "requests": args.requests, "wall_s": round(wall, 1), "rss_mb": round(rss / 1024, 1),
+            "completed": res["completed"], "failed": res["failed"], "store_rows": res["per_request"]["rows"],
+            "request_throughput": round(res["request_throughput"], 1), "lag_p99_ms": res["loop_lag_p99_ms"],
+            "files_bytes": sizes, "report_exit": rep.returncode, "report_s": round(report_s, 2),
+            "report_peak_rss_mb_max_child": round(child.ru_maxrss / 1024, 1),
+        }), flush=True)
+        if code != 0:
+            print(err, file=sys.stderr)
+
+
+def print_medians(rows: list[dict]) -> None:
+    print("median of", len(rows), json.dumps({k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=["streams", "startup", "million"])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=None)
+    ap.add_argument("--requests", type=int, default=1_000_000)
+    ap.add_argument("--cold", action="store_true", help="startup: build the prompt set instead of reading the cache")
+    ap.add_argument("--tmp", default=None, help="folder for the million-request files (default: system temp)")
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--client-cpu", type=int, default=1)
+    args = ap.parse_args()
+    if args.concurrency is None:
+        args.concurrency = 1024 if args.mode == "streams" else 256
+    {"streams": streams, "startup": startup, "million": million}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
