@@ -67,6 +67,11 @@ class LoadgenCommand(click.Command):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        if self.name != "search" and args[:1] == ["search"]:
+            from loadgen.search_cli import main as search_main  # ``loadgen search ...``: the capacity search
+
+            return search_main.main(args[1:], "loadgen search")
         try:
             rv = super().main(args, prog_name or "loadgen", complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -245,3 +250,7 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         progress=opts["progress"],
         grace_s=opts["grace_s"],
     )
+
+
+if __name__ == "__main__":
+    main()
