@@ -122,7 +122,8 @@ def _table(frame: pd.DataFrame) -> str:
 
 METHOD_COLUMNS = ("label", "format", "engine", "engine_version", "input_len", "output_len", "concurrency",
                   "num_prompts", "warmup_requests", "ignore_eos", "burst", "client_saturated", "partial",
-                  "error_rate", "engine_eager", "engine_context_length", "engine_max_num_seqs")
+                  "error_rate", "engine_eager", "engine_context_length", "engine_max_num_seqs", "time_scale",
+                  "repeats")
 
 
 def method_table(runs: pd.DataFrame) -> pd.DataFrame:

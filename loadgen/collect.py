@@ -44,7 +44,8 @@ class PointCollector:
         if self.warmup_ns:
             cut = self.start_ns + self.warmup_ns
             for r in batch:
-                if r.intended_ns < cut:
+                # released = sent through the concurrency gate (closed loop: every intended time is 0)
+                if (r.sent_ns or r.intended_ns) < cut:
                     r.warmup = True
         measured = [r for r in batch if not r.warmup]
         self.warmup_requests += len(batch) - len(measured)
