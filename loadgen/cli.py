@@ -71,7 +71,7 @@ class LoadgenCommand(OneLineErrors, click.Command):
 
     def main(self, args: Any = None, *rest: Any, **extra: Any) -> Any:
         args = list(sys.argv[1:] if args is None else args)
-        if args[:1] == ["search"]:
+        if self.name != "search" and args[:1] == ["search"]:
             from loadgen.search_cli import main as search_main  # ``loadgen search ...``: the capacity search
 
             return search_main.main(args[1:], "loadgen search")
