@@ -1,8 +1,14 @@
 """The ``random`` dataset: unique prompts of exact length from random ordinary tokens.
 
-Every prompt is built from its own random stream, seeded by ``(seed, index,
-attempt)``, so the set is the same whether it is built in one process or in a pool,
-and a prompt that must be rebuilt (a duplicate start) changes nothing else.
+Three methods, fastest first (``method_for`` picks one):
+
+* ``pieces``: random tokens from the tokenizer's piece table (tokens that re-encode to
+  themselves when joined, see :mod:`loadgen.workload.pieces`), joined without any
+  encode. One random stream per set, seeded by ``(seed, salt)``; a prompt whose start
+  repeats an earlier one is redrawn from its own stream ``(seed, index, attempt)``.
+* ``window`` and ``loop``: per-prompt fitters over the whole ordinary vocabulary
+  (:mod:`loadgen.workload.fit`), each prompt from its own random stream ``(seed,
+  index, attempt)``, so the set is the same whether built in one process or a pool.
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ from loadgen.records import Prompt
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.fit import FitError, TokenizerView
 from loadgen.workload.lengths import sample_lengths
+from loadgen.workload.pieces import PieceTable
 from loadgen.workload.spec import WorkloadSpec
 
 MAX_TOTAL_ITERS = 8  # rounds of "fit content, count the whole prompt" per attempt
 MAX_PREFIX_JOIN_TRIES = 16
 MAX_ATTEMPTS = 24  # fresh random draws per prompt (duplicates, unlucky fits)
-POOL_MIN_TOKENS = 400_000
+POOL_MIN_TOKENS = 400_000  # below this a pool costs more than it saves
 # Prompts must differ within their first few tokens (a prefix cache then has nothing
 # to share). Four, not one: some tokenizers open every text with the same marker.
-UNIQUE_START = 4  # below this a pool costs more than it saves
-_SALT_CONTENT, _SALT_PREFIX, _SALT_INPUT_LENS, _SALT_OUTPUT_LENS = 1, 2, 3, 4
+UNIQUE_START = 4
+JOIN_BLOCK_TOKENS = 1 << 16  # pieces joined per string operation (bounds the temporary list)
+_SALT_CONTENT, _SALT_PREFIX, _SALT_INPUT_LENS, _SALT_OUTPUT_LENS, _SALT_PIECES = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -275,7 +283,108 @@ def to_prompts(built: list[Built], outputs: list[int], chat: bool) -> list[Promp
     return [Prompt(b.index, b.input_len, outputs[b.index], text=b.text) for b in built]
 
 
-def build_random(view: TokenizerView, spec: WorkloadSpec, general: bool = False, workers: int | None = None) -> list[Prompt]:
+# --- the pieces method ------------------------------------------------------------------
+def _piece_prefixes(table: PieceTable, spec: WorkloadSpec) -> tuple[list[str], list[int]]:
+    """``num_prefixes`` prefixes of exactly ``prefix_len`` pieces, each starting with a different piece."""
+    groups = max(1, spec.num_prefixes)
+    if groups > table.size:
+        raise WorkloadError(
+            f"could not build {groups} distinct shared prefixes of {spec.prefix_len} tokens; "
+            f"lower --num-prefixes (at most {table.size} with this tokenizer)"
+        )
+    rng = np.random.default_rng([spec.seed, _SALT_PREFIX, _SALT_PIECES])
+    firsts = rng.choice(table.size, size=groups, replace=False)
+    index = rng.integers(0, table.size, size=(groups, spec.prefix_len))
+    index[:, 0] = firsts
+    return [table.join(row) for row in index], firsts.tolist()
+
+
+def _unique_starts(table: PieceTable, spec: WorkloadSpec, index: np.ndarray, starts: np.ndarray,
+                   body: np.ndarray) -> None:
+    """Redraw, in place, the start of every prompt whose start an earlier prompt already has.
+
+    The start is the first ``UNIQUE_START`` pieces, or with shared prefixes the first
+    piece after the prefix (per group). A redraw comes from the prompt's own stream, so
+    it changes nothing else in the set.
+    """
+    groups = max(1, spec.num_prefixes) if spec.prefix_len else 0
+    seen: set[tuple[int, ...]] = set()
+    for i in range(len(starts)):
+        o = int(starts[i])
+        k = 1 if groups else min(UNIQUE_START, int(body[i]))
+        group = (i % groups,) if groups else ()
+        key = group + tuple(index[o : o + k].tolist())
+        attempt = 0
+        while key in seen:
+            attempt += 1
+            if attempt >= MAX_ATTEMPTS:
+                raise WorkloadError(
+                    f"cannot make {len(starts)} prompts of {int(body[i])} tokens start differently "
+                    "with this tokenizer; lower --num-prompts or raise --input-len"
+                )
+            rng = np.random.default_rng([spec.seed, i, attempt, _SALT_PIECES])
+            index[o : o + k] = rng.integers(0, table.size, size=k)
+            key = group + tuple(index[o : o + k].tolist())
+        seen.add(key)
+
+
+def build_pieces(view: TokenizerView, table: PieceTable, spec: WorkloadSpec, targets: list[int]) -> list[Prompt]:
+    """Every prompt as random pieces: exact by construction, no encode per prompt."""
+    fixed = spec.chat and spec.input_len_counts == "content"
+    extra = view.frame.overhead if spec.chat else view.bos
+    content = np.asarray(targets, dtype=np.int64) - (0 if fixed else extra)
+    counted = content + extra  # the server's count: template or BOS on top of the content
+    k = spec.prefix_len
+    prefix_texts: list[str] = []
+    if k:
+        prefix_texts, _firsts = _piece_prefixes(table, spec)
+    body = content - k
+    ends = np.cumsum(body)
+    starts = ends - body
+    rng = np.random.default_rng([spec.seed, _SALT_CONTENT, _SALT_PIECES])
+    index = rng.integers(0, table.size, size=int(ends[-1]))
+    _unique_starts(table, spec, index, starts, body)
+
+    outputs = output_lengths(spec)
+    groups = len(prefix_texts)
+    prompts: list[Prompt] = []
+    first = 0
+    while first < len(targets):
+        # join a block of prompts at once, then cut each prompt's text out of it
+        last = int(np.searchsorted(ends, starts[first] + JOIN_BLOCK_TOKENS, side="right"))
+        last = max(last, first + 1)
+        block = index[starts[first] : ends[last - 1]]
+        text = table.join(block)
+        cuts = np.concatenate(([0], np.cumsum(table.lengths[block])))[ends[first:last] - starts[first]].tolist()
+        at = 0
+        for i, cut in zip(range(first, last), cuts, strict=True):
+            piece = text[at:cut]
+            at = cut
+            if groups:
+                piece = prefix_texts[i % groups] + piece
+            if spec.chat:
+                prompts.append(Prompt(i, int(counted[i]), outputs[i], messages=[{"role": "user", "content": piece}]))
+            else:
+                prompts.append(Prompt(i, int(counted[i]), outputs[i], text=piece))
+        first = last
+    return prompts
+
+
+def method_for(view: TokenizerView, spec: WorkloadSpec, general: bool = False) -> str:
+    """``pieces`` when the tokenizer has a piece table (and, for chat, the template keeps
+    piece-shaped content intact between special tokens), else ``window`` or ``loop``."""
+    if general:
+        return "loop"
+    table = view.pieces
+    if table is not None and (not spec.chat or view.frames_pieces(table.join(np.arange(min(8, table.size))))):
+        return "pieces"
+    return "window" if view.window else "loop"
+
+
+def build_random(
+    view: TokenizerView, spec: WorkloadSpec, general: bool = False, workers: int | None = None,
+    method: str | None = None,
+) -> list[Prompt]:
     """The whole random prompt set for ``spec`` (not cached, not checked: see ``build_prompts``)."""
     targets = input_lengths(spec)
     floor, why = _minimum_target(view, spec)
@@ -284,6 +393,9 @@ def build_random(view: TokenizerView, spec: WorkloadSpec, general: bool = False,
             f"input length {min(targets)} is too short: {why}; use --input-len of at least {floor}"
             + (" or a smaller --random-range-ratio" if spec.range_ratio else "")
         )
-    plan = plan_for(view, spec, general)
+    method = method or method_for(view, spec, general)
+    if method == "pieces" and view.pieces is not None:
+        return build_pieces(view, view.pieces, spec, targets)
+    plan = plan_for(view, spec, general or method == "loop")
     built = build_unique(view, plan, targets, workers)
     return to_prompts(built, output_lengths(spec), spec.chat)
