@@ -369,3 +369,15 @@ def test_a_wrongly_trusted_fast_cut_is_caught_and_rebuilt(prepend_tok, monkeypat
     prompts = build_prompts(spec, ptok, use_cache=False)
     assert workload.last_build.rebuilt and workload.last_build.fitter == "loop"
     assert check_lengths(load_hf_tokenizer(path), prompts) == [] and {p.input_len for p in prompts} == {128}
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_tokenizer_that_adds_bos_gets_exact_prompts(tmp_path: Path, chat: bool) -> None:
+    from tests.test_tokenizer import BOS_POST_PROCESSOR, _copy
+
+    folder = _copy(tmp_path, "bos-tok", post_processor=BOS_POST_PROCESSOR)
+    spec = WorkloadSpec(num_prompts=10, input_len=50, chat=chat, tokenizer=str(folder), seed=4)
+    prompts = build_prompts(spec, use_cache=False)
+    assert workload.last_build.fitter == "pieces" and not workload.last_build.rebuilt
+    hf_bos = load_hf_tokenizer(str(folder))
+    assert check_lengths(hf_bos, prompts) == [] and {p.input_len for p in prompts} == {50}

