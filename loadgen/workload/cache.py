@@ -20,7 +20,7 @@ from loadgen.records import Prompt
 from loadgen.workload.spec import WorkloadSpec
 from loadgen.workload.tokenizer import cache_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: random prompts from self-joining pieces
 
 
 def dataset_identity(path: str | None) -> list[Any]:
