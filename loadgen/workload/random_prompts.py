@@ -303,29 +303,43 @@ def _unique_starts(table: PieceTable, spec: WorkloadSpec, index: np.ndarray, sta
                    body: np.ndarray) -> None:
     """Redraw, in place, the start of every prompt whose start an earlier prompt already has.
 
-    The start is the first ``UNIQUE_START`` pieces, or with shared prefixes the first
-    piece after the prefix (per group). A redraw comes from the prompt's own stream, so
-    it changes nothing else in the set.
+    The start is the first ``UNIQUE_START`` pieces (fewer in a shorter prompt), or with
+    shared prefixes the first piece after the prefix, per group. Each round finds the
+    repeats at once (a sort, not a Python loop: a million prompts take well under a
+    second) and redraws them from the prompt's own stream ``(seed, i, round)``, so a
+    redraw changes nothing else in the set.
     """
     groups = max(1, spec.num_prefixes) if spec.prefix_len else 0
-    seen: set[tuple[int, ...]] = set()
-    for i in range(len(starts)):
-        o = int(starts[i])
-        k = 1 if groups else min(UNIQUE_START, int(body[i]))
-        group = (i % groups,) if groups else ()
-        key = group + tuple(index[o : o + k].tolist())
-        attempt = 0
-        while key in seen:
-            attempt += 1
-            if attempt >= MAX_ATTEMPTS:
-                raise WorkloadError(
-                    f"cannot make {len(starts)} prompts of {int(body[i])} tokens start differently "
-                    "with this tokenizer; lower --num-prompts or raise --input-len"
-                )
+    width = 1 if groups else UNIQUE_START
+    count = len(starts)
+    k = np.minimum(body, width)
+    cols = starts[:, None] + np.arange(width)
+    valid = np.arange(width) < k[:, None]
+    group = (np.arange(count) % groups) if groups else np.zeros(count, dtype=np.int64)
+    base = table.size + 1  # a start's pieces as digits base S+1, 0 where the prompt is shorter
+    packed = base**width * max(groups, 1) < 2**63
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        digits = np.where(valid, index[np.minimum(cols, index.size - 1)].astype(np.int64) + 1, 0)
+        if packed:  # one int64 per start: a plain sort
+            rows = group * base**width + (digits * base ** np.arange(width, dtype=np.int64)).sum(axis=1)
+            _, first = np.unique(rows, return_index=True)
+        else:
+            _, first = np.unique(np.concatenate([group[:, None], digits], axis=1), axis=0, return_index=True)
+        repeat = np.ones(count, dtype=bool)
+        repeat[first] = False
+        redo = np.flatnonzero(repeat)
+        if redo.size == 0:
+            return
+        if attempt == MAX_ATTEMPTS:
+            i = int(redo[0])
+            raise WorkloadError(
+                f"cannot make {count} prompts of {int(body[i])} tokens start differently "
+                "with this tokenizer; lower --num-prompts or raise --input-len"
+            )
+        for i in redo.tolist():
             rng = np.random.default_rng([spec.seed, i, attempt, _SALT_PIECES])
-            index[o : o + k] = rng.integers(0, table.size, size=k)
-            key = group + tuple(index[o : o + k].tolist())
-        seen.add(key)
+            o, n = int(starts[i]), int(k[i])
+            index[o : o + n] = rng.integers(0, table.size, size=n)
 
 
 def build_pieces(view: TokenizerView, table: PieceTable, spec: WorkloadSpec, targets: list[int]) -> list[Prompt]:
@@ -333,41 +347,37 @@ def build_pieces(view: TokenizerView, table: PieceTable, spec: WorkloadSpec, tar
     fixed = spec.chat and spec.input_len_counts == "content"
     extra = view.frame.overhead if spec.chat else view.bos
     content = np.asarray(targets, dtype=np.int64) - (0 if fixed else extra)
-    counted = content + extra  # the server's count: template or BOS on top of the content
+    counted = (content + extra).tolist()  # the server's count: template or BOS on top of the content
     k = spec.prefix_len
-    prefix_texts: list[str] = []
-    if k:
-        prefix_texts, _firsts = _piece_prefixes(table, spec)
     body = content - k
     ends = np.cumsum(body)
     starts = ends - body
     rng = np.random.default_rng([spec.seed, _SALT_CONTENT, _SALT_PIECES])
-    index = rng.integers(0, table.size, size=int(ends[-1]))
+    index = rng.integers(0, table.size, size=int(ends[-1]), dtype=np.int32)
     _unique_starts(table, spec, index, starts, body)
 
-    outputs = output_lengths(spec)
-    groups = len(prefix_texts)
-    prompts: list[Prompt] = []
+    texts: list[str] = []
     first = 0
     while first < len(targets):
         # join a block of prompts at once, then cut each prompt's text out of it
-        last = int(np.searchsorted(ends, starts[first] + JOIN_BLOCK_TOKENS, side="right"))
-        last = max(last, first + 1)
+        last = max(first + 1, int(np.searchsorted(ends, starts[first] + JOIN_BLOCK_TOKENS, side="right")))
         block = index[starts[first] : ends[last - 1]]
-        text = table.join(block)
-        cuts = np.concatenate(([0], np.cumsum(table.lengths[block])))[ends[first:last] - starts[first]].tolist()
-        at = 0
-        for i, cut in zip(range(first, last), cuts, strict=True):
-            piece = text[at:cut]
-            at = cut
-            if groups:
-                piece = prefix_texts[i % groups] + piece
-            if spec.chat:
-                prompts.append(Prompt(i, int(counted[i]), outputs[i], messages=[{"role": "user", "content": piece}]))
-            else:
-                prompts.append(Prompt(i, int(counted[i]), outputs[i], text=piece))
+        joined = table.join(block)
+        cuts = np.concatenate(([0], np.cumsum(table.lengths[block])))[
+            np.concatenate(([0], ends[first:last] - starts[first]))
+        ].tolist()
+        texts += [joined[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         first = last
-    return prompts
+    del index
+    if k:
+        prefix_texts, _firsts = _piece_prefixes(table, spec)
+        groups = len(prefix_texts)
+        texts = [prefix_texts[i % groups] + t for i, t in enumerate(texts)]
+    outputs = output_lengths(spec)
+    if spec.chat:
+        return [Prompt(i, c, o, messages=[{"role": "user", "content": t}])
+                for i, (c, o, t) in enumerate(zip(counted, outputs, texts, strict=True))]
+    return [Prompt(i, c, o, text=t) for i, (c, o, t) in enumerate(zip(counted, outputs, texts, strict=True))]
 
 
 def method_for(view: TokenizerView, spec: WorkloadSpec, general: bool = False) -> str:
