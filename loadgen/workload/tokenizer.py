@@ -92,6 +92,13 @@ def bundled_tokenizer_dir(name: str = "deepseek-r1") -> Path:
     return dest
 
 
+def _no_fast_file(path: Path) -> TokenizerError:
+    return TokenizerError(
+        f"no tokenizer.json in '{path}': loadgen needs the fast tokenizer file; save one with transformers "
+        f"(AutoTokenizer.from_pretrained(folder).save_pretrained(folder)) or use --tokenizer deepseek-r1"
+    )
+
+
 def resolve_tokenizer_path(name_or_path: str) -> Path:
     """Map a tokenizer argument to a local directory, or fail with a one-line fix."""
     if name_or_path in BUNDLED:
@@ -105,6 +112,8 @@ def resolve_tokenizer_path(name_or_path: str) -> Path:
                 f"no tokenizer files in '{path}': put tokenizer.json and tokenizer_config.json there, "
                 f"or use --tokenizer deepseek-r1"
             )
+        if not (path / "tokenizer.json").is_file():
+            raise _no_fast_file(path)
         return path
     raise TokenizerError(
         f"tokenizer '{name_or_path}' is not a local directory (loadgen never downloads): "
@@ -188,10 +197,7 @@ class Tokenizer:
         self.name_or_path = str(path)
         file = path / "tokenizer.json"
         if not file.is_file():
-            raise TokenizerError(
-                f"no tokenizer.json in '{path}': loadgen needs the fast tokenizer file; save one with "
-                f"transformers (AutoTokenizer.from_pretrained(folder).save_pretrained(folder)) or use --tokenizer deepseek-r1"
-            )
+            raise _no_fast_file(path)
         try:
             self.backend = Backend.from_file(str(file))
         except Exception as exc:  # the Rust error types are not importable
