@@ -11,28 +11,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-LOWEST_US = 1
-HIGHEST_US = 3_600_000_000  # one hour, in microseconds: no serving latency is longer
-SIG_FIGS = 3
+from loadgen.hdr import HIGHEST_US, LOWEST_US, histogram_of, new_histogram
+
 PERCENTILE_TICKS = (50.0, 90.0, 99.0, 99.9, 99.99, 99.999)
 
 
-def new_histogram() -> HdrHistogram:
-    """An empty microsecond histogram with the range and precision used for every built histogram."""
-    return HdrHistogram(LOWEST_US, HIGHEST_US, SIG_FIGS)
-
-
 def from_ms(values_ms: Iterable[float]) -> HdrHistogram:
-    """A microsecond histogram of millisecond samples (clamped into the trackable range)."""
-    hist = new_histogram()
-    for value in values_ms:
-        if value is None or not math.isfinite(value):
-            continue
-        hist.record_value(min(max(int(round(value * 1000.0)), LOWEST_US), HIGHEST_US))
-    return hist
+    """A microsecond histogram of millisecond samples (clamped into the trackable range),
+    with loadgen's range and precision."""
+    v = np.asarray([x for x in values_ms if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return histogram_of(np.clip(np.rint(v * 1000.0), LOWEST_US, HIGHEST_US))
 
 
 def decode(payload: str) -> HdrHistogram:

