@@ -160,6 +160,9 @@ class StreamConn(asyncio.Protocol):
             self.hbuf = buf
             return b""
         self.hbuf = b""
+        if end + 4 > MAX_HEADER_BYTES:  # the same limit when the whole head came in one read
+            self._fail_close("malformed", "response headers larger than 64 KiB")
+            return b""
         lines = buf[:end].split(b"\r\n")
         rest = buf[end + 4 :]
         status_line = lines[0].split(b" ", 2)
