@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 MAX_HEADER_BYTES = 64 * 1024
 ERROR_BODY_BYTES = 2048
 
-_HEADERS, _CHUNKED, _LENGTH, _UNTIL_CLOSE, _DONE = range(5)
+_HEADERS, _CHUNKED, _LENGTH, _UNTIL_CLOSE, _DONE, _BROKEN = range(6)
 RETRY = object()  # future result: the connection died before any response byte
 
 
@@ -40,7 +40,7 @@ class StreamConn(asyncio.Protocol):
     __slots__ = (
         "client", "transport", "closed", "rec", "fut", "timer", "phase", "got", "hbuf",
         "cbuf", "crem", "cskip", "ctrailer", "blen", "sse", "framer", "parse", "pstate",
-        "counted", "last_ct", "texts", "errbody", "keep", "counters", "fast_path",
+        "counted", "last_ct", "texts", "errbody", "keep", "counters", "fast_path", "broken",
     )
 
     def __init__(self, client: StreamClient) -> None:
@@ -146,8 +146,11 @@ class StreamConn(asyncio.Protocol):
                 self._events(body, t)
             elif len(self.errbody) < ERROR_BODY_BYTES:
                 self.errbody += body[:ERROR_BODY_BYTES]
-        if self.phase == _DONE and self.rec is not None:
-            self._finish(None)
+        if self.phase >= _DONE and self.rec is not None:
+            if self.phase == _DONE:
+                self._finish(None)
+            else:
+                self._fail_close("malformed", self.broken)
 
     # -- HTTP framing ----------------------------------------------------------
 
@@ -267,9 +270,11 @@ class StreamConn(asyncio.Protocol):
                 try:
                     size = int(line.partition(b";")[0], 16)  # chunk extensions
                 except ValueError:
-                    self.crem = 0
-                    self._fail_close("malformed", f"bad chunk size line {line[:40]!r}")
-                    return b""
+                    # fail once the events this read completed before the line are counted
+                    self.phase = _BROKEN
+                    self.broken = f"bad chunk size line {line[:40]!r}"
+                    rem = 0
+                    break
             pos = i + 2
             if size == 0:
                 self.ctrailer = True
