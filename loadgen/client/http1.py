@@ -324,10 +324,10 @@ class StreamConn(asyncio.Protocol):
                     rec.first_ns = t
                 chunk_ns.append(t)
                 chunk_tokens.append(k)
-                if text and self.texts is not None:
-                    self.texts.append(text)
-                else:
+                if not text:
                     rec.invisible_tokens += k
+                elif self.texts is not None:
+                    self.texts.append(text)
             elif err is not None:
                 if rec.error is None:
                     rec.error = "server_error"
