@@ -9,6 +9,8 @@ SWEEP ?= quick
 PRESET ?=
 MODEL ?=
 PROFILE ?=
+TIME_SCALE ?=
+SLO ?=
 OUT ?= results/bench-$(ENGINE)
 
 .PHONY: install test test-fast bench lint clean vllm-cpu sglang-parser
@@ -33,7 +35,8 @@ test-fast: $(STAMP)
 # The main job: launch -> sweep -> report -> stop.
 bench: $(STAMP)
 	$(PY) -m analysis.bench --engine $(ENGINE) --sweep $(SWEEP) --out $(OUT) \
-		$(if $(PRESET),--preset $(PRESET)) $(if $(MODEL),--model $(MODEL)) $(if $(PROFILE),--profile $(PROFILE))
+		$(if $(PRESET),--preset $(PRESET)) $(if $(MODEL),--model $(MODEL)) $(if $(PROFILE),--profile $(PROFILE)) \
+		$(if $(TIME_SCALE),--time-scale $(TIME_SCALE)) $(foreach s,$(SLO),--slo '$(s)')
 
 # A CPU build of real vLLM in its own venv, plus a tiny model with DeepSeek-R1's tokenizer.
 vllm-cpu: $(STAMP)

@@ -24,8 +24,16 @@ import click
 REPORT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 200, 256, 512, 1024)
 REPORT_LENGTHS = ((128, 128), (256, 256))
 QUICK_CONCURRENCY = (1, 4, 16, 64)
-QUICK_LENGTHS = ((128, 32),)
+QUICK_LENGTHS = ((128, 128),)
 RESULT_NAME = "serving_benchmark_{c}_{inp}_{out}.json"
+# Fitted sim profiles run this many times faster by default (sim --time-scale): the
+# report's grid in minutes; every latency is then 1/10 of the emulated deployment's.
+FITTED_TIME_SCALE = 10.0
+# SWEEP=capacity: the question, at full scale (limits are divided by the time scale for the search).
+CAPACITY_SLOS = ("ttft:p99<=2000", "tpot:p99<=200")
+CAPACITY_LENGTHS = (128, 128)
+CAPACITY_PROBE_S = 10.0
+CAPACITY_START = 16
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ def _profile_facts(name: str) -> dict[str, str]:
 
 
 def targets_for(engine: str, profile: str | None, preset: str | None, model: str | None,
-                like_report: bool) -> list[Target]:
+                like_report: bool, time_scale: float | None = None) -> list[Target]:
     """Who to benchmark: both fitted sim profiles by default, else the one engine asked for."""
     suffix = "-like-report" if like_report else ""
     if engine == "sim":
@@ -145,8 +153,13 @@ def targets_for(engine: str, profile: str | None, preset: str | None, model: str
         out = []
         for name in profiles:
             meta = {"engine": "sim", "profile": name, **_profile_facts(name)}
+            scale = time_scale if time_scale is not None else (FITTED_TIME_SCALE if name in fitted_profiles() else 1.0)
+            extra: tuple[str, ...] = ("--profile", name)
+            if scale != 1.0:
+                extra += ("--time-scale", f"{scale:g}")
+                meta["time_scale"] = f"{scale:g}"
             out.append(Target("sim", f"sim-{Path(name).name.removesuffix('.json')}{suffix}", profile=name, preset=preset,
-                              extra_args=("--profile", name), metadata=meta))
+                              extra_args=extra, metadata=meta))
         return out
     label = "-".join(x for x in (engine, Path(preset).stem if preset else None) if x) + suffix
     meta = {"engine": engine, **({"preset": preset} if preset else {}), **({"model": model} if model else {})}
@@ -275,6 +288,85 @@ def run_target(target: Target, points: list[Point], out: Path, *, like_report: b
     return done, failed
 
 
+def search_argv(base_url: str, target: Target, directory: Path, backend: str, tokenizer: str,
+                slos: tuple[str, ...], probe_s: float) -> list[str]:
+    """The ``loadgen search`` command line of one target: over concurrency, SLO limits at the
+    target's time scale (a sim ``--time-scale X`` answers X times faster, so limits shrink by X)."""
+    scale = float(target.metadata.get("time_scale", 1.0))
+    from loadgen.capacity import parse_slo
+
+    scaled = [f"{s.metric}:{s.stat}<={s.limit_ms / scale:g}" for s in map(parse_slo, slos)]
+    inp, outl = CAPACITY_LENGTHS
+    argv = [
+        sys.executable, "-c", "from loadgen.search_cli import main; main()",
+        "--base-url", base_url, "--backend", backend, "--tokenizer", tokenizer,
+        "--dataset-name", "random", "--input-len", str(inp), "--output-len", str(outl), "--ignore-eos",
+        "--over", "concurrency", "--start", str(CAPACITY_START), "--duration", f"{probe_s:g}",
+        "--boundary-repeats", "2", "--output-dir", str(directory), "--label", target.label, "--no-progress",
+        *(x for s in scaled for x in ("--slo", s)),
+    ]
+    meta = {**target.metadata, "sweep": "capacity", "method": "capacity search"}
+    argv += ["--metadata", *(f"{k}={v}" for k, v in meta.items())]
+    return argv
+
+
+def capacity_done(directory: Path, label: str) -> bool:
+    """A finished search (the checkpoint of SWEEP=capacity: a re-run skips it)."""
+    path = directory / f"{label}.capacity.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status") in ("found", "above_max", "below_min")
+    except (OSError, ValueError):
+        return False
+
+
+def run_capacity(target: Target, out: Path, *, tokenizer: str, ready_timeout_s: float, slos: tuple[str, ...],
+                 probe_s: float, echo: Any = click.echo) -> bool:
+    """Launch one server, search its capacity, stop it. True when a record was written."""
+    from launcher.lifecycle import LaunchError, launch
+
+    directory = out / target.label
+    directory.mkdir(parents=True, exist_ok=True)
+    if capacity_done(directory, target.label):
+        echo(f"[{target.label}] capacity already searched: skipped")
+        return True
+    backend = "vllm" if target.engine == "vllm" else "openai"
+    echo(f"[{target.label}] launching {target.engine} {' '.join(target.extra_args)} …".replace("  ", " "))
+    try:
+        with launch(target.engine, preset=target.preset, model=target.model, extra_args=target.extra_args,
+                    log_path=directory / "server.log", ready_timeout_s=ready_timeout_s) as server:
+            target = replace(target, metadata={**target.metadata, **launch_facts(server, target.engine)})
+            started = time.monotonic()
+            echo(f"[{target.label}] searching capacity over concurrency under {', '.join(slos)} …")
+            proc = _run_point(search_argv(server.base_url, target, directory, backend, tokenizer, slos, probe_s))
+            lines = proc.stdout.strip().splitlines()
+            answer = next((ln for ln in reversed(lines) if ln.startswith("capacity:")), lines[-1] if lines else "")
+            echo(f"[{target.label}] {answer} ({time.monotonic() - started:.0f} s)")
+            if proc.returncode not in (0, 1):
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                echo(f"[{target.label}] search FAILED (exit {proc.returncode}): {last}")
+                return False
+    except LaunchError as exc:
+        echo(f"[{target.label}] could not start {target.engine}: {exc}")
+        return False
+    return capacity_done(directory, target.label)
+
+
+def write_capacity_bench_report(out: Path, labels: list[str], echo: Any = click.echo) -> int:
+    """summary.csv, comparison.md and report.html of capacities, side by side with intervals."""
+    from analysis.capacity import load_capacities, write_capacity_report
+
+    table = load_capacities([out / label for label in labels if (out / label).is_dir()])
+    if table.empty:
+        echo("no report: no capacity record was written")
+        return 0
+    order = {label: i for i, label in enumerate(labels)}
+    table = table.sort_values("label", key=lambda s: s.map(order)).reset_index(drop=True)
+    files = write_capacity_report(table, out / "report", baseline=labels[0], title=f"loadgen capacity — {out.name}")
+    echo("")
+    echo(files["comparison_md"].read_text(encoding="utf-8"))
+    return len(table)
+
+
 def write_bench_report(out: Path, labels: list[str], echo: Any = click.echo) -> int:
     """The report over every target's folder; the first label is the comparison's baseline."""
     from analysis.cli import print_summary
@@ -303,8 +395,9 @@ Examples:
   python -m analysis.bench --engine vllm --model ~/models/tiny-r1 --sweep quick --out results/vllm-cpu
 """)
 @click.option("--engine", type=click.Choice(["sim", "vllm", "sglang"]), default="sim", show_default=True)
-@click.option("--sweep", type=click.Choice(["quick", "report"]), default="quick", show_default=True,
-              help="quick: a few points in minutes; report: the field report's grid (12 concurrencies × 2 lengths).")
+@click.option("--sweep", type=click.Choice(["quick", "report", "capacity"]), default="quick", show_default=True,
+              help="quick: a few points in minutes; report: the field report's grid (12 concurrencies × 2 lengths); "
+                   "capacity: each engine's capacity under SLOs (loadgen search), side by side with intervals.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results/bench"),
               show_default=True, help="Results go to OUT/<label>/, the report to OUT/report/.")
 @click.option("--preset", default=None, help="Launcher preset (a deployment, e.g. deepseek-r1-fp8-tp8-h20).")
@@ -318,9 +411,17 @@ Examples:
 @click.option("--ready-timeout", "ready_timeout_s", type=float, default=900.0, show_default=True,
               help="Seconds to wait for the server to become ready.")
 @click.option("--dry-run", is_flag=True, help="Print the targets and points (and which are already done), run nothing.")
+@click.option("--time-scale", type=float, default=None,
+              help=f"sim only: run the profile this many times faster. [default: {FITTED_TIME_SCALE:g} for the fitted "
+                   "profiles, 1 otherwise]")
+@click.option("--slo", "slos", multiple=True,
+              help=f"SWEEP=capacity: SLOs at full scale. [default: {' '.join(CAPACITY_SLOS)}]")
+@click.option("--probe-seconds", type=float, default=CAPACITY_PROBE_S, show_default=True,
+              help="SWEEP=capacity: length of every probe (wall time).")
 def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str | None, profile: str | None,
          like_report: bool, concurrency: str | None, lengths: str | None, tokenizer: str,
-         ready_timeout_s: float, dry_run: bool) -> None:
+         ready_timeout_s: float, dry_run: bool, time_scale: float | None, slos: tuple[str, ...],
+         probe_seconds: float) -> None:
     """Launch → wait ready → sweep (loadgen) → report (analysis) → stop, in one command; resumable."""
     if engine != "sim" and profile:
         raise click.UsageError("--profile applies to --engine sim only; use --preset/--model for vllm and sglang")
@@ -338,9 +439,14 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
     if engine == "vllm" and not preset and cpu_vllm_available():
         preset = "tiny-cpu"
         click.echo("no `vllm` on PATH: using the CPU build from `make vllm-cpu` (preset tiny-cpu)")
-    points = plan_points(sweep, like_report, _parse_ints(concurrency), _parse_lengths(lengths))
-    targets = targets_for(engine, profile, preset, model, like_report)
+    if time_scale is not None and (engine != "sim" or not time_scale > 0):
+        raise click.UsageError("--time-scale applies to --engine sim only and must be a positive number")
+    targets = targets_for(engine, profile, preset, model, like_report, time_scale)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if sweep == "capacity":
+        _capacity_main(targets, out_dir, tokenizer, ready_timeout_s, slos or CAPACITY_SLOS, probe_seconds, dry_run)
+        return
+    points = plan_points(sweep, like_report, _parse_ints(concurrency), _parse_lengths(lengths))
     if dry_run:
         for target in targets:
             todo = set(pending(points, out_dir / target.label))
@@ -382,6 +488,37 @@ def gpu_present() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0 and "GPU" in done.stdout
+def _capacity_main(targets: list[Target], out_dir: Path, tokenizer: str, ready_timeout_s: float,
+                   slos: tuple[str, ...], probe_s: float, dry_run: bool) -> None:
+    from loadgen.capacity import SearchError, parse_slo
+
+    try:
+        for s in slos:
+            if parse_slo(s).stat is None:
+                raise SearchError(f"--slo {s}: give a statistic, e.g. ttft:p99<=2000")
+    except SearchError as exc:
+        raise click.UsageError(str(exc)) from None
+    if dry_run:
+        for target in targets:
+            state = "complete" if capacity_done(out_dir / target.label, target.label) else "to run"
+            click.echo(f"{target.label}: {target.engine} {' '.join(target.extra_args)} — capacity search "
+                       f"under {', '.join(slos)}: {state}")
+        return
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    failed = 0
+    try:
+        for target in targets:
+            failed += not run_capacity(target, out_dir, tokenizer=tokenizer, ready_timeout_s=ready_timeout_s,
+                                       slos=slos, probe_s=probe_s)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the server is stopped; run the same command again to resume")
+        sys.exit(130)
+    write_capacity_bench_report(out_dir, [t.label for t in targets])
+    click.echo(f"bench finished in {time.monotonic() - started:.0f} s; report: {out_dir / 'report' / 'report.html'}")
+    if failed:
+        click.echo(f"{failed} searches failed; run the same command again to retry them")
+        sys.exit(1)
 
 
 def cpu_vllm_available() -> bool:

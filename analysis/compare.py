@@ -7,6 +7,9 @@ not generalised. A conclusion whose figure a difference in *method* distorts
 listed as unsupported, with the reason, instead of being stated. A difference
 in *engine settings* does not make the measurement wrong, only its attribution:
 such conclusions stand, qualified as true of the deployments as configured.
+When both sides ran a point more than once (``loadgen --repeat``), a conclusion
+also needs the two confidence intervals (:mod:`analysis.intervals`) to separate at
+every point of its stretch; where they overlap it is "not supported by the data".
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis import intervals
 from analysis.checks import Issue, comparability
 
 THRESHOLD = 0.10  # a difference under 10 % is reported as "similar"
+NOT_SUPPORTED = "not supported by the data"
 
 # (column, readable name, higher is better, family used to match comparability issues)
 FIGURES: tuple[tuple[str, str, bool, str], ...] = (
@@ -41,6 +46,13 @@ class Conclusion:
     supported: bool = True
     caveats: tuple[str, ...] = ()
     qualifiers: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        """Why it is not supported: the comparability caveats, then the intervals' verdict."""
+        method = [c for c in self.caveats if not c.startswith(NOT_SUPPORTED)]
+        data = [c for c in self.caveats if c.startswith(NOT_SUPPORTED)]
+        return "; ".join(([f"not comparable: {'; '.join(method)}"] if method else []) + data)
 
     @property
     def full_text(self) -> str:
@@ -77,7 +89,7 @@ class Comparison:
         lines += [f"- {c.full_text}" for c in self.supported] or ["- none: no difference holds over two or more consecutive points"]
         if self.unsupported:
             lines += ["", "## Differences the data does not support", ""]
-            lines += [f"- {c.text} — not comparable: {'; '.join(c.caveats)}" for c in self.unsupported]
+            lines += [f"- {c.text} — {c.reason}" for c in self.unsupported]
         for (inp, out), group in self.table.groupby(["input_len", "output_len"], sort=True, dropna=False):
             lines += ["", f"## {_fmt_len(inp)} in / {_fmt_len(out)} out", ""]
             lines += _markdown_table(group.drop(columns=["input_len", "output_len"]))
@@ -104,9 +116,16 @@ def _markdown_table(frame: pd.DataFrame) -> list[str]:
     return out
 
 
+def _ci_text(low: float, high: float) -> str:
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return ""
+    return f"{low:,.3g}–{high:,.3g}" if abs(high) < 100 else f"{low:,.0f}–{high:,.0f}"
+
+
 def _side(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (lengths, concurrency); repeated points are averaged."""
+    """One row per (lengths, concurrency); repeated points are averaged (their intervals kept)."""
     cols = [c for c, *_ in FIGURES if c in runs.columns]
+    cols += [f"{c}_ci_{end}" for c in list(cols) for end in ("low", "high") if f"{c}_ci_{end}" in runs.columns]
     keyed = runs.dropna(subset=["concurrency"])
     return keyed.groupby(["input_len", "output_len", "concurrency"], dropna=False)[cols].mean(numeric_only=True)
 
@@ -122,6 +141,10 @@ def table(a_runs: pd.DataFrame, b_runs: pd.DataFrame) -> pd.DataFrame:
         out[f"{name} A"] = joined[f"{col} A"]
         out[f"{name} B"] = joined[f"{col} B"]
         out[f"{name} B/A"] = joined[f"{col} B"] / joined[f"{col} A"].where(joined[f"{col} A"] != 0)
+        for side in ("A", "B"):
+            low, high = f"{col}_ci_low {side}", f"{col}_ci_high {side}"
+            if low in joined and joined[low].notna().any():
+                out[f"{name} {side} 95% CI"] = [_ci_text(lo, hi) for lo, hi in zip(joined[low], joined[high], strict=True)]
     out = out.dropna(axis=1, how="all")
     return out.reset_index()
 
@@ -156,13 +179,34 @@ def _where(concs: list[float], first: int, last: int) -> str:
     return f"at concurrency {c0}–{c1}"
 
 
-def conclusions(tab: pd.DataFrame, a: str, b: str, issues: list[Issue] = ()) -> list[Conclusion]:
-    """Statements that hold over consecutive concurrencies, qualified by the issues that distort them."""
+def _overlaps(group: pd.DataFrame, col: str, first: int, last: int) -> list[int]:
+    """Concurrencies of the stretch where A's and B's intervals of ``col`` overlap."""
+    names = [f"{col}_ci_{e} {s}" for s in ("A", "B") for e in ("low", "high")]
+    if not all(n in group for n in names):
+        return []
+    out = []
+    for row in group.iloc[first : last + 1].itertuples(index=False):
+        values = dict(zip(group.columns, row, strict=True))
+        sep = intervals.separated((values[names[0]], values[names[1]]), (values[names[2]], values[names[3]]))
+        if sep is False:
+            out.append(int(values["concurrency"]))
+    return out
+
+
+def conclusions(tab: pd.DataFrame, a: str, b: str, issues: list[Issue] = (),
+                ci: pd.DataFrame | None = None) -> list[Conclusion]:
+    """Statements that hold over consecutive concurrencies, qualified by the issues that distort them.
+
+    ``ci`` (from :func:`_intervals_table`) holds each side's interval per point;
+    a stretch where they overlap somewhere is not supported by the data.
+    """
     out: list[Conclusion] = []
     groups = list(tab.groupby(["input_len", "output_len"], sort=True, dropna=False))
     for (inp, outl), group in groups:
         group = group.sort_values("concurrency")
         concs = list(group["concurrency"])
+        cis = (ci[(ci["input_len"] == inp) & (ci["output_len"] == outl)].set_index("concurrency")
+               .reindex(concs).reset_index() if ci is not None and not ci.empty else None)
         suffix = f" ({_fmt_len(inp)} in / {_fmt_len(outl)} out)" if len(groups) > 1 else ""
         for _col, name, higher_better, family in FIGURES:
             rcol = f"{name} B/A"
@@ -181,6 +225,10 @@ def conclusions(tab: pd.DataFrame, a: str, b: str, issues: list[Issue] = ()) -> 
                 if not higher_better:
                     text += f": {b if cls == 'b' else a} is lower"
                 caveats, qualifiers = _caveats(issues, family, (a, b))
+                overlap = _overlaps(cis, _col, first, last) if cis is not None else []
+                if overlap:
+                    caveats = (*caveats, f"{NOT_SUPPORTED}: the 95 % intervals across repeats overlap "
+                               f"at concurrency {', '.join(map(str, overlap))}")
                 out.append(Conclusion(text, name, supported=not caveats, caveats=caveats, qualifiers=qualifiers))
     return out
 
@@ -215,11 +263,19 @@ def _short(issue: Issue) -> str:
 
 
 def peak(runs: pd.DataFrame, column: str = "output_throughput") -> pd.DataFrame:
-    """The best value of ``column`` per label and lengths, with the concurrency where it was reached."""
+    """The best value of ``column`` per label and lengths, with the concurrency where it was reached.
+
+    Repeats of a point are averaged first (a lucky repeat is not a peak); the
+    point's interval columns, when present, come along.
+    """
     if runs.empty or column not in runs:
         return pd.DataFrame(columns=["label", "input_len", "output_len", "concurrency", column])
-    idx = runs.dropna(subset=[column]).groupby(["label", "input_len", "output_len"], dropna=False)[column].idxmax()
-    return runs.loc[idx, ["label", "input_len", "output_len", "concurrency", column]].reset_index(drop=True)
+    extra = [c for c in (f"{column}_ci_low", f"{column}_ci_high") if c in runs.columns]
+    runs = (runs.dropna(subset=[column, "concurrency"])
+            .groupby(["label", "input_len", "output_len", "concurrency"], dropna=False, as_index=False)
+            [[column, *extra]].mean())
+    idx = runs.groupby(["label", "input_len", "output_len"], dropna=False)[column].idxmax()
+    return runs.loc[idx, ["label", "input_len", "output_len", "concurrency", column, *extra]].reset_index(drop=True)
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, name_a: str | None = None, name_b: str | None = None) -> Comparison:
@@ -230,11 +286,11 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, name_a: str | None = None, name_b:
     """
     name_a = name_a or _name(a, "A")
     name_b = name_b or _name(b, "B")
-    a = a.assign(label=name_a)
-    b = b.assign(label=name_b)
+    a = intervals.annotate(a.assign(label=name_a))
+    b = intervals.annotate(b.assign(label=name_b))
     issues = comparability(pd.concat([a, b], ignore_index=True))
     tab = table(a, b)
-    concl = conclusions(tab, name_a, name_b, issues) if not tab.empty else []
+    concl = conclusions(tab, name_a, name_b, issues, _intervals_table(a, b)) if not tab.empty else []
     pa, pb = peak(a), peak(b)
     for row_a in pa.itertuples():
         match = pb[(pb["input_len"] == row_a.input_len) & (pb["output_len"] == row_a.output_len)]
@@ -246,9 +302,20 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, name_a: str | None = None, name_b:
                 f"{name_b} {row_b['output_throughput']:,.0f} tok/s at concurrency {int(row_b['concurrency'])} "
                 f"(B/A {row_b['output_throughput'] / row_a.output_throughput:.2f}×)")
         caveats, qualifiers = _caveats(issues, "output_throughput", (name_a, name_b))
+        ends = ("output_throughput_ci_low", "output_throughput_ci_high")
+        if all(e in pa.columns and e in pb.columns for e in ends) and intervals.separated(
+                (getattr(row_a, ends[0]), getattr(row_a, ends[1])), (row_b[ends[0]], row_b[ends[1]])) is False:
+            caveats = (*caveats, f"{NOT_SUPPORTED}: the peaks' 95 % intervals across repeats overlap")
         concl.append(Conclusion(text, "peak output throughput", supported=not caveats, caveats=caveats,
                                 qualifiers=qualifiers))
     return Comparison(name_a, name_b, tab, concl, issues)
+
+
+def _intervals_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Both sides' interval columns per (lengths, concurrency), suffixed `` A`` / `` B``."""
+    cols = [f"{c}_ci_{e}" for c, *_ in FIGURES for e in ("low", "high")]
+    sa, sb = (s[[c for c in cols if c in s.columns]] for s in (_side(a), _side(b)))
+    return sa.join(sb, how="inner", lsuffix=" A", rsuffix=" B").reset_index()
 
 
 def _name(runs: pd.DataFrame, default: str) -> str:

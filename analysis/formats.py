@@ -405,7 +405,12 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
                      ("engine_version", "server_version", "version", "server"))
     row["engine_version"] = str(version) if version is not None else None
     row["preset"] = _first([metadata, launch, obj, config], ("preset",))
-    row["profile"] = _first([metadata, launch, obj], ("profile", "sim_profile"))
+    row["profile"] = _first([metadata, launch, obj, server], ("profile", "sim_profile"))
+    # sim --time-scale X: every latency is X times shorter than the emulated deployment's
+    row["time_scale"] = _num(_first([server, metadata, launch], ("time_scale",)))
+    repeat = obj.get("repeat") if isinstance(obj.get("repeat"), Mapping) else {}
+    row["repeat"] = _int(repeat.get("index"))
+    row["repeats"] = _int(repeat.get("of"))
     label = _first([obj, metadata, config], ("label", "tag", "run_label"))
     row["label"] = str(label) if label is not None else None
     row["date"] = obj.get("date")

@@ -103,6 +103,17 @@ def _log_y(ax: plt.Axes) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
+def _interval(ax: plt.Axes, g: pd.DataFrame, col: str, colour: str, x: str = "concurrency") -> None:
+    """Error bars for ``col`` where the runs were repeated (``analysis.intervals``: 95 % bootstrap)."""
+    low, high = f"{col}_ci_low", f"{col}_ci_high"
+    if low not in g or not g[low].notna().any():
+        return
+    rows = g[g[low].notna()]
+    y = rows[col]
+    ax.errorbar(rows[x], y, yerr=[(y - rows[low]).clip(lower=0), (rows[high] - y).clip(lower=0)], fmt="none",
+                ecolor=colour, elinewidth=1, capsize=3, alpha=0.8)
+
+
 def _new(title: str) -> tuple[Figure, plt.Axes]:
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     ax.set_title(title)
@@ -115,6 +126,7 @@ def throughput(runs: pd.DataFrame) -> Figure:
         fig, ax = _new("Output throughput vs concurrency")
         for name, colour, ls, marker, g in _series(runs):
             ax.plot(g["concurrency"], g["output_throughput"], ls, marker=marker, color=colour, label=name)
+            _interval(ax, g, "output_throughput", colour)
         _concurrency_axis(ax, runs)
         ax.set_ylabel("output tokens/s")
         ax.set_ylim(bottom=0)
@@ -134,6 +146,7 @@ def latency(runs: pd.DataFrame, metric: str, percentiles: tuple[str, ...] = ("p5
                     continue
                 ax.plot(g["concurrency"], g[col], ls, marker=MARKERS[i % len(MARKERS)], color=colour,
                         alpha=1.0 if i == 0 else 0.65, label=f"{name} {pct}")
+                _interval(ax, g, col, colour)
                 values += [v for v in g[col] if v and v > 0 and not math.isnan(v)]
         if values and max(values) / min(values) > 20:
             _log_y(ax)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import plots
+from analysis import intervals, plots
 from analysis.checks import Issue, comparability
 from analysis.compare import Comparison, compare_labels
 from analysis.summary import summary, write_csv
@@ -125,7 +125,8 @@ def _table(frame: pd.DataFrame) -> str:
 
 METHOD_COLUMNS = ("label", "format", "engine", "engine_version", "input_len", "output_len", "concurrency",
                   "num_prompts", "warmup_requests", "ignore_eos", "burst", "client_saturated", "partial",
-                  "error_rate", "engine_eager", "engine_context_length", "engine_max_num_seqs")
+                  "error_rate", "engine_eager", "engine_context_length", "engine_max_num_seqs", "time_scale",
+                  "repeats")
 
 
 def method_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -149,7 +150,7 @@ def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: lis
         parts.append("</ul>")
         if comp.unsupported:
             parts.append("<h3>Differences the data does not support</h3><ul>")
-            parts += [f"<li class='warning'>{html.escape(c.text)} — not comparable: {html.escape('; '.join(c.caveats))}</li>"
+            parts += [f"<li class='warning'>{html.escape(c.text)} — {html.escape(c.reason)}</li>"
                       for c in comp.unsupported]
             parts.append("</ul>")
         parts.append("<details><summary>side by side, per concurrency</summary>" + _table(comp.table) + "</details>")
@@ -173,6 +174,7 @@ def write_report(runs: pd.DataFrame, out_dir: str | Path, hists: pd.DataFrame | 
     """Write summary.csv, comparison.md, plots/ and report.html into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    runs = intervals.annotate(runs)  # repeated points (loadgen --repeat) get 95 % intervals
     labels = ordered_labels(runs, baseline)
     table = summary(runs)
     csv_path = out / "summary.csv"

@@ -48,8 +48,22 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
         # CSV, shown as absent in the report), never None or pd.NA rendered as text
         frame[name] = (runs[src] if src == "label" else pd.to_numeric(runs[src], errors="coerce")) \
             if src in runs.columns else float("nan")
+    for src, low, high in ci_columns(runs):  # --repeat: the point's 95 % interval beside its figure
+        frame[f"{wanted.get(src, src)} CI low"] = runs[low]
+        frame[f"{wanted.get(src, src)} CI high"] = runs[high]
+    if "repeats" in runs and (runs["repeats"] > 1).any():
+        frame["repeats"] = runs["repeats"]
     frame = frame.sort_values(["label", "input_len", "output_len", "concurrency"], kind="stable", na_position="last")
     return frame.reset_index(drop=True)
+
+
+CI_FIGURES = ("output_throughput", "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms", "p99_e2el_ms")
+
+
+def ci_columns(runs: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(figure, low, high) for the figures :func:`analysis.intervals.annotate` gave an interval."""
+    return [(f, f"{f}_ci_low", f"{f}_ci_high") for f in CI_FIGURES
+            if f"{f}_ci_low" in runs and runs[f"{f}_ci_low"].notna().any()]
 
 
 def write_csv(table: pd.DataFrame, path: str) -> None:

@@ -69,6 +69,14 @@ class LoadgenCommand(OneLineErrors, click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, normalize_argv(list(args)))
 
+    def main(self, args: Any = None, *rest: Any, **extra: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        if self.name != "search" and args[:1] == ["search"]:
+            from loadgen.search_cli import main as search_main  # ``loadgen search ...``: the capacity search
+
+            return search_main.main(args[1:], "loadgen search")
+        return super().main(args, *rest, **extra)
+
 
 def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
     return click.option(*names, **kw)
@@ -122,6 +130,12 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
       help="Max requests in flight: a number or a comma list for a sweep (1,2,4,8). [default: unlimited]")
 @_opt("--warmup", "--num-warmups", "warmup", type=int, default=0, show_default=True,
       help="Requests sent before each point's measurement (excluded from the figures).")
+@_opt("--warmup-seconds", "warmup_s", type=float, default=0.0, show_default=True,
+      help="With --duration: requests released in each point's first W seconds are warm-up "
+           "(kept in the per-request store, flagged, left out of every figure).")
+@_opt("--repeat", type=int, default=1, show_default=True,
+      help="Run every point K times (one result file each: {repeat} in --result-filename, else a -repN suffix); "
+           "loadgen-report gives confidence intervals across repeats.")
 @_opt("--seed", type=int, default=0, show_default=True, help="Seed for prompts and arrival times.")
 @_opt("--ignore-eos/--no-ignore-eos", default=None,
       help="Ask the server to generate exactly --output-len tokens. [default: on for random prompts, off for datasets]")
@@ -134,7 +148,7 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 @_opt("--output-dir", "--result-dir", "output_dir", default="results", show_default=True, help="Folder for result files.")
 @_opt("--result-filename", "--output-file", "result_filename", default=DEFAULT_RESULT_FILENAME, show_default=True,
       help="File name template; fields {backend} {model} {concurrency} {rate} {input_len} {output_len} "
-           "{num_prompts} {dataset} {label} {date} {seed} {arrival}.")
+           "{num_prompts} {dataset} {label} {date} {seed} {arrival} {repeat}.")
 @_opt("--save-requests", is_flag=True, default=False,
       help="Also keep every chunk's arrival and token count (NAME.chunks.npy beside the per-request store).")
 @_opt("--max-inline-requests", "inline_requests", type=int, default=DEFAULT_INLINE_LIMIT, show_default=True,
@@ -223,6 +237,8 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         concurrencies=parse_concurrencies(opts["concurrency"]),
         duration_s=opts["duration_s"],
         warmup=opts["warmup"],
+        warmup_s=opts["warmup_s"],
+        repeat=opts["repeat"],
         seed=opts["seed"],
         ignore_eos=opts["ignore_eos"],
         extra_body=parse_extra_body(opts["extra_body"]),

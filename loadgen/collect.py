@@ -26,9 +26,12 @@ SLICE_CHUNKS = 8192
 class PointCollector:
     """Finished requests → :class:`Aggregate` (measured ones) and :class:`RequestStore` (all)."""
 
-    def __init__(self, aggregate: Aggregate, store: RequestStore | None = None) -> None:
+    def __init__(self, aggregate: Aggregate, store: RequestStore | None = None, warmup_s: float = 0.0) -> None:
         self.aggregate = aggregate
         self.store = store
+        # --warmup-seconds: requests released before start + warmup_s count as warm-up
+        # (stored, flagged, left out of the figures), so a time-based point measures its steady state.
+        self.warmup_ns = int(warmup_s * 1e9)
         self.start_ns: int | None = None
         self.pending: list[RequestRecord] = []
         self.warmup_requests = 0
@@ -54,6 +57,12 @@ class PointCollector:
                 if chunks >= max_chunks:
                     break
         batch, self.pending = self.pending[:n], self.pending[n:]
+        if self.warmup_ns:
+            cut = self.start_ns + self.warmup_ns
+            for r in batch:
+                # released = sent through the concurrency gate (closed loop: every intended time is 0)
+                if (r.sent_ns or r.intended_ns) < cut:
+                    r.warmup = True
         measured = [r for r in batch if not r.warmup]
         self.warmup_requests += len(batch) - len(measured)
         self.aggregate.add(measured)

@@ -29,7 +29,7 @@ DATASETS = ("random", "sharegpt", "jsonl")
 DEFAULT_RESULT_FILENAME = "{backend}-c{concurrency}-r{rate}-i{input_len}-o{output_len}-{date}.json"
 FILENAME_FIELDS = (
     "backend", "model", "concurrency", "rate", "input_len", "output_len", "num_prompts",
-    "dataset", "label", "date", "seed", "arrival",
+    "dataset", "label", "date", "seed", "arrival", "repeat",
 )
 
 
@@ -185,6 +185,8 @@ class RunConfig:
     concurrencies: list[int | None] = field(default_factory=lambda: [None])
     duration_s: float | None = None
     warmup: int = 0
+    warmup_s: float = 0.0  # requests released in the first W s of a point are warm-up (steady state)
+    repeat: int = 1  # run every point this many times (one result file each)
     seed: int = 0
     ignore_eos: bool | None = None  # None: on for random prompts, off for datasets
     extra_body: dict[str, Any] | None = None
@@ -283,6 +285,13 @@ class RunConfig:
             raise ConfigError(f"--duration must be a positive number of seconds, got {self.duration_s}")
         if self.warmup < 0:
             raise ConfigError(f"--warmup must be >= 0 requests, got {self.warmup}")
+        if not (self.warmup_s >= 0 and math.isfinite(self.warmup_s)):
+            raise ConfigError(f"--warmup-seconds must be a number of seconds >= 0, got {self.warmup_s}")
+        if self.warmup_s and self.duration_s is not None and self.warmup_s >= self.duration_s:
+            raise ConfigError(f"--warmup-seconds {self.warmup_s:g} leaves nothing of --duration {self.duration_s:g} "
+                              "to measure; make it shorter than the duration")
+        if self.repeat < 1:
+            raise ConfigError(f"--repeat must be >= 1, got {self.repeat}")
         if self.inline_requests < 0:
             raise ConfigError(f"--max-inline-requests must be >= 0 (0: never inline), got {self.inline_requests}")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):

@@ -49,10 +49,16 @@ class PointInfo:
     end_epoch_s: float
     partial: bool = False
     warmup_requests: int = 0
+    repeat: int = 1  # which of --repeat K runs of this point
 
 
-def render_filename(template: str, cfg: RunConfig, concurrency: int | None, rate: float, model: str, date: str) -> str:
-    """The result file name of one point; every field is made file-name safe."""
+def render_filename(template: str, cfg: RunConfig, concurrency: int | None, rate: float, model: str, date: str,
+                    repeat: int = 1) -> str:
+    """The result file name of one point; every field is made file-name safe.
+
+    With ``--repeat K`` (K > 1) and no ``{repeat}`` field in the template, ``-repN``
+    is added before ``.json`` so the K files of a point never overwrite each other.
+    """
     fields = {
         "backend": cfg.backend,
         "model": model,
@@ -66,8 +72,11 @@ def render_filename(template: str, cfg: RunConfig, concurrency: int | None, rate
         "date": date,
         "seed": cfg.seed,
         "arrival": cfg.arrival,
+        "repeat": repeat,
     }
     name = template.format(**{k: safe_filename_part(v) for k, v in fields.items()})
+    if cfg.repeat > 1 and "{repeat" not in template:
+        name = f"{name.removesuffix('.json')}-rep{repeat}"
     if not name.endswith(".json"):
         name += ".json"
     return name

@@ -45,6 +45,7 @@ class Preflight:
     output_dir: Path
     max_model_len: int | None = None
     verification: dict[str, Any] | None = None  # set by verify_prompts
+    server: dict[str, Any] | None = None  # what /version states beyond the version (sim: time_scale)
 
 
 # ---------------------------------------------------------------- control-path HTTP
@@ -52,18 +53,27 @@ class Preflight:
 
 def server_version(cfg: RunConfig) -> str | None:
     """``/version`` (vLLM, SGLang) when it answers; recorded in the result, never required."""
+    return server_facts(cfg)[0]
+
+
+def server_facts(cfg: RunConfig) -> tuple[str | None, dict[str, Any]]:
+    """``/version``'s version string and the other facts it states (sim: engine, profile,
+    ``time_scale``), which the result keeps in its ``server`` section."""
     try:
         resp = control.request(f"{cfg.base_url}/version", api_key=cfg.api_key, timeout_s=3.0, read_limit=65536,
                                connection=cfg.connection())
     except control.ControlError:
-        return None
+        return None, {}
     if resp.status != 200:
-        return None
+        return None, {}
     try:
         obj = json.loads(resp.body)
-        return str(obj.get("version", obj)) if isinstance(obj, dict) else str(obj)
     except ValueError:
-        return resp.body[:100].decode("utf-8", "replace").strip() or None
+        return resp.body[:100].decode("utf-8", "replace").strip() or None, {}
+    if not isinstance(obj, dict):
+        return str(obj), {}
+    facts = {k: v for k, v in obj.items() if k != "version" and isinstance(v, str | int | float | bool)}
+    return str(obj.get("version", obj)), facts
 
 
 def probe_stream(cfg: RunConfig, model: str) -> None:
@@ -151,12 +161,14 @@ def preflight(cfg: RunConfig) -> Preflight:
         raise PreflightError(str(exc)) from None
 
     probe_stream(cfg, model)
+    version, facts = server_facts(cfg)
     return Preflight(
         model=model,
         tokenizer_id=tokenizer_id,
-        server_version=server_version(cfg),
+        server_version=version,
         output_dir=out_dir,
         max_model_len=max_model_len,
+        server=facts or None,
     )
 
 
@@ -188,8 +200,9 @@ class PointFiles:
     store: StoreFiles
 
 
-def point_paths(cfg: RunConfig, pre: Preflight, concurrency: int | None, rate: float, date: str) -> PointFiles:
-    name = results_mod.render_filename(cfg.result_filename, cfg, concurrency, rate, pre.model, date)
+def point_paths(cfg: RunConfig, pre: Preflight, concurrency: int | None, rate: float, date: str,
+                repeat: int = 1) -> PointFiles:
+    name = results_mod.render_filename(cfg.result_filename, cfg, concurrency, rate, pre.model, date, repeat)
     path = pre.output_dir / name
     return PointFiles(
         result=path,
@@ -207,6 +220,7 @@ def new_collector(cfg: RunConfig, files: PointFiles) -> PointCollector:
     return PointCollector(
         Aggregate(goodput_slos_ms=cfg.goodput_slos_ms or None, inline_limit=cfg.inline_requests),
         RequestStore(files.store, save_text=cfg.save_text),
+        warmup_s=cfg.warmup_s,
     )
 
 
@@ -223,6 +237,7 @@ def finish_point(
     verification: dict[str, Any] | None = None,
     max_in_flight: int = 0,
     telemetry: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregates of one point → the result JSON and the interval log. No network.
 
@@ -231,7 +246,8 @@ def finish_point(
     collector.close(start_ns)
     agg = collector.aggregate
     summary = agg.summary(
-        start_ns, end_ns,
+        # --warmup-seconds: the figures cover the steady window only, throughput included
+        min(start_ns + int(cfg.warmup_s * 1e9), end_ns), end_ns,
         # p95/p99 are always computed: vLLM and SGLang readers expect p99_*_ms and p95_itl_ms
         percentiles=sorted(set(cfg.percentiles) | {95.0, 99.0}),
         lag_samples_ns=lag_samples_ns,
@@ -244,6 +260,12 @@ def finish_point(
     }
     if verification is not None:
         extra["prompt_verification"] = verification
+    if server:
+        extra["server"] = dict(server)
+    if cfg.repeat > 1:
+        extra["repeat"] = {"index": info.repeat, "of": cfg.repeat}
+    if cfg.warmup_s:
+        extra["warmup_seconds"] = cfg.warmup_s
     info.warmup_requests = collector.warmup_requests
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     result = results_mod.build_result(
@@ -264,8 +286,12 @@ def run_point(
     *,
     console: Console,
     progress_console: Console | None = None,
+    repeat: int = 1,
 ) -> dict[str, Any]:
     """Run one (concurrency, rate) point against the server and write its files.
+
+    Repeat N of a point (``--repeat``) draws its arrival times with seed + N - 1,
+    so repeats are independent samples of the same load.
 
     A stop signal during the run ends it early (a partial point); one that arrives
     while the files are written waits until they are complete. Either way the point
@@ -274,11 +300,14 @@ def run_point(
     from loadgen.runner import LiveCounters, run
     from loadgen.telemetry import PointTelemetry
 
-    files = point_paths(cfg, pre, concurrency, rate, date)
-    offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.arrival, cfg.burstiness), seed=cfg.seed)
+    files = point_paths(cfg, pre, concurrency, rate, date, repeat)
+    offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.arrival, cfg.burstiness),
+                              seed=cfg.seed + repeat - 1)
     target = _target(cfg, pre.model)
     counters = LiveCounters(0, 0, 0, 0, 0)
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
+    if cfg.repeat > 1:
+        title += f" repeat {repeat}/{cfg.repeat}"
     collector = new_collector(cfg, files)
     start_epoch = time.time()
     telemetry = PointTelemetry(cfg, files.result, counters,
@@ -316,11 +345,12 @@ def run_point(
                 start_epoch_s=start_epoch,
                 end_epoch_s=start_epoch + span_s,
                 partial=bool(outcome.partial),
+                repeat=repeat,
             )
             result = finish_point(
                 cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
                 server_version=pre.server_version, verification=pre.verification,
-                max_in_flight=outcome.max_in_flight,
+                max_in_flight=outcome.max_in_flight, server=pre.server,
                 telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
             )
             print_summary(result, console, str(files.result))
@@ -403,7 +433,7 @@ def run_all(
         raise PreflightError("the workload produced no prompts; check --dataset-name/--dataset-path and the length filters")
     verify_prompts(cfg, pre, prompts, console)
     date = time.strftime("%Y%m%d-%H%M%S")
-    names = [point_paths(cfg, pre, c, r, date).result for c, r in cfg.points()]
+    names = [point_paths(cfg, pre, c, r, date, k).result for c, r in cfg.points() for k in range(1, cfg.repeat + 1)]
     if len(set(names)) != len(names):
         raise PreflightError("--result-filename gives two points the same file; add {concurrency} and {rate} to it")
     console.print(
@@ -414,8 +444,9 @@ def run_all(
     out: list[dict[str, Any]] = []
     try:
         for concurrency, rate in cfg.points():
-            out.append(run_point(cfg, pre, prompts, concurrency, rate, date,
-                                 console=console, progress_console=progress_console))
+            for repeat in range(1, cfg.repeat + 1):
+                out.append(run_point(cfg, pre, prompts, concurrency, rate, date,
+                                     console=console, progress_console=progress_console, repeat=repeat))
     except interrupts.Interrupted as exc:
         exc.results[:0] = out  # the points written before this one
         raise

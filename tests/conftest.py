@@ -8,6 +8,7 @@ test's outcome.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -108,10 +109,27 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def tok():
-    """The bundled DeepSeek-R1 tokenizer, loaded once per test module."""
+    """The bundled DeepSeek-R1 tokenizer as loadgen loads it, once per test module."""
     from loadgen.workload.tokenizer import load_tokenizer
 
     return load_tokenizer("deepseek-r1")
+
+
+def load_hf_tokenizer(path: str):
+    """transformers' own tokenizer for a folder: the independent reference the tests
+    count with (transformers is a test dependency; loadgen never imports it)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """The bundled DeepSeek-R1 tokenizer loaded by transformers (the reference)."""
+    from loadgen.workload.tokenizer import bundled_tokenizer_dir
+
+    return load_hf_tokenizer(str(bundled_tokenizer_dir()))
 
 
 @pytest.fixture(scope="session")

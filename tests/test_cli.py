@@ -35,6 +35,18 @@ def results_in(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def signal_and_wait(proc: subprocess.Popen, sig: int) -> str:
+    """Send ``sig`` to a loadgen child, wait for it (killing its group if it hangs); its stderr."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.stderr.read().decode()
+
+
 def write_profile(folder: Path, **values: float) -> Path:
     """A sim timing profile where every step lasts exactly ``base_ms``."""
     profile = {"base_ms": 20.0, "decode_seq_ms": 0.0, "prefill_token_ms": 0.0, "prefill_step_ms": 0.0,
@@ -299,13 +311,8 @@ def test_stop_signal_mid_run_writes_partial_results(sim_server, tmp_path: Path, 
             if b"point(s)" in line:
                 break
         time.sleep(2.0)  # each request takes 30 steps x 25 ms: the first waves are done
-        proc.send_signal(sig)
-        proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    stderr = proc.stderr.read().decode()
+        stderr = signal_and_wait(proc, sig)
     assert proc.returncode == 128 + sig, stderr
     assert f"stopped by {sig.name}; 1 point(s) written (the last one partial)" in stderr
     (res,) = results_in(out)
@@ -403,13 +410,8 @@ def test_signal_while_prompts_are_built_says_nothing_was_measured(sim_fast, tmp_
     try:
         time.sleep(4.0)  # pre-flight done; building 20,000 x 2,000-token prompts takes far longer
         assert proc.poll() is None, proc.stderr.read().decode()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    stderr = proc.stderr.read().decode()
+        stderr = signal_and_wait(proc, signal.SIGTERM)
     assert proc.returncode == 143
     assert stderr.strip() == "loadgen: stopped by SIGTERM before the first point ran; nothing was measured"
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

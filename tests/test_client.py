@@ -97,13 +97,15 @@ def test_multi_token_chunks_carry_their_token_counts() -> None:
     assert list(r.chunk_tokens) == [4, 4, 2] and r.output_tokens == 10
 
 
-def test_without_usage_counts_chunks_and_keeps_text() -> None:
+def test_without_usage_counts_chunks_and_keeps_text_only_when_asked() -> None:
     with stream_server("--ttft-ms", "5", "--itl-ms", "1", "--no-usage") as port:
         (r,) = send_all(Target(f"http://127.0.0.1:{port}", "openai", "m"), [prompt(0, 5)])
+        (kept,) = send_all(Target(f"http://127.0.0.1:{port}", "openai", "m", save_text=True), [prompt(0, 5)])
     assert r.error is None
     assert r.output_tokens == 5 and r.output_tokens_source == "chunks"
     assert r.server_prompt_tokens is None
-    assert r.text == " t1 t2 t3 t4 t5"  # kept so the metrics layer can re-count with the tokenizer
+    assert r.text == "" and r.invisible_tokens == 0  # no text is held per chunk unless --save-text
+    assert kept.text == " t1 t2 t3 t4 t5"
 
 
 def test_server_closing_keep_alive_after_each_response_causes_no_failure() -> None:

@@ -90,12 +90,17 @@ def test_two_sim_nodes_start_in_order_stream_logs_and_stop_leaving_nothing(tmp_p
 
 
 def test_address_in_use_on_a_worker_fails_the_start_naming_the_worker(tmp_path):
-    port = process.free_port()
     import socket
 
     with socket.socket() as blocker:
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        blocker.bind(("127.0.0.1", port + 1))
+        for _ in range(50):  # a free port whose neighbour (node 1's port) we can take
+            port = process.free_port()
+            try:
+                blocker.bind(("127.0.0.1", port + 1))
+                break
+            except OSError:
+                continue
         blocker.listen(1)
         started = time.monotonic()
         with pytest.raises(ClusterError) as err:

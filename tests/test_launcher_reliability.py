@@ -161,14 +161,18 @@ def test_engine_api_key_is_masked_on_screen_in_log_and_state(tmp_path: Path) -> 
 # --- a foreground serve killed with SIGKILL --------------------------------------------
 
 
+def ready_pid(proc: subprocess.Popen) -> int:
+    """Wait for a foreground serve's ready line; the engine's pid it names."""
+    return int(re.search(r"pid (\d+)", read_until(proc, r"ready: .*\(pid \d+", 60)).group(1))
+
+
 def test_sigkill_of_foreground_serve_leaves_no_hidden_server(tmp_path: Path) -> None:
     port = process.free_port()
     proc = start_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
                      "--log", str(tmp_path / "sim.log"), "-q")
     server_pid = None
     try:
-        out = read_until(proc, r"ready: .*\(pid \d+", 60)
-        server_pid = int(re.search(r"pid (\d+)", out).group(1))
+        server_pid = ready_pid(proc)
         res = run_cli(tmp_path, "status", "--json")
         assert res.returncode == 0, res.stdout + res.stderr
         assert json.loads(res.stdout.splitlines()[0])["pid"] == server_pid, "a foreground server is visible"
@@ -194,8 +198,7 @@ def test_orphan_that_ignores_sigterm_is_found_and_stopped(tmp_path: Path) -> Non
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     server_pid = None
     try:
-        out = read_until(proc, r"ready: .*\(pid \d+", 60)
-        server_pid = int(re.search(r"pid (\d+)", out).group(1))
+        server_pid = ready_pid(proc)
         proc.kill()
         proc.wait(timeout=10)
         time.sleep(1)
@@ -217,8 +220,7 @@ def test_stop_of_a_foreground_server_ends_its_launcher_cleanly(tmp_path: Path) -
                      "--log", str(tmp_path / "sim.log"), "-q")
     server_pid = None
     try:
-        out = read_until(proc, r"ready: .*\(pid \d+", 60)
-        server_pid = int(re.search(r"pid (\d+)", out).group(1))
+        server_pid = ready_pid(proc)
         res = run_cli(tmp_path, "stop", "--port", str(port))
         assert res.returncode == 0, res.stderr
         _, err = proc.communicate(timeout=30)
@@ -293,8 +295,7 @@ def test_foreground_stop_signals_exit_codes(tmp_path: Path, sig: int, code: int)
     proc = start_cli(tmp_path, "serve", "--engine", "sim", "--port", str(port), "--log", str(tmp_path / "s.log"), "-q")
     server_pid = None
     try:
-        out = read_until(proc, r"ready: .*\(pid \d+", 60)
-        server_pid = int(re.search(r"pid (\d+)", out).group(1))
+        server_pid = ready_pid(proc)
         proc.send_signal(sig)
         proc.wait(timeout=30)
         assert proc.returncode == code

@@ -124,7 +124,7 @@ def test_ctrl_c_stops_releasing_and_returns_partial_results() -> None:
         elapsed = time.monotonic() - t0
     assert out.partial
     assert elapsed < 3
-    assert 10 <= len(out.records) < 100
+    assert 0 < len(out.records) < 100  # releasing stopped at the signal
     cancelled = [r for r in out.records if r.error == "cancelled"]
     assert cancelled and all(len(r.chunk_ns) >= 1 for r in cancelled[:5])  # partial measurements kept
 

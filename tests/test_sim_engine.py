@@ -173,3 +173,31 @@ def test_lazy_kv_without_pressure_matches_reserve_timing():
 def test_unknown_kv_allocation_is_refused():
     with pytest.raises(ProfileError, match="kv_allocation must be one of reserve, lazy"):
         profile(kv_allocation="paged")
+def test_time_scale_divides_every_cost_and_keeps_capacities():
+    base = load_profile("vllm-0.8.2-h20x8-r1-eager")
+    fast = base.scaled(10)
+    assert fast.base_ms == pytest.approx(base.base_ms / 10)
+    assert fast.decode_seq_ms == pytest.approx(base.decode_seq_ms / 10)
+    assert fast.prefill_token_ms == pytest.approx(base.prefill_token_ms / 10)
+    assert (fast.max_num_seqs, fast.kv_tokens, fast.max_batched_tokens) == (
+        base.max_num_seqs, base.kv_tokens, base.max_batched_tokens)
+    reqs = [SimRequest(0.0, 128, 32) for _ in range(8)]
+    slow_done, fast_done = simulate(base, reqs), simulate(fast, reqs)
+    for s, f in zip(slow_done, fast_done, strict=True):
+        assert f.ttft == pytest.approx(s.ttft / 10) and f.tpot == pytest.approx(s.tpot / 10)
+    assert base.scaled(1.0) is base
+    with pytest.raises(ProfileError):
+        base.scaled(0)
+
+
+def test_sim_reports_its_time_scale(sim_server):
+    import json
+    import urllib.request
+
+    srv = sim_server("--time-scale", "4")
+    with urllib.request.urlopen(srv.base_url + "/version", timeout=10) as resp:
+        assert json.loads(resp.read())["time_scale"] == 4.0
+    from launcher.sim.server import parse_config
+
+    with pytest.raises(SystemExit):
+        parse_config(["--time-scale", "0"])

@@ -213,3 +213,30 @@ def test_server_metrics_scraped_during_a_run_and_drawn(server, tmp_path: Path) -
     report = write_report(load(tmp_path), tmp_path / "report")
     assert [p.name for p in report.plots if p.name.startswith("timeline_")] == ["timeline_vllm-cpu_c8_64x128.png"]
     assert "server mean TTFT(ms)" in report.summary_csv.read_text().splitlines()[0]
+
+
+def test_real_capacity_search_answers_with_an_interval(server, tmp_path: Path) -> None:
+    """A short concurrency search against real vLLM: an answer, its interval, every probe on disk."""
+    import time
+
+    from rich.console import Console
+
+    from loadgen.capacity import SearchSpec, parse_slo
+    from loadgen.config import RunConfig
+    from loadgen.search import run_search
+
+    cfg = RunConfig(base_url=server.base_url, tokenizer="deepseek-r1", input_len=32, output_len=24, duration_s=4.0,
+                    warmup_s=1.0, output_dir=str(tmp_path), num_prompts=64, progress=False, label="vllm-cpu")
+    spec = SearchSpec("concurrency", (parse_slo("tpot:p99<=40"),), start=4, low=1, high=64, tolerance=0.25,
+                      boundary_repeats=2, max_probes=9)
+    started = time.monotonic()
+    outcome = run_search(cfg, spec, console=Console(quiet=True))
+    took = time.monotonic() - started
+    rec = outcome.record
+    assert rec["status"] in ("found", "above_max", "max_probes"), rec["probes"]
+    low, high = rec["interval"]
+    assert rec["capacity"] is not None and low is not None and high is not None
+    assert low <= rec["capacity"] <= high
+    assert all((tmp_path / p["file"]).is_file() for p in rec["probes"])
+    assert json.loads(outcome.path.read_text())["capacity"] == rec["capacity"]
+    assert took < 120, took

@@ -1,8 +1,8 @@
 """Random prompts: exact lengths as the real DeepSeek-R1 tokenizer counts them.
 
 Every length here is re-counted through transformers' public API (``encode`` for
-text, ``apply_chat_template(tokenize=True)`` for chat), which is independent of the
-fast paths that built the prompts.
+text, ``apply_chat_template(tokenize=True)`` for chat; the ``hf`` fixture), which is
+independent of loadgen's own tokenizer and of the fast paths that built the prompts.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import loadgen.workload as workload
 from loadgen.workload import WorkloadError, WorkloadSpec, build_prompts, check_lengths
 from loadgen.workload.fit import TokenizerView, window_safe
 from loadgen.workload.lengths import length_bounds
+from loadgen.workload.pieces import PieceTable
 from loadgen.workload.random_prompts import build_random
 from loadgen.workload.tokenizer import bundled_tokenizer_dir, load_tokenizer
+from tests.conftest import load_hf_tokenizer
 
 EXACT_NS = [1, 2, 16, 128, 256, 1024, 4096]
 
@@ -43,42 +45,92 @@ def _content_ids(tok, p) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
 
+def _build(view, spec: WorkloadSpec, method: str):
+    """``pieces`` through the public entry point (it is what R1 gets); ``window`` directly."""
+    if method == "pieces":
+        prompts = build_prompts(spec, view.tok, use_cache=False)
+        # exact by construction, not rescued by the re-count fallback
+        assert workload.last_build.fitter == "pieces" and not workload.last_build.rebuilt
+        return prompts
+    return build_random(view, spec, method=method)
+
+
+@pytest.mark.parametrize("method", ["pieces", "window"])
 @pytest.mark.parametrize("n", EXACT_NS)
-def test_completions_prompts_are_exact(tok, n: int) -> None:
+def test_completions_prompts_are_exact(view, hf, n: int, method: str) -> None:
     spec = WorkloadSpec(num_prompts=_count(n), input_len=n, output_len=8, seed=n)
-    prompts = build_prompts(spec, tok, use_cache=False)
-    # exact by the fast cut itself, not rescued by the re-count fallback
-    assert workload.last_build.fitter == "window" and not workload.last_build.rebuilt
+    prompts = _build(view, spec, method)
     assert len(prompts) == spec.num_prompts
     assert [p.id for p in prompts] == list(range(spec.num_prompts))
     for p in prompts:
         assert p.messages is None and p.input_len == n
-        assert len(tok.encode(p.text)) == n, p.id
-        ids = _content_ids(tok, p)
+        assert len(hf.encode(p.text)) == n, p.id
+        ids = _content_ids(hf, p)
         assert all(3 <= i < 128000 for i in ids), "only ordinary vocabulary"
 
 
+@pytest.mark.parametrize("method", ["pieces", "window"])
 @pytest.mark.parametrize("n", [n for n in EXACT_NS if n >= 4])
-def test_chat_prompts_are_exact_including_the_template(tok, n: int) -> None:
+def test_chat_prompts_are_exact_including_the_template(view, hf, n: int, method: str) -> None:
     spec = WorkloadSpec(num_prompts=_count(n), input_len=n, output_len=8, chat=True, seed=n)
-    prompts = build_prompts(spec, tok, use_cache=False)
-    assert workload.last_build.fitter == "window" and not workload.last_build.rebuilt
+    prompts = _build(view, spec, method)
     for p in prompts:
         assert p.text is None and p.messages[0]["role"] == "user"
-        full = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        full = hf.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
         assert len(full) == n == p.input_len
-    assert check_lengths(tok, prompts) == []
+    assert check_lengths(hf, prompts) == []
+
+
+def test_piece_table_joins_re_encode_to_themselves(view, hf) -> None:
+    """The table's promise, checked with transformers on joins the table never saw."""
+    table = view.pieces
+    assert table is not None and table.size > 10_000
+    assert all(t[0] == " " and not any(c.isspace() for c in t[1:]) for t in table.texts.tolist())
+    single = [hf.encode(t, add_special_tokens=False) for t in table.texts[:: max(1, table.size // 2000)].tolist()]
+    assert single == [[i] for i in table.ids[:: max(1, table.size // 2000)].tolist()]
+    import numpy as np
+
+    rng = np.random.default_rng(2024)
+    for _ in range(4):
+        index = rng.integers(0, table.size, size=8192)
+        assert hf.encode(table.join(index), add_special_tokens=False) == table.ids[index].tolist()
+
+
+def test_piece_table_is_cached_by_tokenizer_hash(tok, tmp_path: Path) -> None:
+    first = TokenizerView(tok).pieces
+    (table_file,) = (tmp_path / "cache" / "tokenizers").glob("pieces-*.json")
+    assert tok.fingerprint in table_file.name
+    stored = json.loads(table_file.read_text())
+    assert stored["ids"] == first.ids.tolist()
+    stored["ids"] = stored["ids"][:300]  # a later view reads the file instead of recomputing
+    table_file.write_text(json.dumps(stored))
+    again = TokenizerView(tok).pieces
+    assert again.ids.tolist() == stored["ids"] and again.texts.tolist() == first.texts[:300].tolist()
+
+
+def test_a_wrong_piece_table_is_caught_and_rebuilt(tok, hf, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces without their leading space merge when joined: the re-count catches it."""
+    from loadgen.workload.fit import view_of
+
+    view = view_of(tok)
+    bad = [i for i, t in zip(view.pieces.ids.tolist(), view.pieces.texts.tolist(), strict=True) if t[1:].isalpha()][:500]
+    texts = [view.decode([i])[1:] for i in bad]
+    monkeypatch.setattr(view, "_pieces", PieceTable.of(bad, texts))
+    spec = WorkloadSpec(num_prompts=6, input_len=64, seed=3)
+    prompts = build_prompts(spec, tok, use_cache=False)
+    assert workload.last_build.rebuilt and workload.last_build.fitter == "loop"
+    assert check_lengths(hf, prompts) == [] and {p.input_len for p in prompts} == {64}
 
 
 @pytest.mark.parametrize("n", [1, 2, 16, 1024])
-def test_chat_content_mode_counts_the_message_only(tok, n: int) -> None:
+def test_chat_content_mode_counts_the_message_only(tok, hf, n: int) -> None:
     spec = WorkloadSpec(num_prompts=_count(n), input_len=n, chat=True, input_len_counts="content", seed=7)
     prompts = build_prompts(spec, tok, use_cache=False)
     assert not workload.last_build.rebuilt
     for p in prompts:
-        assert len(_content_ids(tok, p)) == n
+        assert len(_content_ids(hf, p)) == n
         # input_len stays the server's count, so verification still compares like with like
-        full = tok.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        full = hf.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
         assert p.input_len == len(full) == n + 3
 
 
@@ -91,16 +143,26 @@ def test_chat_total_shorter_than_template_is_a_clear_error(tok, n: int) -> None:
     assert "\n" not in msg and "chat template adds 3" in msg and "at least 4" in msg
 
 
-def test_every_prompt_starts_differently(tok) -> None:
+def test_every_prompt_starts_differently(tok, hf) -> None:
     prompts = build_prompts(WorkloadSpec(num_prompts=300, input_len=16, seed=3), tok, use_cache=False)
-    starts = {tuple(_content_ids(tok, p)[:2]) for p in prompts}
+    starts = {tuple(_content_ids(hf, p)[:2]) for p in prompts}
     assert len(starts) == len(prompts)
     assert len({p.text for p in prompts}) == len(prompts)
 
 
-def test_single_token_prompts_are_all_different(tok) -> None:
+def test_single_token_prompts_are_all_different(tok, hf) -> None:
     prompts = build_prompts(WorkloadSpec(num_prompts=500, input_len=1, seed=11), tok, use_cache=False)
-    assert len({tuple(_content_ids(tok, p)) for p in prompts}) == 500
+    assert len({tuple(_content_ids(hf, p)) for p in prompts}) == 500
+
+
+def test_large_set_of_short_prompts_is_exact_and_unique(tok, hf) -> None:
+    """Many prompts from one random stream: starts stay unique, a spread sample is exact."""
+    spec = WorkloadSpec(num_prompts=50_000, input_len=16, range_ratio=0.5, seed=21)
+    prompts = build_prompts(spec, tok, use_cache=False)
+    assert workload.last_build.fitter == "pieces" and not workload.last_build.rebuilt
+    # pieces are " " + non-space text, so the words are the first four tokens
+    assert len({tuple(p.text.split(" ")[1:5]) for p in prompts}) == len(prompts)
+    assert check_lengths(hf, prompts, sample=500) == []
 
 
 def test_same_seed_same_prompts_other_seed_other_prompts(tok) -> None:
@@ -114,12 +176,12 @@ def test_same_seed_same_prompts_other_seed_other_prompts(tok) -> None:
 
 def test_pool_and_single_process_build_the_same_set(view) -> None:
     spec = WorkloadSpec(num_prompts=24, input_len=200, range_ratio=0.3, seed=9)
-    alone = build_random(view, spec, workers=0)
-    pooled = build_random(view, spec, workers=2)
+    alone = build_random(view, spec, workers=0, method="window")
+    pooled = build_random(view, spec, workers=2, method="window")
     assert alone == pooled
 
 
-def test_range_ratio_uses_vllm_bounds(tok) -> None:
+def test_range_ratio_uses_vllm_bounds(tok, hf) -> None:
     assert length_bounds(100, 0.5) == (50, 150)
     assert length_bounds(128, 0.25) == (96, 160)
     spec = WorkloadSpec(num_prompts=200, input_len=100, output_len=40, range_ratio=0.5, output_range_ratio=0.25, seed=1)
@@ -128,7 +190,7 @@ def test_range_ratio_uses_vllm_bounds(tok) -> None:
     outs = [p.output_len for p in prompts]
     assert 50 <= min(ins) < 60 and 140 < max(ins) <= 150
     assert 30 <= min(outs) and max(outs) <= 50 and len(set(outs)) > 5
-    assert check_lengths(tok, prompts) == []
+    assert check_lengths(hf, prompts) == []
 
 
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
@@ -137,15 +199,15 @@ def test_range_ratio_outside_vllm_range_is_rejected(tok, ratio: float) -> None:
         build_prompts(WorkloadSpec(num_prompts=2, input_len=64, range_ratio=ratio), tok, use_cache=False)
 
 
+@pytest.mark.parametrize("method", ["pieces", "window"])
 @pytest.mark.parametrize("chat", [False, True])
-def test_shared_prefixes_share_exactly_k_tokens(tok, chat: bool) -> None:
+def test_shared_prefixes_share_exactly_k_tokens(view, hf, chat: bool, method: str) -> None:
     k, groups, n = 32, 3, 96
     spec = WorkloadSpec(num_prompts=30, input_len=n, prefix_len=k, num_prefixes=groups, chat=chat, seed=2)
-    prompts = build_prompts(spec, tok, use_cache=False)
-    assert not workload.last_build.rebuilt
-    assert check_lengths(tok, prompts) == []
+    prompts = _build(view, spec, method)
+    assert check_lengths(hf, prompts) == []
     assert all(p.input_len == n for p in prompts)
-    ids = [_content_ids(tok, p) for p in prompts]
+    ids = [_content_ids(hf, p) for p in prompts]
     for g in range(groups):
         members = [ids[i] for i in range(len(ids)) if i % groups == g]
         head = members[0][:k]
@@ -161,12 +223,12 @@ def test_prefix_longer_than_prompt_is_rejected(tok) -> None:
         build_prompts(spec, tok, use_cache=False)
 
 
-def test_classic_fitter_is_exact_too(view, tok) -> None:
+def test_classic_fitter_is_exact_too(view, hf) -> None:
     """The fallback used for tokenizers the fast cut cannot be trusted with."""
     for chat in (False, True):
         spec = WorkloadSpec(num_prompts=8, input_len=300, chat=chat, seed=4)
         prompts = build_random(view, spec, general=True, workers=0)
-        assert check_lengths(tok, prompts) == []
+        assert check_lengths(hf, prompts) == []
         assert all(p.input_len == 300 for p in prompts)
 
 
@@ -188,8 +250,8 @@ def test_template_without_special_token_fences_is_fitted_whole(tmp_path: Path) -
     assert not view.frame.isolated
     spec = WorkloadSpec(num_prompts=10, input_len=64, chat=True, tokenizer=str(folder), seed=1)
     prompts = build_prompts(spec, plain, use_cache=False)
-    assert not workload.last_build.rebuilt
-    assert check_lengths(plain, prompts) == []
+    assert workload.last_build.fitter == "window" and not workload.last_build.rebuilt
+    assert check_lengths(load_hf_tokenizer(str(folder)), prompts) == []
     assert all(p.input_len == 64 for p in prompts)
 
 
@@ -290,11 +352,11 @@ def prepend_tok(tmp_path_factory: pytest.TempPathFactory):
 
 def test_tokenizer_with_a_normalizer_uses_the_loop(prepend_tok) -> None:
     path, ptok = prepend_tok
-    assert not TokenizerView(ptok).window
+    assert not TokenizerView(ptok).window and TokenizerView(ptok).pieces is None
     spec = WorkloadSpec(num_prompts=12, input_len=128, tokenizer=path, seed=1)
     prompts = build_prompts(spec, ptok, use_cache=False)
     assert workload.last_build.fitter == "loop" and not workload.last_build.rebuilt
-    assert check_lengths(ptok, prompts) == [] and {p.input_len for p in prompts} == {128}
+    assert check_lengths(load_hf_tokenizer(path), prompts) == [] and {p.input_len for p in prompts} == {128}
 
 
 def test_a_wrongly_trusted_fast_cut_is_caught_and_rebuilt(prepend_tok, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,7 +364,20 @@ def test_a_wrongly_trusted_fast_cut_is_caught_and_rebuilt(prepend_tok, monkeypat
 
     path, ptok = prepend_tok
     monkeypatch.setattr(view_of(ptok), "window", True)  # pretend the cut were safe
+    monkeypatch.setattr(view_of(ptok), "_pieces_known", True)  # and there were no piece table
     spec = WorkloadSpec(num_prompts=12, input_len=128, tokenizer=path, seed=2)
     prompts = build_prompts(spec, ptok, use_cache=False)
     assert workload.last_build.rebuilt and workload.last_build.fitter == "loop"
-    assert check_lengths(ptok, prompts) == [] and {p.input_len for p in prompts} == {128}
+    assert check_lengths(load_hf_tokenizer(path), prompts) == [] and {p.input_len for p in prompts} == {128}
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_tokenizer_that_adds_bos_gets_exact_prompts(tmp_path: Path, chat: bool) -> None:
+    from tests.test_tokenizer import BOS_POST_PROCESSOR, _copy
+
+    folder = _copy(tmp_path, "bos-tok", post_processor=BOS_POST_PROCESSOR)
+    spec = WorkloadSpec(num_prompts=10, input_len=50, chat=chat, tokenizer=str(folder), seed=4)
+    prompts = build_prompts(spec, use_cache=False)
+    assert workload.last_build.fitter == "pieces" and not workload.last_build.rebuilt
+    hf_bos = load_hf_tokenizer(str(folder))
+    assert check_lengths(hf_bos, prompts) == [] and {p.input_len for p in prompts} == {50}

@@ -45,6 +45,7 @@ class SimConfig:
     tokens_per_chunk: int = 1
     seed: int = 0
     faults: FaultConfig = field(default_factory=FaultConfig)
+    time_scale: float = 1.0  # the profile's costs are already divided by it; reported in /version
 
 
 class ApiError(Exception):
@@ -421,7 +422,8 @@ class Api:
         return web.json_response({"object": "list", "data": [card]}, dumps=lambda o: orjson.dumps(o).decode())
 
     async def version(self, request: web.Request) -> web.Response:
-        return web.json_response({"version": __version__, "engine": "sim", "profile": self.state.profile.name})
+        return web.json_response({"version": __version__, "engine": "sim", "profile": self.state.profile.name,
+                                  "time_scale": self.state.cfg.time_scale})
 
     async def model_info(self, request: web.Request) -> web.Response:
         return web.json_response({"model_path": self.state.model, "tokenizer_path": str(self.state.tok.path),

@@ -69,6 +69,7 @@ _prob = _checked(float, "a number", lambda v: 0.0 <= v <= 1.0, "{text} is not a 
 # ``not v < x`` rather than ``v >= x`` below: a NaN passes, as it always has.
 _positive_int = _checked(int, "an integer", lambda v: not v < 1, "{text} must be >= 1")
 _nonneg_float = _checked(float, "a number", lambda v: not v < 0, "{text} must be >= 0")
+_positive_float = _checked(float, "a number", lambda v: v > 0 and v != float("inf"), "{text} must be a positive number")
 _port = _checked(int, "a port number", lambda v: 0 <= v <= 65535, "port {value} is outside 0..65535")
 
 
@@ -102,6 +103,9 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
     p.add_argument("--natural-len-sigma", type=_nonneg_float,
                    help="log-normal sigma of that length (default: profile's)")
     p.add_argument("--seed", type=int, default=0, help="seed for output lengths and text (default: 0)")
+    p.add_argument("--time-scale", type=_positive_float, default=1.0, metavar="X",
+                   help="run the profile X times faster: step, prefill and so TTFT and TPOT divided by X "
+                        "(capacities unchanged; /version reports it) (default: 1)")
     g = p.add_argument_group("fault injection (per-request probabilities)")
     g.add_argument("--fault-429", type=_prob, default=0.0, metavar="P", help="answer HTTP 429")
     g.add_argument("--fault-500", type=_prob, default=0.0, metavar="P", help="answer HTTP 500")
@@ -149,6 +153,7 @@ def parse_config(argv: list[str], parser: argparse.ArgumentParser | None = None)
             changes["natural_len_sigma"] = args.natural_len_sigma
         if changes:
             profile = profile.replace(**changes)
+        profile = profile.scaled(args.time_scale)
         faults = FaultConfig(
             p_429=args.fault_429, p_500=args.fault_500, p_reset_before=args.fault_reset_before,
             p_reset_mid=args.fault_reset_mid, p_stall=args.fault_stall, stall_ms=args.stall_ms,
@@ -159,6 +164,7 @@ def parse_config(argv: list[str], parser: argparse.ArgumentParser | None = None)
     return SimConfig(
         host=args.host, port=args.port, model=args.model, tokenizer=args.tokenizer, profile=profile,
         max_model_len=args.max_model_len, tokens_per_chunk=args.tokens_per_chunk, seed=args.seed, faults=faults,
+        time_scale=args.time_scale,
     ), args
 
 
@@ -175,7 +181,8 @@ async def serve(cfg, tokenizer) -> None:
     await site.start()
     addresses = runner.addresses  # the real port when --port 0 was asked
     port = addresses[0][1] if addresses else cfg.port
-    print(f"sim: serving model '{cfg.model}' with profile '{cfg.profile.name}' on http://{cfg.host}:{port}",
+    scale = f" at {cfg.time_scale:g}x speed" if cfg.time_scale != 1.0 else ""
+    print(f"sim: serving model '{cfg.model}' with profile '{cfg.profile.name}'{scale} on http://{cfg.host}:{port}",
           flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

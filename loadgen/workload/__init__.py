@@ -1,35 +1,41 @@
 """Prompt sources. Every source yields :class:`loadgen.records.Prompt` records.
 
 ``build_prompts(spec)`` is the one entry point: it checks the spec, serves the set
-from the on-disk cache when it was built before, otherwise builds it (``random``,
-``sharegpt`` or ``jsonl``), checks the built lengths against the tokenizer's own
-public API, and caches it. ``verify_with_server`` then lets the server count a
-sample before the clock starts.
+from the on-disk cache when it was built before (without loading the tokenizer),
+otherwise loads the tokenizer, builds the set (``random``, ``sharegpt`` or
+``jsonl``), checks the built lengths against the tokenizer's own public API, and
+caches it. ``verify_with_server`` then lets the server count a sample before the
+clock starts.
+
+Importing this package is cheap (no numpy, no tokenizer library, no HTTP client):
+the builders are imported when a set is actually built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import math
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from loadgen.records import Prompt
 from loadgen.workload.cache import cache_path, load, save
 from loadgen.workload.errors import WorkloadError
-from loadgen.workload.fit import TokenizerView, view_of
-from loadgen.workload.jsonl import build_jsonl
 from loadgen.workload.lengths import length_bounds
-from loadgen.workload.random_prompts import build_random
-from loadgen.workload.sharegpt import build_sharegpt
 from loadgen.workload.spec import WorkloadSpec
-from loadgen.workload.tokenizer import TokenizerError, load_tokenizer, tokenizer_fingerprint
+from loadgen.workload.tokenizer import Tokenizer, TokenizerError, load_tokenizer, tokenizer_fingerprint
 from loadgen.workload.verify import (
     MismatchSummary,
     VerifyResult,
     prompt_token_mismatches,
     verify_with_server,
 )
+
+if TYPE_CHECKING:
+    from loadgen.workload.fit import TokenizerView
 
 __all__ = [
     "MismatchSummary",
@@ -45,8 +51,8 @@ __all__ = [
 ]
 
 DATASETS = ("random", "sharegpt", "jsonl")
-FULL_CHECK_TOKENS = 300_000  # below this every prompt is re-counted; above, a sample
-CHECK_SAMPLE = 64
+CHECK_TOKENS = 65_536  # up to this many prompt tokens every prompt is re-counted; above, a sample this big
+CHECK_SAMPLE = 64  # and never fewer prompts than this
 
 
 def validate_spec(spec: WorkloadSpec) -> None:
@@ -90,21 +96,30 @@ def check_lengths(tokenizer: Any, prompts: Sequence[Prompt], sample: int | None 
     if sample is not None and 0 < sample < len(prompts):
         step = len(prompts) / sample
         chosen = [prompts[int(i * step)] for i in range(sample)]
-    bad = []
-    for p in chosen:
-        if p.messages is not None:
-            counted = len(
-                tokenizer.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False)
-            )
-        else:
-            counted = len(tokenizer.encode(p.text))
-        if counted != p.input_len:
-            bad.append((p.id, p.input_len, counted))
-    return bad
+    if isinstance(tokenizer, Tokenizer):  # the same counts, in batches on the library's threads
+        counted_all = [0] * len(chosen)
+        text = [i for i, p in enumerate(chosen) if p.messages is None]
+        chat = [i for i, p in enumerate(chosen) if p.messages is not None]
+        for i, ids in zip(text, tokenizer.encode_batch([chosen[i].text or "" for i in text]), strict=True):
+            counted_all[i] = len(ids)
+        rendered = [tokenizer.render_chat(chosen[i].messages, add_generation_prompt=True) for i in chat]
+        for i, ids in zip(chat, tokenizer.encode_batch(rendered, add_special_tokens=False), strict=True):
+            counted_all[i] = len(ids)
+    else:
+        counted_all = [
+            len(tokenizer.apply_chat_template(p.messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+            if p.messages is not None else len(tokenizer.encode(p.text))
+            for p in chosen
+        ]
+    return [(p.id, p.input_len, c) for p, c in zip(chosen, counted_all, strict=True) if c != p.input_len]
 
 
 def _check_sample(prompts: Sequence[Prompt]) -> int | None:
-    return None if sum(p.input_len for p in prompts) <= FULL_CHECK_TOKENS else CHECK_SAMPLE
+    """Every prompt of a small set; for a large one, a spread sample of about ``CHECK_TOKENS``."""
+    total = sum(p.input_len for p in prompts)
+    if total <= CHECK_TOKENS:
+        return None
+    return max(CHECK_SAMPLE, math.ceil(CHECK_TOKENS * len(prompts) / total))
 
 
 @dataclasses.dataclass
@@ -112,7 +127,7 @@ class BuildInfo:
     """How the last ``build_prompts`` call got its set (for benchmarks and debugging)."""
 
     source: str = ""  # "cache" | "built"
-    fitter: str = ""  # random prompts: "window" (fast cut) or "loop" (decode/re-encode)
+    fitter: str = ""  # random prompts: "pieces" (no encode), "window" (fast cut) or "loop" (decode/re-encode)
     rebuilt: bool = False  # the fast set failed its re-count and was rebuilt with the loop
     seconds: float = 0.0
 
@@ -125,11 +140,17 @@ last_build = BuildInfo()
 
 def _build(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
     if spec.dataset == "sharegpt":
+        from loadgen.workload.sharegpt import build_sharegpt
+
         return build_sharegpt(view, spec)
     if spec.dataset == "jsonl":
+        from loadgen.workload.jsonl import build_jsonl
+
         return build_jsonl(view, spec)
-    last_build.fitter = "window" if view.window else "loop"
-    prompts = build_random(view, spec)
+    from loadgen.workload.random_prompts import build_random, method_for
+
+    last_build.fitter = method_for(view, spec)
+    prompts = build_random(view, spec, method=last_build.fitter)
     if check_lengths(view.tok, prompts, _check_sample(prompts)):
         # The fast fitter's assumptions do not hold for this tokenizer: count everything.
         last_build.fitter, last_build.rebuilt = "loop", True
@@ -144,14 +165,33 @@ def _build(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
     return prompts
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Creating a million prompt records triggers the cyclic collector over and over (it
+    counts allocations) and doubles the time; the records hold no cycles, so pause it."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool = True) -> list[Prompt]:
     """The prompt set for ``spec``, from the cache when it was built before.
 
-    ``tokenizer`` must be the one ``spec.tokenizer`` names (it is only a way to
-    avoid loading it twice); the cache is keyed by the files ``spec.tokenizer``
-    points at, plus every spec field and the dataset file's identity.
+    The tokenizer is loaded only on a cache miss (``tokenizer``, when given, must be
+    the one ``spec.tokenizer`` names; it only saves loading it twice). The cache is
+    keyed by a hash of the files ``spec.tokenizer`` points at, every spec field and
+    the dataset file's identity.
     """
     validate_spec(spec)
+    with _gc_paused():
+        return _build_or_load(spec, tokenizer, use_cache)
+
+
+def _build_or_load(spec: WorkloadSpec, tokenizer: Any, use_cache: bool) -> list[Prompt]:
     started = time.perf_counter()
     last_build.reset()
     try:
@@ -165,6 +205,8 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
         tok = tokenizer if tokenizer is not None else load_tokenizer(spec.tokenizer)
     except TokenizerError as exc:
         raise WorkloadError(str(exc)) from None
+    from loadgen.workload.fit import view_of
+
     prompts = _build(view_of(tok), spec)
     if use_cache:
         save(path, spec, fingerprint, prompts)

@@ -31,12 +31,10 @@ from typing import Any
 import numpy as np
 
 from loadgen.workload.errors import WorkloadError
-from loadgen.workload.tokenizer import bos_count
+from loadgen.workload.pieces import PieceTable, is_space, piece_table
 
 MAX_WINDOW_ROUNDS = 12
 MAX_CLASSIC_ITERS = 32
-# Characters Python does not call whitespace but some regex engines treat as \s.
-_EXTRA_SPACE = {"\u200b", "\u180e", "\ufeff", "\u2060"}
 # Regex constructs that look behind or anchor; a cut next to them may re-split.
 _UNSAFE_REGEX = ("(?<", "\\b", "\\B", "\\A", "\\z", "\\Z", "\\G", "^", "$")
 _SAFE_LOOKAHEAD = "(?!\\S)"
@@ -140,10 +138,6 @@ def view_of(tokenizer: Any) -> TokenizerView:
     return view
 
 
-def _is_space(ch: str) -> bool:
-    return ch.isspace() or ch in _EXTRA_SPACE
-
-
 @dataclass
 class ChatFrame:
     """How the chat template wraps one user message: ``prefix + content + suffix``.
@@ -191,9 +185,11 @@ class TokenizerView:
         self.added_strings = {
             t.content: (bool(t.lstrip), bool(t.rstrip)) for t in added.values()
         }
-        self.bos = bos_count(tokenizer)
+        self.bos = tokenizer.bos_count
         self.window = window_safe(config)
         self._frame: ChatFrame | None = None
+        self._pieces: PieceTable | None = None
+        self._pieces_known = False
 
     # --- primitives ---------------------------------------------------------------
     def decode(self, ids: Any) -> str:
@@ -215,7 +211,7 @@ class TokenizerView:
         return len(self.backend.encode(text, add_special_tokens=True).ids)
 
     def render(self, messages: list[dict[str, Any]]) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tok.render_chat(messages, add_generation_prompt=True)
 
     def count_messages(self, messages: list[dict[str, Any]]) -> int:
         return len(self.encode(self.render(messages)))
@@ -250,6 +246,20 @@ class TokenizerView:
         )
         overhead = len(self.encode(prefix)) + len(self.encode(suffix))
         return ChatFrame(prefix, suffix, overhead, fenced_left and fenced_right)
+
+    @property
+    def pieces(self) -> PieceTable | None:
+        """The piece table (tokens that re-encode to themselves when joined), or None."""
+        if not self._pieces_known:
+            self._pieces = piece_table(self, getattr(self.tok, "fingerprint", None)) if self.window else None
+            self._pieces_known = True
+        return self._pieces
+
+    def frames_pieces(self, sample: str) -> bool:
+        """Whether chat content shaped like ``sample`` is counted as the frame's overhead
+        plus its own tokens (special tokens fence it and the template keeps it intact)."""
+        frame = self.frame
+        return frame.isolated and self.render([{"role": "user", "content": sample}]) == frame.prefix + sample + frame.suffix
 
     # --- fitters --------------------------------------------------------------------
     def fit(self, n: int, rng: np.random.Generator) -> tuple[str, list[int]]:
@@ -303,7 +313,7 @@ class TokenizerView:
             if not (text.startswith(head) and text.endswith(tail)):
                 continue
             piece = text[len(head) : len(text) - len(tail)]
-            if piece and not _is_space(piece[-1]):
+            if piece and not is_space(piece[-1]):
                 return piece, ids[s:e]
         return None
 

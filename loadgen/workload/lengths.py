@@ -9,10 +9,12 @@ meaning so a figure from one tool reads the same in the other; SGLang's older
 from __future__ import annotations
 
 import math
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from loadgen.workload.errors import WorkloadError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def length_bounds(base: int, ratio: float, floor_at: int = 1) -> tuple[int, int]:

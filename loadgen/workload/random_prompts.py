@@ -1,8 +1,14 @@
 """The ``random`` dataset: unique prompts of exact length from random ordinary tokens.
 
-Every prompt is built from its own random stream, seeded by ``(seed, index,
-attempt)``, so the set is the same whether it is built in one process or in a pool,
-and a prompt that must be rebuilt (a duplicate start) changes nothing else.
+Three methods, fastest first (``method_for`` picks one):
+
+* ``pieces``: random tokens from the tokenizer's piece table (tokens that re-encode to
+  themselves when joined, see :mod:`loadgen.workload.pieces`), joined without any
+  encode. One random stream per set, seeded by ``(seed, salt)``; a prompt whose start
+  repeats an earlier one is redrawn from its own stream ``(seed, index, attempt)``.
+* ``window`` and ``loop``: per-prompt fitters over the whole ordinary vocabulary
+  (:mod:`loadgen.workload.fit`), each prompt from its own random stream ``(seed,
+  index, attempt)``, so the set is the same whether built in one process or a pool.
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ from loadgen.records import Prompt
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.fit import FitError, TokenizerView
 from loadgen.workload.lengths import sample_lengths
+from loadgen.workload.pieces import PieceTable
 from loadgen.workload.spec import WorkloadSpec
 
 MAX_TOTAL_ITERS = 8  # rounds of "fit content, count the whole prompt" per attempt
 MAX_PREFIX_JOIN_TRIES = 16
 MAX_ATTEMPTS = 24  # fresh random draws per prompt (duplicates, unlucky fits)
-POOL_MIN_TOKENS = 400_000
+POOL_MIN_TOKENS = 400_000  # below this a pool costs more than it saves
 # Prompts must differ within their first few tokens (a prefix cache then has nothing
 # to share). Four, not one: some tokenizers open every text with the same marker.
-UNIQUE_START = 4  # below this a pool costs more than it saves
-_SALT_CONTENT, _SALT_PREFIX, _SALT_INPUT_LENS, _SALT_OUTPUT_LENS = 1, 2, 3, 4
+UNIQUE_START = 4
+JOIN_BLOCK_TOKENS = 1 << 16  # pieces joined per string operation (bounds the temporary list)
+_SALT_CONTENT, _SALT_PREFIX, _SALT_INPUT_LENS, _SALT_OUTPUT_LENS, _SALT_PIECES = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -275,7 +283,118 @@ def to_prompts(built: list[Built], outputs: list[int], chat: bool) -> list[Promp
     return [Prompt(b.index, b.input_len, outputs[b.index], text=b.text) for b in built]
 
 
-def build_random(view: TokenizerView, spec: WorkloadSpec, general: bool = False, workers: int | None = None) -> list[Prompt]:
+# --- the pieces method ------------------------------------------------------------------
+def _piece_prefixes(table: PieceTable, spec: WorkloadSpec) -> tuple[list[str], list[int]]:
+    """``num_prefixes`` prefixes of exactly ``prefix_len`` pieces, each starting with a different piece."""
+    groups = max(1, spec.num_prefixes)
+    if groups > table.size:
+        raise WorkloadError(
+            f"could not build {groups} distinct shared prefixes of {spec.prefix_len} tokens; "
+            f"lower --num-prefixes (at most {table.size} with this tokenizer)"
+        )
+    rng = np.random.default_rng([spec.seed, _SALT_PREFIX, _SALT_PIECES])
+    firsts = rng.choice(table.size, size=groups, replace=False)
+    index = rng.integers(0, table.size, size=(groups, spec.prefix_len))
+    index[:, 0] = firsts
+    return [table.join(row) for row in index], firsts.tolist()
+
+
+def _unique_starts(table: PieceTable, spec: WorkloadSpec, index: np.ndarray, starts: np.ndarray,
+                   body: np.ndarray) -> None:
+    """Redraw, in place, the start of every prompt whose start an earlier prompt already has.
+
+    The start is the first ``UNIQUE_START`` pieces (fewer in a shorter prompt), or with
+    shared prefixes the first piece after the prefix, per group. Each round finds the
+    repeats at once (a sort, not a Python loop: a million prompts take well under a
+    second) and redraws them from the prompt's own stream ``(seed, i, round)``, so a
+    redraw changes nothing else in the set.
+    """
+    groups = max(1, spec.num_prefixes) if spec.prefix_len else 0
+    width = 1 if groups else UNIQUE_START
+    count = len(starts)
+    k = np.minimum(body, width)
+    cols = starts[:, None] + np.arange(width)
+    valid = np.arange(width) < k[:, None]
+    group = (np.arange(count) % groups) if groups else np.zeros(count, dtype=np.int64)
+    base = table.size + 1  # a start's pieces as digits base S+1, 0 where the prompt is shorter
+    packed = base**width * max(groups, 1) < 2**63
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        digits = np.where(valid, index[np.minimum(cols, index.size - 1)].astype(np.int64) + 1, 0)
+        if packed:  # one int64 per start: a plain sort
+            rows = group * base**width + (digits * base ** np.arange(width, dtype=np.int64)).sum(axis=1)
+            _, first = np.unique(rows, return_index=True)
+        else:
+            _, first = np.unique(np.concatenate([group[:, None], digits], axis=1), axis=0, return_index=True)
+        repeat = np.ones(count, dtype=bool)
+        repeat[first] = False
+        redo = np.flatnonzero(repeat)
+        if redo.size == 0:
+            return
+        if attempt == MAX_ATTEMPTS:
+            i = int(redo[0])
+            raise WorkloadError(
+                f"cannot make {count} prompts of {int(body[i])} tokens start differently "
+                "with this tokenizer; lower --num-prompts or raise --input-len"
+            )
+        for i in redo.tolist():
+            rng = np.random.default_rng([spec.seed, i, attempt, _SALT_PIECES])
+            o, n = int(starts[i]), int(k[i])
+            index[o : o + n] = rng.integers(0, table.size, size=n)
+
+
+def build_pieces(view: TokenizerView, table: PieceTable, spec: WorkloadSpec, targets: list[int]) -> list[Prompt]:
+    """Every prompt as random pieces: exact by construction, no encode per prompt."""
+    fixed = spec.chat and spec.input_len_counts == "content"
+    extra = view.frame.overhead if spec.chat else view.bos
+    content = np.asarray(targets, dtype=np.int64) - (0 if fixed else extra)
+    counted = (content + extra).tolist()  # the server's count: template or BOS on top of the content
+    k = spec.prefix_len
+    body = content - k
+    ends = np.cumsum(body)
+    starts = ends - body
+    rng = np.random.default_rng([spec.seed, _SALT_CONTENT, _SALT_PIECES])
+    index = rng.integers(0, table.size, size=int(ends[-1]), dtype=np.int32)
+    _unique_starts(table, spec, index, starts, body)
+
+    texts: list[str] = []
+    first = 0
+    while first < len(targets):
+        # join a block of prompts at once, then cut each prompt's text out of it
+        last = max(first + 1, int(np.searchsorted(ends, starts[first] + JOIN_BLOCK_TOKENS, side="right")))
+        block = index[starts[first] : ends[last - 1]]
+        joined = table.join(block)
+        cuts = np.concatenate(([0], np.cumsum(table.lengths[block])))[
+            np.concatenate(([0], ends[first:last] - starts[first]))
+        ].tolist()
+        texts += [joined[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        first = last
+    del index
+    if k:
+        prefix_texts, _firsts = _piece_prefixes(table, spec)
+        groups = len(prefix_texts)
+        texts = [prefix_texts[i % groups] + t for i, t in enumerate(texts)]
+    outputs = output_lengths(spec)
+    if spec.chat:
+        return [Prompt(i, c, o, messages=[{"role": "user", "content": t}])
+                for i, (c, o, t) in enumerate(zip(counted, outputs, texts, strict=True))]
+    return [Prompt(i, c, o, text=t) for i, (c, o, t) in enumerate(zip(counted, outputs, texts, strict=True))]
+
+
+def method_for(view: TokenizerView, spec: WorkloadSpec, general: bool = False) -> str:
+    """``pieces`` when the tokenizer has a piece table (and, for chat, the template keeps
+    piece-shaped content intact between special tokens), else ``window`` or ``loop``."""
+    if general:
+        return "loop"
+    table = view.pieces
+    if table is not None and (not spec.chat or view.frames_pieces(table.join(np.arange(min(8, table.size))))):
+        return "pieces"
+    return "window" if view.window else "loop"
+
+
+def build_random(
+    view: TokenizerView, spec: WorkloadSpec, general: bool = False, workers: int | None = None,
+    method: str | None = None,
+) -> list[Prompt]:
     """The whole random prompt set for ``spec`` (not cached, not checked: see ``build_prompts``)."""
     targets = input_lengths(spec)
     floor, why = _minimum_target(view, spec)
@@ -284,6 +403,9 @@ def build_random(view: TokenizerView, spec: WorkloadSpec, general: bool = False,
             f"input length {min(targets)} is too short: {why}; use --input-len of at least {floor}"
             + (" or a smaller --random-range-ratio" if spec.range_ratio else "")
         )
-    plan = plan_for(view, spec, general)
+    method = method or method_for(view, spec, general)
+    if method == "pieces" and view.pieces is not None:
+        return build_pieces(view, view.pieces, spec, targets)
+    plan = plan_for(view, spec, general or method == "loop")
     built = build_unique(view, plan, targets, workers)
     return to_prompts(built, output_lengths(spec), spec.chat)

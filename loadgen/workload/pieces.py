@@ -1,0 +1,166 @@
+"""Tokens that re-encode to themselves when joined: exact random prompts without encoding.
+
+Decoding random ids and encoding the text again changes the count, so the other
+fitters encode every prompt at least once, and that encode is most of the build time.
+This table avoids it. A *piece* is an ordinary token whose text is one space followed
+by ASCII characters that are not whitespace (``" the"``, ``" Paris"``, ``" (("``) and
+that encodes, on its own, to exactly that token. ASCII because a prompt string then
+takes one byte per character (a million prompts in memory) and JSON-encodes fastest;
+the content of random prompts means nothing to an engine. Text made only of pieces encodes back to
+exactly the pieces' ids, so a prompt of ``n`` random pieces has ``n`` tokens by
+construction.
+
+Why, for the tokenizers the table is built for (no normalizer, BPE, pre-tokenizer a
+chain of regex splits without look-behind or anchors, byte-level without an added
+prefix space; ``fit.window_safe``): every piece starts with the only space between it
+and the previous piece, and no alternative of such regexes (letters, punctuation or
+digit runs, ``\\s+(?!\\S)``) matches a non-space character followed by a space, so a
+regex scan stops at the end of each piece and restarts at the next space exactly as it
+did on the piece alone; BPE never merges across pre-tokenizer pieces; and an added
+(special) token cannot appear across pieces unless its own text has a space in it.
+
+The argument is checked rather than trusted: building the table encodes long random
+joins and drops any token that breaks one (``CHECK_ROUNDS`` rounds of
+``CHECK_TOKENS``), and every built prompt set is re-counted on a sample (see
+``build_prompts``). The table is cached on disk by the tokenizer's file hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from loadgen.workload.tokenizer import cache_dir
+
+if TYPE_CHECKING:
+    from loadgen.workload.fit import TokenizerView
+
+TABLE_VERSION = 2
+MIN_PIECES = 256  # fewer than this and prompts would repeat too much: use the fitters
+CHECK_ROUNDS = 4
+CHECK_TOKENS = 16_384
+MAX_REPAIRS = 64
+# Characters Python does not call whitespace but some regex engines treat as \s.
+_EXTRA_SPACE = frozenset({"\u200b", "\u180e", "\ufeff", "\u2060"})
+
+
+@dataclass(frozen=True)
+class PieceTable:
+    """Piece ids and their texts, index-aligned."""
+
+    ids: np.ndarray  # int64
+    texts: np.ndarray  # object (str)
+    lengths: np.ndarray  # int64, len() of each text
+
+    @classmethod
+    def of(cls, ids: list[int], texts: list[str]) -> PieceTable:
+        return cls(
+            np.asarray(ids, dtype=np.int64),
+            np.asarray(texts, dtype=object),
+            np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)),
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.size)
+
+    def join(self, index: np.ndarray) -> str:
+        """The text of the pieces at table positions ``index``."""
+        return "".join(self.texts[index].tolist())
+
+
+def is_space(ch: str) -> bool:
+    return ch.isspace() or ch in _EXTRA_SPACE
+
+
+def _is_piece_text(text: str) -> bool:
+    if len(text) < 2 or text[0] != " " or not text.isascii():
+        return False
+    return not any(is_space(ch) for ch in text[1:])
+
+
+def candidates(view: TokenizerView) -> tuple[list[int], list[str]]:
+    """Ordinary tokens shaped like a piece that encode to themselves alone."""
+    backend = view.backend
+    ordinary = view.ordinary_ids.tolist()
+    texts = backend.decode_batch([[i] for i in ordinary], skip_special_tokens=False)
+    shaped = [(i, t) for i, t in zip(ordinary, texts, strict=True) if _is_piece_text(t)]
+    if not shaped:
+        return [], []
+    encoded = backend.encode_batch([t for _, t in shaped], add_special_tokens=False)
+    kept = [(i, t) for (i, t), e in zip(shaped, encoded, strict=True) if e.ids == [i]]
+    return [i for i, _ in kept], [t for _, t in kept]
+
+
+def _first_break(view: TokenizerView, table: PieceTable, index: np.ndarray) -> int | None:
+    """Position of the first piece whose join does not encode back to itself, or None."""
+    want = table.ids[index].tolist()
+    got = view.encode(table.join(index))
+    if got == want:
+        return None
+    return next((k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+
+
+def verified(view: TokenizerView, ids: list[int], texts: list[str]) -> PieceTable | None:
+    """The candidates minus any token seen breaking a random join; None if too few remain."""
+    table = PieceTable.of(ids, texts)
+    rng = np.random.default_rng(0)
+    repairs = 0
+    rounds = 0
+    while rounds < CHECK_ROUNDS:
+        if table.size < MIN_PIECES:
+            return None
+        index = rng.integers(0, table.size, size=CHECK_TOKENS)
+        k = _first_break(view, table, index)
+        if k is None:
+            rounds += 1
+            continue
+        repairs += 1
+        if repairs > MAX_REPAIRS:
+            return None
+        # drop the pieces on both sides of the break; the join is retried from scratch
+        drop = set(table.ids[index[max(0, k - 1) : k + 1]].tolist())
+        keep = [j for j, i in enumerate(table.ids.tolist()) if i not in drop]
+        table = PieceTable(table.ids[keep], table.texts[keep], table.lengths[keep])
+        rounds = 0
+    return table
+
+
+def _table_file(fingerprint: str) -> Path:
+    return cache_dir() / "tokenizers" / f"pieces-{fingerprint}-v{TABLE_VERSION}.json"
+
+
+def piece_table(view: TokenizerView, fingerprint: str | None) -> PieceTable | None:
+    """The verified piece table for this tokenizer (cached on disk), or None."""
+    path = _table_file(fingerprint) if fingerprint else None
+    if path is not None:
+        try:
+            ids = orjson.loads(path.read_bytes())["ids"]
+            if not ids:
+                return None
+            texts = view.backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+            return PieceTable.of(ids, texts)
+        except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
+            pass
+    ids, texts = candidates(view)
+    table = verified(view, ids, texts) if len(ids) >= MIN_PIECES else None
+    if path is not None:
+        _save(path, [] if table is None else table.ids.tolist())
+    return table
+
+
+def _save(path: Path, ids: list[Any]) -> None:
+    """Write atomically; a cache that cannot be written is not an error."""
+    import os
+
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(orjson.dumps({"version": TABLE_VERSION, "ids": ids}))
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
