@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from stream_server import spawn  # noqa: E402
 
-from loadgen import client, runner  # noqa: E402
+from loadgen import runner  # noqa: E402
 from loadgen.aggregate import Aggregate  # noqa: E402
 from loadgen.collect import PointCollector  # noqa: E402
 from loadgen.records import Prompt, RequestRecord  # noqa: E402
@@ -95,8 +95,6 @@ def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
     import uvloop
 
     if impl.startswith("raw"):
-        client._Conn.fast_path = impl != "raw-noslice"
-        client.KERNEL_STAMPS = impl != "raw-nokts"
         scraper = None
         if impl == "raw-scrape":
             from loadgen.telemetry.scrape import Fetcher, Scraper
@@ -107,13 +105,13 @@ def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
         sink = None if impl == "raw-nosink" else _Tee()
         try:
             out = runner.run(target, prompts, None, concurrency=concurrency, sink=sink,
-                             freeze_gc=impl != "raw-gc", preconnect=impl != "raw-noconn")
+                             freeze_gc=impl != "raw-gc", preconnect=impl != "raw-noconn",
+                             kernel_stamps=impl != "raw-nokts", fast_path=impl != "raw-noslice")
         finally:
             if scraper is not None:
                 scraper.stop()
                 print(f"  (scraper: {scraper.log.thread_ticks} scrapes, {scraper.log.errors} failed, "
                       f"thread CPU {scraper.log.thread_cpu_s * 1000:.1f} ms)", flush=True)
-            client._Conn.fast_path = client.KERNEL_STAMPS = True
         return (sink.kept if sink is not None else out.records), out.start_ns, out.end_ns, out.lag_samples_ns
     from bench_client_aiohttp import run_aiohttp
 

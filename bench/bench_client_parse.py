@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from stream_server import Renderer, _chunk  # noqa: E402
 
-from loadgen.client import StreamClient, Target, _Conn  # noqa: E402
+from loadgen.client import StreamClient, Target  # noqa: E402
+from loadgen.client.http1 import StreamConn  # noqa: E402
 from loadgen.records import RequestRecord  # noqa: E402
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -54,9 +55,9 @@ def response_pieces(tokens: int) -> list[bytes]:
     return parts
 
 
-async def measure(reads: list[bytes], tokens: int, reps: int) -> float:
-    client = StreamClient(Target("http://127.0.0.1:9", "vllm", "stream-test"))
-    conn = _Conn(client)
+async def measure(reads: list[bytes], tokens: int, reps: int, fast_path: bool) -> float:
+    client = StreamClient(Target("http://127.0.0.1:9", "vllm", "stream-test"), fast_path=fast_path)
+    conn = StreamConn(client)
     conn.transport = _NullTransport()  # type: ignore[assignment]
     loop = asyncio.get_running_loop()
     t0 = time.process_time()
@@ -84,11 +85,9 @@ def main() -> int:
     }
     for name, reads in shapes.items():
         for fast in (True, False):
-            _Conn.fast_path = fast
-            rate = asyncio.run(measure(reads, args.tokens, args.reps))
+            rate = asyncio.run(measure(reads, args.tokens, args.reps, fast))
             print(f"{name:9s} fast path {'on ' if fast else 'off'}: {rate / 1000:6.0f}k chunks per CPU-second "
                   f"({1e6 / rate:.2f} us/chunk)")
-    _Conn.fast_path = True
     return 0
 
 

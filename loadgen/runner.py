@@ -257,17 +257,20 @@ async def run_async(
     flush_s: float = 0.5,
     freeze_gc: bool = True,
     preconnect: bool = True,
+    kernel_stamps: bool = True,
+    fast_path: bool = True,
 ) -> RunOutcome:
     """The body of :func:`run`, for callers that already run an event loop.
 
     ``freeze_gc`` pauses the garbage collector during the measured phase and
-    ``preconnect`` opens the first wave's connections before the clock starts; both
-    are on in the product (``bench/bench_client.py`` turns each off to show what it buys).
+    ``preconnect`` opens the first wave's connections before the clock starts;
+    ``kernel_stamps`` and ``fast_path`` go to :class:`StreamClient`. All are on in the
+    product (``bench/bench_client.py`` turns each off to show what it buys).
     """
     _validate(prompts, offsets_s, concurrency, warmup, duration_s, tick_s, grace_s)
     loop = asyncio.get_running_loop()
     counters = counters if counters is not None else LiveCounters()
-    client = StreamClient(target, counters=None)
+    client = StreamClient(target, counters=None, kernel_stamps=kernel_stamps, fast_path=fast_path)
     if prompts:
         try:
             client.build_body(prompts[0])  # a body the protocol cannot build fails now, not mid-run
