@@ -39,7 +39,7 @@ class StreamConn(asyncio.Protocol):
 
     __slots__ = (
         "client", "transport", "closed", "rec", "fut", "timer", "phase", "got", "hbuf",
-        "cbuf", "crem", "cskip", "ctrailer", "blen", "sse", "framer", "parse", "pstate",
+        "cbuf", "crem", "ctrailer", "blen", "sse", "framer", "parse", "pstate",
         "counted", "last_ct", "texts", "errbody", "keep", "counters", "fast_path", "broken",
     )
 
@@ -63,7 +63,6 @@ class StreamConn(asyncio.Protocol):
         self.hbuf = b""
         self.cbuf = b""
         self.crem = 0
-        self.cskip = 0
         self.ctrailer = False
         self.blen = 0
         self.sse = True
