@@ -51,7 +51,7 @@ class RequestRecord:
     chunk_ns: array = field(default_factory=lambda: array("q"))
     chunk_tokens: array = field(default_factory=lambda: array("i"))
     output_tokens: int = 0
-    output_tokens_source: str = ""  # "usage" | "tokenizer" | "chunks"
+    output_tokens_source: str = ""  # "usage" | "chunks"
     server_prompt_tokens: int | None = None
     finish_reason: str | None = None
     status: int = 0
