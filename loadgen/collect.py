@@ -43,19 +43,16 @@ class PointCollector:
     def push(self, rec: RequestRecord) -> None:
         self.pending.append(rec)
 
-    def flush(self, max_chunks: int | None = SLICE_CHUNKS) -> bool:
+    def flush(self, max_chunks: int = SLICE_CHUNKS) -> bool:
         """Reduce one slice of the pending requests; True when more is pending."""
         if not self.pending or self.start_ns is None:
             return False  # warm-up requests wait for the clock's start, so their times are relative to it
         n, chunks = 0, 0
-        if max_chunks is None:
-            n = len(self.pending)
-        else:
-            for rec in self.pending:
-                n += 1
-                chunks += len(rec.chunk_ns)
-                if chunks >= max_chunks:
-                    break
+        for rec in self.pending:
+            n += 1
+            chunks += len(rec.chunk_ns)
+            if chunks >= max_chunks:
+                break
         batch, self.pending = self.pending[:n], self.pending[n:]
         if self.warmup_ns:
             cut = self.start_ns + self.warmup_ns
@@ -74,6 +71,7 @@ class PointCollector:
         """Flush what is left (``start_ns`` if the clock never started) and close the store."""
         if self.start_ns is None:
             self.start_ns = start_ns
-        self.flush(max_chunks=None)
+        while self.flush():  # in slices here too: one reduction of a whole last wave is a memory spike
+            pass
         if self.store is not None:
             self.store.close()
