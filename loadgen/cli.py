@@ -154,6 +154,13 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 @_opt("--progress/--no-progress", default=True, show_default=True, help="Live progress while running.")
 @_opt("--grace", "grace_s", type=float, default=5.0, show_default=True,
       help="Seconds in-flight requests get to finish after Ctrl-C or --duration.")
+# scale
+@_opt("--workers", type=int, default=None,
+      help="Client processes sharing each point's schedule (one uvloop client each; docs/scale.md). "
+           "With --ray-address: Ray actors. [default: 1; with --ray-address, one per node]")
+@_opt("--ray-address", envvar="RAY_ADDRESS", show_envvar=True, default=None,
+      help="Run the workers as Ray actors spread over this Ray cluster ('auto': the one this machine is in). "
+           "Needs pip install 'loadgen[ray]'.")
 def main(**opts: Any) -> None:
     """Benchmark an OpenAI-compatible or SGLang inference server with streaming requests.
 
@@ -236,4 +243,6 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         metadata=parse_metadata(opts["metadata"]),
         progress=opts["progress"],
         grace_s=opts["grace_s"],
+        workers=opts["workers"] if opts["workers"] is not None else (0 if opts["ray_address"] else 1),
+        ray_address=opts["ray_address"] or None,
     )

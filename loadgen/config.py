@@ -197,6 +197,8 @@ class RunConfig:
     metadata: dict[str, str] = field(default_factory=dict)
     progress: bool = True
     grace_s: float = 5.0
+    workers: int = 1  # client processes (with ray_address: Ray actors; 0 = one per node)
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -278,7 +280,17 @@ class RunConfig:
             raise ConfigError("--rate needs at least one value")
         if self.endpoint is not None and not self.endpoint.startswith("/"):
             raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
+        self._validate_workers()
         self._validate_template()
+
+    def _validate_workers(self) -> None:
+        if self.workers < 0 or (self.workers == 0 and not self.ray_address):
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.ray_address:
+            from importlib.util import find_spec
+
+            if find_spec("ray") is None:
+                raise ConfigError("--ray-address needs Ray, which is not installed: pip install 'loadgen[ray]'")
 
     def _validate_template(self) -> None:
         template = self.result_filename

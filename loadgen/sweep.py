@@ -219,8 +219,11 @@ def finish_point(
     server_version: str | None = None,
     verification: dict[str, Any] | None = None,
     max_in_flight: int = 0,
+    extra_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregates of one point → the result JSON and the interval log. No network.
+
+    ``extra_fields`` are added to the result JSON (the workers of a multi-process point).
 
     The per-request store was written during the run; only the last batch is left.
     """
@@ -240,6 +243,7 @@ def finish_point(
     }
     if verification is not None:
         extra["prompt_verification"] = verification
+    extra.update(extra_fields or {})
     info.warmup_requests = collector.warmup_requests
     result = results_mod.build_result(
         cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
@@ -266,6 +270,11 @@ def run_point(
     while the files are written waits until they are complete. Either way the point
     is written first and :class:`~loadgen.interrupts.Interrupted` raised after.
     """
+    if cfg.workers > 1 or cfg.ray_address:
+        from loadgen.workers import run_point_workers
+
+        return run_point_workers(cfg, pre, prompts, concurrency, rate, date,
+                                 console=console, progress_console=progress_console)
     from loadgen.runner import LiveCounters, run
 
     files = point_paths(cfg, pre, concurrency, rate, date)
