@@ -441,7 +441,12 @@ def run_point_workers(
     offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.arrival, cfg.burstiness), seed=cfg.seed)
     if cfg.ray_address:
         from loadgen import ray_workers as transport
-        workers = cfg.workers or transport.default_workers(cfg.ray_address)
+        from loadgen.sweep import PreflightError
+
+        try:
+            workers = cfg.workers or transport.default_workers(cfg.ray_address)
+        except RuntimeError as exc:
+            raise PreflightError(str(exc)) from None
     else:
         from loadgen import procpool as transport  # type: ignore[no-redef]
         workers = cfg.workers
