@@ -289,7 +289,11 @@ class RunConfig:
         if self.ray_address:
             from importlib.util import find_spec
 
-            if find_spec("ray") is None:
+            try:
+                missing = find_spec("ray") is None
+            except ValueError:  # sys.modules["ray"] is None: blocked on purpose
+                missing = True
+            if missing:
                 raise ConfigError("--ray-address needs Ray, which is not installed: pip install 'loadgen[ray]'")
 
     def _validate_template(self) -> None:

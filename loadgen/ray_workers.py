@@ -213,6 +213,8 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
             except Exception as exc:  # noqa: BLE001 - an actor that never came up
                 offsets.append(0.0)
                 outcomes[i].error = _describe(exc)
+        for o, off in zip(outcomes, offsets, strict=True):
+            o.clock_offset_ms = off * 1000.0
         refs = {i: actors[i].run.remote(t) for i, t in enumerate(tasks) if outcomes[i].error is None}
         pending = dict(refs)
         ready: set[int] = set()

@@ -132,8 +132,9 @@ class WorkerOutcome:
 
     index: int
     result: WorkerResult | None = None
-    error: str | None = None  # "killed by SIGKILL", "actor died: ..."
+    error: str | None = None  # "was killed by SIGKILL", "failed (ActorDiedError: ...)"
     store: StoreFiles | None = None
+    clock_offset_ms: float | None = None  # Ray: the actor's wall clock minus the driver's
 
 
 def aggregate_to_wire(agg: Aggregate) -> bytes:
@@ -339,6 +340,7 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome], *, goodput_slos_ms: dict[s
             "loop_lag_p50_ms": p50, "loop_lag_p99_ms": p99, "loop_lag_max_ms": mx,
             "client_saturated": p99 > saturation_lag_p99_ms, "max_concurrency_observed": r.max_in_flight,
             "store_rows": r.store.get("rows"),
+            **({"clock_offset_ms": o.clock_offset_ms} if o.clock_offset_ms is not None else {}),
         })
     return Merged(total, span, worst, in_flight, partial, sig, warm, rows)
 
@@ -463,7 +465,9 @@ def run_point_workers(
         if merged.signal is not None:
             interrupts.note(merged.signal)
         if all(o.result is None for o in outcomes):
-            raise RuntimeError("every worker failed: " + "; ".join(f"worker {o.index}: {o.error}" for o in outcomes))
+            from loadgen.sweep import PreflightError
+
+            raise PreflightError("every worker failed: " + "; ".join(f"worker {o.index}: {o.error}" for o in outcomes))
         live = [o.store for o in outcomes if o.result is not None and o.store is not None]
         per_request = concat_stores(live, files.store)
         failed = [o for o in outcomes if o.result is None]
