@@ -150,6 +150,7 @@ class WorkerActor:
                 details=folder / task.store.details.name,
             )
             task.store = local
+            task.in_thread = True
             result = _in_own_thread(lambda: run_worker(task, self.control))
             result.store_blobs = read_blobs(local)
             return result

@@ -104,6 +104,7 @@ class WorkerTask:
     save_text: bool = False
     goodput_slos_ms: dict[str, float] = field(default_factory=dict)
     inline_limit: int = 0
+    in_thread: bool = False  # a Ray actor runs it in a thread of a shared process: count that thread's CPU
 
 
 @dataclass
@@ -121,6 +122,7 @@ class WorkerResult:
     warmup_requests: int
     store: dict[str, Any]
     start_late_ms: float = 0.0
+    cpu_s: float = 0.0  # the worker's CPU time (user + system) for the whole task
     host: str = ""
     pid: int = 0
     store_blobs: dict[str, bytes] | None = None  # Ray: the store files' bytes (written on another node)
@@ -192,6 +194,7 @@ def run_worker(task: WorkerTask, control: Control) -> WorkerResult:
     )
     counters = LiveCounters()
     late = [0.0]
+    cpu0 = time.thread_time() if task.in_thread else time.process_time()
 
     async def clock_start() -> int:
         start = await control.start()
@@ -221,6 +224,7 @@ def run_worker(task: WorkerTask, control: Control) -> WorkerResult:
         warmup_requests=collector.warmup_requests,
         store=collector.store.describe() if collector.store is not None else {},
         start_late_ms=late[0],
+        cpu_s=(time.thread_time() if task.in_thread else time.process_time()) - cpu0,
         host=socket.gethostname(),
         pid=os.getpid(),
     )
@@ -336,7 +340,7 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome], *, goodput_slos_ms: dict[s
             "worker": o.index, "host": r.host, "pid": r.pid, "error": None, "partial": r.partial,
             "num_requests": agg.num_requests, "completed": agg.completed, "failed": agg.failed,
             "total_output_tokens": agg.total_output_tokens,
-            "duration": (r.end_ns - r.start_ns) / 1e9, "start_late_ms": r.start_late_ms,
+            "duration": (r.end_ns - r.start_ns) / 1e9, "start_late_ms": r.start_late_ms, "cpu_s": r.cpu_s,
             "loop_lag_p50_ms": p50, "loop_lag_p99_ms": p99, "loop_lag_max_ms": mx,
             "client_saturated": p99 > saturation_lag_p99_ms, "max_concurrency_observed": r.max_in_flight,
             "store_rows": r.store.get("rows"),
