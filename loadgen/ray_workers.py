@@ -88,6 +88,15 @@ def default_workers(address: str) -> int:
     return max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
 
 
+def check_capacity(address: str, actors: int) -> None:
+    """Each actor takes one CPU: more actors than the cluster has CPUs would wait forever."""
+    ray = connect(address)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cpus < actors:
+        raise RuntimeError(f"{actors} Ray actors need {actors} CPUs and the cluster at '{address}' has {cpus}: "
+                           "lower --workers or add nodes (ray start --address ...)")
+
+
 class ActorControl:
     """The worker's side in an actor: "ready" is a flag the driver polls, the start an event it sets.
 

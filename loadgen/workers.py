@@ -445,18 +445,21 @@ def run_point_workers(
 
     files = point_paths(cfg, pre, concurrency, rate, date)
     offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.arrival, cfg.burstiness), seed=cfg.seed)
+    target = _target(cfg, pre.model)
     if cfg.ray_address:
         from loadgen import ray_workers as transport
         from loadgen.sweep import PreflightError
 
         try:
             workers = cfg.workers or transport.default_workers(cfg.ray_address)
+            tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, workers)
+            transport.check_capacity(cfg.ray_address, len(tasks))
         except RuntimeError as exc:
             raise PreflightError(str(exc)) from None
     else:
         from loadgen import procpool as transport  # type: ignore[no-redef]
-        workers = cfg.workers
-    tasks = plan_tasks(cfg, _target(cfg, pre.model), prompts, offsets, concurrency, files.store, workers)
+
+        tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, cfg.workers)
     counters = SummedCounters(len(tasks))
     title = (f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)} "
              f"({len(tasks)} {'actors' if cfg.ray_address else 'workers'})")
