@@ -101,7 +101,7 @@ def cpu_bench(args: argparse.Namespace) -> None:
         n = args.streams * args.requests_per_stream
         prompts = [Prompt(i, 4, args.tokens, text=f"id={i} x") for i in range(n)]
         for rep in range(args.repeat):
-            for mode in args.modes:
+            for mode in args.modes[rep % len(args.modes):] + args.modes[:rep % len(args.modes)]:  # rotate: share the noise
                 t0 = time.monotonic()
                 agg, cpu, per, lag = run_mode(mode, target, prompts, args.streams, Path(tmp))
                 wall = time.monotonic() - t0

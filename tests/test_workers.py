@@ -135,15 +135,19 @@ def test_two_workers_measure_what_one_process_measures(sim_fast, tmp_path: Path)
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = loadgen("--base-url", sim_fast.base_url, *SCHEDULE, "--output-dir", str(one))
     assert r1.returncode == 0, r1.stderr
-    r2 = loadgen("--base-url", sim_fast.base_url, *SCHEDULE, "--output-dir", str(two), "--workers", "2")
+    r2 = loadgen("--base-url", sim_fast.base_url, *SCHEDULE, "--output-dir", str(two), "--workers", "2",
+                 "--save-requests")
     assert r2.returncode == 0, r2.stderr
     single, merged = only_result(one), only_result(two)
+    chunks = np.asarray(read_requests(two / merged["per_request"]["chunks"]))
+    assert len(chunks) == N * OUT and sorted(set(chunks["prompt_id"].tolist())) == list(range(N))
     assert merged["workers"] == 2 and merged["worker_mode"] == "processes"
     assert [w["num_requests"] for w in merged["per_worker"]] == [N // 2, N // 2]
     check_merged_like_single(merged, single, two)
     # one store, one interval log: the workers' own files were folded in
     assert sorted(p.name for p in two.iterdir()) == sorted(
-        ["serving_benchmark_8_32_16.json", "serving_benchmark_8_32_16.hlog", "serving_benchmark_8_32_16.requests.npy"])
+        ["serving_benchmark_8_32_16.json", "serving_benchmark_8_32_16.hlog", "serving_benchmark_8_32_16.requests.npy",
+         "serving_benchmark_8_32_16.chunks.npy"])
 
 
 def _children(pid: int) -> list[int]:
@@ -281,7 +285,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray start failed:\n{log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}", env
+        yield f"127.0.0.1:{port}", env, proc.pid
     finally:
         stop_tree(proc.pid, proc.pid, timeout_s=20.0, popen=proc)
         assert not live_tree(proc.pid, proc.pid), "Ray processes survived the cluster's stop"
@@ -291,7 +295,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ray_actors_measure_what_one_process_measures(sim_fast, ray_cluster, tmp_path: Path) -> None:
-    address, env = ray_cluster
+    address, env, _ = ray_cluster
     one, two = tmp_path / "one", tmp_path / "ray"
     r1 = loadgen("--base-url", sim_fast.base_url, *SCHEDULE, "--output-dir", str(one))
     assert r1.returncode == 0, r1.stderr
@@ -302,3 +306,44 @@ def test_ray_actors_measure_what_one_process_measures(sim_fast, ray_cluster, tmp
     assert merged["workers"] == 2 and merged["worker_mode"] == "ray"
     assert all(abs(w["clock_offset_ms"]) < 50.0 for w in merged["per_worker"])  # one machine: one wall clock
     check_merged_like_single(merged, only_result(one), two)
+
+
+def _actor_pids(pgid: int) -> list[int]:
+    pids = []
+    for pid in live_tree(pgid, pgid):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::WorkerActor"):
+                pids.append(pid)
+        except OSError:
+            pass
+    return sorted(pids)
+
+
+def test_a_lost_ray_actor_leaves_a_partial_result_naming_it(sim_server, ray_cluster, tmp_path: Path) -> None:
+    address, env, pgid = ray_cluster
+    srv = _slow_sim(sim_server, tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", "from loadgen.cli import main; main()", "--base-url", srv.base_url,
+                             *SLOW, "--output-dir", str(out), "--ray-address", address], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_actor_pids(pgid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        actors = _actor_pids(pgid)
+        assert len(actors) >= 2, proc.stderr.read().decode() if proc.poll() is not None else "no actors"
+        time.sleep(3.0)  # past the start (actors take a moment to connect) and mid-run: 7.5 s per worker
+        os.kill(actors[-1], signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    res = only_result(out)
+    assert res["partial"] is True and len(res["workers_failed"]) == 1
+    (k,) = res["workers_failed"]
+    dead, alive = res["per_worker"][k], res["per_worker"][1 - k]
+    assert dead["error"] and alive["error"] is None and alive["completed"] == 20
+    assert res["completed"] == 20 and res["per_request"]["rows"] == 20
+    assert f"worker {k}" in res["per_request"]["error"]
