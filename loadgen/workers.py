@@ -123,6 +123,7 @@ class WorkerResult:
     store: dict[str, Any]
     start_late_ms: float = 0.0
     cpu_s: float = 0.0  # the worker's CPU time (user + system) for the whole task
+    start_epoch_s: float = 0.0  # the common start on this worker's wall clock
     host: str = ""
     pid: int = 0
     store_blobs: dict[str, bytes] | None = None  # Ray: the store files' bytes (written on another node)
@@ -193,13 +194,14 @@ def run_worker(task: WorkerTask, control: Control) -> WorkerResult:
         RequestStore(task.store, save_text=task.save_text),
     )
     counters = LiveCounters()
-    late = [0.0]
+    late = [0.0, 0.0]  # ms late, epoch s of the start
     cpu0 = time.thread_time() if task.in_thread else time.process_time()
 
     async def clock_start() -> int:
         start = await control.start()
         await wait_until(start)
-        late[0] = (perf_counter_ns() - start) / 1e6
+        now = perf_counter_ns()
+        late[0], late[1] = (now - start) / 1e6, time.time() - (now - start) / 1e9
         return start
 
     try:
@@ -224,6 +226,7 @@ def run_worker(task: WorkerTask, control: Control) -> WorkerResult:
         warmup_requests=collector.warmup_requests,
         store=collector.store.describe() if collector.store is not None else {},
         start_late_ms=late[0],
+        start_epoch_s=late[1],
         cpu_s=(time.thread_time() if task.in_thread else time.process_time()) - cpu0,
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -297,6 +300,7 @@ class Merged:
     signal: int | None
     warmup_requests: int
     workers: list[dict[str, Any]]
+    start_epoch_s: float | None = None  # the earliest worker's (None: no worker started)
 
 
 def lag_figures(samples_ns: np.ndarray) -> tuple[float, float, float]:
@@ -319,6 +323,7 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome], *, goodput_slos_ms: dict[s
     partial = False
     sig: int | None = None
     rows: list[dict[str, Any]] = []
+    starts: list[float] = []
     for o in sorted(outcomes, key=lambda o: o.index):
         r = o.result
         if r is None:
@@ -333,6 +338,8 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome], *, goodput_slos_ms: dict[s
         if p99 > worst_p99:
             worst_p99, worst = p99, r.lag_samples_ns
         in_flight += r.max_in_flight
+        if r.start_epoch_s:
+            starts.append(r.start_epoch_s)
         warm += r.warmup_requests
         partial = partial or r.partial
         sig = sig or r.signal
@@ -346,7 +353,7 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome], *, goodput_slos_ms: dict[s
             "store_rows": r.store.get("rows"),
             **({"clock_offset_ms": o.clock_offset_ms} if o.clock_offset_ms is not None else {}),
         })
-    return Merged(total, span, worst, in_flight, partial, sig, warm, rows)
+    return Merged(total, span, worst, in_flight, partial, sig, warm, rows, min(starts) if starts else None)
 
 
 # ---------------------------------------------------------------- the stores
@@ -463,7 +470,6 @@ def run_point_workers(
     counters = SummedCounters(len(tasks))
     title = (f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)} "
              f"({len(tasks)} {'actors' if cfg.ray_address else 'workers'})")
-    start_epoch = time.time()
     with interrupts.deferred():
         with Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
             outcomes = transport.run_tasks(tasks, counters=counters, on_tick=prog.tick, address=cfg.ray_address)
@@ -484,6 +490,7 @@ def run_point_workers(
                 f"worker {o.index} {o.error}: its requests are not in the figures"
                 + (f" (rows it stored: {o.store.requests.name})" if o.store is not None and o.store.requests.exists()
                    else "") for o in failed)
+        start_epoch = merged.start_epoch_s or time.time() - merged.span_ns / 1e9
         info = results_mod.PointInfo(
             concurrency=concurrency, rate=rate, date=date, model=pre.model, tokenizer_id=pre.tokenizer_id,
             start_epoch_s=start_epoch, end_epoch_s=start_epoch + merged.span_ns / 1e9, partial=merged.partial,
