@@ -118,7 +118,8 @@ def exit_reason(exitcode: int | None, message: str | None) -> str:
 
 
 def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick: Callable[[], Any],
-              address: str | None = None, tick_s: float = 0.25) -> list[WorkerOutcome]:
+              address: str | None = None, tick_s: float = 0.25,
+              on_started: Callable[[], Any] | None = None) -> list[WorkerOutcome]:
     """Run every task in its own process; returns one outcome per task, in order."""
     del address
     n = len(tasks)
@@ -136,6 +137,8 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
         child_end.close()
         conns.append(parent_end)
         procs.append(proc)
+    if on_started is not None:
+        on_started()
     outcomes = [WorkerOutcome(t.index, store=t.store) for t in tasks]
     messages: list[str | None] = [None] * n
     ready: set[int] = set()

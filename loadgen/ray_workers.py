@@ -204,12 +204,15 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick: Callable[[], Any],
-              address: str | None = None, tick_s: float = 0.25) -> list[WorkerOutcome]:
+              address: str | None = None, tick_s: float = 0.25,
+              on_started: Callable[[], Any] | None = None) -> list[WorkerOutcome]:
     """Run every task as a Ray actor (scheduling strategy SPREAD); one outcome per task, in order."""
     ray = connect(address or "auto")
     actor_cls = ray.remote(num_cpus=1, max_concurrency=4)(WorkerActor)
     actors = [actor_cls.options(scheduling_strategy="SPREAD", name=None).remote() for _ in tasks]
     outcomes = [WorkerOutcome(t.index, store=t.store) for t in tasks]
+    if on_started is not None:
+        on_started()
     seen: list[int] = []
     forwarded = 0
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}

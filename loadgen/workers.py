@@ -471,8 +471,14 @@ def run_point_workers(
     title = (f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)} "
              f"({len(tasks)} {'actors' if cfg.ray_address else 'workers'})")
     with interrupts.deferred():
-        with Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress) as prog:
-            outcomes = transport.run_tasks(tasks, counters=counters, on_tick=prog.tick, address=cfg.ray_address)
+        # The live display (a thread, on a terminal) starts once the workers are forked: a
+        # child must not inherit a lock that thread holds.
+        prog = Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress)
+        try:
+            outcomes = transport.run_tasks(tasks, counters=counters, on_tick=prog.tick, address=cfg.ray_address,
+                                           on_started=prog.__enter__)
+        finally:
+            prog.__exit__(None, None, None)
         merged = merge_outcomes(outcomes, goodput_slos_ms=cfg.goodput_slos_ms, inline_limit=cfg.inline_requests,
                                 saturation_lag_p99_ms=SATURATION_LAG_P99_MS)
         if merged.signal is not None:
