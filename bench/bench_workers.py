@@ -152,15 +152,17 @@ def first_request_ms(port: int, t_launch_ns: int) -> float:
 
 
 def launch_bench(args: argparse.Namespace) -> None:
+    import shutil
+
     from launcher.process import free_port, stop_tree
 
     cache = tempfile.mkdtemp(prefix="lgcache-")
+    temp = tempfile.mkdtemp(prefix="lgray-")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LOADGEN_CACHE_DIR": cache, "RAY_USAGE_STATS_ENABLED": "0"}
     ray_proc = None
     variants = [("1 process", []), ("--workers 2", ["--workers", "2"])]
     if args.ray:
         rport = free_port()
-        temp = tempfile.mkdtemp(prefix="lgray-")
         ray_proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", str(rport),
              "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard=false",
@@ -193,6 +195,8 @@ def launch_bench(args: argparse.Namespace) -> None:
     finally:
         if ray_proc is not None:
             stop_tree(ray_proc.pid, ray_proc.pid, timeout_s=20.0, popen=ray_proc)
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
     print("\nmedians:")
     for name, v in figures.items():
         print(f"  {name:14s}: launch -> first request {statistics.median(v):.0f} ms ({len(v)} runs)")
