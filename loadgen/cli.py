@@ -168,6 +168,13 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
       help="Seconds between scrapes of --server-metrics and --gpu-metrics.")
 @_opt("--gpu-metrics", default="auto", show_default=True,
       help="GPU telemetry: auto (NVML when loadgen runs on the GPU host), off, or a DCGM exporter URL.")
+# scale
+@_opt("--workers", type=int, default=None,
+      help="Client processes sharing each point's schedule (one uvloop client each; docs/scale.md). "
+           "With --ray-address: Ray actors. [default: 1; with --ray-address, one per node]")
+@_opt("--ray-address", envvar="RAY_ADDRESS", show_envvar=True, default=None,
+      help="Run the workers as Ray actors spread over this Ray cluster ('auto': the one this machine is in). "
+           "Needs pip install 'loadgen[ray]'.")
 def main(**opts: Any) -> None:
     """Benchmark an OpenAI-compatible or SGLang inference server with streaming requests.
 
@@ -259,6 +266,8 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         gpu_metrics=opts.get("gpu_metrics") or "auto",
         ca_cert=opts["ca_cert"],
         insecure=opts["insecure"],
+        workers=opts["workers"] if opts["workers"] is not None else (0 if opts["ray_address"] else 1),
+        ray_address=opts["ray_address"] or None,
     )
 
 

@@ -208,6 +208,8 @@ class RunConfig:
     ca_cert: str | None = None  # a PEM CA bundle to trust for https (--ca-cert)
     insecure: bool = False  # https without certificate verification (--insecure)
     basic_auth: tuple[str, str] | None = None  # credentials taken out of --base-url
+    workers: int = 1  # client processes (with ray_address: Ray actors; 0 = one per node)
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -305,6 +307,7 @@ class RunConfig:
             raise ConfigError("--rate needs at least one value")
         if self.endpoint is not None and not self.endpoint.startswith("/"):
             raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
+        self._validate_workers()
         self._validate_template()
         self._validate_telemetry()
 
@@ -342,6 +345,19 @@ class RunConfig:
             except (OSError, ssl.SSLError) as exc:
                 reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
                 raise ConfigError(f"--ca-cert '{self.ca_cert}' is not a readable PEM CA bundle ({reason})") from None
+
+    def _validate_workers(self) -> None:
+        if self.workers < 0 or (self.workers == 0 and not self.ray_address):
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.ray_address:
+            from importlib.util import find_spec
+
+            try:
+                missing = find_spec("ray") is None
+            except ValueError:  # sys.modules["ray"] is None: blocked on purpose
+                missing = True
+            if missing:
+                raise ConfigError("--ray-address needs Ray, which is not installed: pip install 'loadgen[ray]'")
 
     def _validate_template(self) -> None:
         template = self.result_filename

@@ -32,7 +32,7 @@ import gc
 import math
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Protocol
@@ -259,8 +259,15 @@ async def run_async(
     preconnect: bool = True,
     kernel_stamps: bool = True,
     fast_path: bool = True,
+    clock_start: Callable[[], Awaitable[int]] | None = None,
+    stop_hook: Callable[[Callable[[int], None]], None] | None = None,
 ) -> RunOutcome:
     """The body of :func:`run`, for callers that already run an event loop.
+
+    ``clock_start`` (worker processes, :mod:`loadgen.workers`) is awaited once the
+    first wave's connections are open and returns the ``perf_counter_ns`` instant the
+    measured phase starts at, shared by every worker. ``stop_hook`` receives a
+    thread-safe function that stops the run as a signal would (a Ray actor's stop).
 
     ``freeze_gc`` pauses the garbage collector during the measured phase and
     ``preconnect`` opens the first wave's connections before the clock starts;
@@ -279,6 +286,8 @@ async def run_async(
     offsets = list(offsets_s) if offsets_s is not None else None
     stop = _Stop(loop)
     previous = _install_signals(loop, stop) if handle_signals else {}
+    if stop_hook is not None:
+        stop_hook(lambda signum: loop.call_soon_threadsafe(stop.interrupt, signum))
     gate = asyncio.Semaphore(concurrency) if concurrency else None
     warm_records: list[RequestRecord] = []
     records: list[RequestRecord] = []
@@ -321,7 +330,8 @@ async def run_async(
                 gc.collect()
                 gc.freeze()
                 gc.disable()
-            start_ns = perf_counter_ns()
+            start_ns = perf_counter_ns() if clock_start is None else await clock_start()
+        if not stop.interrupted:
             if sink is not None:
                 sink.begin(start_ns)
 

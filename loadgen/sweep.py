@@ -238,8 +238,11 @@ def finish_point(
     max_in_flight: int = 0,
     telemetry: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
+    extra_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregates of one point → the result JSON and the interval log. No network.
+
+    ``extra_fields`` are added to the result JSON (the workers of a multi-process point).
 
     The per-request store was written during the run; only the last batch is left.
     """
@@ -266,6 +269,7 @@ def finish_point(
         extra["repeat"] = {"index": info.repeat, "of": cfg.repeat}
     if cfg.warmup_s:
         extra["warmup_seconds"] = cfg.warmup_s
+    extra.update(extra_fields or {})
     info.warmup_requests = collector.warmup_requests
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     result = results_mod.build_result(
@@ -291,12 +295,45 @@ def run_point(
     """Run one (concurrency, rate) point against the server and write its files.
 
     Repeat N of a point (``--repeat``) draws its arrival times with seed + N - 1,
-    so repeats are independent samples of the same load.
+    so repeats are independent samples of the same load. With ``--workers`` or
+    ``--ray-address`` the point runs over several clients (:mod:`loadgen.workers`).
 
     A stop signal during the run ends it early (a partial point); one that arrives
     while the files are written waits until they are complete. Either way the point
-    is written first and :class:`~loadgen.interrupts.Interrupted` raised after.
+    is written first and :class:`~loadgen.interrupts.Interrupted` raised after,
+    carrying the point's result.
     """
+    result: dict[str, Any] | None = None
+    try:
+        with interrupts.deferred():
+            if cfg.workers > 1 or cfg.ray_address:
+                from loadgen.workers import run_point_workers
+
+                result = run_point_workers(cfg, pre, prompts, concurrency, rate, date, console=console,
+                                           progress_console=progress_console, repeat=repeat)
+            else:
+                result = _run_point_here(cfg, pre, prompts, concurrency, rate, date, console=console,
+                                         progress_console=progress_console, repeat=repeat)
+    except interrupts.Interrupted as exc:
+        if result is not None:
+            exc.results.append(result)
+        raise
+    return result
+
+
+def _run_point_here(
+    cfg: RunConfig,
+    pre: Preflight,
+    prompts: Sequence[Prompt],
+    concurrency: int | None,
+    rate: float,
+    date: str,
+    *,
+    console: Console,
+    progress_console: Console | None = None,
+    repeat: int = 1,
+) -> dict[str, Any]:
+    """:func:`run_point` in this process."""
     from loadgen.runner import LiveCounters, run
     from loadgen.telemetry import PointTelemetry
 
@@ -312,52 +349,45 @@ def run_point(
     start_epoch = time.time()
     telemetry = PointTelemetry(cfg, files.result, counters,
                                note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
-    result: dict[str, Any] | None = None
     try:
-        with interrupts.deferred():
-            try:
-                with telemetry, Progress(counters, len(prompts), title, console=progress_console,
-                                         enabled=cfg.progress) as prog:
-                    outcome = run(
-                        target,
-                        prompts,
-                        offsets.tolist(),
-                        concurrency=concurrency,
-                        warmup=cfg.warmup,
-                        duration_s=cfg.duration_s,
-                        counters=counters,
-                        on_tick=prog.tick,
-                        grace_s=cfg.grace_s,
-                        sink=collector,
-                    )
-            except BaseException:
-                collector.close(0)
-                raise
-            if outcome.signal is not None:
-                interrupts.note(outcome.signal)
-            span_s = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
-            info = results_mod.PointInfo(
+        with telemetry, Progress(counters, len(prompts), title, console=progress_console,
+                                 enabled=cfg.progress) as prog:
+            outcome = run(
+                target,
+                prompts,
+                offsets.tolist(),
                 concurrency=concurrency,
-                rate=rate,
-                date=date,
-                model=pre.model,
-                tokenizer_id=pre.tokenizer_id,
-                start_epoch_s=start_epoch,
-                end_epoch_s=start_epoch + span_s,
-                partial=bool(outcome.partial),
-                repeat=repeat,
+                warmup=cfg.warmup,
+                duration_s=cfg.duration_s,
+                counters=counters,
+                on_tick=prog.tick,
+                grace_s=cfg.grace_s,
+                sink=collector,
             )
-            result = finish_point(
-                cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
-                server_version=pre.server_version, verification=pre.verification,
-                max_in_flight=outcome.max_in_flight, server=pre.server,
-                telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
-            )
-            print_summary(result, console, str(files.result))
-    except interrupts.Interrupted as exc:
-        if result is not None:
-            exc.results.append(result)
+    except BaseException:
+        collector.close(0)
         raise
+    if outcome.signal is not None:
+        interrupts.note(outcome.signal)
+    span_s = max(outcome.end_ns - outcome.start_ns, 0) / 1e9
+    info = results_mod.PointInfo(
+        concurrency=concurrency,
+        rate=rate,
+        date=date,
+        model=pre.model,
+        tokenizer_id=pre.tokenizer_id,
+        start_epoch_s=start_epoch,
+        end_epoch_s=start_epoch + span_s,
+        partial=bool(outcome.partial),
+        repeat=repeat,
+    )
+    result = finish_point(
+        cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
+        server_version=pre.server_version, verification=pre.verification,
+        max_in_flight=outcome.max_in_flight, server=pre.server,
+        telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
+    )
+    print_summary(result, console, str(files.result))
     return result
 
 

@@ -1,0 +1,214 @@
+"""Worker processes on this machine (``--workers N``): fork, a start barrier, signals.
+
+Workers are forked after the prompt set is built, so they share it copy-on-write and
+start in milliseconds (nothing is imported or pickled on the way in); where ``fork``
+does not exist they are spawned. Each worker is its own session (a Ctrl-C on the
+terminal reaches only the parent, which passes each signal on exactly once) and is
+sent SIGTERM by the kernel if the parent dies.
+
+Parent ↔ worker, over one pipe each, never during the measured phase except the
+final result:
+
+1. worker → ``("ready", None)`` once its warm-up is done and its first wave's
+   connections are open (inside the runner's ``clock_start`` hook);
+2. parent → ``("start", t_ns)`` when every worker is ready (or finished, or dead):
+   ``t_ns = now + START_MARGIN_S`` on CLOCK_MONOTONIC (``perf_counter_ns``), which is
+   one clock for every process on a Linux machine, so all workers release against
+   the same origin;
+3. worker → ``("result", WorkerResult)`` at the end (or ``("error", text)``).
+
+Live progress goes through a shared array of counters that each worker writes on its
+progress timer and the parent sums on its own.
+
+A worker that dies (killed, crashed) is noticed by its process sentinel: the others
+run on, and the point is marked partial, naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+from time import perf_counter_ns
+from typing import Any
+
+from loadgen.workers import START_MARGIN_S, SummedCounters, WorkerOutcome, WorkerTask, run_worker
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+JOIN_TIMEOUT_S = 10.0
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the parent exits, so no worker outlives a killed run."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class PipeControl:
+    """The worker's side of the protocol above."""
+
+    def __init__(self, conn: Connection, rows: Any, index: int, early: list[int]) -> None:
+        self.conn = conn
+        self.counters = SummedCounters(0, rows)
+        self.index = index
+        self.early = early
+
+    async def start(self) -> int:
+        self.conn.send(("ready", None))
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        fd = self.conn.fileno()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        kind, value = self.conn.recv()  # EOFError: the parent is gone, and so is this run
+        if kind != "start":
+            raise RuntimeError(f"worker {self.index}: expected the start instant, got {kind!r}")
+        return int(value)
+
+    def publish(self, counters: Any) -> None:
+        self.counters.set(self.index, counters)
+
+    def on_stop(self, stop: Callable[[int], None]) -> None:
+        if self.early:  # a signal that came before the runner's own handlers
+            stop(self.early[0])
+
+
+def _child(task: WorkerTask, conn: Connection, rows: Any) -> None:
+    os.setsid()
+    _die_with_parent()
+    early: list[int] = []
+    for sig in SIGNALS:
+        signal.signal(sig, lambda signum, frame: early.append(signum))
+    gc.freeze()  # the parent's heap stays shared: collections leave it alone
+    try:
+        result = run_worker(task, PipeControl(conn, rows, task.index, early))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit non-zero
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"[:300]))
+        except OSError:
+            pass
+        os._exit(1)
+    try:
+        conn.send(("result", result))
+    except OSError:
+        os._exit(1)
+
+
+def exit_reason(exitcode: int | None, message: str | None) -> str:
+    """How a worker without a result ended, in words."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name}"
+    return f"exited with code {exitcode}" + (f" ({message})" if message else "")
+
+
+def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick: Callable[[], Any],
+              address: str | None = None, tick_s: float = 0.25,
+              on_started: Callable[[], Any] | None = None) -> list[WorkerOutcome]:
+    """Run every task in its own process; returns one outcome per task, in order."""
+    del address
+    n = len(tasks)
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    rows = ctx.RawArray("q", n * len(SummedCounters.FIELDS))
+    counters.rows = rows
+    conns: list[Connection] = []
+    procs = []
+    for task in tasks:
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=_child, args=(task, child_end, rows), name=f"loadgen-worker-{task.index}",
+                           daemon=True)
+        proc.start()
+        child_end.close()
+        conns.append(parent_end)
+        procs.append(proc)
+    if on_started is not None:
+        on_started()
+    outcomes = [WorkerOutcome(t.index, store=t.store) for t in tasks]
+    messages: list[str | None] = [None] * n
+    ready: set[int] = set()
+    done: set[int] = set()
+    closed: set[int] = set()
+    started = False
+    seen: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        for i, p in enumerate(procs):
+            if i not in done and p.pid is not None:
+                try:
+                    os.kill(p.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    for sig in SIGNALS:
+        signal.signal(sig, forward)
+    next_tick = time.monotonic() + tick_s
+    try:
+        while len(done) < n:
+            live = [i for i in range(n) if i not in done]
+            wait([conns[i] for i in live if i not in closed] + [procs[i].sentinel for i in live],
+                 timeout=max(0.0, next_tick - time.monotonic()))
+            for i in live:
+                while i not in closed and conns[i].poll():
+                    try:
+                        kind, value = conns[i].recv()
+                    except (EOFError, OSError):
+                        closed.add(i)
+                        break
+                    if kind == "ready":
+                        ready.add(i)
+                    elif kind == "result":
+                        outcomes[i].result = value
+                        done.add(i)
+                    elif kind == "error":
+                        messages[i] = str(value)
+                if i not in done and not procs[i].is_alive():
+                    procs[i].join()
+                    outcomes[i].error = exit_reason(procs[i].exitcode, messages[i])
+                    done.add(i)
+            if not started and all(i in ready or i in done for i in range(n)):
+                started = True
+                start = perf_counter_ns() + int(START_MARGIN_S * 1e9)
+                for i in sorted(ready - done):
+                    try:
+                        conns[i].send(("start", start))
+                    except OSError:
+                        pass  # it died: its sentinel says so
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + tick_s
+                try:
+                    on_tick()
+                except Exception:  # a broken display must not stop a benchmark
+                    pass
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+        for p in procs:
+            p.join(JOIN_TIMEOUT_S)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for c in conns:
+            c.close()
+    if seen:
+        from loadgen import interrupts
+
+        interrupts.note(seen[0])
+    return outcomes
