@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from launcher import process, vllm_cpu
+from loadgen.store import read_requests
 
 pytestmark = [
     pytest.mark.vllm,
@@ -139,10 +140,10 @@ def test_loadgen_run_exact_lengths(server, tmp_path: Path, backend: str) -> None
     if "prompt_token_mismatches" in result:
         assert result["prompt_token_mismatches"] == 0
     # Per request: the server's own usage.prompt_tokens equals the length we built.
-    rows = [json.loads(line) for f in glob.glob(str(tmp_path / "*.jsonl")) for line in Path(f).read_text().splitlines() if line.strip()]
-    checked = [r for r in rows if r.get("server_prompt_tokens") is not None]
-    assert checked, "the server reported usage for no request"
-    assert all(r["server_prompt_tokens"] == r["input_len"] == 64 for r in checked)
+    rows = read_requests(tmp_path / result["per_request"]["requests"])
+    checked = rows[rows["server_prompt_tokens"] >= 0]
+    assert len(checked), "the server reported usage for no request"
+    assert (checked["server_prompt_tokens"] == 64).all() and (checked["input_len"] == 64).all()
 
 
 PARSE_SCRIPT = r"""
