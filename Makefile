@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 
 # The main job: launch -> sweep -> report -> stop.
 bench: $(STAMP)
-	$(PY) -m analysis.bench --engine $(ENGINE) --sweep $(SWEEP) --out $(OUT) \
+	$(PY) -m orchestrator.bench --engine $(ENGINE) --sweep $(SWEEP) --out $(OUT) \
 		$(if $(PRESET),--preset $(PRESET)) $(if $(MODEL),--model $(MODEL)) $(if $(PROFILE),--profile $(PROFILE)) \
 		$(if $(TIME_SCALE),--time-scale $(TIME_SCALE)) $(foreach s,$(SLO),--slo '$(s)')
 

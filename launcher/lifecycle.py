@@ -25,11 +25,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher import preflight, process
 from launcher.diagnose import last_error_line
 from launcher.readiness import NotReady, Progress, ReadinessSpec, Waiter
+
+if TYPE_CHECKING:
+    from launcher.plan import Plan
 
 
 class LaunchError(RuntimeError):
@@ -65,7 +68,7 @@ class Server:
     base_url: str
     pid: int
     log_path: Path
-    plan: Any
+    plan: Plan  # what was started: its argv and engine version are stored with every result
     engine: str = ""
     pgid: int = 0
     container: str | None = None
@@ -264,7 +267,7 @@ def launch(
 
 
 def start_plan(
-    plan: Any,
+    plan: Plan,
     *,
     engine: str,
     model: str | None = None,
