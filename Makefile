@@ -62,6 +62,8 @@ sglang-parser: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check loadgen launcher analysis orchestrator tests perf
+	$(VENV)/bin/mypy loadgen launcher analysis orchestrator
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .venv-vllm .venv-sglang* build *.egg-info .pytest_cache .ruff_cache results bench-out

@@ -163,7 +163,7 @@ def _plan_model(plan: Any, model: str | None) -> str | None:
 
 def check_checkpoint_or_raise(model_dir: str | None) -> preflight.CheckpointReport | None:
     """Header-level integrity check before a start; raises LaunchError naming the broken file."""
-    if not preflight.looks_like_local_checkpoint(model_dir):
+    if model_dir is None or not preflight.looks_like_local_checkpoint(model_dir):
         return None
     report = preflight.run_preflight(Path(model_dir).expanduser(), manifest="skip")
     if report.layout and not report.ok:
@@ -288,8 +288,8 @@ def start_plan(
     server that must not outlive its caller).
     """
     port = int(plan.port)
-    host = str(getattr(plan, "host", "127.0.0.1"))
-    docker_argv = list(plan.docker_argv) if getattr(plan, "docker_argv", None) else None
+    host = plan.host
+    docker_argv = list(plan.docker_argv) if plan.docker_argv else None
     try:
         busy = process.port_in_use(port, host)
     except socket.gaierror as exc:
