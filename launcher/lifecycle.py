@@ -25,11 +25,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher import preflight, process
 from launcher.diagnose import last_error_line
 from launcher.readiness import NotReady, Progress, ReadinessSpec, Waiter
+
+if TYPE_CHECKING:
+    from launcher.plan import Plan
 
 
 class LaunchError(RuntimeError):
@@ -65,7 +68,7 @@ class Server:
     base_url: str
     pid: int
     log_path: Path
-    plan: Any
+    plan: Plan  # what was started: its argv and engine version are stored with every result
     engine: str = ""
     pgid: int = 0
     container: str | None = None
@@ -160,7 +163,7 @@ def _plan_model(plan: Any, model: str | None) -> str | None:
 
 def check_checkpoint_or_raise(model_dir: str | None) -> preflight.CheckpointReport | None:
     """Header-level integrity check before a start; raises LaunchError naming the broken file."""
-    if not preflight.looks_like_local_checkpoint(model_dir):
+    if model_dir is None or not preflight.looks_like_local_checkpoint(model_dir):
         return None
     report = preflight.run_preflight(Path(model_dir).expanduser(), manifest="skip")
     if report.layout and not report.ok:
@@ -264,7 +267,7 @@ def launch(
 
 
 def start_plan(
-    plan: Any,
+    plan: Plan,
     *,
     engine: str,
     model: str | None = None,
@@ -285,8 +288,8 @@ def start_plan(
     server that must not outlive its caller).
     """
     port = int(plan.port)
-    host = str(getattr(plan, "host", "127.0.0.1"))
-    docker_argv = list(plan.docker_argv) if getattr(plan, "docker_argv", None) else None
+    host = plan.host
+    docker_argv = list(plan.docker_argv) if plan.docker_argv else None
     try:
         busy = process.port_in_use(port, host)
     except socket.gaierror as exc:

@@ -272,7 +272,7 @@ async def run_async(
     ``freeze_gc`` pauses the garbage collector during the measured phase and
     ``preconnect`` opens the first wave's connections before the clock starts;
     ``kernel_stamps`` and ``fast_path`` go to :class:`StreamClient`. All are on in the
-    product (``bench/bench_client.py`` turns each off to show what it buys).
+    product (``perf/client.py`` turns each off to show what it buys).
     """
     _validate(prompts, offsets_s, concurrency, warmup, duration_s, tick_s, grace_s)
     loop = asyncio.get_running_loop()

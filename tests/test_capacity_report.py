@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.bench import Target, search_argv, targets_for
 from analysis.capacity import conclusions, load_capacities, write_capacity_report
+from orchestrator.bench import EngineTarget, search_argv, targets_for
 
 
 def record(label: str, capacity: float, interval: tuple[float, float], *, scale: float = 1.0, over: str = "concurrency",
@@ -80,6 +80,6 @@ def test_bench_scales_fitted_profiles_and_the_slos():
     slos = [argv[i + 1] for i, a in enumerate(argv) if a == "--slo"]
     assert slos == ["ttft:p99<=200", "tpot:p99<=20"]
     assert argv[argv.index("--over") + 1] == "concurrency"
-    plain = search_argv("http://127.0.0.1:1", Target("vllm", "vllm"), Path("/tmp/x"), "vllm", "deepseek-r1",
+    plain = search_argv("http://127.0.0.1:1", EngineTarget("vllm", "vllm"), Path("/tmp/x"), "vllm", "deepseek-r1",
                         ("ttft:p99<=2000",), 10.0)
     assert plain[plain.index("--slo") + 1] == "ttft:p99<=2000"

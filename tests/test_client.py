@@ -1,6 +1,6 @@
 """The streaming client against real servers on 127.0.0.1.
 
-``bench/stream_server.py`` (exact timing, deterministic faults every Nth request,
+``tests/servers/stream_server.py`` (exact timing, deterministic faults every Nth request,
 a keep-alive-closing mode) is started as a subprocess; the sim (``sim_server`` /
 ``sim_fast`` from conftest) covers the probabilistic fault flags.
 """
@@ -16,11 +16,12 @@ from collections.abc import Callable
 
 import pytest
 
-# stream_server(*args): bench/stream_server.py on a free port, yields the port, always stopped afterwards
-from bench.stream_server import spawn as stream_server
 from loadgen.client import ClientError, LiveCounters, StreamClient, Target, check_stream
 from loadgen.control import ControlError, models
 from loadgen.records import Prompt, RequestRecord
+
+# stream_server(*args): tests/servers/stream_server.py on a free port, yields the port, always stopped afterwards
+from tests.servers.stream_server import spawn as stream_server
 
 
 def server_json(port: int, path: str) -> dict:

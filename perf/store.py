@@ -14,7 +14,7 @@ pyarrow is not a dependency of loadgen; the last two run when it is installed. E
 form also reports what importing its writer costs the client (resident memory and
 time, measured in a fresh interpreter), since the client's memory budget includes it.
 
-    python bench/bench_store.py --rows 1000000 --repeat 3
+    python perf/store.py --rows 1000000 --repeat 3
 """
 
 from __future__ import annotations

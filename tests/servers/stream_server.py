@@ -17,7 +17,7 @@ costs next to nothing and the client is what saturates.
 
 Usage::
 
-    python bench/stream_server.py --port 0 --ttft-ms 100 --itl-ms 20
+    python tests/servers/stream_server.py --port 0 --ttft-ms 100 --itl-ms 20
     # prints "LISTENING <port>" on stdout once it accepts connections
 """
 
@@ -409,7 +409,7 @@ async def serve(host: str, port: int, opts: Options, ready: asyncio.Future | Non
 @contextmanager
 def spawn(*args: str, cpu: int | None = None, nice: int | None = None) -> Iterator[int]:
     """Run this server in a subprocess on a free port (``--port 0``) and yield the port;
-    the server is always stopped afterwards. For bench/bench_client.py and the tests."""
+    the server is always stopped afterwards. For perf/client.py and the tests."""
     cmd = [sys.executable, os.path.abspath(__file__), "--port", "0", *args]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]

@@ -1,6 +1,6 @@
 """How fast samples go into an HDR histogram: per-value ``record_value`` vs loadgen's bulk path.
 
-Run: ``.venv/bin/python bench/bench_hdr.py [--samples N] [--records N --chunks N]``.
+Run: ``.venv/bin/python perf/hdr.py [--samples N] [--records N --chunks N]``.
 Prints samples/s for both and checks that they built the same histogram. The target
 for the bulk path is >= 1M samples/s (a long run has millions of ITL samples).
 It also times the whole post-run path on synthetic records: records → per-request

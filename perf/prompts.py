@@ -1,8 +1,8 @@
 """How long does building a random prompt set take? (target: 10,000 x 1,024 tokens <= 15 s)
 
-    .venv/bin/python bench/bench_prompts.py                      # 10,000 x 1,024, completions
-    .venv/bin/python bench/bench_prompts.py --chat --repeat 3
-    .venv/bin/python bench/bench_prompts.py -n 2000 --input-len 4096
+    .venv/bin/python perf/prompts.py                      # 10,000 x 1,024, completions
+    .venv/bin/python perf/prompts.py --chat --repeat 3
+    .venv/bin/python perf/prompts.py -n 2000 --input-len 4096
 
 Times a cold build (cache off, tokenizer already loaded, as in a sweep's first point;
 the first build also makes the tokenizer's piece table, cached afterwards) and, once,

@@ -7,9 +7,9 @@ real engine's page) or scrapes ``--url``, and runs loadgen's scraper thread for
 The figure is the thread's own CPU time (``time.thread_time``) over wall time:
 the share of one client core the scraping takes.
 
-    python bench/bench_telemetry.py --seconds 30 --interval 1
-    python bench/bench_telemetry.py --seconds 10 --interval 0.1     # per-scrape cost, quicker
-    python bench/bench_telemetry.py --url http://127.0.0.1:8000/metrics --seconds 30
+    python perf/telemetry.py --seconds 30 --interval 1
+    python perf/telemetry.py --seconds 10 --interval 0.1     # per-scrape cost, quicker
+    python perf/telemetry.py --url http://127.0.0.1:8000/metrics --seconds 30
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
-"""``make bench``: launch a server, sweep concurrency with loadgen, write the report, stop the server.
+"""``make bench`` (``loadgen-bench``): launch a server, sweep concurrency with loadgen, write the report, stop it.
 
 One Python process owns the whole loop so that the server is stopped whatever
 happens (an error, Ctrl-C, a failed point): the launcher's context manager
 guarantees it. Each load point is one ``loadgen`` run in a child process, and
 its result file is the checkpoint: a re-run skips points whose result file is
 complete, so an interrupted sweep resumes where it stopped.
+
+It lives above the three packages because it is the only code that drives all
+of them: the launcher (start/stop), loadgen (as a child command line, so a
+point runs exactly as a user's ``loadgen`` would) and analysis (the report).
+Nothing below imports it (import-linter contracts in setup.cfg).
 """
 
 from __future__ import annotations
@@ -15,17 +20,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from launcher.lifecycle import Server
 
 REPORT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 200, 256, 512, 1024)
 REPORT_LENGTHS = ((128, 128), (256, 256))
 QUICK_CONCURRENCY = (1, 4, 16, 64)
 QUICK_LENGTHS = ((128, 128),)
 RESULT_NAME = "serving_benchmark_{c}_{inp}_{out}.json"
+# How the loop reports progress (click.echo; tests pass a list's append-like collector).
+Echo = Callable[..., None]
 # Fitted sim profiles run this many times faster by default (sim --time-scale): the
 # report's grid in minutes; every latency is then 1/10 of the emulated deployment's.
 FITTED_TIME_SCALE = 10.0
@@ -52,8 +64,8 @@ class Point:
 
 
 @dataclass(frozen=True)
-class Target:
-    """One server to launch and sweep: engine, its options, and the label its results carry."""
+class EngineTarget:
+    """One engine deployment to launch and sweep (not :class:`loadgen.client.Target`, the address one request goes to): engine, its options, and the label its results carry."""
 
     engine: str
     label: str
@@ -138,7 +150,7 @@ def _profile_facts(name: str) -> dict[str, str]:
 
 
 def targets_for(engine: str, profile: str | None, preset: str | None, model: str | None,
-                like_report: bool, time_scale: float | None = None) -> list[Target]:
+                like_report: bool, time_scale: float | None = None) -> list[EngineTarget]:
     """Who to benchmark: both fitted sim profiles by default, else the one engine asked for."""
     suffix = "-like-report" if like_report else ""
     if engine == "sim":
@@ -158,12 +170,12 @@ def targets_for(engine: str, profile: str | None, preset: str | None, model: str
             if scale != 1.0:
                 extra += ("--time-scale", f"{scale:g}")
                 meta["time_scale"] = f"{scale:g}"
-            out.append(Target("sim", f"sim-{Path(name).name.removesuffix('.json')}{suffix}", profile=name, preset=preset,
+            out.append(EngineTarget("sim", f"sim-{Path(name).name.removesuffix('.json')}{suffix}", profile=name, preset=preset,
                               extra_args=extra, metadata=meta))
         return out
     label = "-".join(x for x in (engine, Path(preset).stem if preset else None) if x) + suffix
     meta = {"engine": engine, **({"preset": preset} if preset else {}), **({"model": model} if model else {})}
-    return [Target(engine, label, preset=preset, model=model, metadata=meta)]
+    return [EngineTarget(engine, label, preset=preset, model=model, metadata=meta)]
 
 
 def pending(points: list[Point], directory: Path) -> list[Point]:
@@ -173,27 +185,25 @@ def pending(points: list[Point], directory: Path) -> list[Point]:
     return [p for p in points if not is_complete(directory / p.filename)]
 
 
-def launch_facts(server: Any, engine: str) -> dict[str, str]:
+def launch_facts(server: Server, engine: str) -> dict[str, str]:
     """What the launcher actually started (version, command line), stored with every result.
 
     The comparability checks read engine settings (eager mode, context length,
     memory fraction…) from ``server_args``. For sim the real-engine facts come
     from its profile instead, so only the version is kept.
     """
-    plan = getattr(server, "plan", None)
+    plan = server.plan
     facts: dict[str, str] = {}
-    version = getattr(plan, "version", None)
-    if version:
-        facts["engine_version"] = str(version)
-    argv = getattr(plan, "argv", None)
-    if engine != "sim" and argv:
+    if plan.version:
+        facts["engine_version"] = plan.version
+    if engine != "sim" and plan.argv:
         from launcher.redact import mask_argv
 
-        facts["server_args"] = " ".join(mask_argv(argv))
+        facts["server_args"] = " ".join(mask_argv(plan.argv))
     return facts
 
 
-def loadgen_argv(point: Point, base_url: str, target: Target, directory: Path, like_report: bool,
+def loadgen_argv(point: Point, base_url: str, target: EngineTarget, directory: Path, like_report: bool,
                  backend: str, tokenizer: str, sweep: str) -> list[str]:
     """The loadgen command line of one point (``-P``: the working directory cannot shadow our packages)."""
     argv = [
@@ -235,13 +245,13 @@ def _run_point(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, child.returncode, out, err)
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """SIGTERM unwinds like an exception, so every ``with launch(...)`` block stops its server."""
     raise SystemExit(128 + signum)
 
 
-def run_target(target: Target, points: list[Point], out: Path, *, like_report: bool, sweep: str,
-               tokenizer: str, ready_timeout_s: float, echo: Any = click.echo) -> tuple[int, int]:
+def run_target(target: EngineTarget, points: list[Point], out: Path, *, like_report: bool, sweep: str,
+               tokenizer: str, ready_timeout_s: float, echo: Echo = click.echo) -> tuple[int, int]:
     """Launch one server, run its pending points, stop it. Returns (points done now, points failed)."""
     from analysis.load import is_complete
     from launcher.lifecycle import LaunchError, launch
@@ -288,7 +298,7 @@ def run_target(target: Target, points: list[Point], out: Path, *, like_report: b
     return done, failed
 
 
-def search_argv(base_url: str, target: Target, directory: Path, backend: str, tokenizer: str,
+def search_argv(base_url: str, target: EngineTarget, directory: Path, backend: str, tokenizer: str,
                 slos: tuple[str, ...], probe_s: float) -> list[str]:
     """The ``loadgen search`` command line of one target: over concurrency, SLO limits at the
     target's time scale (a sim ``--time-scale X`` answers X times faster, so limits shrink by X)."""
@@ -319,8 +329,8 @@ def capacity_done(directory: Path, label: str) -> bool:
         return False
 
 
-def run_capacity(target: Target, out: Path, *, tokenizer: str, ready_timeout_s: float, slos: tuple[str, ...],
-                 probe_s: float, echo: Any = click.echo) -> bool:
+def run_capacity(target: EngineTarget, out: Path, *, tokenizer: str, ready_timeout_s: float, slos: tuple[str, ...],
+                 probe_s: float, echo: Echo = click.echo) -> bool:
     """Launch one server, search its capacity, stop it. True when a record was written."""
     from launcher.lifecycle import LaunchError, launch
 
@@ -351,7 +361,7 @@ def run_capacity(target: Target, out: Path, *, tokenizer: str, ready_timeout_s: 
     return capacity_done(directory, target.label)
 
 
-def write_capacity_bench_report(out: Path, labels: list[str], echo: Any = click.echo) -> int:
+def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click.echo) -> int:
     """summary.csv, comparison.md and report.html of capacities, side by side with intervals."""
     from analysis.capacity import load_capacities, write_capacity_report
 
@@ -367,7 +377,7 @@ def write_capacity_bench_report(out: Path, labels: list[str], echo: Any = click.
     return len(table)
 
 
-def write_bench_report(out: Path, labels: list[str], echo: Any = click.echo) -> int:
+def write_bench_report(out: Path, labels: list[str], echo: Echo = click.echo) -> int:
     """The report over every target's folder; the first label is the comparison's baseline."""
     from analysis.cli import print_summary
     from analysis.load import LoadError, histograms, load
@@ -391,9 +401,10 @@ def write_bench_report(out: Path, labels: list[str], echo: Any = click.echo) -> 
 Examples:
   make bench                                   # sim, quick sweep, both fitted profiles, compared
   make bench SWEEP=report PROFILE=fast         # the field report's grid on the fast sim
-  python -m analysis.bench --engine sim --sweep report --like-report --out results/like-report
-  python -m analysis.bench --engine vllm --model ~/models/tiny-r1 --sweep quick --out results/vllm-cpu
+  loadgen-bench --engine sim --sweep report --like-report --out results/like-report
+  loadgen-bench --engine vllm --model ~/models/tiny-r1 --sweep quick --out results/vllm-cpu
 """)
+@click.version_option(package_name="loadgen", prog_name="loadgen-bench")
 @click.option("--engine", type=click.Choice(["sim", "vllm", "sglang"]), default="sim", show_default=True)
 @click.option("--sweep", type=click.Choice(["quick", "report", "capacity"]), default="quick", show_default=True,
               help="quick: a few points in minutes; report: the field report's grid (12 concurrencies × 2 lengths); "
@@ -446,7 +457,7 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
     if sweep == "capacity":
         _capacity_main(targets, out_dir, tokenizer, ready_timeout_s, slos or CAPACITY_SLOS, probe_seconds, dry_run)
         return
-    points = plan_points(sweep, like_report, _parse_ints(concurrency), _parse_lengths(lengths))
+    points = plan_points(sweep, like_report, _parse_concurrency(concurrency), _parse_lengths(lengths))
     if dry_run:
         for target in targets:
             todo = set(pending(points, out_dir / target.label))
@@ -488,7 +499,7 @@ def gpu_present() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0 and "GPU" in done.stdout
-def _capacity_main(targets: list[Target], out_dir: Path, tokenizer: str, ready_timeout_s: float,
+def _capacity_main(targets: list[EngineTarget], out_dir: Path, tokenizer: str, ready_timeout_s: float,
                    slos: tuple[str, ...], probe_s: float, dry_run: bool) -> None:
     from loadgen.capacity import SearchError, parse_slo
 
@@ -532,16 +543,20 @@ def cpu_vllm_available() -> bool:
     return (vllm_cpu.default_venv() / "bin" / "vllm").is_file()
 
 
-def _parse_ints(text: str | None) -> tuple[int, ...] | None:
+def _parse_concurrency(text: str | None) -> tuple[int, ...] | None:
+    """``--concurrency 1,8,64`` with loadgen's own parser; every point of a sweep needs a limit."""
     if not text:
         return None
+    from loadgen.config import ConfigError, parse_concurrencies
+
     try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise click.UsageError(f"--concurrency '{text}': give positive integers separated by commas, e.g. 1,8,64") from None
-    if not values or min(values) < 1:
-        raise click.UsageError(f"--concurrency '{text}': give positive integers separated by commas, e.g. 1,8,64")
-    return values
+        values = parse_concurrencies(text)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    limits = tuple(v for v in values if v is not None)
+    if len(limits) != len(values):
+        raise click.UsageError(f"--concurrency '{text}': every point needs a limit; give e.g. 1,8,64")
+    return limits
 
 
 def _parse_lengths(text: str | None) -> tuple[tuple[int, int], ...] | None:

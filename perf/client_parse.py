@@ -5,10 +5,10 @@ protocol (``data_received``), split the way a socket delivers it, and reports
 chunks per CPU-second (``time.process_time``, so other processes on the machine do
 not count). This isolates the Python work loadgen controls -- HTTP de-chunking, SSE
 framing, JSON decoding, stamping -- from the kernel and uvloop costs that
-bench_client.py includes.
+perf/client.py includes.
 
-    python bench/bench_client_parse.py              # both read shapes, fast path on and off
-    python bench/bench_client_parse.py --reps 2000
+    python perf/client_parse.py              # both read shapes, fast path on and off
+    python perf/client_parse.py --reps 2000
 
 Read shapes: ``one-chunk`` (a read per HTTP chunk: streaming with ITL > 0) and
 ``64k`` (whole responses in 64 KiB reads: saturation).
@@ -24,13 +24,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from stream_server import Renderer, _chunk  # noqa: E402
+sys.path.insert(0, str(ROOT / "perf"))
 
 from loadgen.client import StreamClient, Target  # noqa: E402
 from loadgen.client.http1 import StreamConn  # noqa: E402
 from loadgen.records import RequestRecord  # noqa: E402
+from tests.servers.stream_server import Renderer, _chunk  # noqa: E402
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 

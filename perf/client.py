@@ -1,6 +1,6 @@
 """How much does the client distort what it measures, and how fast can it read?
 
-Starts ``bench/stream_server.py`` pinned to one core, pins itself to another, and runs:
+Starts ``tests/servers/stream_server.py`` pinned to one core, pins itself to another, and runs:
 
 * ``accuracy``: the server sends the first token after exactly ``--ttft-ms`` and then
   one token every ``--itl-ms``; for each concurrency, 2x as many prompts as streams.
@@ -27,8 +27,8 @@ machine's noise; medians over ``--repeat`` runs are printed last:
   ``/metrics`` page every ``--metrics-interval`` s (served from the server's core), as
   every loadgen run does: its figures should match ``raw``'s.
 
-    python bench/bench_client.py accuracy --concurrency 1,64,256,1024 --repeat 3
-    python bench/bench_client.py saturation --streams 64,512 --repeat 3
+    python perf/client.py accuracy --concurrency 1,64,256,1024 --repeat 3
+    python perf/client.py saturation --streams 64,512 --repeat 3
 """
 
 from __future__ import annotations
@@ -50,9 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from stream_server import spawn  # noqa: E402
+sys.path.insert(0, str(ROOT / "perf"))
 
 from loadgen import runner  # noqa: E402
 from loadgen.aggregate import Aggregate  # noqa: E402
@@ -60,6 +58,7 @@ from loadgen.collect import PointCollector  # noqa: E402
 from loadgen.records import Prompt, RequestRecord  # noqa: E402
 from loadgen.runner import Target  # noqa: E402
 from loadgen.store import RequestStore, StoreFiles  # noqa: E402
+from tests.servers.stream_server import spawn  # noqa: E402
 
 # raw: the product as shipped. The raw-* variants each switch one optimisation off.
 IMPLS = ("raw", "aiohttp", "raw-gc", "raw-noconn", "raw-noslice", "raw-nokts", "raw-scrape", "raw-nosink")
@@ -113,7 +112,7 @@ def run_impl(impl: str, target: Target, prompts: list[Prompt], concurrency: int
                 print(f"  (scraper: {scraper.log.thread_ticks} scrapes, {scraper.log.errors} failed, "
                       f"thread CPU {scraper.log.thread_cpu_s * 1000:.1f} ms)", flush=True)
         return (sink.kept if sink is not None else out.records), out.start_ns, out.end_ns, out.lag_samples_ns
-    from bench_client_aiohttp import run_aiohttp
+    from client_aiohttp import run_aiohttp
 
     gc.collect()
     gc.freeze()
@@ -330,7 +329,7 @@ def main() -> int:
     t0 = time.time()
     with contextlib.ExitStack() as stack:
         if "raw-scrape" in args.impl:
-            from bench_telemetry import page_server
+            from telemetry import page_server
 
             global METRICS_URL, METRICS_INTERVAL_S
             METRICS_URL = stack.enter_context(page_server(cpu=args.server_cpu))

@@ -2,7 +2,7 @@
 
 It shares everything with loadgen's client except the HTTP layer -- same SSE framer,
 same protocol parser, same records, same concurrency gate -- so that the difference
-bench_client.py reports is the cost of aiohttp's streaming machinery alone (the
+perf/client.py reports is the cost of aiohttp's streaming machinery alone (the
 decision recorded in docs/client.md).
 """
 

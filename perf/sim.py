@@ -1,6 +1,6 @@
 """How much load one sim process sustains on one core.
 
-    python bench/bench_sim.py [--streams 2000] [--max-tokens 150] [--runs 3]
+    python perf/sim.py [--streams 2000] [--max-tokens 150] [--runs 3]
 
 Starts the sim (fast profile) pinned to core 0 and a separate client process
 pinned to core 1 that opens N concurrent streaming completions over raw

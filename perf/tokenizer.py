@@ -1,7 +1,7 @@
 """What does loading the tokenizer cost a fresh process? (the lean start of issue 9)
 
-    .venv/bin/python bench/bench_tokenizer.py                 # deepseek-r1, 5 fresh processes
-    .venv/bin/python bench/bench_tokenizer.py --tokenizer PATH --runs 3
+    .venv/bin/python perf/tokenizer.py                 # deepseek-r1, 5 fresh processes
+    .venv/bin/python perf/tokenizer.py --tokenizer PATH --runs 3
 
 Each run is a new interpreter that imports ``loadgen.workload``, loads the tokenizer
 and encodes one string; it reports the import time, the load time and the process's

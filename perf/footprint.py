@@ -1,7 +1,7 @@
 """The whole ``loadgen`` command's footprint: peak memory, start-up, a million requests.
 
 Each mode runs the real CLI (``python -m loadgen.cli``) as a child pinned to one core
-against ``bench/stream_server.py`` pinned to the other, and reads the child's peak
+against ``tests/servers/stream_server.py`` pinned to the other, and reads the child's peak
 resident set size from ``/usr/bin/time -v`` ("Maximum resident set size"). Medians over ``--repeat`` runs are printed.
 
 * ``streams``: 1,024 streams (TTFT 100 ms, ITL 20 ms, 256 tokens): peak RSS, and the
@@ -11,9 +11,9 @@ resident set size from ``/usr/bin/time -v`` ("Maximum resident set size"). Media
 * ``million``: 1,000,000 requests (16 in / 8 out, concurrency 256, whole responses at
   once): peak RSS, every request accounted for, then ``loadgen-report`` on the result.
 
-    python bench/bench_footprint.py streams --repeat 3
-    python bench/bench_footprint.py startup --repeat 3 [--cold]
-    python bench/bench_footprint.py million --requests 1000000
+    python perf/footprint.py streams --repeat 3
+    python perf/footprint.py startup --repeat 3 [--cold]
+    python perf/footprint.py million --requests 1000000
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
 
-from stream_server import spawn  # noqa: E402
+from tests.servers.stream_server import spawn  # noqa: E402
 
 
 def http_json(port: int, path: str, method: str = "GET"):

@@ -1,7 +1,7 @@
 """Fit the sim's engine profiles to the field report's measured tables.
 
-    python bench/fit_profiles.py            # fit both, write profiles + residuals
-    python bench/fit_profiles.py --check    # only print residuals of the shipped profiles
+    python -m launcher.sim.fit_profiles            # fit both, write profiles + residuals
+    python -m launcher.sim.fit_profiles --check    # only print residuals of the shipped profiles
 
 Writes ``launcher/sim/profiles/<name>.json`` and ``launcher/sim/profiles/fit-residuals.md``.
 The capacities (slots, per-step token budget, schedule) come from the report's
@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from launcher.sim.fit import (  # noqa: E402
+from launcher.sim.fit import (
     FIT_PARAMS,
     FITTED,
     SEED_DIR,
@@ -27,7 +24,7 @@ from launcher.sim.fit import (  # noqa: E402
     markdown,
     residual_table,
 )
-from launcher.sim.profiles import PROFILE_DIR, Profile, load_profile  # noqa: E402
+from launcher.sim.profiles import PROFILE_DIR, Profile, load_profile
 
 # SGLang's TPOT grows sub-linearly with the batch (CUDA graphs), so its fit also
 # searches the decode-cost exponent; vLLM's eager TPOT is nearly flat and linear.
@@ -46,7 +43,7 @@ STARTS = {
         name="vllm-0.8.2-h20x8-r1-eager",
         description="vLLM 0.8.2, --enforce-eager, TP 8, DeepSeek-R1 FP8 on 8xH20-96G, as in the field report: "
         "max_num_seqs 256, max-num-batched-tokens 16384, no chunked prefill. Step costs and effective KV capacity "
-        "fitted by bench/fit_profiles.py (residuals in fit-residuals.md).",
+        "fitted by launcher.sim.fit_profiles (residuals in fit-residuals.md).",
         base_ms=108.0, decode_seq_ms=0.06, prefill_token_ms=0.1, prefill_step_ms=50.0,
         max_num_seqs=256, max_batched_tokens=16384, kv_tokens=82592,
         schedule="prefill-first", chunked_prefill=False, **NATURAL,
@@ -55,7 +52,7 @@ STARTS = {
         name="sglang-h20x8-r1",
         description="SGLang ea52b45be1a7, CUDA graphs, TP 8, DeepSeek-R1 FP8 on 8xH20-96G, as in the field report: "
         "--chunked-prefill-size 4096, --mem-fraction-static 0.90. Step costs and effective KV capacity fitted by "
-        "bench/fit_profiles.py (residuals in fit-residuals.md).",
+        "launcher.sim.fit_profiles (residuals in fit-residuals.md).",
         base_ms=38.0, decode_seq_ms=3.0, decode_seq_exp=0.7, prefill_token_ms=0.1, prefill_step_ms=20.0,
         max_num_seqs=1024, max_batched_tokens=4096, kv_tokens=86888,
         schedule="prefill-first", chunked_prefill=True, **NATURAL,
@@ -96,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check:
         head = (
             "# Fit residuals of the sim's fitted profiles\n\n"
-            "Written by `python bench/fit_profiles.py`. Each row is one burst of N requests (the field report's "
+            "Written by `python -m launcher.sim.fit_profiles`. Each row is one burst of N requests (the field report's "
             "workload), measured on the real deployment vs replayed through `launcher.sim.engine.simulate`. "
             "The fit targets TPOT at low concurrency and the throughput plateau; TTFT in a burst is dominated by "
             "queueing and is reported, not fitted tightly.\n\n"

@@ -1,6 +1,6 @@
 """The capacity search against a sim whose capacity is known analytically: found vs expected, and time taken.
 
-    python bench/bench_capacity.py [--slots 4] [--output-len 10] [--step-ms 100] [--time-scale 10] [--runs 1]
+    python perf/capacity.py [--slots 4] [--output-len 10] [--step-ms 100] [--time-scale 10] [--runs 1]
 
 Profile: a fixed step of ``step-ms`` (÷ time scale), ``slots`` sequences, no prefill
 cost; each request holds its slot for exactly ``output-len`` steps, so the capacity
