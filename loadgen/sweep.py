@@ -25,14 +25,17 @@ from loadgen import results as results_mod
 from loadgen.aggregate import Aggregate
 from loadgen.collect import PointCollector
 from loadgen.config import RunConfig, rate_label
+from loadgen.errors import LoadgenError, is_transient
 from loadgen.progress import Progress, print_summary, sweep_table
 from loadgen.records import Prompt
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.store import RequestStore, StoreFiles
 
 
-class PreflightError(RuntimeError):
+class PreflightError(LoadgenError, RuntimeError):
     """A check before the run failed; the message is one line with the fix."""
+
+    kind = "preflight"
 
 
 @dataclass
@@ -91,8 +94,7 @@ def probe_stream(cfg: RunConfig, model: str) -> None:
             check_stream(_target(cfg, model), prompt)
             return
         except ClientError as exc:
-            transient = any(k in str(exc) for k in ("(http_5", "(http_429", "(reset", "(timeout", "(malformed"))
-            if not transient or attempt == 2:
+            if not is_transient(exc.kind) or attempt == 2:
                 raise PreflightError(str(exc)) from None
             time.sleep(0.2 * (attempt + 1))
 
