@@ -17,8 +17,6 @@ from loadgen import __version__, interrupts
 from loadgen.aggregate import DEFAULT_INLINE_LIMIT
 from loadgen.cli_errors import OneLineErrors
 from loadgen.config import (
-    BACKENDS,
-    DATASETS,
     DEFAULT_RESULT_FILENAME,
     ConfigError,
     RunConfig,
@@ -31,7 +29,9 @@ from loadgen.config import (
     parse_rates,
 )
 from loadgen.connection import INSECURE_WARNING
+from loadgen.protocols import BACKENDS
 from loadgen.schedule import ARRIVALS
+from loadgen.workload.spec import DATASETS
 
 # Exit codes (docs/loadgen.md): 0 done; 2 bad option or failed pre-flight check;
 # 3 a point in which no request succeeded (its result file is written); 128 + N stopped
@@ -84,6 +84,9 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 
 @click.command(cls=LoadgenCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="loadgen")
+@_opt("--config", "config_file", default=None, metavar="FILE",
+      help="Run the configuration saved in FILE: a TOML file, or a loadgen result JSON (its run_config). "
+           "Options given on the command line override it.")
 # target
 @_opt("--base-url", default=None, help="Server root, e.g. http://127.0.0.1:8000 (overrides --host/--port).")
 @_opt("--host", default=None, help="Server host when --base-url is not given. [default: 127.0.0.1]")
@@ -185,12 +188,12 @@ def main(**opts: Any) -> None:
       loadgen --rate 1,2,4,inf --duration 60 --goodput ttft:500 tpot:50
     """
     try:
-        cfg = config_from_options(opts)
+        cfg = config_from_options(opts, explicit_options(click.get_current_context()))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     from rich.console import Console
 
-    if cfg.insecure:
+    if cfg.target.insecure:
         click.echo(INSECURE_WARNING, err=True)
     # piped output (CI logs) gets a fixed, wide layout instead of rich's 80 columns
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -218,9 +221,27 @@ def main(**opts: Any) -> None:
         sys.exit(EXIT_NOTHING_MEASURED)
 
 
-def config_from_options(opts: dict[str, Any]) -> RunConfig:
-    """Click's parsed options → a validated configuration (raises ConfigError)."""
-    return RunConfig(
+# flat RunConfig field → the options that set it, where they differ (default: the same name)
+_SET_BY = {
+    "base_url": ("base_url", "host", "port"),
+    "model": ("model", "served_model_name"),
+    "tokenizer": ("tokenizer", "served_model_name"),
+    "rates": ("rate",),
+    "concurrencies": ("concurrency",),
+    "goodput_slos_ms": ("goodput",),
+    "workers": ("workers", "ray_address"),
+}
+
+
+def explicit_options(ctx: click.Context) -> set[str]:
+    """The options given on the command line or through their environment variable."""
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+
+
+def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Click's parsed options → flat RunConfig fields (raises ConfigError)."""
+    return dict(
         base_url=base_url_from(opts["base_url"], opts["host"], opts["port"]),
         endpoint=opts["endpoint"],
         backend=opts["backend"],
@@ -269,6 +290,22 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
         workers=opts["workers"] if opts["workers"] is not None else (0 if opts["ray_address"] else 1),
         ray_address=opts["ray_address"] or None,
     )
+
+
+def config_from_options(opts: dict[str, Any], explicit: set[str] | None = None) -> RunConfig:
+    """Click's parsed options → a validated configuration (raises ConfigError).
+
+    With ``--config FILE`` the file gives every field, and the options in ``explicit``
+    (given on the command line or by environment) override it.
+    """
+    flat = flat_from_options(opts)
+    if opts.get("config_file"):
+        from loadgen import config_file
+
+        given = explicit or set()
+        saved = config_file.read(opts["config_file"])
+        flat = {**saved, **{k: v for k, v in flat.items() if k not in saved or given & set(_SET_BY.get(k, (k,)))}}
+    return RunConfig.from_flat(**flat)
 
 
 if __name__ == "__main__":

@@ -11,21 +11,21 @@ import json
 import math
 import os
 import re
-import ssl
 import string
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlparse
 
 from loadgen.aggregate import DEFAULT_INLINE_LIMIT
 from loadgen.connection import Connection
+from loadgen.errors import LoadgenError
 from loadgen.metrics import DEFAULT_PERCENTILES, GOODPUT_METRICS
+from loadgen.protocols import BACKENDS
 from loadgen.schedule import ARRIVALS
 from loadgen.secrets import MASK, mask_url, split_credentials
+from loadgen.workload.spec import DATASETS, WorkloadSpec
 
-BACKENDS = ("openai", "vllm", "openai-chat", "sglang")
-DATASETS = ("random", "sharegpt", "jsonl")
 DEFAULT_RESULT_FILENAME = "{backend}-c{concurrency}-r{rate}-i{input_len}-o{output_len}-{date}.json"
 FILENAME_FIELDS = (
     "backend", "model", "concurrency", "rate", "input_len", "output_len", "num_prompts",
@@ -33,8 +33,10 @@ FILENAME_FIELDS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(LoadgenError, ValueError):
     """A bad option or combination; the message is one line with the fix."""
+
+    kind = "option"
 
 
 # ---------------------------------------------------------------- option parsers
@@ -157,11 +159,16 @@ def _split_list(text: str, option: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- the configuration
+#
+# A run is five frozen parts, each validated once when it is built. Validation is
+# pure: it reads no file and changes nothing (normalisation, such as taking the
+# credentials out of --base-url, happens before construction and returns new
+# values); files named by options are checked in pre-flight (loadgen.sweep).
 
 
-@dataclass
-class RunConfig:
-    """One invocation: a workload, a target, and the list of load points to run."""
+@dataclass(frozen=True)
+class TargetConfig:
+    """Where and how to send: the server, its wire protocol, credentials and TLS trust."""
 
     base_url: str = "http://127.0.0.1:8000"
     endpoint: str | None = None
@@ -169,6 +176,56 @@ class RunConfig:
     model: str | None = None
     tokenizer: str | None = None
     api_key: str | None = None
+    basic_auth: tuple[str, str] | None = None  # credentials taken out of --base-url
+    ca_cert: str | None = None  # a PEM CA bundle to trust for https (--ca-cert)
+    insecure: bool = False  # https without certificate verification (--insecure)
+    timeout_s: float = 600.0
+    extra_body: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend '{self.backend}' is unknown; use one of {', '.join(BACKENDS)}")
+        if split_credentials(self.base_url)[1] is not None:
+            raise ConfigError("--base-url still carries credentials; build the target with target_from()")
+        if self.basic_auth and self.api_key:
+            raise ConfigError(
+                "--base-url carries credentials and --api-key (or $OPENAI_API_KEY) is set: both would go in the "
+                "Authorization header; drop one"
+            )
+        if self.ca_cert and self.insecure:
+            raise ConfigError("--ca-cert and --insecure contradict each other: trust a CA, or verify nothing")
+        if (self.ca_cert or self.insecure) and not self.base_url.startswith("https:"):
+            raise ConfigError(
+                f"--{'ca-cert' if self.ca_cert else 'insecure'} applies to https servers only; "
+                f"--base-url is {self.base_url}"
+            )
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
+        if self.endpoint is not None and not self.endpoint.startswith("/"):
+            raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
+
+    @property
+    def chat(self) -> bool:
+        return self.backend == "openai-chat"
+
+    def connection(self) -> Connection:
+        """Credentials and TLS trust, as every piece of network code must apply them."""
+        return Connection(basic_auth=self.basic_auth, ca_cert=self.ca_cert, insecure=self.insecure)
+
+
+def target_from(base_url: str, **fields: Any) -> TargetConfig:
+    """A :class:`TargetConfig` whose URL credentials (``http://user:pw@host``) move to
+    ``basic_auth``, so that printing the URL cannot leak them."""
+    clean, creds = split_credentials(base_url)
+    if creds is not None:
+        fields["basic_auth"] = creds
+    return TargetConfig(base_url=clean, **fields)
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """What to send: the prompt source and lengths (resolved into a WorkloadSpec in pre-flight)."""
+
     dataset: str = "random"
     dataset_path: str | None = None
     num_prompts: int | None = None  # None: 1000, or rate × duration
@@ -179,96 +236,13 @@ class RunConfig:
     num_prefixes: int = 0
     input_len_counts: str = "total"
     verify_prompts: bool | None = None  # None: when the server has /tokenize
-    rates: list[float] = field(default_factory=lambda: [math.inf])
-    arrival: str = "poisson"
-    burstiness: float = 1.0
-    concurrencies: list[int | None] = field(default_factory=lambda: [None])
-    duration_s: float | None = None
-    warmup: int = 0
-    warmup_s: float = 0.0  # requests released in the first W s of a point are warm-up (steady state)
-    repeat: int = 1  # run every point this many times (one result file each)
-    seed: int = 0
     ignore_eos: bool | None = None  # None: on for random prompts, off for datasets
-    extra_body: dict[str, Any] | None = None
-    timeout_s: float = 600.0
-    goodput_slos_ms: dict[str, float] = field(default_factory=dict)
-    percentiles: list[float] = field(default_factory=lambda: list(DEFAULT_PERCENTILES))
-    output_dir: str = "results"
-    result_filename: str = DEFAULT_RESULT_FILENAME
-    save_requests: bool = False
-    save_text: bool = False
-    inline_requests: int = DEFAULT_INLINE_LIMIT
-    label: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    progress: bool = True
-    grace_s: float = 5.0
-    server_metrics: str | None = None  # None: the server's /metrics when it has one; "off"; or a URL
-    metrics_interval_s: float = 1.0
-    gpu_metrics: str = "auto"  # auto (NVML when usable), off, or a DCGM exporter URL
-    ca_cert: str | None = None  # a PEM CA bundle to trust for https (--ca-cert)
-    insecure: bool = False  # https without certificate verification (--insecure)
-    basic_auth: tuple[str, str] | None = None  # credentials taken out of --base-url
-    workers: int = 1  # client processes (with ray_address: Ray actors; 0 = one per node)
-    ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    # Defaults that depend on other options are resolved here, once.
-    @property
-    def effective_ignore_eos(self) -> bool:
-        return self.dataset == "random" if self.ignore_eos is None else self.ignore_eos
-
-    @property
-    def chat(self) -> bool:
-        return self.backend == "openai-chat"
-
-    def prompts_needed(self) -> int:
-        """Prompts to build: asked count, else rate × duration, else 1000.
-
-        Every point of a sweep reuses the same prompt set, so a duration-bounded sweep
-        builds enough for its fastest finite rate.
-        """
-        if self.num_prompts is not None:
-            return self.num_prompts
-        if self.duration_s is not None:
-            finite = [r for r in self.rates if not math.isinf(r)]
-            if finite and len(finite) == len(self.rates):
-                return max(1, math.ceil(max(finite) * self.duration_s))
-        return 1000
-
-    def max_input_len(self) -> int:
-        """The longest random prompt this configuration can draw (vLLM's range rule)."""
-        return math.ceil(self.input_len * (1 + self.range_ratio))
-
-    def max_output_len(self) -> int:
-        return self.output_len
-
-    def connection(self) -> Connection:
-        """Credentials and TLS trust, as every piece of network code must apply them."""
-        return Connection(basic_auth=self.basic_auth, ca_cert=self.ca_cert, insecure=self.insecure)
-
-    def points(self) -> list[tuple[int | None, float]]:
-        """Load points in run order: for each concurrency, each rate."""
-        return [(c, r) for c in self.concurrencies for r in self.rates]
-
-    def validate(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"--backend '{self.backend}' is unknown; use one of {', '.join(BACKENDS)}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"--dataset-name '{self.dataset}' is unknown; use one of {', '.join(DATASETS)}")
-        if self.dataset in ("sharegpt", "jsonl") and not self.dataset_path:
+        if self.dataset != "random" and not self.dataset_path:
             raise ConfigError(f"--dataset-name {self.dataset} needs --dataset-path FILE")
-        if self.dataset_path and not os.path.isfile(self.dataset_path):
-            raise ConfigError(f"--dataset-path '{self.dataset_path}' is not a readable file; check the path")
-        if self.dataset_path and not os.access(self.dataset_path, os.R_OK):
-            raise ConfigError(f"--dataset-path '{self.dataset_path}' is not readable; check its permissions")
-        if self.arrival not in ARRIVALS:
-            raise ConfigError(f"--arrival '{self.arrival}' is unknown; use one of {', '.join(ARRIVALS)}")
-        if not self.burstiness > 0 or math.isinf(self.burstiness):
-            raise ConfigError(f"--burstiness must be a positive number, got {self.burstiness} (1 = Poisson)")
-        if self.burstiness != 1.0 and self.arrival == "poisson":
-            self.arrival = "gamma"  # vLLM: burstiness != 1 means gamma arrivals
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
         if self.input_len < 1:
@@ -283,6 +257,49 @@ class RunConfig:
             raise ConfigError(f"--prefix-len {self.prefix_len} leaves no room in --input-len {self.input_len}; make it smaller")
         if self.input_len_counts not in ("total", "content"):
             raise ConfigError(f"--input-len-counts must be total or content, got '{self.input_len_counts}'")
+
+    @property
+    def effective_ignore_eos(self) -> bool:
+        return self.dataset == "random" if self.ignore_eos is None else self.ignore_eos
+
+    def spec(self, *, num_prompts: int, chat: bool, seed: int, tokenizer: str) -> WorkloadSpec:
+        """The prompt set to build, once the tokenizer and the prompt count are known."""
+        return WorkloadSpec(
+            dataset=self.dataset, num_prompts=num_prompts, input_len=self.input_len, output_len=self.output_len,
+            range_ratio=self.range_ratio, dataset_path=self.dataset_path, prefix_len=self.prefix_len,
+            num_prefixes=self.num_prefixes, chat=chat, input_len_counts=self.input_len_counts, seed=seed,
+            tokenizer=tokenizer,
+        )
+
+
+def arrival_for(arrival: str, burstiness: float) -> str:
+    """vLLM's rule: a burstiness other than 1 means gamma arrivals."""
+    return "gamma" if arrival == "poisson" and burstiness != 1.0 else arrival
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The load shape: points (concurrency × rate), arrivals, how long, how often, on how many clients."""
+
+    rates: tuple[float, ...] = (math.inf,)
+    arrival: str = "poisson"
+    burstiness: float = 1.0
+    concurrencies: tuple[int | None, ...] = (None,)
+    duration_s: float | None = None
+    warmup: int = 0
+    warmup_s: float = 0.0  # requests released in the first W s of a point are warm-up (steady state)
+    repeat: int = 1  # run every point this many times (one result file each)
+    grace_s: float = 5.0
+    workers: int = 1  # client processes (with ray_address: Ray actors; 0 = one per node)
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.arrival not in ARRIVALS:
+            raise ConfigError(f"--arrival '{self.arrival}' is unknown; use one of {', '.join(ARRIVALS)}")
+        if not self.burstiness > 0 or math.isinf(self.burstiness):
+            raise ConfigError(f"--burstiness must be a positive number, got {self.burstiness} (1 = Poisson)")
+        if self.arrival == "poisson" and self.burstiness != 1.0:
+            raise ConfigError(f"--burstiness {self.burstiness:g} needs --arrival gamma (see arrival_for)")
         if self.duration_s is not None and not (self.duration_s > 0 and math.isfinite(self.duration_s)):
             raise ConfigError(f"--duration must be a positive number of seconds, got {self.duration_s}")
         if self.warmup < 0:
@@ -294,59 +311,10 @@ class RunConfig:
                               "to measure; make it shorter than the duration")
         if self.repeat < 1:
             raise ConfigError(f"--repeat must be >= 1, got {self.repeat}")
-        if self.inline_requests < 0:
-            raise ConfigError(f"--max-inline-requests must be >= 0 (0: never inline), got {self.inline_requests}")
-        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
-            raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
         if not (self.grace_s >= 0 and math.isfinite(self.grace_s)):
             raise ConfigError(f"--grace must be a number of seconds >= 0, got {self.grace_s}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        self._validate_connection()
         if not self.rates:
             raise ConfigError("--rate needs at least one value")
-        if self.endpoint is not None and not self.endpoint.startswith("/"):
-            raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
-        self._validate_workers()
-        self._validate_template()
-        self._validate_telemetry()
-
-    def _validate_telemetry(self) -> None:
-        if self.server_metrics is not None and self.server_metrics != "off" and not _is_url(self.server_metrics):
-            raise ConfigError(f"--server-metrics '{self.server_metrics}' is not an http(s) URL or 'off'; "
-                              "give e.g. --server-metrics http://127.0.0.1:8000/metrics")
-        if not (self.metrics_interval_s >= 0.05 and math.isfinite(self.metrics_interval_s)):
-            raise ConfigError(f"--metrics-interval must be a number of seconds >= 0.05, got {self.metrics_interval_s}")
-        if self.gpu_metrics not in ("auto", "off") and not _is_url(self.gpu_metrics):
-            raise ConfigError(f"--gpu-metrics '{self.gpu_metrics}' is not auto, off or the http(s) URL of a DCGM "
-                              "exporter; give e.g. --gpu-metrics http://gpu-host:9400/metrics")
-
-    def _validate_connection(self) -> None:
-        """Credentials in the URL move out of it (so that printing the URL cannot leak
-        them); TLS options must make sense for the target."""
-        clean, creds = split_credentials(self.base_url)
-        if creds is not None:
-            self.base_url, self.basic_auth = clean, creds
-        if self.basic_auth and self.api_key:
-            raise ConfigError(
-                "--base-url carries credentials and --api-key (or $OPENAI_API_KEY) is set: both would go in the "
-                "Authorization header; drop one"
-            )
-        if self.ca_cert and self.insecure:
-            raise ConfigError("--ca-cert and --insecure contradict each other: trust a CA, or verify nothing")
-        if (self.ca_cert or self.insecure) and not self.base_url.startswith("https:"):
-            raise ConfigError(
-                f"--{'ca-cert' if self.ca_cert else 'insecure'} applies to https servers only; "
-                f"--base-url is {self.base_url}"
-            )
-        if self.ca_cert:
-            try:
-                ssl.create_default_context(cafile=self.ca_cert)
-            except (OSError, ssl.SSLError) as exc:
-                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-                raise ConfigError(f"--ca-cert '{self.ca_cert}' is not a readable PEM CA bundle ({reason})") from None
-
-    def _validate_workers(self) -> None:
         if self.workers < 0 or (self.workers == 0 and not self.ray_address):
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.ray_address:
@@ -359,34 +327,182 @@ class RunConfig:
             if missing:
                 raise ConfigError("--ray-address needs Ray, which is not installed: pip install 'loadgen[ray]'")
 
-    def _validate_template(self) -> None:
-        template = self.result_filename
-        if os.sep in template or (os.altsep and os.altsep in template):
-            raise ConfigError("--result-filename is a file name, not a path; put the folder in --output-dir")
-        try:
-            names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-        except ValueError as exc:
-            raise ConfigError(f"--result-filename '{template}' is not a valid template ({exc}); use fields like {{concurrency}}") from None
-        unknown = {n.split(".")[0].split("[")[0].split("!")[0].split(":")[0] for n in names} - set(FILENAME_FIELDS)
-        if unknown:
-            raise ConfigError(
-                f"--result-filename: unknown field(s) {', '.join(sorted('{' + u + '}' for u in unknown))}; "
-                f"available: {', '.join('{' + f + '}' for f in FILENAME_FIELDS)}"
-            )
-        if len(self.points()) > 1:
-            if len(self.concurrencies) > 1 and "concurrency" not in names:
+    def points(self) -> list[tuple[int | None, float]]:
+        """Load points in run order: for each concurrency, each rate."""
+        return [(c, r) for c in self.concurrencies for r in self.rates]
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What is written and reported: files, figures, labels."""
+
+    output_dir: str = "results"
+    result_filename: str = DEFAULT_RESULT_FILENAME
+    save_requests: bool = False
+    save_text: bool = False
+    inline_requests: int = DEFAULT_INLINE_LIMIT
+    percentiles: tuple[float, ...] = tuple(DEFAULT_PERCENTILES)
+    goodput_slos_ms: dict[str, float] = field(default_factory=dict)
+    label: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.inline_requests < 0:
+            raise ConfigError(f"--max-inline-requests must be >= 0 (0: never inline), got {self.inline_requests}")
+        template_fields(self.result_filename)
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """What is scraped beside the load: the server's Prometheus metrics and the GPUs."""
+
+    server_metrics: str | None = None  # None: the server's /metrics when it has one; "off"; or a URL
+    metrics_interval_s: float = 1.0
+    gpu_metrics: str = "auto"  # auto (NVML when usable), off, or a DCGM exporter URL
+
+    def __post_init__(self) -> None:
+        if self.server_metrics is not None and self.server_metrics != "off" and not _is_url(self.server_metrics):
+            raise ConfigError(f"--server-metrics '{self.server_metrics}' is not an http(s) URL or 'off'; "
+                              "give e.g. --server-metrics http://127.0.0.1:8000/metrics")
+        if not (self.metrics_interval_s >= 0.05 and math.isfinite(self.metrics_interval_s)):
+            raise ConfigError(f"--metrics-interval must be a number of seconds >= 0.05, got {self.metrics_interval_s}")
+        if self.gpu_metrics not in ("auto", "off") and not _is_url(self.gpu_metrics):
+            raise ConfigError(f"--gpu-metrics '{self.gpu_metrics}' is not auto, off or the http(s) URL of a DCGM "
+                              "exporter; give e.g. --gpu-metrics http://gpu-host:9400/metrics")
+
+
+PARTS = {"target": TargetConfig, "workload": WorkloadConfig, "schedule": ScheduleConfig, "output": OutputConfig,
+         "telemetry": TelemetryConfig}
+# flat field name → the part that holds it (RunConfig.from_flat, RunConfig.updated)
+PART_OF = {f.name: part for part, cls in PARTS.items() for f in fields(cls)}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One invocation: a target, a workload, a load shape, outputs and telemetry, and one seed
+    (prompts and arrival times)."""
+
+    target: TargetConfig = field(default_factory=TargetConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """The checks that span parts."""
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        names = template_fields(self.output.result_filename)
+        s = self.schedule
+        if len(s.points()) > 1:
+            if len(s.concurrencies) > 1 and "concurrency" not in names:
                 raise ConfigError("a concurrency sweep writes one file per point: add {concurrency} to --result-filename")
-            if len(self.rates) > 1 and "rate" not in names:
+            if len(s.rates) > 1 and "rate" not in names:
                 raise ConfigError("a rate sweep writes one file per point: add {rate} to --result-filename")
 
+    @classmethod
+    def from_flat(cls, **flat: Any) -> RunConfig:
+        """Build from flat option fields (``base_url=``, ``rates=``, ``output_dir=``, ...),
+        normalising first: URL credentials move to ``basic_auth``, a burstiness other
+        than 1 selects gamma arrivals, lists become tuples."""
+        unknown = set(flat) - set(PART_OF) - {"seed"}
+        if unknown:
+            raise TypeError(f"unknown RunConfig field(s): {', '.join(sorted(unknown))}")
+        parts: dict[str, dict[str, Any]] = {name: {} for name in PARTS}
+        for key, value in flat.items():
+            if key != "seed":
+                parts[PART_OF[key]][key] = tuple(value) if isinstance(value, list) else value
+        sched = parts["schedule"]
+        sched["arrival"] = arrival_for(sched.get("arrival", "poisson"), sched.get("burstiness", 1.0))
+        target = parts.pop("target")
+        return cls(
+            target=target_from(target.pop("base_url", TargetConfig.base_url), **target),
+            **{name: PARTS[name](**values) for name, values in parts.items()},
+            seed=flat.get("seed", 0),
+        )
+
+    def flat(self) -> dict[str, Any]:
+        """Every field by its flat name (the inverse of :meth:`from_flat`)."""
+        out: dict[str, Any] = {}
+        for name in PARTS:
+            part = getattr(self, name)
+            out.update({f.name: getattr(part, f.name) for f in fields(part)})
+        out["seed"] = self.seed
+        return out
+
+    def updated(self, **flat: Any) -> RunConfig:
+        """A copy with some flat fields changed, validated again (e.g. one probe of a search)."""
+        merged = self.flat()
+        merged.update(flat)
+        if "base_url" not in flat and self.target.basic_auth is not None and "basic_auth" not in flat:
+            merged["basic_auth"] = self.target.basic_auth
+        return RunConfig.from_flat(**merged)
+
+    # Defaults that depend on other parts are resolved here, once.
+    @property
+    def effective_ignore_eos(self) -> bool:
+        return self.workload.effective_ignore_eos
+
+    @property
+    def chat(self) -> bool:
+        return self.target.chat
+
+    def prompts_needed(self) -> int:
+        """Prompts to build: asked count, else rate × duration, else 1000.
+
+        Every point of a sweep reuses the same prompt set, so a duration-bounded sweep
+        builds enough for its fastest finite rate.
+        """
+        if self.workload.num_prompts is not None:
+            return self.workload.num_prompts
+        rates, duration_s = self.schedule.rates, self.schedule.duration_s
+        if duration_s is not None:
+            finite = [r for r in rates if not math.isinf(r)]
+            if finite and len(finite) == len(rates):
+                return max(1, math.ceil(max(finite) * duration_s))
+        return 1000
+
+    def max_input_len(self) -> int:
+        """The longest random prompt this configuration can draw (vLLM's range rule)."""
+        return math.ceil(self.workload.input_len * (1 + self.workload.range_ratio))
+
+    def max_output_len(self) -> int:
+        return self.workload.output_len
+
+    def connection(self) -> Connection:
+        return self.target.connection()
+
+    def points(self) -> list[tuple[int | None, float]]:
+        return self.schedule.points()
+
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as stored in result files (the API key and URL credentials are never written)."""
-        d = asdict(self)
-        d["api_key"] = MASK if self.api_key else None
-        d["basic_auth"] = MASK if self.basic_auth else None
-        d["rates"] = [_rate_json(r) for r in self.rates]
+        """The configuration as stored in result files' ``config`` key: one flat mapping, as
+        before the parts existed (the API key and URL credentials are never written)."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in self.flat().items()}
+        d["api_key"] = MASK if self.target.api_key else None
+        d["basic_auth"] = MASK if self.target.basic_auth else None
+        d["rates"] = [_rate_json(r) for r in self.schedule.rates]
         d["ignore_eos"] = self.effective_ignore_eos
         return d
+
+
+def template_fields(template: str) -> set[str]:
+    """The fields a ``--result-filename`` template uses; a ConfigError for a path or an unknown field."""
+    if os.sep in template or (os.altsep and os.altsep in template):
+        raise ConfigError("--result-filename is a file name, not a path; put the folder in --output-dir")
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"--result-filename '{template}' is not a valid template ({exc}); use fields like {{concurrency}}") from None
+    unknown = {n.split(".")[0].split("[")[0].split("!")[0].split(":")[0] for n in names} - set(FILENAME_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"--result-filename: unknown field(s) {', '.join(sorted('{' + u + '}' for u in unknown))}; "
+            f"available: {', '.join('{' + f + '}' for f in FILENAME_FIELDS)}"
+        )
+    return names
 
 
 def _is_url(text: str) -> bool:

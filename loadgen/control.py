@@ -26,21 +26,18 @@ from typing import Any
 
 from loadgen.connection import DEFAULT as DEFAULT_CONNECTION
 from loadgen.connection import Connection, cert_error_message, is_cert_error
+from loadgen.errors import LoadgenError
 from loadgen.secrets import mask_url
 
 READ_LIMIT = 1 << 20
 
 
-class ControlError(OSError):
+class ControlError(LoadgenError, OSError):
     """A control request failed; ``kind`` says how, the message says what to do."""
 
     def __init__(self, kind: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
+        super().__init__(message, kind)
         self.status = status
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

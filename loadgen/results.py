@@ -22,6 +22,7 @@ import orjson
 from loadgen import hdr
 from loadgen.aggregate import InlineRequest
 from loadgen.config import RunConfig, rate_label, safe_filename_part
+from loadgen.config_file import to_form
 from loadgen.fileio import atomic_write
 from loadgen.metrics import (
     EXTRA_METRICS,
@@ -60,22 +61,22 @@ def render_filename(template: str, cfg: RunConfig, concurrency: int | None, rate
     is added before ``.json`` so the K files of a point never overwrite each other.
     """
     fields = {
-        "backend": cfg.backend,
+        "backend": cfg.target.backend,
         "model": model,
         "concurrency": "inf" if concurrency is None else concurrency,
         "rate": rate_label(rate),
-        "input_len": cfg.input_len,
-        "output_len": cfg.output_len,
+        "input_len": cfg.workload.input_len,
+        "output_len": cfg.workload.output_len,
         "num_prompts": cfg.prompts_needed(),
-        "dataset": cfg.dataset,
-        "label": cfg.label or cfg.backend,
+        "dataset": cfg.workload.dataset,
+        "label": cfg.output.label or cfg.target.backend,
         "date": date,
         "seed": cfg.seed,
-        "arrival": cfg.arrival,
+        "arrival": cfg.schedule.arrival,
         "repeat": repeat,
     }
     name = template.format(**{k: safe_filename_part(v) for k, v in fields.items()})
-    if cfg.repeat > 1 and "{repeat" not in template:
+    if cfg.schedule.repeat > 1 and "{repeat" not in template:
         name = f"{name.removesuffix('.json')}-rep{repeat}"
     if not name.endswith(".json"):
         name += ".json"
@@ -129,17 +130,17 @@ def build_result(
     ``output_lens``, ``ttfts``, ``itls``, ``errors``); for a large one it is ``None``
     and those keys are absent: the per-request store has the rows (``per_request``).
     """
-    pcts = cfg.percentiles
+    pcts = cfg.output.percentiles
     rate_json: float | str = "inf" if math.isinf(point.rate) else point.rate
     res: dict[str, Any] = {
         # vLLM 0.8.x benchmark_serving.py
         "date": point.date,
-        "backend": cfg.backend,
+        "backend": cfg.target.backend,
         "model_id": point.model,
         "tokenizer_id": point.tokenizer_id,
         "num_prompts": summary.num_requests,
         "request_rate": rate_json,
-        "burstiness": cfg.burstiness,
+        "burstiness": cfg.schedule.burstiness,
         "max_concurrency": point.concurrency,
         "duration": summary.duration_s,
         "completed": summary.completed,
@@ -158,7 +159,7 @@ def build_result(
             "itls": [r.itls_s for r in inline],
             "errors": [r.error for r in inline],
         })
-        if cfg.save_text:
+        if cfg.output.save_text:
             res["generated_texts"] = [r.text for r in inline]
     for m in METRICS:
         res.update(_stat_keys(m, summary.stats[m]))
@@ -168,10 +169,10 @@ def build_result(
         {
             "input_throughput": summary.input_throughput,
             "request_goodput": summary.request_goodput,
-            "dataset_name": cfg.dataset,
-            "random_input_len": cfg.input_len,
-            "random_output_len": cfg.output_len,
-            "random_range_ratio": cfg.range_ratio,
+            "dataset_name": cfg.workload.dataset,
+            "random_input_len": cfg.workload.input_len,
+            "random_output_len": cfg.workload.output_len,
+            "random_range_ratio": cfg.workload.range_ratio,
             "total_throughput": summary.total_token_throughput,
             "mean_e2e_latency_ms": e2el.mean,
             "median_e2e_latency_ms": e2el.median,
@@ -187,18 +188,18 @@ def build_result(
     res.update(
         {
             "schema": RESULT_SCHEMA,
-            "label": cfg.label,
+            "label": cfg.output.label,
             "partial": point.partial,
             "ignore_eos": cfg.effective_ignore_eos,
             "percentiles": list(pcts),
-            "arrival": cfg.arrival,
+            "arrival": cfg.schedule.arrival,
             "seed": cfg.seed,
             "warmup_requests": point.warmup_requests,
             "failed": summary.failed,
             "errors_by_kind": summary.errors_by_kind,
             "retries": summary.retries,
             "good_completed": summary.good_completed,
-            "goodput_slos_ms": dict(cfg.goodput_slos_ms) or None,
+            "goodput_slos_ms": dict(cfg.output.goodput_slos_ms) or None,
             "output_tokens_source": summary.output_tokens_source,
             "prompt_tokens_checked": summary.prompt_tokens_checked,
             "prompt_token_mismatches": summary.prompt_token_mismatches,
@@ -215,8 +216,9 @@ def build_result(
             "percentiles_from": "hdr_histograms",
             "start_time": point.start_epoch_s,
             "end_time": point.end_epoch_s,
-            "metadata": dict(cfg.metadata),
+            "metadata": dict(cfg.output.metadata),
             "config": cfg.to_dict(),
+            "run_config": to_form(cfg),
             "versions": versions(server_version),
             "hdr_histograms": {
                 "unit": "us",
@@ -228,7 +230,7 @@ def build_result(
     if extra:
         res.update(extra)
     # vLLM writes --metadata KEY=VALUE at the top level; do the same where it clashes with nothing.
-    for key, value in cfg.metadata.items():
+    for key, value in cfg.output.metadata.items():
         res.setdefault(key, value)
     return res
 
@@ -251,7 +253,7 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
 
 def write_hlog(path: Path, hists: Mapping[str, Any], point: PointInfo, cfg: RunConfig) -> None:
     comment = (
-        f"loadgen {cfg.backend} model={point.model} concurrency={point.concurrency} "
+        f"loadgen {cfg.target.backend} model={point.model} concurrency={point.concurrency} "
         f"rate={rate_label(point.rate)} unit=us"
     )
     hdr.write_hlog(path, hists, point.start_epoch_s, point.end_epoch_s, comment=comment)

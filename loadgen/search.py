@@ -74,8 +74,7 @@ def probe_requests(spec: SearchSpec, load: float, duration_s: float) -> int:
 def probe_config(cfg: RunConfig, spec: SearchSpec, load: float, index: int, stem: str) -> RunConfig:
     """The run configuration of probe ``index`` at ``load``: one point, its own file name."""
     kind = "rate{rate}" if spec.over == "rate" else "c{concurrency}"
-    return replace(
-        cfg,
+    return cfg.updated(
         rates=[load] if spec.over == "rate" else [math.inf],
         concurrencies=[None] if spec.over == "rate" else [int(load)],
         result_filename=f"{stem}-probe{index:02d}-{kind}.json",
@@ -101,7 +100,7 @@ def record(cfg: RunConfig, spec: SearchSpec, est: Estimate, probes: Sequence[Pro
     unit = "req/s" if spec.over == "rate" else "concurrent requests"
     return {
         "schema": CAPACITY_SCHEMA,
-        "label": cfg.label,
+        "label": cfg.output.label,
         "model_id": model,
         "over": spec.over,
         "unit": unit,
@@ -115,18 +114,18 @@ def record(cfg: RunConfig, spec: SearchSpec, est: Estimate, probes: Sequence[Pro
         "client_saturated": client_bound,
         "client_loop_lag_p99_ms": lag,
         "search": spec.to_dict(),
-        "duration_s": cfg.duration_s,
-        "warmup_seconds": cfg.warmup_s,
-        "arrival": cfg.arrival if spec.over == "rate" else None,
-        "input_len": cfg.input_len,
-        "output_len": cfg.output_len,
-        "dataset_name": cfg.dataset,
+        "duration_s": cfg.schedule.duration_s,
+        "warmup_seconds": cfg.schedule.warmup_s,
+        "arrival": cfg.schedule.arrival if spec.over == "rate" else None,
+        "input_len": cfg.workload.input_len,
+        "output_len": cfg.workload.output_len,
+        "dataset_name": cfg.workload.dataset,
         "ignore_eos": cfg.effective_ignore_eos,
         "probes_at": est.to_dict()["probes_at"],
         "probes": [p.to_dict() for p in probes],
         "server": dict(server or {}),
         "server_version": server_version,
-        "metadata": dict(cfg.metadata),
+        "metadata": dict(cfg.output.metadata),
         "config": cfg.to_dict(),
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -167,14 +166,14 @@ def run_search(
 ) -> SearchOutcome:
     """Pre-flight, prompts, probes until :func:`~loadgen.capacity.next_load` says stop, then the record.
 
-    ``cfg.duration_s`` is every probe's length and ``cfg.warmup_s`` the part of it
+    ``cfg.schedule.duration_s`` is every probe's length and ``cfg.schedule.warmup_s`` the part of it
     left out. A stop signal ends the probe in flight (its files are written), then
     the record of what was measured, then :class:`~loadgen.interrupts.Interrupted`.
     """
     from loadgen.store import read_requests
     from loadgen.sweep import PreflightError, build_prompts, point_paths, preflight, run_point, verify_prompts
 
-    if cfg.duration_s is None:
+    if cfg.schedule.duration_s is None:
         raise PreflightError("a capacity search needs time-based probes: give --duration SECONDS")
     started = time.monotonic()
     pre = preflight(cfg)
@@ -182,14 +181,14 @@ def run_search(
     if not prompts:
         raise PreflightError("the workload produced no prompts; check --dataset-name/--dataset-path and the length filters")
     verify_prompts(cfg, pre, prompts, console)
-    stem = safe_filename_part(name or cfg.label or "capacity")
+    stem = safe_filename_part(name or cfg.output.label or "capacity")
     date = time.strftime("%Y%m%d-%H%M%S")
     probes: list[Probe] = []
     path = pre.output_dir / f"{stem}.capacity.json"
     console.print(
-        f"loadgen search: {cfg.backend} {pre.model} at {cfg.base_url}; over {spec.over} from {spec.start:g}; "
-        f"SLOs {', '.join(s.text for s in spec.slos)}; probes of {cfg.duration_s:g} s "
-        f"({cfg.warmup_s:g} s warm-up left out)", highlight=False, soft_wrap=True)
+        f"loadgen search: {cfg.target.backend} {pre.model} at {cfg.target.base_url}; over {spec.over} from {spec.start:g}; "
+        f"SLOs {', '.join(s.text for s in spec.slos)}; probes of {cfg.schedule.duration_s:g} s "
+        f"({cfg.schedule.warmup_s:g} s warm-up left out)", highlight=False, soft_wrap=True)
 
     def finish(interrupted: bool = False) -> SearchOutcome:
         est = estimate(spec, probes, seed=cfg.seed)
@@ -206,8 +205,8 @@ def run_search(
         while (load := next_load(spec, probes)) is not None:
             index = len(probes) + 1
             pcfg = probe_config(cfg, spec, load, index, stem)
-            conc, rate = pcfg.concurrencies[0], pcfg.rates[0]
-            seq = Cycled(prompts, probe_requests(spec, load, cfg.duration_s))
+            conc, rate = pcfg.schedule.concurrencies[0], pcfg.schedule.rates[0]
+            seq = Cycled(prompts, probe_requests(spec, load, cfg.schedule.duration_s))
             repeat = sum(1 for p in probes if p.load == load) + 1  # a fresh arrival seed per repeat
             t0 = time.monotonic()
             result = run_point(pcfg, pre, seq, conc, rate, date, console=_quiet(console),

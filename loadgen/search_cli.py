@@ -29,7 +29,7 @@ DEFAULT_WARMUP_SHARE = 0.2
 def _reused_params() -> list[click.Parameter]:
     out = []
     for param in loadgen_main.params:
-        if param.name in CHOSEN_BY_SEARCH:
+        if param.name in CHOSEN_BY_SEARCH or param.name == "config_file":
             continue
         if param.name == "duration_s":
             param = copy.copy(param)

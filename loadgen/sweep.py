@@ -12,6 +12,8 @@ Per point: timeline (:mod:`loadgen.schedule`) → runner → metrics → three f
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,14 +27,17 @@ from loadgen import results as results_mod
 from loadgen.aggregate import Aggregate
 from loadgen.collect import PointCollector
 from loadgen.config import RunConfig, rate_label
+from loadgen.errors import LoadgenError, is_transient
 from loadgen.progress import Progress, print_summary, sweep_table
 from loadgen.records import Prompt
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.store import RequestStore, StoreFiles
 
 
-class PreflightError(RuntimeError):
+class PreflightError(LoadgenError, RuntimeError):
     """A check before the run failed; the message is one line with the fix."""
+
+    kind = "preflight"
 
 
 @dataclass
@@ -60,7 +65,7 @@ def server_facts(cfg: RunConfig) -> tuple[str | None, dict[str, Any]]:
     """``/version``'s version string and the other facts it states (sim: engine, profile,
     ``time_scale``), which the result keeps in its ``server`` section."""
     try:
-        resp = control.request(f"{cfg.base_url}/version", api_key=cfg.api_key, timeout_s=3.0, read_limit=65536,
+        resp = control.request(f"{cfg.target.base_url}/version", api_key=cfg.target.api_key, timeout_s=3.0, read_limit=65536,
                                connection=cfg.connection())
     except control.ControlError:
         return None, {}
@@ -91,8 +96,7 @@ def probe_stream(cfg: RunConfig, model: str) -> None:
             check_stream(_target(cfg, model), prompt)
             return
         except ClientError as exc:
-            transient = any(k in str(exc) for k in ("(http_5", "(http_429", "(reset", "(timeout", "(malformed"))
-            if not transient or attempt == 2:
+            if not is_transient(exc.kind) or attempt == 2:
                 raise PreflightError(str(exc)) from None
             time.sleep(0.2 * (attempt + 1))
 
@@ -100,51 +104,69 @@ def probe_stream(cfg: RunConfig, model: str) -> None:
 def _target(cfg: RunConfig, model: str) -> Any:
     from loadgen.runner import Target
 
+    t = cfg.target
     return Target(
-        base_url=cfg.base_url,
-        backend=cfg.backend,
+        base_url=t.base_url,
+        backend=t.backend,
         model=model,
-        endpoint=cfg.endpoint,
-        api_key=cfg.api_key,
+        endpoint=t.endpoint,
+        api_key=t.api_key,
         ignore_eos=cfg.effective_ignore_eos,
-        extra_body=cfg.extra_body,
-        timeout_s=cfg.timeout_s,
-        save_text=cfg.save_text,
-        connection=cfg.connection(),
+        extra_body=t.extra_body,
+        timeout_s=t.timeout_s,
+        save_text=cfg.output.save_text,
+        connection=t.connection(),
     )
 
 
 # ---------------------------------------------------------------- pre-flight
 
 
+def check_files(cfg: RunConfig) -> None:
+    """The files the options name exist and load (before anything is created)."""
+    path = cfg.workload.dataset_path
+    if path and not os.path.isfile(path):
+        raise PreflightError(f"--dataset-path '{path}' is not a readable file; check the path")
+    if path and not os.access(path, os.R_OK):
+        raise PreflightError(f"--dataset-path '{path}' is not readable; check its permissions")
+    ca_cert = cfg.target.ca_cert
+    if ca_cert:
+        try:
+            ssl.create_default_context(cafile=ca_cert)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            raise PreflightError(f"--ca-cert '{ca_cert}' is not a readable PEM CA bundle ({reason})") from None
+
+
 def preflight(cfg: RunConfig) -> Preflight:
     """Every cheap check, in order of cost, before any prompt is built."""
+    check_files(cfg)
     try:
-        out_dir = results_mod.check_writable(cfg.output_dir)
+        out_dir = results_mod.check_writable(cfg.output.output_dir)
     except PermissionError as exc:
         raise PreflightError(str(exc)) from None
 
     try:
-        served = control.models(cfg.base_url, cfg.api_key, timeout_s=min(cfg.timeout_s, 10.0),
+        served = control.models(cfg.target.base_url, cfg.target.api_key, timeout_s=min(cfg.target.timeout_s, 10.0),
                                 connection=cfg.connection())
     except control.ControlError as exc:
-        if cfg.model is None or exc.kind in ("tls", "connect", "timeout"):
+        if cfg.target.model is None or exc.kind in ("tls", "connect", "timeout"):
             hint = " (or pass --model NAME)" if exc.kind in ("http", "not_json") else ""
             raise PreflightError(f"{exc}{hint}") from None
         served = []  # a server without /v1/models (SGLang native): the stream probe decides
     names = [m.id for m in served]
-    model = cfg.model
+    model = cfg.target.model
     if model is None:
         if not names:
-            raise PreflightError(f"{cfg.base_url}/v1/models lists no model; pass --model NAME")
+            raise PreflightError(f"{cfg.target.base_url}/v1/models lists no model; pass --model NAME")
         model = names[0]
     elif names and model not in names:
         raise PreflightError(f"the server does not serve model '{model}' (it has: {', '.join(names[:5])}); fix --model")
     max_model_len = next((m.max_model_len for m in served if m.id == model), None)
-    if cfg.dataset == "random":
+    if cfg.workload.dataset == "random":
         check_context(cfg.max_input_len(), cfg.max_output_len(), max_model_len, model)
 
-    tokenizer_id = cfg.tokenizer
+    tokenizer_id = cfg.target.tokenizer
     if tokenizer_id is None:
         if Path(model).expanduser().is_dir():
             tokenizer_id = model
@@ -202,14 +224,14 @@ class PointFiles:
 
 def point_paths(cfg: RunConfig, pre: Preflight, concurrency: int | None, rate: float, date: str,
                 repeat: int = 1) -> PointFiles:
-    name = results_mod.render_filename(cfg.result_filename, cfg, concurrency, rate, pre.model, date, repeat)
+    name = results_mod.render_filename(cfg.output.result_filename, cfg, concurrency, rate, pre.model, date, repeat)
     path = pre.output_dir / name
     return PointFiles(
         result=path,
         hlog=results_mod.sibling(path, ".hlog"),
         store=StoreFiles(
             requests=results_mod.sibling(path, ".requests.npy"),
-            chunks=results_mod.sibling(path, ".chunks.npy") if cfg.save_requests else None,
+            chunks=results_mod.sibling(path, ".chunks.npy") if cfg.output.save_requests else None,
             details=results_mod.sibling(path, ".details.jsonl"),
         ),
     )
@@ -218,9 +240,9 @@ def point_paths(cfg: RunConfig, pre: Preflight, concurrency: int | None, rate: f
 def new_collector(cfg: RunConfig, files: PointFiles) -> PointCollector:
     """The aggregates and the per-request store one point's requests flow into."""
     return PointCollector(
-        Aggregate(goodput_slos_ms=cfg.goodput_slos_ms or None, inline_limit=cfg.inline_requests),
-        RequestStore(files.store, save_text=cfg.save_text),
-        warmup_s=cfg.warmup_s,
+        Aggregate(goodput_slos_ms=cfg.output.goodput_slos_ms or None, inline_limit=cfg.output.inline_requests),
+        RequestStore(files.store, save_text=cfg.output.save_text),
+        warmup_s=cfg.schedule.warmup_s,
     )
 
 
@@ -250,9 +272,9 @@ def finish_point(
     agg = collector.aggregate
     summary = agg.summary(
         # --warmup-seconds: the figures cover the steady window only, throughput included
-        min(start_ns + int(cfg.warmup_s * 1e9), end_ns), end_ns,
+        min(start_ns + int(cfg.schedule.warmup_s * 1e9), end_ns), end_ns,
         # p95/p99 are always computed: vLLM and SGLang readers expect p99_*_ms and p95_itl_ms
-        percentiles=sorted(set(cfg.percentiles) | {95.0, 99.0}),
+        percentiles=sorted(set(cfg.output.percentiles) | {95.0, 99.0}),
         lag_samples_ns=lag_samples_ns,
         max_concurrency_observed=max_in_flight,
     )
@@ -265,10 +287,10 @@ def finish_point(
         extra["prompt_verification"] = verification
     if server:
         extra["server"] = dict(server)
-    if cfg.repeat > 1:
-        extra["repeat"] = {"index": info.repeat, "of": cfg.repeat}
-    if cfg.warmup_s:
-        extra["warmup_seconds"] = cfg.warmup_s
+    if cfg.schedule.repeat > 1:
+        extra["repeat"] = {"index": info.repeat, "of": cfg.schedule.repeat}
+    if cfg.schedule.warmup_s:
+        extra["warmup_seconds"] = cfg.schedule.warmup_s
     extra.update(extra_fields or {})
     info.warmup_requests = collector.warmup_requests
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
@@ -306,7 +328,7 @@ def run_point(
     result: dict[str, Any] | None = None
     try:
         with interrupts.deferred():
-            if cfg.workers > 1 or cfg.ray_address:
+            if cfg.schedule.workers > 1 or cfg.schedule.ray_address:
                 from loadgen.workers import run_point_workers
 
                 result = run_point_workers(cfg, pre, prompts, concurrency, rate, date, console=console,
@@ -338,30 +360,30 @@ def _run_point_here(
     from loadgen.telemetry import PointTelemetry
 
     files = point_paths(cfg, pre, concurrency, rate, date, repeat)
-    offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.arrival, cfg.burstiness),
+    offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness),
                               seed=cfg.seed + repeat - 1)
     target = _target(cfg, pre.model)
     counters = LiveCounters(0, 0, 0, 0, 0)
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
-    if cfg.repeat > 1:
-        title += f" repeat {repeat}/{cfg.repeat}"
+    if cfg.schedule.repeat > 1:
+        title += f" repeat {repeat}/{cfg.schedule.repeat}"
     collector = new_collector(cfg, files)
     start_epoch = time.time()
     telemetry = PointTelemetry(cfg, files.result, counters,
                                note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
     try:
         with telemetry, Progress(counters, len(prompts), title, console=progress_console,
-                                 enabled=cfg.progress) as prog:
+                                 enabled=cfg.output.progress) as prog:
             outcome = run(
                 target,
                 prompts,
                 offsets.tolist(),
                 concurrency=concurrency,
-                warmup=cfg.warmup,
-                duration_s=cfg.duration_s,
+                warmup=cfg.schedule.warmup,
+                duration_s=cfg.schedule.duration_s,
                 counters=counters,
                 on_tick=prog.tick,
-                grace_s=cfg.grace_s,
+                grace_s=cfg.schedule.grace_s,
                 sink=collector,
             )
     except BaseException:
@@ -397,22 +419,8 @@ def _run_point_here(
 def build_prompts(cfg: RunConfig, pre: Preflight) -> list[Prompt]:
     """The prompt set shared by every point (built once, before the clock starts)."""
     from loadgen import workload
-    from loadgen.workload.spec import WorkloadSpec
-
-    spec = WorkloadSpec(
-        dataset=cfg.dataset,
-        num_prompts=cfg.prompts_needed(),
-        input_len=cfg.input_len,
-        output_len=cfg.output_len,
-        range_ratio=cfg.range_ratio,
-        dataset_path=cfg.dataset_path,
-        prefix_len=cfg.prefix_len,
-        num_prefixes=cfg.num_prefixes,
-        chat=cfg.chat,
-        input_len_counts=cfg.input_len_counts,
-        seed=cfg.seed,
-        tokenizer=pre.tokenizer_id,
-    )
+    spec = cfg.workload.spec(num_prompts=cfg.prompts_needed(), chat=cfg.chat, seed=cfg.seed,
+                             tokenizer=pre.tokenizer_id)
     from loadgen.workload.errors import WorkloadError
 
     try:
@@ -431,16 +439,16 @@ def verify_prompts(cfg: RunConfig, pre: Preflight, prompts: Sequence[Prompt], co
     A disagreement stops the run: every figure per input token would be wrong. A
     server without ``/tokenize`` is fine unless ``--verify-prompts`` was asked for.
     """
-    if cfg.verify_prompts is False:
+    if cfg.workload.verify_prompts is False:
         return
     from loadgen.workload import verify_with_server
 
-    res = verify_with_server(cfg.base_url, pre.model, prompts, api_key=cfg.api_key, timeout_s=min(cfg.timeout_s, 30.0),
+    res = verify_with_server(cfg.target.base_url, pre.model, prompts, api_key=cfg.target.api_key, timeout_s=min(cfg.target.timeout_s, 30.0),
                              connection=cfg.connection())
     pre.verification = {"supported": res.supported, "ok": res.ok, "checked": res.checked,
                         "max_diff": res.max_diff, "message": res.message}
     if not res.supported:
-        if cfg.verify_prompts:
+        if cfg.workload.verify_prompts:
             raise PreflightError(f"{res.message}; --verify-prompts needs it: use --no-verify-prompts")
         console.print(f"note: {res.message}", highlight=False, soft_wrap=True)
         return
@@ -463,18 +471,18 @@ def run_all(
         raise PreflightError("the workload produced no prompts; check --dataset-name/--dataset-path and the length filters")
     verify_prompts(cfg, pre, prompts, console)
     date = time.strftime("%Y%m%d-%H%M%S")
-    names = [point_paths(cfg, pre, c, r, date, k).result for c, r in cfg.points() for k in range(1, cfg.repeat + 1)]
+    names = [point_paths(cfg, pre, c, r, date, k).result for c, r in cfg.points() for k in range(1, cfg.schedule.repeat + 1)]
     if len(set(names)) != len(names):
         raise PreflightError("--result-filename gives two points the same file; add {concurrency} and {rate} to it")
     console.print(
-        f"loadgen: {cfg.backend} {pre.model} at {cfg.base_url}; {len(prompts)} prompts; "
+        f"loadgen: {cfg.target.backend} {pre.model} at {cfg.target.base_url}; {len(prompts)} prompts; "
         f"{len(cfg.points())} point(s); ignore_eos={cfg.effective_ignore_eos}",
         highlight=False, soft_wrap=True,
     )
     out: list[dict[str, Any]] = []
     try:
         for concurrency, rate in cfg.points():
-            for repeat in range(1, cfg.repeat + 1):
+            for repeat in range(1, cfg.schedule.repeat + 1):
                 out.append(run_point(cfg, pre, prompts, concurrency, rate, date,
                                      console=console, progress_console=progress_console, repeat=repeat))
     except interrupts.Interrupted as exc:

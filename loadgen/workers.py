@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter_ns
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from loadgen import hdr
 from loadgen.aggregate import Aggregate
 from loadgen.records import Prompt
 from loadgen.store import StoreFiles
+
+if TYPE_CHECKING:
+    from loadgen.config import RunConfig
 
 # The parent hands out the start instant this far ahead of "everyone is ready", so the
 # message reaches every worker before it (a pipe write plus a wake-up, even when busy).
@@ -255,7 +258,7 @@ def worker_store_files(files: StoreFiles, index: int) -> StoreFiles:
 
 
 def plan_tasks(
-    cfg: Any,  # RunConfig
+    cfg: RunConfig,
     target: Any,
     prompts: Sequence[Prompt],
     offsets_s: np.ndarray,
@@ -267,7 +270,7 @@ def plan_tasks(
     n = effective_workers(workers, concurrency, len(prompts))
     shares = partition(len(prompts), n)
     limits = split_limit(concurrency, n)
-    warm = [len(s) for s in partition(cfg.warmup, n)]
+    warm = [len(s) for s in partition(cfg.schedule.warmup, n)]
     return [
         WorkerTask(
             index=k,
@@ -276,13 +279,13 @@ def plan_tasks(
             offsets_s=offsets_s[idx].tolist(),
             concurrency=limits[k],
             warmup=warm[k],
-            duration_s=cfg.duration_s,
-            grace_s=cfg.grace_s,
+            duration_s=cfg.schedule.duration_s,
+            grace_s=cfg.schedule.grace_s,
             store=worker_store_files(store, k),
-            save_text=cfg.save_text,
-            goodput_slos_ms=dict(cfg.goodput_slos_ms),
-            inline_limit=cfg.inline_requests,
-            warmup_s=cfg.warmup_s,
+            save_text=cfg.output.save_text,
+            goodput_slos_ms=dict(cfg.output.goodput_slos_ms),
+            inline_limit=cfg.output.inline_requests,
+            warmup_s=cfg.schedule.warmup_s,
         )
         for k, idx in enumerate(shares)
     ]
@@ -433,7 +436,7 @@ def read_blobs(files: StoreFiles) -> dict[str, bytes]:
 
 
 def run_point_workers(
-    cfg: Any,
+    cfg: RunConfig,
     pre: Any,
     prompts: Sequence[Prompt],
     concurrency: int | None,
@@ -456,33 +459,33 @@ def run_point_workers(
     from loadgen.telemetry import PointTelemetry
 
     files = point_paths(cfg, pre, concurrency, rate, date, repeat)
-    offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.arrival, cfg.burstiness),
+    offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness),
                               seed=cfg.seed + repeat - 1)
     target = _target(cfg, pre.model)
-    if cfg.ray_address:
+    if cfg.schedule.ray_address:
         from loadgen import ray_workers as transport
         from loadgen.sweep import PreflightError
 
         try:
-            workers = cfg.workers or transport.default_workers(cfg.ray_address)
+            workers = cfg.schedule.workers or transport.default_workers(cfg.schedule.ray_address)
             tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, workers)
-            transport.check_capacity(cfg.ray_address, len(tasks))
+            transport.check_capacity(cfg.schedule.ray_address, len(tasks))
         except RuntimeError as exc:
             raise PreflightError(str(exc)) from None
     else:
         from loadgen import procpool as transport  # type: ignore[no-redef]
 
-        tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, cfg.workers)
+        tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, cfg.schedule.workers)
     counters = SummedCounters(len(tasks))
     title = (f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)} "
-             f"({len(tasks)} {'actors' if cfg.ray_address else 'workers'})")
-    if cfg.repeat > 1:
-        title += f" repeat {repeat}/{cfg.repeat}"
+             f"({len(tasks)} {'actors' if cfg.schedule.ray_address else 'workers'})")
+    if cfg.schedule.repeat > 1:
+        title += f" repeat {repeat}/{cfg.schedule.repeat}"
     telemetry = PointTelemetry(cfg, files.result, counters,
                                note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
     # The live display and the telemetry scraper (threads) start once the workers are
     # forked: a child must not inherit a lock one of them holds.
-    prog = Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.progress)
+    prog = Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.output.progress)
     threads: list[Any] = []
 
     def started() -> None:
@@ -492,12 +495,12 @@ def run_point_workers(
 
     try:
         outcomes = transport.run_tasks(tasks, counters=counters, on_tick=prog.tick,
-                                       address=cfg.ray_address, on_started=started)
+                                       address=cfg.schedule.ray_address, on_started=started)
         ended_ns = time.perf_counter_ns()  # the workers' clocks are this machine's (Ray: near enough)
     finally:
         for ctx in reversed(threads):
             ctx.__exit__(None, None, None)
-    merged = merge_outcomes(outcomes, goodput_slos_ms=cfg.goodput_slos_ms, inline_limit=cfg.inline_requests,
+    merged = merge_outcomes(outcomes, goodput_slos_ms=cfg.output.goodput_slos_ms, inline_limit=cfg.output.inline_requests,
                             saturation_lag_p99_ms=SATURATION_LAG_P99_MS)
     if merged.signal is not None:
         interrupts.note(merged.signal)
@@ -530,7 +533,7 @@ def run_point_workers(
         extra_fields={
             "per_request": per_request,
             "workers": len(tasks),
-            "worker_mode": "ray" if cfg.ray_address else "processes",
+            "worker_mode": "ray" if cfg.schedule.ray_address else "processes",
             "workers_failed": [o.index for o in failed],
             "per_worker": merged.workers,
             "loop_lag_of": "the worker with the highest loop-lag p99 (per_worker has each one)",

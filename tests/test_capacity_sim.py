@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -59,7 +58,7 @@ def test_the_engine_model_has_the_analytic_capacity(fixed_profile):
 
 
 def config(base_url: str, out: Path, **kw) -> RunConfig:
-    return RunConfig(base_url=base_url, tokenizer="deepseek-r1", input_len=16, output_len=L, arrival="constant",
+    return RunConfig.from_flat(base_url=base_url, tokenizer="deepseek-r1", input_len=16, output_len=L, arrival="constant",
                      duration_s=DURATION_S, warmup_s=WARMUP_S, output_dir=str(out), num_prompts=200,
                      progress=False, label="fixed", **kw)
 
@@ -98,7 +97,7 @@ def test_search_finds_the_analytic_capacity_and_it_holds(sim_server, fixed_profi
     verdicts = {}
     for factor in (1.0, 1.25):
         rate = cap * factor
-        pcfg = replace(cfg, rates=[rate], result_filename=f"check-{factor}.json")
+        pcfg = cfg.updated(rates=[rate], result_filename=f"check-{factor}.json")
         seq = Cycled(prompts, math.ceil(rate * DURATION_S) + 16)
         run_point(pcfg, pre, seq, None, rate, "d", console=console, repeat=3)
         files = point_paths(pcfg, pre, None, rate, "d", 3)

@@ -45,14 +45,14 @@ def test_split_and_mask_credentials_in_a_url() -> None:
 
 
 def test_config_takes_credentials_out_of_the_url() -> None:
-    cfg = RunConfig(base_url="http://bob:s%40cret@127.0.0.1:8000")
-    assert cfg.base_url == "http://127.0.0.1:8000"
-    assert cfg.basic_auth == ("bob", "s@cret")
+    cfg = RunConfig.from_flat(base_url="http://bob:s%40cret@127.0.0.1:8000")
+    assert cfg.target.base_url == "http://127.0.0.1:8000"
+    assert cfg.target.basic_auth == ("bob", "s@cret")
     stored = str(cfg.to_dict())
     assert "s@cret" not in stored and "bob" not in stored
     assert cfg.connection().authorization(None) == "Basic Ym9iOnNAY3JldA=="
     with pytest.raises(ConfigError, match="--api-key"):
-        RunConfig(base_url="http://bob:pw@127.0.0.1:8000", api_key="sk-x")
+        RunConfig.from_flat(base_url="http://bob:pw@127.0.0.1:8000", api_key="sk-x")
 
 
 def test_basic_credentials_reach_the_server_and_an_echo_of_them_is_masked() -> None:

@@ -41,7 +41,7 @@ def run_point(base_url: str, out: Path, **overrides) -> tuple[dict, str]:
     settings = dict(base_url=base_url, backend="vllm", num_prompts=N, input_len=8, output_len=6,
                     tokenizer="deepseek-r1", output_dir=str(out), progress=False, timeout_s=5.0, grace_s=1.0)
     settings.update(overrides)
-    cfg = loadgen.RunConfig(**settings)
+    cfg = loadgen.RunConfig.from_flat(**settings)
     buf = io.StringIO()
     loadgen.run_all(cfg, console=Console(file=buf, width=160), progress_console=Console(file=io.StringIO()))
     files = sorted(out.glob("*.json"))

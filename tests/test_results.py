@@ -80,7 +80,7 @@ CFG = dict(concurrencies=[4], rates=[20.0], percentiles=[50, 99, 99.9], goodput_
 
 @pytest.fixture
 def written(tmp_path: Path) -> tuple[dict, PointFiles, RunConfig]:
-    cfg = RunConfig(**CFG)
+    cfg = RunConfig.from_flat(**CFG)
     files = _files(tmp_path)
     return _write(cfg, files, _records()), files, cfg
 
@@ -146,9 +146,9 @@ def test_request_store(written: tuple[dict, PointFiles, RunConfig]) -> None:
 
 
 def test_large_point_keeps_arrays_in_the_store_only(tmp_path: Path) -> None:
-    small = _write(RunConfig(**{**CFG, "inline_requests": 10}), _files(tmp_path), _records())
+    small = _write(RunConfig.from_flat(**{**CFG, "inline_requests": 10}), _files(tmp_path), _records())
     (tmp_path / "big").mkdir()
-    big = _write(RunConfig(**{**CFG, "inline_requests": 9}), _files(tmp_path / "big"), _records())
+    big = _write(RunConfig.from_flat(**{**CFG, "inline_requests": 9}), _files(tmp_path / "big"), _records())
     assert len(small["ttfts"]) == 10
     assert not {"ttfts", "itls", "input_lens", "output_lens", "errors"} & set(big)
     assert big["per_request"]["rows"] == 10 and big["per_request"]["requests"] == "r.requests.npy"
@@ -161,7 +161,7 @@ def test_unwritable_store_keeps_the_figures(tmp_path: Path) -> None:
     files = _files(tmp_path / "gone")  # the store's folder does not exist: every store write fails
     files.result = tmp_path / "r.json"
     files.hlog = tmp_path / "r.hlog"
-    res = _write(RunConfig(**CFG), files, _records())
+    res = _write(RunConfig.from_flat(**CFG), files, _records())
     assert res["completed"] == 9 and res["mean_ttft_ms"] == pytest.approx(50.0)
     assert res["per_request"]["complete"] is False and "No such file" in res["per_request"]["error"]
     assert res["per_request"]["rows"] == 0
@@ -170,15 +170,15 @@ def test_unwritable_store_keeps_the_figures(tmp_path: Path) -> None:
 def test_no_successful_request_reports_absent_latencies(tmp_path: Path) -> None:
     records = [RequestRecord(prompt_id=i, input_len=64, output_len=5, sent_ns=T0, last_ns=T0 + MS, status=400,
                              error="http_400", error_detail="too long") for i in range(3)]
-    res = _write(RunConfig(**CFG), _files(tmp_path), records)
+    res = _write(RunConfig.from_flat(**CFG), _files(tmp_path), records)
     assert res["completed"] == 0 and res["failed"] == 3
     assert res["mean_ttft_ms"] is None and res["p99_itl_ms"] is None and res["median_e2el_ms"] is None
     assert res["errors"] == ["http_400: too long"] * 3
 
 
 def test_filename_template_fields() -> None:
-    cfg = RunConfig(concurrencies=[1, 2], rates=[math.inf], input_len=128, output_len=256)
-    names = {render_filename(cfg.result_filename, cfg, c, r, "org/model", "D") for c, r in cfg.points()}
+    cfg = RunConfig.from_flat(concurrencies=[1, 2], rates=[math.inf], input_len=128, output_len=256)
+    names = {render_filename(cfg.output.result_filename, cfg, c, r, "org/model", "D") for c, r in cfg.points()}
     assert names == {"openai-c1-rinf-i128-o256-D.json", "openai-c2-rinf-i128-o256-D.json"}
     assert render_filename("{model}_{rate}", cfg, None, 2.5, "org/model", "D") == "org_model_2.5.json"
 
@@ -190,12 +190,12 @@ def test_filename_template_fields() -> None:
 ])
 def test_bad_templates_rejected(template: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        RunConfig(concurrencies=[1, 2], result_filename=template)
+        RunConfig.from_flat(concurrencies=[1, 2], result_filename=template)
 
 
 def test_disk_full_mid_run_keeps_the_figures(tmp_path: Path) -> None:
     files = _files(tmp_path)
     files.store.requests.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
-    res = _write(RunConfig(**CFG), files, _records())
+    res = _write(RunConfig.from_flat(**CFG), files, _records())
     assert res["completed"] == 9 and res["p99_itl_ms"] == pytest.approx(20.0, rel=1e-3)
     assert res["per_request"]["complete"] is False and "No space left" in res["per_request"]["error"]

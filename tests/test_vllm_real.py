@@ -226,7 +226,7 @@ def test_real_capacity_search_answers_with_an_interval(server, tmp_path: Path) -
     from loadgen.config import RunConfig
     from loadgen.search import run_search
 
-    cfg = RunConfig(base_url=server.base_url, tokenizer="deepseek-r1", input_len=32, output_len=24, duration_s=4.0,
+    cfg = RunConfig.from_flat(base_url=server.base_url, tokenizer="deepseek-r1", input_len=32, output_len=24, duration_s=4.0,
                     warmup_s=1.0, output_dir=str(tmp_path), num_prompts=64, progress=False, label="vllm-cpu")
     spec = SearchSpec("concurrency", (parse_slo("tpot:p99<=40"),), start=4, low=1, high=64, tolerance=0.25,
                       boundary_repeats=2, max_probes=9)

@@ -236,7 +236,8 @@ async def check_stream_async(target: Target, prompt: Any) -> RequestRecord:
         await client.close()
     if rec.error is not None:
         url = f"{target.base_url.rstrip('/')} {client.endpoint.path}"
-        raise ClientError(f"test request to {url} failed ({rec.error}): {rec.error_detail.splitlines()[0][:200] if rec.error_detail else 'no detail'}")
+        raise ClientError(f"test request to {url} failed ({rec.error}): {rec.error_detail.splitlines()[0][:200] if rec.error_detail else 'no detail'}",
+                          kind=rec.error)
     return rec
 
 

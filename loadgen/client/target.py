@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from loadgen.connection import DEFAULT as DEFAULT_CONNECTION
 from loadgen.connection import Connection
+from loadgen.errors import LoadgenError
 
 
 @dataclass
@@ -29,11 +30,14 @@ class Target:
     connection: Connection = DEFAULT_CONNECTION  # credentials from the URL, TLS trust
 
 
-class ClientError(Exception):
+class ClientError(LoadgenError):
     """A problem with the target itself (bad URL, server unreachable, not SSE).
 
-    Its message is one line naming the problem and what to change.
+    Its message is one line naming the problem and what to change; ``kind`` is the
+    failed request's error kind (``http_503``, ``reset``, ...) when there was one.
     """
+
+    kind = "client"
 
 
 @dataclass(frozen=True)

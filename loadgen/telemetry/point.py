@@ -11,21 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadgen.telemetry.gpu import DcgmSource, NvmlSource
 from loadgen.telemetry.scrape import Fetcher, Scraper
 from loadgen.telemetry.timeline import gpu_entry, server_entry
 
+if TYPE_CHECKING:
+    from loadgen.config import RunConfig
+
 SIDE_SUFFIX = ".metrics.jsonl"
 _NOTED: set[str] = set()
 
 
-def server_metrics_url(cfg: Any) -> str | None:
+def server_metrics_url(cfg: RunConfig) -> str | None:
     """``--server-metrics``: None (default) means the server's own ``/metrics``; ``off`` means none."""
-    value = getattr(cfg, "server_metrics", None)
+    value = cfg.telemetry.server_metrics
     if value is None:
-        return f"{cfg.base_url}/metrics"
+        return f"{cfg.target.base_url}/metrics"
     return None if value == "off" else value
 
 
@@ -37,14 +40,14 @@ def side_file_for(result_path: Path) -> Path:
 class PointTelemetry:
     """``with PointTelemetry(cfg, result_path, counters, note=console.print): run(...)``."""
 
-    def __init__(self, cfg: Any, result_path: Path, counters: Any = None,
+    def __init__(self, cfg: RunConfig, result_path: Path, counters: Any = None,
                  note: Callable[[str], Any] | None = None) -> None:
         self.url = server_metrics_url(cfg)
-        self.explicit = getattr(cfg, "server_metrics", None) is not None
-        self.interval_s = float(getattr(cfg, "metrics_interval_s", 1.0))
-        self.gpu_spec = getattr(cfg, "gpu_metrics", "auto") or "auto"
+        self.explicit = cfg.telemetry.server_metrics is not None
+        self.interval_s = float(cfg.telemetry.metrics_interval_s)
+        self.gpu_spec = cfg.telemetry.gpu_metrics or "auto"
         self.side_path = side_file_for(result_path)
-        self.api_key = getattr(cfg, "api_key", None)
+        self.api_key = cfg.target.api_key
         self._in_flight = (lambda: counters.in_flight) if counters is not None else None
         self._note = note
         self.server_message: str | None = None

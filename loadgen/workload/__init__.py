@@ -25,7 +25,7 @@ from loadgen.records import Prompt
 from loadgen.workload.cache import cache_path, load, save
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.lengths import length_bounds
-from loadgen.workload.spec import WorkloadSpec
+from loadgen.workload.spec import DATASETS, WorkloadSpec
 from loadgen.workload.tokenizer import Tokenizer, TokenizerError, load_tokenizer, tokenizer_fingerprint
 from loadgen.workload.verify import (
     MismatchSummary,
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from loadgen.workload.fit import TokenizerView
 
 __all__ = [
+    "DATASETS",
     "MismatchSummary",
     "Prompt",
     "VerifyResult",
@@ -50,7 +51,6 @@ __all__ = [
     "verify_with_server",
 ]
 
-DATASETS = ("random", "sharegpt", "jsonl")
 CHECK_TOKENS = 65_536  # up to this many prompt tokens every prompt is re-counted; above, a sample this big
 CHECK_SAMPLE = 64  # and never fewer prompts than this
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from loadgen.errors import LoadgenError
 
-class WorkloadError(ValueError):
+
+class WorkloadError(LoadgenError, ValueError):
     """Bad workload input. The message is one line: what is wrong and how to fix it."""
+
+    kind = "workload"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The prompt sources loadgen.workload can build (the --dataset-name choices).
+DATASETS = ("random", "sharegpt", "jsonl")
+
 
 @dataclass(frozen=True)
 class WorkloadSpec:
