@@ -59,7 +59,7 @@ def main() -> None:
             print(f"analytic capacity: {expected:g} req/s ({args.slots} slots, {args.output_len} tokens, "
                   f"{args.step_ms / args.time_scale:g} ms steps); SLO {args.slo}")
             for run in range(args.runs):
-                cfg = RunConfig(base_url=url, tokenizer="deepseek-r1", input_len=16, output_len=args.output_len,
+                cfg = RunConfig.from_flat(base_url=url, tokenizer="deepseek-r1", input_len=16, output_len=args.output_len,
                                 arrival="constant", duration_s=args.duration, warmup_s=args.duration / 5,
                                 output_dir=f"{tmp}/out{run}", num_prompts=200, progress=False, seed=run)
                 spec = SearchSpec("rate", (parse_slo(args.slo),), start=args.start or round(0.3 * expected, 3), boundary_repeats=2)

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -46,6 +45,7 @@ from client import http_json, pct, truth_figures  # noqa: E402
 from loadgen import procpool  # noqa: E402
 from loadgen.aggregate import Aggregate  # noqa: E402
 from loadgen.collect import PointCollector  # noqa: E402
+from loadgen.config import RunConfig  # noqa: E402
 from loadgen.metrics import SATURATION_LAG_P99_MS  # noqa: E402
 from loadgen.records import Prompt  # noqa: E402
 from loadgen.runner import Target, run  # noqa: E402
@@ -78,8 +78,7 @@ def run_mode(mode: str, target: Target, prompts: list[Prompt], conc: int, folder
         lag = pct(out.lag_samples_ns, 99) / 1e6 if out.lag_samples_ns else 0.0
         return agg, cpu, [(cpu, agg.total_output_tokens)], lag
     workers = int(mode[1:])
-    cfg = SimpleNamespace(warmup=0, duration_s=None, grace_s=5.0, save_text=False, goodput_slos_ms={},
-                          inline_requests=0)
+    cfg = RunConfig.from_flat(warmup=0, duration_s=None, grace_s=5.0, save_text=False, inline_requests=0)
     tasks = plan_tasks(cfg, target, prompts, np.zeros(len(prompts)), conc, store, workers)
     t0 = os.times()
     outcomes = procpool.run_tasks(tasks, counters=SummedCounters(len(tasks)), on_tick=lambda: None)
