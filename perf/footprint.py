@@ -7,12 +7,13 @@ resident set size from ``/usr/bin/time -v`` ("Maximum resident set size"). Media
 * ``streams``: 1,024 streams (TTFT 100 ms, ITL 20 ms, 256 tokens): peak RSS, and the
   result file's TTFT mean and ITL p99 against the server's own log of what it did.
 * ``startup``: launch → the first benchmark request reaching the server, with the
-  prompt set cached (the default) or built cold (``--cold``), 2,048 × 128 tokens.
+  prompt set cached (the default), built (``--cold prompts``), or on a machine's first
+  run, with an empty cache (``--cold first-use``), 2,048 × 128 tokens.
 * ``million``: 1,000,000 requests (16 in / 8 out, concurrency 256, whole responses at
   once): peak RSS, every request accounted for, then ``loadgen-report`` on the result.
 
     python perf/footprint.py streams --repeat 3
-    python perf/footprint.py startup --repeat 3 [--cold]
+    python perf/footprint.py startup --repeat 3 [--cold prompts|first-use]
     python perf/footprint.py million --requests 1000000
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,8 +110,10 @@ def startup(args: argparse.Namespace) -> None:
                 env = {"LOADGEN_CACHE_DIR": str(Path(tmp) / "cache")}
                 run_args = [*common(port, Path(tmp) / "out"), "--concurrency", "1", "--num-prompts", "2048",
                             "--input-len", "128", "--output-len", "2"]
-                if not args.cold:  # build the set once, then measure with it cached
+                if args.cold != "first-use":  # build the set once, then measure with it cached
                     run_cli(run_args, args.client_cpu, env)
+                if args.cold == "prompts":  # the prompt set is built again; the tokenizer's tables are kept
+                    shutil.rmtree(Path(tmp) / "cache" / "prompts")
                 http_json(port, "/reset", "POST")
                 launched = time.perf_counter_ns()
                 code, wall, rss, err = run_cli(run_args, args.client_cpu, env)
@@ -157,7 +161,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=None)
     ap.add_argument("--requests", type=int, default=1_000_000)
-    ap.add_argument("--cold", action="store_true", help="startup: build the prompt set instead of reading the cache")
+    ap.add_argument("--cold", choices=["prompts", "first-use"], default=None,
+                    help="startup: build the prompt set (prompts), or start from an empty cache as on a machine's "
+                         "first run (first-use: the tokenizer's piece table is built too)")
     ap.add_argument("--tmp", default=None, help="folder for the million-request files (default: system temp)")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
