@@ -65,6 +65,17 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def saved() -> dict[int, object]:
+    """The current handlers of :data:`SIGNALS`, for :func:`restore`."""
+    return {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+
+def restore(previous: dict[int, object]) -> None:
+    """Put back handlers saved with :func:`saved` (whoever took the signals meanwhile)."""
+    for sig, prev in previous.items():
+        signal.signal(sig, prev if prev is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+
+
 def install() -> None:
     """Route SIGINT and SIGTERM through :func:`_handler` (main thread only)."""
     _State.pid = os.getpid()

@@ -38,9 +38,10 @@ from multiprocessing.connection import Connection, wait
 from time import perf_counter_ns
 from typing import Any
 
-from loadgen.workers import START_MARGIN_S, SummedCounters, WorkerOutcome, WorkerTask, run_worker
+from loadgen import interrupts
+from loadgen.interrupts import SIGNALS
+from loadgen.workers import START_MARGIN_S, SummedCounters, WorkerOutcome, WorkerTask, run_worker, tick_if_due
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 JOIN_TIMEOUT_S = 10.0
 
 
@@ -156,7 +157,7 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
                 except ProcessLookupError:
                     pass
 
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    previous = interrupts.saved()
     for sig in SIGNALS:
         signal.signal(sig, forward)
     next_tick = time.monotonic() + tick_s
@@ -191,15 +192,9 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
                         conns[i].send(("start", start))
                     except OSError:
                         pass  # it died: its sentinel says so
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + tick_s
-                try:
-                    on_tick()
-                except Exception:  # a broken display must not stop a benchmark
-                    pass
+            next_tick = tick_if_due(next_tick, tick_s, on_tick)
     finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev)
+        interrupts.restore(previous)
         for p in procs:
             p.join(JOIN_TIMEOUT_S)
             if p.is_alive():
@@ -208,7 +203,5 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
         for c in conns:
             c.close()
     if seen:
-        from loadgen import interrupts
-
         interrupts.note(seen[0])
     return outcomes

@@ -36,6 +36,8 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
+from loadgen import interrupts
+from loadgen.interrupts import SIGNALS
 from loadgen.store import StoreFiles
 from loadgen.workers import (
     SummedCounters,
@@ -44,12 +46,12 @@ from loadgen.workers import (
     WorkerTask,
     read_blobs,
     run_worker,
+    tick_if_due,
     write_blobs,
 )
 
 INSTALL_HINT = "pip install 'loadgen[ray]'"
 RAY_START_MARGIN_S = 0.25  # the start messages cross the network: more room than local pipes
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RayMissing(RuntimeError):
@@ -69,7 +71,7 @@ def connect(address: str) -> Any:
     ray = import_ray()
     if not ray.is_initialized():
         # ray.init takes SIGTERM for itself; loadgen's own handling (stop, keep what was measured) stays.
-        previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+        previous = interrupts.saved()
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -77,8 +79,7 @@ def connect(address: str) -> Any:
             raise RuntimeError(f"cannot join the Ray cluster at '{address}' ({first}); "
                                "start one with `ray start --head` or fix --ray-address") from None
         finally:
-            for sig, prev in previous.items():
-                signal.signal(sig, prev)
+            interrupts.restore(previous)
     return ray
 
 
@@ -215,7 +216,7 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
         on_started()
     seen: list[int] = []
     forwarded = 0
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    previous = interrupts.saved()
     for sig in SIGNALS:
         signal.signal(sig, lambda signum, frame: seen.append(signum))
     try:
@@ -264,22 +265,14 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
                 start = time.time() + RAY_START_MARGIN_S
                 for i in pending:
                     actors[i].go.remote(start + offsets[i])
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + tick_s
-                try:
-                    on_tick()
-                except Exception:  # a broken display must not stop a benchmark
-                    pass
+            next_tick = tick_if_due(next_tick, tick_s, on_tick)
     finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev)
+        interrupts.restore(previous)
         for a in actors:
             try:
                 ray.kill(a)
             except Exception:  # noqa: BLE001 - already gone
                 pass
     if seen:
-        from loadgen import interrupts
-
         interrupts.note(seen[0])
     return outcomes

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Protocol
 
+from loadgen import interrupts
 from loadgen.client import ClientError, LiveCounters, StreamClient, Target
+from loadgen.interrupts import SIGNALS
 from loadgen.lag import LagMonitor
 from loadgen.records import Prompt, RequestRecord
 
@@ -214,7 +216,6 @@ async def _finish_releasing(stop: _Stop, tasks: set[asyncio.Task], grace_s: floa
     await _drain(tasks, stop, grace_s)
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, stop: _Stop) -> dict[int, object]:
@@ -222,7 +223,7 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: _Stop) -> dict[int, 
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous: dict[int, object] = {}
-    for sig in STOP_SIGNALS:
+    for sig in SIGNALS:
         try:
             prev = signal.getsignal(sig)
             loop.add_signal_handler(sig, stop.interrupt, sig)
@@ -234,9 +235,9 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: _Stop) -> dict[int, 
 
 def _restore_signals(loop: asyncio.AbstractEventLoop, previous: dict[int, object]) -> None:
     """Give the signals back to whoever had them (asyncio would reset them to the default)."""
-    for sig, prev in previous.items():
+    for sig in previous:
         loop.remove_signal_handler(sig)
-        signal.signal(sig, prev if prev is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+    interrupts.restore(previous)
 
 
 async def run_async(

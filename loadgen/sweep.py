@@ -302,6 +302,37 @@ def finish_point(
     return result
 
 
+@dataclass
+class PointSetup:
+    """What every way of running a point starts from (here, or over workers)."""
+
+    files: PointFiles
+    offsets: Any  # numpy array of release offsets, seconds
+    target: Any  # loadgen.client.Target
+    title: str
+
+
+def point_setup(cfg: RunConfig, pre: Preflight, n_prompts: int, concurrency: int | None, rate: float, date: str,
+                repeat: int) -> PointSetup:
+    """Files, release timeline (seed + repeat - 1: repeats are independent samples), target
+    and display title of one point."""
+    files = point_paths(cfg, pre, concurrency, rate, date, repeat)
+    offsets = release_offsets(n_prompts, ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness),
+                              seed=cfg.seed + repeat - 1)
+    title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
+    if cfg.schedule.repeat > 1:
+        title += f" repeat {repeat}/{cfg.schedule.repeat}"
+    return PointSetup(files, offsets, _target(cfg, pre.model), title)
+
+
+def point_telemetry(cfg: RunConfig, files: PointFiles, counters: Any, console: Console) -> Any:
+    """The point's server/GPU telemetry (a context manager around the run), notes to ``console``."""
+    from loadgen.telemetry import PointTelemetry
+
+    return PointTelemetry(cfg, files.result, counters,
+                          note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
+
+
 def run_point(
     cfg: RunConfig,
     pre: Preflight,
@@ -357,20 +388,13 @@ def _run_point_here(
 ) -> dict[str, Any]:
     """:func:`run_point` in this process."""
     from loadgen.runner import LiveCounters, run
-    from loadgen.telemetry import PointTelemetry
 
-    files = point_paths(cfg, pre, concurrency, rate, date, repeat)
-    offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness),
-                              seed=cfg.seed + repeat - 1)
-    target = _target(cfg, pre.model)
+    setup = point_setup(cfg, pre, len(prompts), concurrency, rate, date, repeat)
+    files, offsets, target, title = setup.files, setup.offsets, setup.target, setup.title
     counters = LiveCounters(0, 0, 0, 0, 0)
-    title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
-    if cfg.schedule.repeat > 1:
-        title += f" repeat {repeat}/{cfg.schedule.repeat}"
+    telemetry = point_telemetry(cfg, files, counters, console)
     collector = new_collector(cfg, files)
     start_epoch = time.time()
-    telemetry = PointTelemetry(cfg, files.result, counters,
-                               note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
     try:
         with telemetry, Progress(counters, len(prompts), title, console=progress_console,
                                  enabled=cfg.output.progress) as prog:

@@ -451,17 +451,12 @@ def run_point_workers(
     from loadgen import interrupts
     from loadgen import results as results_mod
     from loadgen.collect import PointCollector
-    from loadgen.config import rate_label
     from loadgen.metrics import SATURATION_LAG_P99_MS
     from loadgen.progress import Progress, print_summary
-    from loadgen.schedule import ArrivalSpec, release_offsets
-    from loadgen.sweep import _target, finish_point, point_paths
-    from loadgen.telemetry import PointTelemetry
+    from loadgen.sweep import finish_point, point_setup, point_telemetry
 
-    files = point_paths(cfg, pre, concurrency, rate, date, repeat)
-    offsets = release_offsets(len(prompts), ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness),
-                              seed=cfg.seed + repeat - 1)
-    target = _target(cfg, pre.model)
+    setup = point_setup(cfg, pre, len(prompts), concurrency, rate, date, repeat)
+    files, offsets, target = setup.files, setup.offsets, setup.target
     if cfg.schedule.ray_address:
         from loadgen import ray_workers as transport
         from loadgen.sweep import PreflightError
@@ -477,12 +472,8 @@ def run_point_workers(
 
         tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, cfg.schedule.workers)
     counters = SummedCounters(len(tasks))
-    title = (f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)} "
-             f"({len(tasks)} {'actors' if cfg.schedule.ray_address else 'workers'})")
-    if cfg.schedule.repeat > 1:
-        title += f" repeat {repeat}/{cfg.schedule.repeat}"
-    telemetry = PointTelemetry(cfg, files.result, counters,
-                               note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
+    title = f"{setup.title} ({len(tasks)} {'actors' if cfg.schedule.ray_address else 'workers'})"
+    telemetry = point_telemetry(cfg, files, counters, console)
     # The live display and the telemetry scraper (threads) start once the workers are
     # forked: a child must not inherit a lock one of them holds.
     prog = Progress(counters, len(prompts), title, console=progress_console, enabled=cfg.output.progress)
@@ -543,6 +534,19 @@ def run_point_workers(
     if failed:
         console.print(f"[yellow]partial: {per_request['error']}[/yellow]", soft_wrap=True)
     return result
+
+
+def tick_if_due(next_tick: float, tick_s: float, on_tick: Any) -> float:
+    """Call the display's tick when it is due; the next due time (``time.monotonic``).
+
+    A broken display must not stop a benchmark, so its errors are dropped."""
+    if time.monotonic() < next_tick:
+        return next_tick
+    try:
+        on_tick()
+    except Exception:  # noqa: BLE001
+        pass
+    return time.monotonic() + tick_s
 
 
 class SummedCounters:
