@@ -151,8 +151,8 @@ def test_duration_bounds_a_rate_point(sim_fast, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_release_times_hold_the_asked_rate(sim_fast, tmp_path: Path) -> None:
-    """2,000 Poisson arrivals at 200 req/s, sent for real: the send times keep the rate within 1 %."""
-    r = invoke(["--base-url", sim_fast.base_url, "--rate", "200", "--num-prompts", "2000", "--input-len", "16",
+    """2,000 Poisson arrivals at 400 req/s, sent for real: the send times keep the rate within 1 %."""
+    r = invoke(["--base-url", sim_fast.base_url, "--rate", "400", "--num-prompts", "2000", "--input-len", "16",
                 "--output-len", "2", "--tokenizer", "deepseek-r1", "--no-progress", "--save-requests",
                 "--output-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output + r.stderr
@@ -162,7 +162,7 @@ def test_release_times_hold_the_asked_rate(sim_fast, tmp_path: Path) -> None:
     # connection on a loaded machine) does not stand for the whole schedule.
     inner = sent[10:-10]
     rate = (len(inner) - 1) / ((inner[-1] - inner[0]) / 1000.0)
-    assert rate == pytest.approx(200.0, rel=0.01)
+    assert rate == pytest.approx(400.0, rel=0.01)
     assert res["median_queue_ms"] < 5.0
 
 
