@@ -52,8 +52,9 @@ class _Unusable(Exception):
     """A file that cannot be read as result records; the message is the reason."""
 
 
-# Files that belong to a result beside them (per-request lines); read through it, never runs themselves.
-_COMPANION_SUFFIXES = (".requests.jsonl", "_requests.jsonl", "-requests.jsonl")
+# Files that belong to a result beside them (per-request lines, loadgen's error details and
+# server-metrics side file); read through it, never runs themselves.
+_COMPANION_SUFFIXES = (".requests.jsonl", "_requests.jsonl", "-requests.jsonl", ".details.jsonl", ".metrics.jsonl")
 
 
 def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:

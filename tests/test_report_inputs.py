@@ -139,3 +139,20 @@ def test_latencies_of_a_run_where_nothing_completed_are_absent(tmp_path: Path) -
     col = header.index("mean TTFT(ms)")
     for row in re.findall(r"<tr>(.*?)</tr>", summary_html, re.S)[1:]:
         assert re.findall(r"<td>(.*?)</td>", row, re.S)[col] == "—", row
+
+
+def test_loadgens_side_files_are_read_through_their_result_not_skipped(sim_fast, tmp_path: Path) -> None:
+    """A real loadgen folder: the result, its .hlog, the per-request store, the error/text details and the
+    server-metrics side file. Only the result is a run; nothing is reported as skipped."""
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "loadgen.cli", "--base-url", sim_fast.base_url, "--tokenizer",
+                          "deepseek-r1", "--num-prompts", "4", "--input-len", "16", "--output-len", "4",
+                          "--save-text", "--save-requests", "--metrics-interval", "0.1", "--no-progress",
+                          "--output-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    suffixes = {p.name.split(".", 1)[1] for p in out.iterdir()}
+    assert {"json", "hlog", "requests.npy", "chunks.npy", "details.jsonl", "metrics.jsonl"} <= suffixes
+    res = report(str(out), "--out", str(tmp_path / "report"))
+    assert res.returncode == 0, res.stderr
+    assert "skipped" not in res.stderr, res.stderr
+    assert len(pd.read_csv(tmp_path / "report" / "summary.csv")) == 1
