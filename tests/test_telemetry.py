@@ -221,7 +221,7 @@ def test_run_records_server_timeline_with_kv_pressure(sim_server, tmp_path: Path
     row = dict(zip(header, table[1].split(","), strict=True))
     assert float(row["preemptions"]) == s["preemptions"]
     assert float(row["max waiting"]) == s["waiting_max"]
-    assert float(row["peak KV usage"]) == pytest.approx(s["kv_usage_peak"], abs=0.005)
+    assert float(row["peak KV usage"]) == pytest.approx(s["kv_usage_peak"], abs=0.0051)  # the CSV keeps 2 decimals
     kinds = {i.kind for i in report.issues}
     assert {"server_preemptions", "server_kv_full"} <= kinds
     assert [p.name for p in report.plots if p.name.startswith("timeline_")] == ["timeline_sim-lazy_c48_64x200.png"]
