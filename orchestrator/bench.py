@@ -481,9 +481,14 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
         click.echo("\nterminated: the server is stopped; run the same command again to resume")
         raise
     write_bench_report(out_dir, [t.label for t in targets])
+    _finished(out_dir, started, failed, "points")
+
+
+def _finished(out_dir: Path, started: float, failed: int, what: str) -> None:
+    """The last lines of a bench: its time and report; exit 1 when some of its work failed."""
     click.echo(f"bench finished in {time.monotonic() - started:.0f} s; report: {out_dir / 'report' / 'report.html'}")
     if failed:
-        click.echo(f"{failed} points failed; run the same command again to retry them")
+        click.echo(f"{failed} {what} failed; run the same command again to retry them")
         sys.exit(1)
 
 
@@ -526,10 +531,7 @@ def _capacity_main(targets: list[EngineTarget], out_dir: Path, tokenizer: str, r
         click.echo("\ninterrupted: the server is stopped; run the same command again to resume")
         sys.exit(130)
     write_capacity_bench_report(out_dir, [t.label for t in targets])
-    click.echo(f"bench finished in {time.monotonic() - started:.0f} s; report: {out_dir / 'report' / 'report.html'}")
-    if failed:
-        click.echo(f"{failed} searches failed; run the same command again to retry them")
-        sys.exit(1)
+    _finished(out_dir, started, failed, "searches")
 
 
 def cpu_vllm_available() -> bool:
