@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +130,8 @@ def read(path: str) -> dict[str, Any]:
             raise ConfigError(f"--config '{path}' is a JSON file without 'run_config': give a loadgen result "
                               "file (written by this version or later) or a TOML file")
         return flat_from_form(result["run_config"], path)
+    import tomllib  # only with --config: not on every start
+
     try:
         form = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -9,11 +9,10 @@ the same figures, and loadgen's own additions. The schema is documented in
 from __future__ import annotations
 
 import math
-import platform
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +102,11 @@ def _stat_keys(name: str, st: Stats) -> dict[str, float]:
 
 
 def versions(server_version: str | None = None) -> dict[str, str | None]:
-    """Versions of everything that shapes the numbers."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
+    """Versions of everything that shapes the numbers (``importlib.metadata`` is imported
+    here, after the run: it costs more start-up than anything else in this module)."""
+    from importlib import metadata as importlib_metadata
+
+    out: dict[str, str | None] = {"python": "%d.%d.%d" % sys.version_info[:3]}
     for dist in ("loadgen", "aiohttp", "uvloop", "orjson", "hdrhistogram", "transformers", "tokenizers", "numpy"):
         try:
             out[dist] = importlib_metadata.version(dist)

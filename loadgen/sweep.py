@@ -51,6 +51,22 @@ class Preflight:
     max_model_len: int | None = None
     verification: dict[str, Any] | None = None  # set by verify_prompts
     server: dict[str, Any] | None = None  # what /version states beyond the version (sim: time_scale)
+    local_check: dict[str, Any] | None = None  # the set's re-count by the tokenizer, when built before the run
+    recount: Any = None  # loadgen.workload.recount.Recount of a set built without its tokenizer
+
+    def point_verification(self) -> dict[str, Any] | None:
+        """The prompt checks a point's result records: the server's (``verify_prompts``)
+        and the tokenizer's re-count of a built set (``local``) — done before the run, or
+        beside it and waited for now (the point's clock has stopped)."""
+        local = self.recount.verdict().as_dict() if self.recount is not None else self.local_check
+        if local is None:
+            return self.verification
+        return {**(self.verification or {}), "local": local}
+
+    def check_recount(self) -> None:
+        """After a point is written: stop the sweep if the background re-count disagreed."""
+        if self.recount is not None and self.recount.verdict().mismatched:
+            raise PreflightError(self.recount.verdict().message())
 
 
 # ---------------------------------------------------------------- control-path HTTP
@@ -371,6 +387,7 @@ def run_point(
         if result is not None:
             exc.results.append(result)
         raise
+    pre.check_recount()
     return result
 
 
@@ -429,7 +446,7 @@ def _run_point_here(
     )
     result = finish_point(
         cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
-        server_version=pre.server_version, verification=pre.verification,
+        server_version=pre.server_version, verification=pre.point_verification(),
         max_in_flight=outcome.max_in_flight, server=pre.server,
         telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
     )
@@ -448,9 +465,16 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> list[Prompt]:
     from loadgen.workload.errors import WorkloadError
 
     try:
-        prompts = list(workload.build_prompts(spec))
+        prompts = list(workload.build_prompts(spec, defer_check=True))
     except WorkloadError as exc:
         raise PreflightError(str(exc)) from None
+    built = workload.last_build
+    if built.deferred:
+        from loadgen.workload.recount import Recount
+
+        pre.recount = Recount(pre.tokenizer_id, prompts, fingerprint=built.fingerprint, cache_file=built.cache_file)
+    elif built.checked:
+        pre.local_check = {"checked": built.checked, "ok": True, "background": False}
     if prompts and pre.max_model_len is not None:
         longest = max(prompts, key=lambda p: p.input_len + p.output_len)
         check_context(longest.input_len, longest.output_len, pre.max_model_len, pre.model)

@@ -518,7 +518,7 @@ def run_point_workers(
     collector.warmup_requests = merged.warmup_requests
     result = finish_point(
         cfg, info, collector, 0, merged.span_ns, merged.lag_samples_ns, files,
-        server_version=pre.server_version, verification=pre.verification, max_in_flight=merged.max_in_flight,
+        server_version=pre.server_version, verification=pre.point_verification(), max_in_flight=merged.max_in_flight,
         server=pre.server,
         telemetry=telemetry.result_keys(ended_ns - merged.span_ns, ended_ns, start_epoch),
         extra_fields={

@@ -89,6 +89,40 @@ def test_canonical_command_writes_every_result_form(sim_fast, tmp_path: Path) ->
     assert "Successful requests" in r.output
 
 
+def test_a_set_built_without_its_tokenizer_is_recounted_beside_the_run(sim_fast, tmp_path: Path, tok,
+                                                                       private_cache: None) -> None:
+    """With the piece table stored, a new set is built with no tokenizer and re-counted in a
+    process of its own; the result says so. A table that no longer matches the tokenizer is
+    caught after the point: the point is kept and flagged, exit 2, table and set dropped."""
+    from loadgen.workload import pieces
+    from loadgen.workload.fit import view_of
+
+    view = view_of(tok)
+    pieces.store(tok.fingerprint, view.pieces, pieces.facts_of(view, view.pieces))
+    run = ["--base-url", sim_fast.base_url, *SMALL, "--no-verify-prompts"]  # only the local count checks
+    r = invoke([*run, "--output-dir", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output + r.stderr
+    (res,) = results_in(tmp_path / "a")
+    assert res["prompt_verification"] == {"local": {"checked": 32, "ok": True, "background": True}}
+    assert res["prompt_token_mismatches"] == 0  # and the server agrees
+
+    good_sets = sorted((tmp_path / "cache" / "prompts").glob("*.jsonl"))
+    # pieces without their leading space merge when joined: every prompt is shorter than built
+    table = view.pieces
+    pieces.store(tok.fingerprint, pieces.PieceTable.of(table.ids.tolist(), [t[1:] for t in table.texts.tolist()]),
+                 pieces.facts_of(view, table))
+    r = invoke([*run, "--seed", "2", "--output-dir", str(tmp_path / "b")])
+    assert r.exit_code == 2, r.output + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "prompt lengths re-counted during the run disagree with the set" in line and "run again" in line
+    (res,) = results_in(tmp_path / "b")
+    local = res["prompt_verification"]["local"]
+    assert local["ok"] is False and local["mismatched"] == 32 == local["checked"]
+    assert res["prompt_token_mismatches"] == 32  # the server's counts say the same
+    assert pieces.cached(tok.fingerprint) is None
+    assert sorted((tmp_path / "cache" / "prompts").glob("*.jsonl")) == good_sets  # the bad set is gone
+
+
 def test_sweep_writes_one_file_per_point(sim_fast, tmp_path: Path) -> None:
     r = invoke(["--base-url", sim_fast.base_url, "--num-prompts", "8", "--input-len", "16", "--output-len", "4",
                 "--tokenizer", "deepseek-r1", "--no-progress", "--concurrency", "1,4", "--rate", "200,inf",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import loadgen.workload as workload
-from loadgen.workload import WorkloadError, WorkloadSpec, build_prompts, check_lengths
+from loadgen.workload import WorkloadError, WorkloadSpec, build_prompts, check_lengths, pieces
 from loadgen.workload.fit import TokenizerView, window_safe
 from loadgen.workload.lengths import length_bounds
 from loadgen.workload.pieces import PieceTable
@@ -97,15 +97,52 @@ def test_piece_table_joins_re_encode_to_themselves(view, hf) -> None:
 
 
 def test_piece_table_is_cached_by_tokenizer_hash(tok, tmp_path: Path) -> None:
-    first = TokenizerView(tok).pieces
+    view = TokenizerView(tok)
+    first = view.pieces
     (table_file,) = (tmp_path / "cache" / "tokenizers").glob("pieces-*.json")
     assert tok.fingerprint in table_file.name
     stored = json.loads(table_file.read_text())
-    assert stored["ids"] == first.ids.tolist()
-    stored["ids"] = stored["ids"][:300]  # a later view reads the file instead of recomputing
-    table_file.write_text(json.dumps(stored))
+    assert stored["ids"] == first.ids.tolist() and stored["texts"] == first.texts.tolist()
+    # what a build adds on top of the pieces, as the tokenizer itself counts it
+    assert stored["facts"] == {"bos": view.bos, "chat_overhead": view.frame.overhead}
+    stored["ids"], stored["texts"] = stored["ids"][:300], stored["texts"][:300]
+    table_file.write_text(json.dumps(stored))  # a later view reads the file instead of recomputing
     again = TokenizerView(tok).pieces
     assert again.ids.tolist() == stored["ids"] and again.texts.tolist() == first.texts[:300].tolist()
+    table_file.write_text(json.dumps({**stored, "texts": stored["texts"][:299]}))  # ragged: rebuilt
+    assert TokenizerView(tok).pieces.ids.tolist() == first.ids.tolist()
+
+
+@pytest.mark.parametrize("spec", [
+    WorkloadSpec(num_prompts=300, input_len=128, range_ratio=0.5, seed=11),
+    WorkloadSpec(num_prompts=200, input_len=64, chat=True, prefix_len=16, num_prefixes=3, seed=12),
+    WorkloadSpec(num_prompts=100, input_len=32, chat=True, input_len_counts="content", seed=13),
+], ids=["text", "chat-prefixes", "chat-content"])
+def test_a_set_from_the_stored_table_needs_no_tokenizer(tok, view, hf, spec: WorkloadSpec,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the table stored, a deferred-check build loads no tokenizer and makes the same
+    set, byte for byte, as the build that loads it, exact as transformers counts it."""
+    pieces.store(tok.fingerprint, view.pieces, pieces.facts_of(view, view.pieces))
+    with_tokenizer = build_prompts(spec, tok, use_cache=False)
+    assert workload.last_build.checked and not workload.last_build.deferred
+
+    def no_tokenizer(_name: str) -> None:
+        raise AssertionError("the tokenizer was loaded")
+
+    monkeypatch.setattr(workload, "load_tokenizer", no_tokenizer)
+    lean = build_prompts(spec, use_cache=False, defer_check=True)
+    assert workload.last_build.deferred and workload.last_build.fitter == "pieces"
+    assert workload.last_build.checked is None
+    assert [(p.input_len, p.output_len, p.text, p.messages) for p in lean] == \
+        [(p.input_len, p.output_len, p.text, p.messages) for p in with_tokenizer]
+    assert check_lengths(hf, lean) == []
+
+
+def test_a_deferred_build_without_a_stored_table_loads_the_tokenizer_and_checks(tok, tmp_path: Path) -> None:
+    spec = WorkloadSpec(num_prompts=50, input_len=64, seed=14)
+    assert not list((tmp_path / "cache").glob("tokenizers/pieces-*.json"))
+    build_prompts(spec, defer_check=True)
+    assert not workload.last_build.deferred and workload.last_build.checked == 50
 
 
 def test_a_wrong_piece_table_is_caught_and_rebuilt(tok, hf, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,11 @@ otherwise loads the tokenizer, builds the set (``random``, ``sharegpt`` or
 caches it. ``verify_with_server`` then lets the server count a sample before the
 clock starts.
 
+A caller that can take the check later (``defer_check=True``: the CLI) gets a random
+set built from the tokenizer's stored piece table without loading the tokenizer at
+all, and re-counts it with :class:`~loadgen.workload.recount.Recount` in a process of
+its own: the tokenizer is most of a cold start.
+
 Importing this package is cheap (no numpy, no tokenizer library, no HTTP client):
 the builders are imported when a set is actually built.
 """
@@ -19,6 +24,7 @@ import gc
 import math
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadgen.records import Prompt
@@ -46,6 +52,7 @@ __all__ = [
     "WorkloadSpec",
     "build_prompts",
     "check_lengths",
+    "check_sample",
     "prompt_token_mismatches",
     "validate_spec",
     "verify_with_server",
@@ -92,10 +99,7 @@ def check_lengths(tokenizer: Any, prompts: Sequence[Prompt], sample: int | None 
     built the set, so it catches a fitter whose assumptions do not hold. Returns
     ``(prompt id, built, counted)`` for every disagreement.
     """
-    chosen: Sequence[Prompt] = prompts
-    if sample is not None and 0 < sample < len(prompts):
-        step = len(prompts) / sample
-        chosen = [prompts[int(i * step)] for i in range(sample)]
+    chosen = _sampled(prompts, sample)
     if isinstance(tokenizer, Tokenizer):  # the same counts, in batches on the library's threads
         counted_all = [0] * len(chosen)
         text = [i for i, p in enumerate(chosen) if p.messages is None]
@@ -114,6 +118,18 @@ def check_lengths(tokenizer: Any, prompts: Sequence[Prompt], sample: int | None 
     return [(p.id, p.input_len, c) for p, c in zip(chosen, counted_all, strict=True) if c != p.input_len]
 
 
+def check_sample(prompts: Sequence[Prompt]) -> Sequence[Prompt]:
+    """The prompts :func:`check_lengths` re-counts after a build."""
+    return _sampled(prompts, _check_sample(prompts))
+
+
+def _sampled(prompts: Sequence[Prompt], sample: int | None) -> Sequence[Prompt]:
+    if sample is not None and 0 < sample < len(prompts):
+        step = len(prompts) / sample
+        return [prompts[int(i * step)] for i in range(sample)]
+    return prompts
+
+
 def _check_sample(prompts: Sequence[Prompt]) -> int | None:
     """Every prompt of a small set; for a large one, a spread sample of about ``CHECK_TOKENS``."""
     total = sum(p.input_len for p in prompts)
@@ -130,9 +146,14 @@ class BuildInfo:
     fitter: str = ""  # random prompts: "pieces" (no encode), "window" (fast cut) or "loop" (decode/re-encode)
     rebuilt: bool = False  # the fast set failed its re-count and was rebuilt with the loop
     seconds: float = 0.0
+    checked: int | None = None  # prompts re-counted while building; None: not re-counted (cached, or deferred)
+    deferred: bool = False  # built from a stored piece table, no tokenizer loaded: re-count it later
+    fingerprint: str = ""  # of the tokenizer, which keys the caches
+    cache_file: Path | None = None  # where the set is cached
 
     def reset(self) -> None:
         self.source, self.fitter, self.rebuilt, self.seconds = "", "", False, 0.0
+        self.checked, self.deferred, self.fingerprint, self.cache_file = None, False, "", None
 
 
 last_build = BuildInfo()
@@ -151,6 +172,7 @@ def _build(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
 
     last_build.fitter = method_for(view, spec)
     prompts = build_random(view, spec, method=last_build.fitter)
+    last_build.checked = len(check_sample(prompts))  # the same size after a rebuild
     if check_lengths(view.tok, prompts, _check_sample(prompts)):
         # The fast fitter's assumptions do not hold for this tokenizer: count everything.
         last_build.fitter, last_build.rebuilt = "loop", True
@@ -178,39 +200,63 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool = True) -> list[Prompt]:
+def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool = True,
+                  defer_check: bool = False) -> list[Prompt]:
     """The prompt set for ``spec``, from the cache when it was built before.
 
     The tokenizer is loaded only on a cache miss (``tokenizer``, when given, must be
     the one ``spec.tokenizer`` names; it only saves loading it twice). The cache is
     keyed by a hash of the files ``spec.tokenizer`` points at, every spec field and
     the dataset file's identity.
+
+    ``defer_check``: a random set may be built from the stored piece table without the
+    tokenizer; ``last_build.deferred`` then says the caller owes it a re-count
+    (:class:`~loadgen.workload.recount.Recount`).
     """
     validate_spec(spec)
     with _gc_paused():
-        return _build_or_load(spec, tokenizer, use_cache)
+        return _build_or_load(spec, tokenizer, use_cache, defer_check and tokenizer is None)
 
 
-def _build_or_load(spec: WorkloadSpec, tokenizer: Any, use_cache: bool) -> list[Prompt]:
+def _build_or_load(spec: WorkloadSpec, tokenizer: Any, use_cache: bool, defer_check: bool) -> list[Prompt]:
     started = time.perf_counter()
     last_build.reset()
     try:
-        fingerprint = tokenizer_fingerprint(spec.tokenizer)
+        fingerprint = last_build.fingerprint = tokenizer_fingerprint(spec.tokenizer)
         path = cache_path(spec, fingerprint)
+        last_build.cache_file = path if use_cache else None
         if use_cache:
             cached = load(path)
             if cached is not None:
                 last_build.source, last_build.seconds = "cache", time.perf_counter() - started
                 return cached
-        tok = tokenizer if tokenizer is not None else load_tokenizer(spec.tokenizer)
+        prompts = _from_table(spec, fingerprint) if defer_check else None
+        if prompts is None:
+            tok = tokenizer if tokenizer is not None else load_tokenizer(spec.tokenizer)
     except TokenizerError as exc:
         raise WorkloadError(str(exc)) from None
-    from loadgen.workload.fit import view_of
+    if prompts is None:
+        from loadgen.workload.fit import view_of
 
-    prompts = _build(view_of(tok), spec)
+        prompts = _build(view_of(tok), spec)
     if use_cache:
         save(path, spec, fingerprint, prompts)
     last_build.source, last_build.seconds = "built", time.perf_counter() - started
+    return prompts
+
+
+def _from_table(spec: WorkloadSpec, fingerprint: str) -> list[Prompt] | None:
+    """A random set from the stored piece table, no tokenizer loaded; None when there is
+    no table for this tokenizer yet, or it does not cover the spec."""
+    if spec.dataset != "random":
+        return None
+    from loadgen.workload import pieces
+    from loadgen.workload.random_prompts import build_from_table
+
+    found = pieces.cached(fingerprint)
+    prompts = build_from_table(*found, spec) if found is not None else None
+    if prompts is not None:
+        last_build.fitter, last_build.deferred = "pieces", True
     return prompts
 
 

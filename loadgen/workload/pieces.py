@@ -22,7 +22,9 @@ did on the piece alone; BPE never merges across pre-tokenizer pieces; and an add
 The argument is checked rather than trusted: building the table encodes long random
 joins and drops any token that breaks one (``CHECK_ROUNDS`` rounds of
 ``CHECK_TOKENS``), and every built prompt set is re-counted on a sample (see
-``build_prompts``). The table is cached on disk by the tokenizer's file hash.
+``build_prompts``). The table is cached on disk by the tokenizer's file hash, with
+the piece texts and the counts a build adds on top (:class:`PieceFacts`), so a later
+build needs no tokenizer at all: loading one is most of a cold start.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from loadgen.workload.tokenizer import cache_dir
 if TYPE_CHECKING:
     from loadgen.workload.fit import TokenizerView
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3  # 3: texts and facts stored (a build from the cache loads no tokenizer)
 MIN_PIECES = 256  # fewer than this and prompts would repeat too much: use the fitters
 CHECK_ROUNDS = 4
 CHECK_TOKENS = 16_384
@@ -71,6 +73,24 @@ class PieceTable:
     def join(self, index: np.ndarray) -> str:
         """The text of the pieces at table positions ``index``."""
         return "".join(self.texts[index].tolist())
+
+    def head(self) -> str:
+        """The first few pieces joined: what a chat template is probed with."""
+        return self.join(np.arange(min(8, self.size)))
+
+
+@dataclass(frozen=True)
+class PieceFacts:
+    """What a server adds to a prompt's content, as this tokenizer counts it.
+
+    ``bos``: tokens the post-processor adds to a completions prompt. ``chat_overhead``:
+    tokens the chat template adds around one user message, or None when piece-shaped
+    content is not counted as overhead plus its own tokens (no template, or one that
+    does not fence the message with special tokens).
+    """
+
+    bos: int
+    chat_overhead: int | None
 
 
 def is_space(ch: str) -> bool:
@@ -134,33 +154,75 @@ def _table_file(fingerprint: str) -> Path:
     return cache_dir() / "tokenizers" / f"pieces-{fingerprint}-v{TABLE_VERSION}.json"
 
 
+def facts_of(view: TokenizerView, table: PieceTable | None) -> PieceFacts:
+    """The view's counts for content made of ``table``'s pieces."""
+    overhead = None
+    if table is not None:
+        try:
+            if view.frames_pieces(table.head()):
+                overhead = view.frame.overhead
+        except Exception:  # no chat template, or one that fails: chat prompts take the general path
+            overhead = None
+    return PieceFacts(view.bos, overhead)
+
+
+def _read(path: Path) -> tuple[PieceTable | None, PieceFacts] | None:
+    """A stored table and its facts, or None when the file is missing or unreadable."""
+    try:
+        data = orjson.loads(path.read_bytes())
+        ids, texts, facts = data["ids"], data["texts"], data["facts"]
+        if len(ids) != len(texts):
+            return None
+        return (PieceTable.of(ids, texts) if ids else None), PieceFacts(int(facts["bos"]), facts["chat_overhead"])
+    except (OSError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+        return None
+
+
+def cached(fingerprint: str) -> tuple[PieceTable, PieceFacts] | None:
+    """The stored table and facts of the tokenizer with this fingerprint, without loading
+    the tokenizer; None when there is none (yet) or the tokenizer has no table."""
+    found = _read(_table_file(fingerprint))
+    if found is None or found[0] is None:
+        return None
+    return found[0], found[1]
+
+
+def forget(fingerprint: str) -> None:
+    """Drop the stored table (a built set disagreed with the tokenizer): the next build
+    makes and verifies it again."""
+    _table_file(fingerprint).unlink(missing_ok=True)
+
+
 def piece_table(view: TokenizerView, fingerprint: str | None) -> PieceTable | None:
     """The verified piece table for this tokenizer (cached on disk), or None."""
     path = _table_file(fingerprint) if fingerprint else None
     if path is not None:
-        try:
-            ids = orjson.loads(path.read_bytes())["ids"]
-            if not ids:
-                return None
-            texts = view.backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
-            return PieceTable.of(ids, texts)
-        except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
-            pass
+        found = _read(path)
+        if found is not None:
+            return found[0]
     ids, texts = candidates(view)
     table = verified(view, ids, texts) if len(ids) >= MIN_PIECES else None
-    if path is not None:
-        _save(path, [] if table is None else table.ids.tolist())
+    if fingerprint:
+        store(fingerprint, table, facts_of(view, table))
     return table
 
 
-def _save(path: Path, ids: list[Any]) -> None:
-    """Write atomically; a cache that cannot be written is not an error."""
+def store(fingerprint: str, table: PieceTable | None, facts: PieceFacts) -> None:
+    """Keep the table (None: this tokenizer has none) for the tokenizer with this
+    fingerprint. Written atomically; a cache that cannot be written is not an error."""
     import os
 
+    path = _table_file(fingerprint)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    body = {
+        "version": TABLE_VERSION,
+        "ids": [] if table is None else table.ids.tolist(),
+        "texts": [] if table is None else table.texts.tolist(),
+        "facts": {"bos": facts.bos, "chat_overhead": facts.chat_overhead},
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(orjson.dumps({"version": TABLE_VERSION, "ids": ids}))
+        tmp.write_bytes(orjson.dumps(body))
         tmp.replace(path)
     except OSError:
         tmp.unlink(missing_ok=True)

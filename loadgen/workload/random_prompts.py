@@ -24,7 +24,7 @@ from loadgen.records import Prompt
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.fit import FitError, TokenizerView
 from loadgen.workload.lengths import sample_lengths
-from loadgen.workload.pieces import PieceTable
+from loadgen.workload.pieces import PieceFacts, PieceTable
 from loadgen.workload.spec import WorkloadSpec
 
 MAX_TOTAL_ITERS = 8  # rounds of "fit content, count the whole prompt" per attempt
@@ -237,22 +237,33 @@ def _prefixes(view: TokenizerView, spec: WorkloadSpec) -> tuple[tuple[str, ...],
     return tuple(texts), tuple(ids)
 
 
-def _minimum_target(view: TokenizerView, spec: WorkloadSpec) -> tuple[int, str]:
+def _minimum_target(spec: WorkloadSpec, bos: int, chat_overhead: int) -> tuple[int, str]:
     """The smallest length a prompt can have, and what makes it so (for the error)."""
     if spec.chat and spec.input_len_counts == "content":
         return spec.prefix_len + 1, "a message needs at least 1 token beyond the shared prefix"
     if spec.chat:
-        over = view.frame.overhead
-        why = f"the chat template adds {over} tokens and the message needs at least 1"
+        why = f"the chat template adds {chat_overhead} tokens and the message needs at least 1"
         if spec.prefix_len:
             why += f" beyond the {spec.prefix_len}-token shared prefix"
-        return over + spec.prefix_len + 1, why + " (or use --input-len-counts content)"
+        return chat_overhead + spec.prefix_len + 1, why + " (or use --input-len-counts content)"
     why = "a prompt needs at least 1 token"
-    if view.bos:
-        why = f"the server adds {view.bos} BOS token(s) and the text needs at least 1"
+    if bos:
+        why = f"the server adds {bos} BOS token(s) and the text needs at least 1"
     if spec.prefix_len:
         why += f" beyond the {spec.prefix_len}-token shared prefix"
-    return view.bos + spec.prefix_len + 1, why
+    return bos + spec.prefix_len + 1, why
+
+
+def _targets(spec: WorkloadSpec, bos: int, chat_overhead: int) -> list[int]:
+    """Every prompt's length, or a one-line error when the shortest cannot be built."""
+    targets = input_lengths(spec)
+    floor, why = _minimum_target(spec, bos, chat_overhead)
+    if min(targets) < floor:
+        raise WorkloadError(
+            f"input length {min(targets)} is too short: {why}; use --input-len of at least {floor}"
+            + (" or a smaller --random-range-ratio" if spec.range_ratio else "")
+        )
+    return targets
 
 
 def plan_for(view: TokenizerView, spec: WorkloadSpec, general: bool = False) -> Plan:
@@ -342,10 +353,10 @@ def _unique_starts(table: PieceTable, spec: WorkloadSpec, index: np.ndarray, sta
             index[o : o + n] = rng.integers(0, table.size, size=n)
 
 
-def build_pieces(view: TokenizerView, table: PieceTable, spec: WorkloadSpec, targets: list[int]) -> list[Prompt]:
-    """Every prompt as random pieces: exact by construction, no encode per prompt."""
+def build_pieces(table: PieceTable, spec: WorkloadSpec, targets: list[int], bos: int, chat_overhead: int) -> list[Prompt]:
+    """Every prompt as random pieces: exact by construction, no encode per prompt, no tokenizer."""
     fixed = spec.chat and spec.input_len_counts == "content"
-    extra = view.frame.overhead if spec.chat else view.bos
+    extra = chat_overhead if spec.chat else bos
     content = np.asarray(targets, dtype=np.int64) - (0 if fixed else extra)
     counted = (content + extra).tolist()  # the server's count: template or BOS on top of the content
     k = spec.prefix_len
@@ -386,7 +397,7 @@ def method_for(view: TokenizerView, spec: WorkloadSpec, general: bool = False) -
     if general:
         return "loop"
     table = view.pieces
-    if table is not None and (not spec.chat or view.frames_pieces(table.join(np.arange(min(8, table.size))))):
+    if table is not None and (not spec.chat or view.frames_pieces(table.head())):
         return "pieces"
     return "window" if view.window else "loop"
 
@@ -396,16 +407,20 @@ def build_random(
     method: str | None = None,
 ) -> list[Prompt]:
     """The whole random prompt set for ``spec`` (not cached, not checked: see ``build_prompts``)."""
-    targets = input_lengths(spec)
-    floor, why = _minimum_target(view, spec)
-    if min(targets) < floor:
-        raise WorkloadError(
-            f"input length {min(targets)} is too short: {why}; use --input-len of at least {floor}"
-            + (" or a smaller --random-range-ratio" if spec.range_ratio else "")
-        )
+    overhead = view.frame.overhead if spec.chat else 0
+    targets = _targets(spec, view.bos, overhead)
     method = method or method_for(view, spec, general)
     if method == "pieces" and view.pieces is not None:
-        return build_pieces(view, view.pieces, spec, targets)
+        return build_pieces(view.pieces, spec, targets, view.bos, overhead)
     plan = plan_for(view, spec, general or method == "loop")
     built = build_unique(view, plan, targets, workers)
     return to_prompts(built, output_lengths(spec), spec.chat)
+
+
+def build_from_table(table: PieceTable, facts: PieceFacts, spec: WorkloadSpec) -> list[Prompt] | None:
+    """The set for ``spec`` from a stored piece table, with no tokenizer loaded; None when
+    the table's facts do not cover the spec (chat content the template does not fence)."""
+    if spec.chat and facts.chat_overhead is None:
+        return None
+    overhead = (facts.chat_overhead or 0) if spec.chat else 0
+    return build_pieces(table, spec, _targets(spec, facts.bos, overhead), facts.bos, overhead)
