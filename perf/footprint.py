@@ -5,14 +5,16 @@ against ``tests/servers/stream_server.py`` pinned to the other, and reads the ch
 resident set size from ``/usr/bin/time -v`` ("Maximum resident set size"). Medians over ``--repeat`` runs are printed.
 
 * ``streams``: 1,024 streams (TTFT 100 ms, ITL 20 ms, 256 tokens): peak RSS, and the
-  result file's TTFT mean and ITL p99 against the server's own log of what it did.
+  result file's TTFT mean and ITL p99 against the server's own log of what it did; with
+  ``--cold prompts`` the set is built from the stored piece table and re-counted beside
+  the run (what that costs the figures).
 * ``startup``: launch → the first benchmark request reaching the server, with the
   prompt set cached (the default), built (``--cold prompts``), or on a machine's first
   run, with an empty cache (``--cold first-use``), 2,048 × 128 tokens.
 * ``million``: 1,000,000 requests (16 in / 8 out, concurrency 256, whole responses at
   once): peak RSS, every request accounted for, then ``loadgen-report`` on the result.
 
-    python perf/footprint.py streams --repeat 3
+    python perf/footprint.py streams --repeat 3 [--cold prompts]
     python perf/footprint.py startup --repeat 3 [--cold prompts|first-use]
     python perf/footprint.py million --requests 1000000
 """
@@ -67,9 +69,10 @@ def run_cli(args: list[str], cpu: int, env: dict[str, str] | None = None) -> tup
 EXTRA: list[str] = []  # --loadgen-args
 
 
-def common(port: int, out: Path) -> list[str]:
+def common(port: int, out: Path | None) -> list[str]:
+    """The options every mode passes; the output folder is added by the caller when ``out`` is None."""
     return ["--base-url", f"http://127.0.0.1:{port}", "--tokenizer", "deepseek-r1", "--no-progress",
-            "--output-dir", str(out), *EXTRA]
+            *([] if out is None else ["--output-dir", str(out)]), *EXTRA]
 
 
 def only_result(out: Path) -> dict:
@@ -77,19 +80,31 @@ def only_result(out: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def prepared_cache(tmp: str, run_args: list[str], cpu: int, cold: str | None) -> dict[str, str]:
+    """A private cache for ``run_args``: the prompt set cached (``cold`` None), only the
+    tokenizer's piece table kept (``prompts``), or empty (``first-use``)."""
+    cache = Path(tmp) / "cache"
+    env = {"LOADGEN_CACHE_DIR": str(cache)}
+    if cold != "first-use":  # build the set once, then measure with it cached
+        run_cli([*run_args, "--output-dir", str(Path(tmp) / "warm")], cpu, env)
+    if cold == "prompts":  # the prompt set is built again; the tokenizer's tables are kept
+        shutil.rmtree(cache / "prompts")
+    return env
+
+
 def streams(args: argparse.Namespace) -> None:
     rows = []
     with spawn("--ttft-ms", "100", "--itl-ms", "20", "--tokens", "256", cpu=args.server_cpu) as port:
         for rep in range(args.repeat):
-            http_json(port, "/reset", "POST")
             with tempfile.TemporaryDirectory() as tmp:
-                code, wall, rss, err = run_cli(
-                    [*common(port, Path(tmp)), "--concurrency", str(args.concurrency),
-                     "--num-prompts", str(2 * args.concurrency), "--input-len", "16", "--output-len", "256"],
-                    args.client_cpu)
+                run_args = [*common(port, None), "--concurrency", str(args.concurrency),
+                            "--num-prompts", str(2 * args.concurrency), "--input-len", "16", "--output-len", "256"]
+                env = prepared_cache(tmp, run_args, args.client_cpu, args.cold)
+                http_json(port, "/reset", "POST")
+                code, wall, rss, err = run_cli([*run_args, "--output-dir", str(Path(tmp) / "out")], args.client_cpu, env)
                 if code != 0:
                     raise SystemExit(f"loadgen failed ({code}): {err}")
-                res = only_result(Path(tmp))
+                res = only_result(Path(tmp) / "out")
             truth = [t for t in http_json(port, "/truth") if len(t["send_ns"]) > 2]  # not the 2-token probe
             ttft = statistics.fmean((t["send_ns"][0] - t["recv_ns"]) / 1e6 for t in truth)
             itl = np.concatenate([np.diff(np.asarray(t["send_ns"], np.float64)) / 1e6 for t in truth])
@@ -98,7 +113,8 @@ def streams(args: argparse.Namespace) -> None:
                    "itl_p99_err_ms": res["p99_itl_ms"] - float(np.percentile(itl, 99)),
                    "lag_p99_ms": res["loop_lag_p99_ms"]}
             rows.append(row)
-            print(json.dumps({"repeat": rep, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
+            print(json.dumps({"repeat": rep, "cold": args.cold, **{k: round(v, 3) for k, v in row.items()}}),
+                  flush=True)
     print_medians(rows)
 
 
@@ -107,16 +123,13 @@ def startup(args: argparse.Namespace) -> None:
     with spawn("--ttft-ms", "1", "--itl-ms", "1", "--tokens", "2", cpu=args.server_cpu) as port:
         for rep in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
-                env = {"LOADGEN_CACHE_DIR": str(Path(tmp) / "cache")}
-                run_args = [*common(port, Path(tmp) / "out"), "--concurrency", "1", "--num-prompts", "2048",
+                run_args = [*common(port, None), "--concurrency", "1", "--num-prompts", "2048",
                             "--input-len", "128", "--output-len", "2"]
-                if args.cold != "first-use":  # build the set once, then measure with it cached
-                    run_cli(run_args, args.client_cpu, env)
-                if args.cold == "prompts":  # the prompt set is built again; the tokenizer's tables are kept
-                    shutil.rmtree(Path(tmp) / "cache" / "prompts")
+                env = prepared_cache(tmp, run_args, args.client_cpu, args.cold)
                 http_json(port, "/reset", "POST")
                 launched = time.perf_counter_ns()
-                code, wall, rss, err = run_cli(run_args, args.client_cpu, env)
+                code, wall, rss, err = run_cli([*run_args, "--output-dir", str(Path(tmp) / "out")], args.client_cpu,
+                                               env)
                 if code != 0:
                     raise SystemExit(f"loadgen failed ({code}): {err}")
             arrivals = sorted(t["recv_ns"] for t in http_json(port, "/truth"))
@@ -155,6 +168,16 @@ def print_medians(rows: list[dict]) -> None:
     print("median of", len(rows), json.dumps({k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}))
 
 
+def compile_bytecode() -> None:
+    """Start-up is measured as installed: pip writes the bytecode of an installed package,
+    but a checkout under ``PYTHONDONTWRITEBYTECODE`` (or never run) would compile every
+    module from source on every start and time the compiler instead."""
+    import compileall
+
+    for package in ("loadgen", "launcher", "analysis"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("mode", choices=["streams", "startup", "million"])
@@ -162,7 +185,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=None)
     ap.add_argument("--requests", type=int, default=1_000_000)
     ap.add_argument("--cold", choices=["prompts", "first-use"], default=None,
-                    help="startup: build the prompt set (prompts), or start from an empty cache as on a machine's "
+                    help="startup, streams: build the prompt set (prompts), or start from an empty cache as on a machine's "
                          "first run (first-use: the tokenizer's piece table is built too)")
     ap.add_argument("--tmp", default=None, help="folder for the million-request files (default: system temp)")
     ap.add_argument("--server-cpu", type=int, default=0)
@@ -172,6 +195,7 @@ def main() -> None:
     EXTRA.extend(args.loadgen_args.split())
     if args.concurrency is None:
         args.concurrency = 1024 if args.mode == "streams" else 256
+    compile_bytecode()
     {"streams": streams, "startup": startup, "million": million}[args.mode](args)
 
 

@@ -4,20 +4,27 @@ A random set built from the stored piece table needs no tokenizer (see
 :func:`loadgen.workload.build_prompts` with ``defer_check``), but every built set is
 re-counted through the tokenizer's public API on a sample, and loading the tokenizer
 costs ~0.45 s of CPU: most of a cold start. So the re-count runs beside the benchmark
-instead of before it: a forked process at ``SCHED_IDLE`` priority (it gets the CPU only
-when the client leaves it idle, and a waking client takes it back at once), which
-loads the tokenizer, counts the same sample the in-line check would, and sends back
-its verdict. The caller collects the verdict after a point's clock stops and records
-it with the point; a disagreement is reported then (the figures per input token are
-wrong) and the cached set and piece table are dropped so that the next build is
-checked before its first request.
+instead of before it: ``python -m loadgen.workload.recount`` started at ``SCHED_IDLE``
+priority (it gets the CPU only when the client leaves it idle, and a waking client
+takes it back at once) loads the tokenizer, counts the same sample the in-line check
+would, and prints its verdict. The caller collects the verdict after a point's clock
+stops and records it with the point; a disagreement is reported then (the figures per
+input token are wrong) and the cached set and piece table are dropped so that the next
+build is checked before its first request.
+
+A fresh process rather than a fork: a forked child would share the client's memory
+copy-on-write, and every page the client then writes during the run would fault and be
+copied — a stall the measurements would see. It is in a process group of its own, so
+Ctrl-C at the terminal stops the client, which then stops it.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import atexit
 import os
-import signal
+import select
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,31 +71,21 @@ class Verdict:
                 "piece table were removed: run again to build the set with a full check before the first request")
 
 
-def _idle() -> None:
-    """Run only when nothing else wants this CPU (threads started later inherit it)."""
+def _spawn_idle(argv: list[str], stdout_fd: int) -> int:
+    """Start ``argv`` in a process group of its own (Ctrl-C at the terminal goes to the
+    client, which stops it) and put it at idle priority at once (``posix_spawn``'s own
+    scheduler option refuses ``SCHED_IDLE``; the child also checks).
+
+    Not a session of its own: with autogroup scheduling (the Linux default) a new session
+    is a new group that shares the CPU equally with the client's, idle priority or not.
+    """
+    actions = [(os.POSIX_SPAWN_DUP2, stdout_fd, 1), (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions, setpgroup=0)
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
-        os.nice(19)
-
-
-def _count(conn: Any, tokenizer_id: str, sample: Sequence[Prompt]) -> None:
-    """The child: load the tokenizer, count the sample, send the verdict as JSON."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a stop ends the child quietly; the parent decides
-        signal.signal(sig, signal.SIG_DFL)
-    _idle()
-    started = time.perf_counter()
-    try:
-        from loadgen.workload import check_lengths
-        from loadgen.workload.tokenizer import load_tokenizer
-
-        bad = check_lengths(load_tokenizer(tokenizer_id), sample)
-        body: dict[str, Any] = {"checked": len(sample), "mismatched": len(bad), "examples": bad[:SHOWN]}
-    except Exception as exc:  # whatever goes wrong, the parent gets one line
-        body = {"error": f"{type(exc).__name__}: {exc}"}
-    body["seconds"] = time.perf_counter() - started
-    conn.send_bytes(orjson.dumps(body))
-    conn.close()
+        pass  # the child lowers itself (see main)
+    return pid
 
 
 class Recount:
@@ -100,43 +97,58 @@ class Recount:
 
         self.fingerprint, self.cache_file = fingerprint, cache_file
         self._verdict: Verdict | None = None
-        ctx = multiprocessing.get_context("fork")
-        self._conn, child_end = ctx.Pipe(duplex=False)
-        # the parent has not loaded the tokenizer: the child's thread pool starts fresh
-        self._proc = ctx.Process(target=_count, args=(child_end, tokenizer_id, list(check_sample(prompts))),
-                                 name="loadgen-recount", daemon=True)
-        self._proc.start()
-        child_end.close()
+        rows = [[p.id, p.input_len, p.text, p.messages] for p in check_sample(prompts)]
+        # a file, not the child's stdin: writing a pipe would wait for a child that only
+        # runs when this process is idle
+        fd, name = tempfile.mkstemp(prefix="loadgen-recount-", suffix=".json")
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps({"tokenizer": tokenizer_id, "prompts": rows}))
+        self._sample_file = Path(name)
+        self._read, write = os.pipe()
+        try:
+            self._pid: int | None = _spawn_idle([sys.executable, "-m", "loadgen.workload.recount", name], write)
+        finally:
+            os.close(write)
+        atexit.register(self.close)  # a run that ends before collecting it leaves nothing behind
 
     def verdict(self, timeout_s: float = 600.0) -> Verdict:
         """The verdict, waiting up to ``timeout_s`` for it (at normal priority from now
         on: the caller is idle, waiting)."""
         if self._verdict is not None:
             return self._verdict
-        pid = self._proc.pid
-        if pid is not None:
+        if self._pid is not None:
             try:
-                os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+                os.sched_setscheduler(self._pid, os.SCHED_OTHER, os.sched_param(0))
             except (AttributeError, OSError):
                 pass  # stays idle; it still finishes when the CPU is free
-        body: dict[str, Any] = {}
-        try:
-            if self._conn.poll(timeout_s):
-                body = orjson.loads(self._conn.recv_bytes())
-            else:
-                body = {"error": f"not finished after {timeout_s:.0f} s"}
-        except (EOFError, OSError, orjson.JSONDecodeError):
-            body = {"error": "the re-count process stopped before it finished"}
+        body = self._read_body(timeout_s)
         self._finish()
         if "error" in body:
             self._verdict = Verdict(False, error=str(body["error"]), seconds=float(body.get("seconds", 0.0)))
         else:
-            examples = tuple(tuple(int(x) for x in e) for e in body["examples"])
-            self._verdict = Verdict(True, int(body["checked"]), int(body["mismatched"]), examples,  # type: ignore[arg-type]
+            examples = tuple((int(a), int(b), int(c)) for a, b, c in body["examples"])
+            self._verdict = Verdict(True, int(body["checked"]), int(body["mismatched"]), examples,
                                     float(body["seconds"]))
             if self._verdict.mismatched:
                 self._forget()
         return self._verdict
+
+    def _read_body(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        chunks = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+                return {"error": f"not finished after {timeout_s:.0f} s"}
+            data = os.read(self._read, 1 << 16)
+            if not data:
+                break
+            chunks.append(data)
+        try:
+            body = orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            return {"error": "the re-count process stopped before it finished"}
+        return body if isinstance(body, dict) else {"error": "the re-count process answered nonsense"}
 
     def _forget(self) -> None:
         """The stored set and table are wrong for this tokenizer: the next build redoes both."""
@@ -148,13 +160,53 @@ class Recount:
             pieces.forget(self.fingerprint)
 
     def _finish(self) -> None:
-        self._conn.close()
-        if self._proc.is_alive():
-            self._proc.terminate()
-        self._proc.join(5)
+        os.close(self._read)
+        pid, self._pid = self._pid, None
+        if pid is not None:
+            try:
+                os.kill(pid, 9)  # done or given up on: it has nothing left worth waiting for
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+        self._sample_file.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop the child if its verdict is no longer wanted."""
+        atexit.unregister(self.close)
         if self._verdict is None:
             self._verdict = Verdict(False, error="not collected")
             self._finish()
+
+
+def _count(sample_file: Path) -> dict[str, Any]:
+    from loadgen.workload import check_lengths
+    from loadgen.workload.tokenizer import load_tokenizer
+
+    data = orjson.loads(sample_file.read_bytes())
+    sample_file.unlink(missing_ok=True)
+    sample = [Prompt(pid, n, 0, text, messages) for pid, n, text, messages in data["prompts"]]
+    bad = check_lengths(load_tokenizer(data["tokenizer"]), sample)
+    return {"checked": len(sample), "mismatched": len(bad), "examples": bad[:SHOWN]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: count the sample in the file named by the argument, print the verdict."""
+    try:
+        if os.sched_getscheduler(0) != os.SCHED_IDLE:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+    started = time.perf_counter()
+    (name,) = sys.argv[1:] if argv is None else argv
+    try:
+        body = _count(Path(name))
+    except Exception as exc:  # whatever goes wrong, the parent gets one line
+        body = {"error": f"{type(exc).__name__}: {exc}"}
+    body["seconds"] = time.perf_counter() - started
+    sys.stdout.buffer.write(orjson.dumps(body))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
