@@ -106,7 +106,7 @@ def versions(server_version: str | None = None) -> dict[str, str | None]:
     here, after the run: it costs more start-up than anything else in this module)."""
     from importlib import metadata as importlib_metadata
 
-    out: dict[str, str | None] = {"python": "%d.%d.%d" % sys.version_info[:3]}
+    out: dict[str, str | None] = {"python": ".".join(map(str, sys.version_info[:3]))}
     for dist in ("loadgen", "aiohttp", "uvloop", "orjson", "hdrhistogram", "transformers", "tokenizers", "numpy"):
         try:
             out[dist] = importlib_metadata.version(dist)

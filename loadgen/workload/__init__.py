@@ -172,12 +172,13 @@ def _build(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
 
     last_build.fitter = method_for(view, spec)
     prompts = build_random(view, spec, method=last_build.fitter)
-    last_build.checked = len(check_sample(prompts))  # the same size after a rebuild
-    if check_lengths(view.tok, prompts, _check_sample(prompts)):
+    sample = check_sample(prompts)
+    last_build.checked = len(sample)  # a rebuilt set has the same lengths, so the same sample size
+    if check_lengths(view.tok, sample):
         # The fast fitter's assumptions do not hold for this tokenizer: count everything.
         last_build.fitter, last_build.rebuilt = "loop", True
         prompts = build_random(view, spec, general=True)
-        bad = check_lengths(view.tok, prompts, _check_sample(prompts))
+        bad = check_lengths(view.tok, check_sample(prompts))
         if bad:
             pid, built, counted = bad[0]
             raise WorkloadError(
