@@ -90,13 +90,15 @@ def test_canonical_command_writes_every_result_form(sim_fast, tmp_path: Path) ->
 
 
 def test_a_set_built_without_its_tokenizer_is_recounted_beside_the_run(sim_fast, tmp_path: Path, tok,
-                                                                       private_cache: None) -> None:
+                                                                       private_cache: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """With the piece table stored, a new set is built with no tokenizer and re-counted in a
     process of its own; the result says so. A table that no longer matches the tokenizer is
     caught after the point: the point is kept and flagged, exit 2, table and set dropped."""
-    from loadgen.workload import pieces
+    from loadgen.workload import pieces, tokenizer
     from loadgen.workload.fit import view_of
 
+    monkeypatch.setattr(tokenizer, "_LOADED", {})  # as in a fresh process (the tests share one)
     view = view_of(tok)
     pieces.store(tok.fingerprint, view.pieces, pieces.facts_of(view, view.pieces))
     run = ["--base-url", sim_fast.base_url, *SMALL, "--no-verify-prompts"]  # only the local count checks

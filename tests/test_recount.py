@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadgen.workload import WorkloadSpec, build_prompts, check_sample, last_build, pieces
+from loadgen.workload import tokenizer as tokenizer_module
 from loadgen.workload.fit import view_of
 from loadgen.workload.recount import Recount
 
@@ -21,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture
-def deferred_set(tok):
+def deferred_set(tok, monkeypatch: pytest.MonkeyPatch):
     """A 600 × 128-token set built from the stored table (no tokenizer loaded), cached."""
+    monkeypatch.setattr(tokenizer_module, "_LOADED", {})  # as in a fresh process
     view = view_of(tok)
     pieces.store(tok.fingerprint, view.pieces, pieces.facts_of(view, view.pieces))
     prompts = build_prompts(WorkloadSpec(num_prompts=600, input_len=128, seed=5), defer_check=True)

@@ -16,6 +16,7 @@ import pytest
 
 import loadgen.workload as workload
 from loadgen.workload import WorkloadError, WorkloadSpec, build_prompts, check_lengths, pieces
+from loadgen.workload import tokenizer as tokenizer_module
 from loadgen.workload.fit import TokenizerView, window_safe
 from loadgen.workload.lengths import length_bounds
 from loadgen.workload.pieces import PieceTable
@@ -129,6 +130,7 @@ def test_a_set_from_the_stored_table_needs_no_tokenizer(tok, view, hf, spec: Wor
     def no_tokenizer(_name: str) -> None:
         raise AssertionError("the tokenizer was loaded")
 
+    monkeypatch.setattr(tokenizer_module, "_LOADED", {})  # as in a fresh process
     monkeypatch.setattr(workload, "load_tokenizer", no_tokenizer)
     lean = build_prompts(spec, use_cache=False, defer_check=True)
     assert workload.last_build.deferred and workload.last_build.fitter == "pieces"
@@ -138,11 +140,18 @@ def test_a_set_from_the_stored_table_needs_no_tokenizer(tok, view, hf, spec: Wor
     assert check_lengths(hf, lean) == []
 
 
-def test_a_deferred_build_without_a_stored_table_loads_the_tokenizer_and_checks(tok, tmp_path: Path) -> None:
+def test_a_deferred_build_uses_a_loaded_tokenizer_or_loads_one_without_a_stored_table(
+        tok, view, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = WorkloadSpec(num_prompts=50, input_len=64, seed=14)
-    assert not list((tmp_path / "cache").glob("tokenizers/pieces-*.json"))
-    build_prompts(spec, defer_check=True)
+    pieces.store(tok.fingerprint, view.pieces, pieces.facts_of(view, view.pieces))
+    build_prompts(spec, use_cache=False, defer_check=True)  # loaded here already: counted now, for the encode only
     assert not workload.last_build.deferred and workload.last_build.checked == 50
+    loads = []
+    monkeypatch.setattr(tokenizer_module, "_LOADED", {})
+    monkeypatch.setattr(workload, "load_tokenizer", lambda name: loads.append(name) or tok)
+    pieces.forget(tok.fingerprint)
+    build_prompts(spec, use_cache=False, defer_check=True)  # no table yet: the tokenizer is loaded after all
+    assert not workload.last_build.deferred and workload.last_build.checked == 50 and loads == ["deepseek-r1"]
 
 
 def test_a_wrong_piece_table_is_caught_and_rebuilt(tok, hf, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,13 @@ from loadgen.workload.cache import cache_path, load, save
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.lengths import length_bounds
 from loadgen.workload.spec import DATASETS, WorkloadSpec
-from loadgen.workload.tokenizer import Tokenizer, TokenizerError, load_tokenizer, tokenizer_fingerprint
+from loadgen.workload.tokenizer import (
+    Tokenizer,
+    TokenizerError,
+    load_tokenizer,
+    loaded_tokenizer,
+    tokenizer_fingerprint,
+)
 from loadgen.workload.verify import (
     MismatchSummary,
     VerifyResult,
@@ -210,11 +216,14 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
     keyed by a hash of the files ``spec.tokenizer`` points at, every spec field and
     the dataset file's identity.
 
-    ``defer_check``: a random set may be built from the stored piece table without the
-    tokenizer; ``last_build.deferred`` then says the caller owes it a re-count
-    (:class:`~loadgen.workload.recount.Recount`).
+    ``defer_check``: unless this process has loaded the tokenizer already, a random set
+    may be built from the stored piece table without it; ``last_build.deferred`` then
+    says the caller owes the set a re-count (:class:`~loadgen.workload.recount.Recount`).
     """
     validate_spec(spec)
+    if defer_check and tokenizer is None:
+        # loaded here already (a notebook, a second sweep): counting now costs only the encode
+        tokenizer = loaded_tokenizer(spec.tokenizer)
     with _gc_paused():
         return _build_or_load(spec, tokenizer, use_cache, defer_check and tokenizer is None)
 

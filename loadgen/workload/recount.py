@@ -197,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     except (AttributeError, OSError):
         os.nice(19)
     started = time.perf_counter()
-    (name,) = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m loadgen.workload.recount SAMPLE.json (loadgen starts it itself)", file=sys.stderr)
+        return 2
+    (name,) = args
     try:
         body = _count(Path(name))
     except Exception as exc:  # whatever goes wrong, the parent gets one line

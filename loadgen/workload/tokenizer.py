@@ -324,10 +324,22 @@ class Tokenizer:
         return f"Tokenizer({str(self.path)!r}, vocab={len(self)})"
 
 
-@functools.lru_cache(maxsize=8)
+_LOADED: dict[str, Tokenizer] = {}
+
+
 def load_tokenizer(name_or_path: str) -> Tokenizer:
     """Load a tokenizer folder (or ``deepseek-r1``) from disk, offline; one load per process."""
-    return Tokenizer(resolve_tokenizer_path(name_or_path))
+    tok = _LOADED.get(name_or_path)
+    if tok is None:
+        if len(_LOADED) >= 8:
+            _LOADED.clear()
+        tok = _LOADED[name_or_path] = Tokenizer(resolve_tokenizer_path(name_or_path))
+    return tok
+
+
+def loaded_tokenizer(name_or_path: str) -> Tokenizer | None:
+    """The tokenizer when this process has loaded it already (using it then costs nothing)."""
+    return _LOADED.get(name_or_path)
 
 
 def tokenizer_fingerprint(name_or_path: str) -> str:
