@@ -97,6 +97,7 @@ class Recount:
 
         self.fingerprint, self.cache_file = fingerprint, cache_file
         self._verdict: Verdict | None = None
+        self._owner = os.getpid()  # a forked worker inherits this object; only its maker collects or stops it
         rows = [[p.id, p.input_len, p.text, p.messages] for p in check_sample(prompts)]
         # a file, not the child's stdin: writing a pipe would wait for a child that only
         # runs when this process is idle
@@ -173,7 +174,7 @@ class Recount:
     def close(self) -> None:
         """Stop the child if its verdict is no longer wanted."""
         atexit.unregister(self.close)
-        if self._verdict is None:
+        if self._verdict is None and os.getpid() == self._owner:
             self._verdict = Verdict(False, error="not collected")
             self._finish()
 
