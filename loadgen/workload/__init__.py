@@ -43,6 +43,7 @@ from loadgen.workload.verify import (
     MismatchSummary,
     VerifyResult,
     prompt_token_mismatches,
+    spread,
     verify_with_server,
 )
 
@@ -105,7 +106,7 @@ def check_lengths(tokenizer: Any, prompts: Sequence[Prompt], sample: int | None 
     built the set, so it catches a fitter whose assumptions do not hold. Returns
     ``(prompt id, built, counted)`` for every disagreement.
     """
-    chosen = _sampled(prompts, sample)
+    chosen = spread(prompts, sample)
     if isinstance(tokenizer, Tokenizer):  # the same counts, in batches on the library's threads
         counted_all = [0] * len(chosen)
         text = [i for i, p in enumerate(chosen) if p.messages is None]
@@ -126,14 +127,7 @@ def check_lengths(tokenizer: Any, prompts: Sequence[Prompt], sample: int | None 
 
 def check_sample(prompts: Sequence[Prompt]) -> Sequence[Prompt]:
     """The prompts :func:`check_lengths` re-counts after a build."""
-    return _sampled(prompts, _check_sample(prompts))
-
-
-def _sampled(prompts: Sequence[Prompt], sample: int | None) -> Sequence[Prompt]:
-    if sample is not None and 0 < sample < len(prompts):
-        step = len(prompts) / sample
-        return [prompts[int(i * step)] for i in range(sample)]
-    return prompts
+    return spread(prompts, _check_sample(prompts))
 
 
 def _check_sample(prompts: Sequence[Prompt]) -> int | None:

@@ -72,9 +72,10 @@ def _root(base_url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def _sample(prompts: Sequence[Prompt], sample: int) -> list[Prompt]:
-    if sample <= 0 or sample >= len(prompts):
-        return list(prompts)
+def spread(prompts: Sequence[Prompt], sample: int | None) -> Sequence[Prompt]:
+    """``sample`` prompts spread evenly over the set (all of them for None or 0)."""
+    if sample is None or sample <= 0 or sample >= len(prompts):
+        return prompts
     step = len(prompts) / sample
     return [prompts[int(i * step)] for i in range(sample)]
 
@@ -152,7 +153,7 @@ def verify_with_server(
 ) -> VerifyResult:
     """Ask the server to count a sample of prompts and compare with the built lengths."""
     url = _root(base_url) + "/tokenize"
-    chosen = _sample(prompts, sample)
+    chosen = spread(prompts, sample)
     mismatches: list[tuple[int, int, int]] = []
     for prompt in chosen:
         if prompt.messages is not None:
