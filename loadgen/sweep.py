@@ -140,9 +140,11 @@ def _target(cfg: RunConfig, model: str) -> Any:
 
 def check_files(cfg: RunConfig) -> None:
     """The files the options name exist and load (before anything is created)."""
+    from loadgen.workload.cache import readable_source
+
     path = cfg.workload.dataset_path
-    if path and not os.path.isfile(path):
-        raise PreflightError(f"--dataset-path '{path}' is not a readable file; check the path")
+    if path and not readable_source(path):
+        raise PreflightError(f"--dataset-path '{path}' is not a readable file or pipe; check the path")
     if path and not os.access(path, os.R_OK):
         raise PreflightError(f"--dataset-path '{path}' is not readable; check its permissions")
     ca_cert = cfg.target.ca_cert

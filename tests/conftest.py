@@ -140,3 +140,28 @@ def sim_fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimServer]:
         yield server
     finally:
         server.stop()
+
+
+def stored_rows(path: Path) -> int:
+    """Rows in a per-request store that is still being appended (0 while it has no header)."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(fh)  # the header alone: no rows read
+    except (OSError, ValueError):
+        return 0
+    return int(shape[0])
+
+
+def wait_for_rows(folder: Path, pattern: str, files: int, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    """Return once ``files`` stores matching ``pattern`` in ``folder`` each hold a row: the run has
+    measured something in every one of them. An observed fact, not a guess at the machine's speed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(stored_rows(p) > 0 for p in folder.glob(pattern)) >= files:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no row in {files} store(s) {folder}/{pattern} (exit {proc.poll()})")

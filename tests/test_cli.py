@@ -21,6 +21,7 @@ from hdrh.log import HistogramLogReader
 from launcher.process import free_port
 from loadgen.cli import main
 from loadgen.store import read_requests
+from tests.conftest import wait_for_rows
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--num-prompts", "32", "--concurrency", "8", "--input-len", "32", "--output-len", "16",
@@ -340,13 +341,8 @@ def test_stop_signal_mid_run_writes_partial_results(sim_server, tmp_path: Path, 
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        # wait until the run has started (pre-flight and prompt building done)
-        while time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-            if b"point(s)" in line:
-                break
-        time.sleep(2.0)  # each request takes 30 steps x 25 ms: the first waves are done
+        # each request takes 30 steps x 25 ms: the store holds a first row while most are still to come
+        wait_for_rows(out, "*.requests.npy", 1, proc)
     finally:
         stderr = signal_and_wait(proc, sig)
     assert proc.returncode == 128 + sig, stderr
@@ -437,20 +433,43 @@ def test_a_run_where_nothing_succeeds_exits_3_with_absent_latencies(tmp_path: Pa
     assert "NOTHING MEASURED" in r.output
 
 
-def test_signal_while_prompts_are_built_says_nothing_was_measured(sim_fast, tmp_path: Path,
-                                                                  private_cache: None) -> None:
+def test_signal_while_prompts_are_built_says_nothing_was_measured(sim_fast, tmp_path: Path) -> None:
+    """The prompts come from a pipe that the test holds open: the process is inside the prompt
+    phase, by construction, when the signal arrives, whatever the machine's speed."""
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
     cmd = [sys.executable, "-m", "loadgen.cli", "--base-url", sim_fast.base_url, "--tokenizer", "deepseek-r1",
-           "--num-prompts", "20000", "--input-len", "2000", "--output-len", "4", "--no-progress",
+           "--dataset-name", "jsonl", "--dataset-path", str(fifo), "--output-len", "4", "--no-progress",
            "--output-dir", str(tmp_path / "out")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    writer = None
     try:
-        time.sleep(4.0)  # pre-flight done; building 20,000 x 2,000-token prompts takes far longer
-        assert proc.poll() is None, proc.stderr.read().decode()
+        writer = open_fifo_writer(fifo, proc)  # succeeds only once loadgen has opened it to read prompts
+        os.write(writer, b'{"prompt": "Hello there."}\n')  # a first line; the rest never comes
+        assert proc.poll() is None
     finally:
         stderr = signal_and_wait(proc, signal.SIGTERM)
-    assert proc.returncode == 143
+        if writer is not None:
+            os.close(writer)
+    assert proc.returncode == 143, stderr
     assert stderr.strip() == "loadgen: stopped by SIGTERM before the first point ran; nothing was measured"
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def open_fifo_writer(fifo: Path, proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
+    """The write end of ``fifo``, once ``proc`` has opened the read end (bounded in time)."""
+    import errno
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            if exc.errno != errno.ENXIO:
+                raise
+        time.sleep(0.02)
+    raise AssertionError(f"loadgen never opened {fifo} (exit {proc.poll()}): "
+                         f"{proc.stderr.read().decode() if proc.poll() is not None else 'timed out'}")
 
 
 def test_a_signal_while_results_are_written_waits_for_the_files(tmp_path: Path) -> None:

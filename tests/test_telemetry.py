@@ -199,8 +199,8 @@ def test_run_records_server_timeline_with_kv_pressure(sim_server, tmp_path: Path
     assert s["generation_tokens"] == 144 * 200  # recomputation is prefill, not new output
     tl = sm["timeline"]
     n = len(tl["t_s"])
-    assert n >= 4 and tl["t_s"] == sorted(tl["t_s"]) and tl["t_s"][0] < 0  # one scrape before the start
-    assert max(tl["client_in_flight"]) == 48
+    assert n >= 2 and tl["t_s"] == sorted(tl["t_s"]) and tl["t_s"][0] < 0  # one scrape before the start
+    assert 0 < max(tl["client_in_flight"]) <= 48  # sampled: within the concurrency
     assert all(len(col) == n for col in tl.values())
     assert sm["server_latency"]["ttft"]["count"] == 144
     # the side file: raw names per scrape, the full page first, the run window last

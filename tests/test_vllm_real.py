@@ -203,10 +203,11 @@ def test_server_metrics_scraped_during_a_run_and_drawn(server, tmp_path: Path) -
     sm = json.loads(path.read_text())["server_metrics"]
     assert sm["engine"] == "vllm" and sm["vllm_names"] == "current names" and sm["failed_scrapes"] == 0
     assert sm["names"]["running"] == "vllm:num_requests_running"
-    assert sm["summary"]["running_max"] == 8  # num_requests_running reaches the concurrency
-    assert sm["summary"]["generation_tokens"] == 24 * 128
+    # sampled every 0.25 s: the gauge is seen, within the concurrency (the moment all 8 run can fall between scrapes)
+    assert 1 <= sm["summary"]["running_max"] <= 8
+    assert sm["summary"]["generation_tokens"] == 24 * 128  # counters: exact totals at any speed
     assert sm["server_latency"]["ttft"]["count"] == 24
-    assert len(sm["timeline"]["t_s"]) >= 4
+    assert len(sm["timeline"]["t_s"]) >= 2  # before the start and after the end, however short the run
 
     from analysis.load import load
     from analysis.report import write_report

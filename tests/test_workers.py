@@ -24,6 +24,7 @@ from loadgen.aggregate import Aggregate
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.store import read_requests
 from loadgen.workers import aggregate_from_wire, aggregate_to_wire, effective_workers, partition, split_limit
+from tests.conftest import wait_for_rows
 
 REPO = Path(__file__).resolve().parent.parent
 N, IN, OUT, CONC, RATE = 60, 32, 16, 8, 40.0
@@ -112,17 +113,18 @@ def check_merged_like_single(merged: dict, single: dict, folder: Path) -> None:
     assert len(merged["ttfts"]) == N and len(merged["itls"]) == N
     assert sum(w["completed"] for w in merged["per_worker"]) == N
     assert merged["max_concurrency_observed"] <= CONC
-    for m in ("ttft", "tpot", "e2el"):  # the fast sim: a few ms per request; a busy machine adds some
-        assert abs(merged[f"mean_{m}_ms"] - single[f"mean_{m}_ms"]) < 25.0, m
-    assert merged["duration"] == pytest.approx(single["duration"], abs=0.5)
+    for m in ("ttft", "tpot", "e2el"):  # the fast sim: a few ms per request; a busy machine adds tens
+        assert abs(merged[f"mean_{m}_ms"] - single[f"mean_{m}_ms"]) < 100.0, m
+    assert merged["duration"] == pytest.approx(single["duration"], abs=1.0)
     # every request was released at the single-process schedule's instant, from one common start
     rows = np.sort(np.asarray(read_requests(folder / merged["per_request"]["requests"])), order="prompt_id")
     assert rows["prompt_id"].tolist() == list(range(N))
     expected = release_offsets(N, ArrivalSpec(RATE, "poisson"), seed=7) * 1000.0
     assert np.allclose(rows["intended_ms"], expected, atol=1e-3)
-    assert float(np.nanmean(rows["sent_ms"] - rows["intended_ms"])) < 20.0  # no late start, no queueing
+    # no late start, no queueing: a wrong start instant would be off by seconds, a busy core by tens of ms
+    assert float(np.nanmean(rows["sent_ms"] - rows["intended_ms"])) < 100.0
     for w in merged["per_worker"]:
-        assert w["start_late_ms"] < 100.0 and w["loop_lag_p99_ms"] >= 0.0 and w["error"] is None
+        assert w["start_late_ms"] < 250.0 and w["loop_lag_p99_ms"] >= 0.0 and w["error"] is None
     assert merged["client_saturated"] == any(w["client_saturated"] for w in merged["per_worker"])
     # readers of vLLM results read the merged one unchanged
     (row,) = field_report_collector(folder)
@@ -200,7 +202,8 @@ def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path:
     proc = _start(["--base-url", srv.base_url, *SLOW, "--output-dir", str(out)])
     try:
         workers = _wait_for_workers(proc, 2)
-        time.sleep(2.0)  # 30 steps x 25 ms per request, 2 at a time per worker: mid-run
+        # 30 steps x 25 ms per request, 2 at a time per worker: mid-run once both have stored a row
+        wait_for_rows(out, "*.w[01].requests.npy", 2, proc)
         os.kill(workers[1], signal.SIGKILL)
         proc.wait(timeout=90)
     finally:
@@ -228,7 +231,7 @@ def test_sigterm_to_the_parent_stops_every_worker_and_keeps_their_requests(sim_s
     proc = _start(["--base-url", srv.base_url, *SLOW, "--output-dir", str(out)])
     try:
         workers = _wait_for_workers(proc, 2)
-        time.sleep(2.0)
+        wait_for_rows(out, "*.w[01].requests.npy", 2, proc)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
@@ -275,7 +278,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="lgray-"))  # short: Ray's socket paths must fit 107 bytes
     log = tmp_path_factory.mktemp("ray") / "ray.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    actor_tmp = temp / "actors"  # where the actors keep their stores while they run
+    actor_tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "TMPDIR": str(actor_tmp)}
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [str(ray_bin), "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
            "--num-cpus", "2", "--include-dashboard=false", "--temp-dir", str(temp), "--block"]
@@ -287,7 +292,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray start failed:\n{log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}", env, proc.pid
+        yield f"127.0.0.1:{port}", env, proc.pid, actor_tmp
     finally:
         # some of Ray's processes outwait SIGTERM by far: the group gets SIGKILL after 5 s
         stop_tree(proc.pid, proc.pid, timeout_s=5.0, popen=proc)
@@ -298,7 +303,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ray_actors_measure_what_one_process_measures(sim_fast, ray_cluster, tmp_path: Path) -> None:
-    address, env, _ = ray_cluster
+    address, env, _, _ = ray_cluster
     one, two = tmp_path / "one", tmp_path / "ray"
     r1 = loadgen("--base-url", sim_fast.base_url, *SCHEDULE, "--output-dir", str(one))
     assert r1.returncode == 0, r1.stderr
@@ -323,7 +328,7 @@ def _actor_pids(pgid: int) -> list[int]:
 
 
 def test_a_lost_ray_actor_leaves_a_partial_result_naming_it(sim_server, ray_cluster, tmp_path: Path) -> None:
-    address, env, pgid = ray_cluster
+    address, env, pgid, actor_tmp = ray_cluster
     srv = _slow_sim(sim_server, tmp_path)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", "from loadgen.cli import main; main()", "--base-url", srv.base_url,
@@ -335,7 +340,8 @@ def test_a_lost_ray_actor_leaves_a_partial_result_naming_it(sim_server, ray_clus
             time.sleep(0.1)
         actors = _actor_pids(pgid)
         assert len(actors) >= 2, proc.stderr.read().decode() if proc.poll() is not None else "no actors"
-        time.sleep(3.0)  # past the start (actors take a moment to connect) and mid-run: 7.5 s per worker
+        # mid-run (7.5 s per worker) once both actors have stored a row (in their own temporary folders)
+        wait_for_rows(actor_tmp, "loadgen-actor-*/*.w[01].requests.npy", 2, proc, timeout_s=120)
         os.kill(actors[-1], signal.SIGKILL)
         proc.wait(timeout=120)
     finally:

@@ -135,3 +135,21 @@ def test_dataset_change_invalidates_the_cache(tok, tmp_path: Path) -> None:
     assert build_prompts(spec, tok)[0].text == "first version"
     path.write_text('{"prompt": "second version, longer"}\n', encoding="utf-8")
     assert build_prompts(spec, tok)[0].text == "second version, longer"
+
+
+def test_jsonl_from_a_pipe_is_read_once_and_not_cached(tok, tmp_path: Path, private_cache: None) -> None:
+    """``--dataset-path <(zcat prompts.jsonl.gz)``: a pipe is a source; it has no identity to cache by."""
+    import os
+    import threading
+
+    from loadgen import workload
+
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_bytes(PROMPTS.read_bytes()), daemon=True)
+    feeder.start()
+    from_pipe = build_prompts(WorkloadSpec(dataset="jsonl", dataset_path=str(fifo), num_prompts=3, output_len=99), tok)
+    feeder.join(timeout=30)
+    assert workload.last_build.source == "built" and workload.last_build.cache_file is None
+    from_file = build_prompts(WorkloadSpec(dataset="jsonl", dataset_path=str(PROMPTS), num_prompts=3, output_len=99), tok)
+    assert [(p.text, p.input_len) for p in from_pipe] == [(p.text, p.input_len) for p in from_file]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadgen.records import Prompt
-from loadgen.workload.cache import cache_path, load, save
+from loadgen.workload.cache import cache_path, cacheable, load, save
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.lengths import length_bounds
 from loadgen.workload.spec import DATASETS, WorkloadSpec
@@ -225,6 +225,7 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
 def _build_or_load(spec: WorkloadSpec, tokenizer: Any, use_cache: bool, defer_check: bool) -> list[Prompt]:
     started = time.perf_counter()
     last_build.reset()
+    use_cache = use_cache and cacheable(spec)
     try:
         fingerprint = last_build.fingerprint = tokenizer_fingerprint(spec.tokenizer)
         path = cache_path(spec, fingerprint)

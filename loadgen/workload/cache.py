@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,25 @@ from loadgen.workload.spec import WorkloadSpec
 from loadgen.workload.tokenizer import cache_dir
 
 FORMAT_VERSION = 2  # 2: random prompts from self-joining pieces
+
+
+def readable_source(path: str) -> bool:
+    """A dataset may be a regular file or a pipe (``--dataset-path <(zcat prompts.jsonl.gz)``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISFIFO(mode)
+
+
+def cacheable(spec: WorkloadSpec) -> bool:
+    """A set read from a pipe is not cached: a pipe has no identity to key it by."""
+    if not spec.dataset_path:
+        return True
+    try:
+        return stat.S_ISREG(os.stat(spec.dataset_path).st_mode)
+    except OSError:
+        return False
 
 
 def dataset_identity(path: str | None) -> list[Any]:

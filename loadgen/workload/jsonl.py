@@ -2,6 +2,8 @@
 
 ``{"prompt": "text"}`` or ``{"messages": [{"role": "user", "content": "..."}]}``, with
 an optional ``"output_len"``. Lines are used in file order; blank lines are skipped.
+The file may be a pipe (``--dataset-path <(zcat prompts.jsonl.gz)``); such a set is read
+once per run and not cached.
 Every prompt's ``input_len`` is counted with the tokenizer the way the server will
 count it, so verification works for your prompts too.
 """
@@ -14,6 +16,7 @@ from typing import Any
 import orjson
 
 from loadgen.records import Prompt
+from loadgen.workload.cache import readable_source
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.fit import TokenizerView
 from loadgen.workload.spec import WorkloadSpec
@@ -39,7 +42,7 @@ def _output_len(row: dict[str, Any], spec: WorkloadSpec, where: str) -> int:
 
 def build_jsonl(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
     path = Path(spec.dataset_path or "").expanduser()
-    if not path.is_file():
+    if not readable_source(str(path)):
         raise WorkloadError(f"JSONL file '{spec.dataset_path}' not found: pass --dataset-path to a local .jsonl file")
     prompts: list[Prompt] = []
     with path.open("rb") as fh:

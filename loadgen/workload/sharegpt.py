@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 
 from loadgen.records import Prompt
+from loadgen.workload.cache import readable_source
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.fit import TokenizerView
 from loadgen.workload.spec import WorkloadSpec
@@ -27,7 +28,7 @@ BATCH = 256
 def load_pairs(path: str) -> list[tuple[str, str]]:
     """(first human turn, the reply after it) for every usable conversation."""
     file = Path(path).expanduser()
-    if not file.is_file():
+    if not readable_source(str(file)):
         raise WorkloadError(f"ShareGPT file '{path}' not found: pass --dataset-path to a local ShareGPT JSON file")
     try:
         data = orjson.loads(file.read_bytes())
