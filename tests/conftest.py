@@ -165,3 +165,33 @@ def wait_for_rows(folder: Path, pattern: str, files: int, proc: subprocess.Popen
             return
         time.sleep(0.05)
     raise AssertionError(f"no row in {files} store(s) {folder}/{pattern} (exit {proc.poll()})")
+
+
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free ports (a multi-node sim listens on port + rank).
+
+    Taken below the kernel's ephemeral range: ``free_port()`` and every outgoing connection
+    draw from that range, so a neighbour checked free here is not handed to a client a moment later.
+    """
+    import random
+    import socket
+
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        first = random.randrange(10_000, max(low - count, 10_001))
+        socks = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")

@@ -23,6 +23,7 @@ from launcher.multinode import build_multinode_plan
 from launcher.plan import project_root
 from launcher.readiness import http_status
 from launcher.transport import LocalTransport, SshTransport, parse_pgid, start_script, stop_script
+from tests.conftest import free_port_run
 
 
 def test_ssh_argv_uses_the_system_ssh_with_batch_mode_and_one_script_argument():
@@ -62,9 +63,7 @@ def assert_nothing_left(cluster, ports):
 
 
 def test_two_sim_nodes_start_in_order_stream_logs_and_stop_leaving_nothing(tmp_path):
-    port = process.free_port()
-    while process.port_in_use(port + 1, "127.0.0.1"):
-        port = process.free_port()
+    port = free_port_run(2)
     lines: list[tuple[str, str]] = []
     cluster = start_cluster(sim_plan(port), log_dir=tmp_path, ready_timeout_s=120,
                             on_line=lambda label, line: lines.append((label, line)))
@@ -114,7 +113,7 @@ def test_address_in_use_on_a_worker_fails_the_start_naming_the_worker(tmp_path):
 
 
 def test_cli_serve_nodes_runs_locally_until_ctrl_c_and_stops_every_node(tmp_path):
-    port = process.free_port()
+    port = free_port_run(2)
     env = {**os.environ, "PYTHONPATH": str(project_root()), "LOADGEN_STATE_DIR": str(tmp_path / "servers")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "launcher.cli", "serve", "--engine", "sim", "--nodes", "2", "--node-addr",
@@ -138,7 +137,7 @@ def test_cli_serve_nodes_runs_locally_until_ctrl_c_and_stops_every_node(tmp_path
 
 
 def test_cli_serve_nodes_detach_then_stop(tmp_path):
-    port = process.free_port()
+    port = free_port_run(2)
     env = {**os.environ, "PYTHONPATH": str(project_root()), "LOADGEN_STATE_DIR": str(tmp_path / "servers")}
     base = [sys.executable, "-m", "launcher.cli"]
     done = subprocess.run(base + ["serve", "--engine", "sim", "--nodes", "2", "--node-addr", "127.0.0.1,127.0.0.1",
