@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis import intervals
-from analysis.compare import compare
+from analysis.compare import NOT_SUPPORTED, compare
 from analysis.formats import normalize
 from loadgen.store import read_requests
 
@@ -97,7 +97,9 @@ def test_repeats_give_files_intervals_and_a_report(sim_server, fixed_profile, tm
     md = report.comparison_md.read_text()
     # a step of 10 ms against 20 ms: the TPOT intervals are far apart, so the conclusion stands
     tpot = [c for comp in report.comparisons for c in comp.conclusions if c.figure == "mean TPOT"]
-    assert tpot and all(c.supported for c in tpot), md
+    # (a machine too busy for the client adds a comparability caveat, the intervals' verdict stays)
+    assert tpot and not any(cav.startswith(NOT_SUPPORTED) for c in tpot for cav in c.caveats), md
+    assert all(c.supported or "client itself was saturated" in c.reason for c in tpot), md
     assert "95% CI" in md
 
 
