@@ -8,6 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -196,6 +197,18 @@ def test_same_seed_rerun_on_a_warm_cache_is_flagged_and_reset_or_salt_cure_it(si
     assert reset["client"]["hit_rate"] < 0.01 and reset["warning"] is None
     salted, _ = run("salted", "--cache-salt", "auto")
     assert salted["cache_salt"] and salted["client"]["hit_rate"] < 0.01 and salted["warning"] is None
+
+    # the report: a hit-rate column, the warning among the comparability issues, TTFT vs cached share
+    import analysis
+    from analysis.report import write_report
+
+    report = write_report(analysis.load([tmp_path / n for n in ("first", "again", "reset", "salted")]),
+                          tmp_path / "report")
+    table = pd.read_csv(report.summary_csv)
+    assert sorted(table["client prefix hit rate"].round(2)) == [0.0, 0.0, 0.0, round(warm["client"]["hit_rate"], 2)]
+    assert "prefix hit rate" in table.columns  # the server's, from its counters
+    assert [i.kind for i in report.issues].count("warm_prefix_cache") == 1
+    assert (tmp_path / "report" / "plots" / "ttft_vs_cached_fraction.png").is_file()
 
 
 @pytest.mark.parametrize("fault", ["refuse", "hang"])
