@@ -14,6 +14,7 @@ The figures are pure functions of the aggregates and the telemetry entry; only
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -42,7 +43,8 @@ def reset(base_url: str, *, api_key: str | None = None, connection: Connection |
     Tries vLLM's ``POST /reset_prefix_cache`` and, when that route does not exist, SGLang's
     ``POST /flush_cache``. The answer is the result's ``prefix_cache.reset`` entry: ``ok``,
     the route and status that decided, and a one-line ``message`` when it did not work
-    (vLLM serves the route only with ``VLLM_SERVER_DEV_MODE=1``). A server that does not
+    (vLLM serves the route only with ``VLLM_SERVER_DEV_MODE=1``, and answers
+    ``{"success": false}`` while blocks are still held). A server that does not
     answer within ``timeout_s`` is reported as not reset; the point runs regardless.
     """
     kwargs: dict[str, Any] = {"api_key": api_key, "body": {}, "timeout_s": timeout_s, "read_limit": 4096}
@@ -57,6 +59,10 @@ def reset(base_url: str, *, api_key: str | None = None, connection: Connection |
             return {"ok": False, "route": path, "status": None,
                     "message": f"prefix cache not reset: {exc}"}
         if resp.status == 200:
+            if _said_no(resp.body):  # vLLM answers 200 {"success": false} while blocks are held
+                return {"ok": False, "route": path, "status": 200,
+                        "message": f"prefix cache not reset: POST {path} answered success=false (requests still "
+                                   "running or KV transfers in flight)"}
             return {"ok": True, "route": path, "status": 200, "message": None}
         detail = resp.body[:160].decode("utf-8", "replace").strip().replace("\n", " ")
         last = {"ok": False, "route": path, "status": resp.status,
@@ -67,6 +73,14 @@ def reset(base_url: str, *, api_key: str | None = None, connection: Connection |
     last["message"] = ("prefix cache not reset: the server has neither POST /reset_prefix_cache nor "
                        "/flush_cache (vLLM serves it only with VLLM_SERVER_DEV_MODE=1)")
     return last
+
+
+def _said_no(body: bytes) -> bool:
+    try:
+        answer = json.loads(body or b"null")
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("success") is False
 
 
 def client_figures(summary: Summary) -> dict[str, Any]:

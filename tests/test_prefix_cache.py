@@ -224,7 +224,7 @@ def test_a_refused_or_hanging_reset_is_one_line_and_the_point_still_runs(sim_ser
     res = only_result(out)
     reset = res["prefix_cache"]["reset"]
     assert res["completed"] == 40 and reset["ok"] is False
-    expect = "answered HTTP 400" if fault == "refuse" else "did not answer within 2 s"
+    expect = "answered success=false" if fault == "refuse" else "did not answer within 2 s"
     assert expect in reset["message"]
     notes = [line for line in r.output.splitlines() if line.startswith("note: prefix cache not reset")]
     assert len(notes) == 1 and expect in notes[0]

@@ -477,18 +477,20 @@ class Api:
                             headers={"X-Content-Type-Options": "nosniff"})
 
     async def reset_prefix_cache(self, request: web.Request) -> web.Response:
-        """vLLM's ``POST /reset_prefix_cache`` and SGLang's ``/flush_cache``; the
-        ``--fault-cache-reset`` option makes it refuse or never answer."""
+        """vLLM's ``POST /reset_prefix_cache`` (``{"success": ...}``) and SGLang's ``/flush_cache``
+        (text); ``--fault-cache-reset`` makes them refuse as the engines do while requests
+        hold blocks (vLLM: 200 with success false, SGLang: 400), or never answer."""
         fault = self.state.cfg.cache_reset_fault
         if fault == "hang":
             await asyncio.Event().wait()  # until the client gives up and the server stops
+        sglang = request.path == "/flush_cache"
         if fault == "refuse":
-            raise ApiError(400, "prefix cache reset refused (sim --fault-cache-reset refuse)")
+            if sglang:
+                return web.Response(status=400, text="Cache not flushed. Please check there are no running requests.\n")
+            return web.json_response({"success": False})
         if self.state.cache is not None:
             self.state.cache.reset()
-        if request.path == "/flush_cache":
-            return web.Response(text="Cache flushed.\n")
-        return web.Response(status=200)
+        return web.Response(text="Cache flushed.\n") if sglang else web.json_response({"success": True})
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(stats(self.state))
