@@ -25,8 +25,8 @@ from loadgen.metrics import Summary
 # A cold workload that hits more than this is not measuring a cold cache.
 COLD_HIT_LIMIT = 0.01
 RESET_TIMEOUT_S = 10.0
-# (path, engine) in the order tried: vLLM's dev route, then SGLang's
-RESET_ROUTES = (("/reset_prefix_cache", "vllm"), ("/flush_cache", "sglang"))
+# in the order tried: vLLM's (a dev-mode route), then SGLang's
+RESET_ROUTES = ("/reset_prefix_cache", "/flush_cache")
 
 
 def run_salt(option: str | None) -> str | None:
@@ -52,7 +52,7 @@ def reset(base_url: str, *, api_key: str | None = None, connection: Connection |
         kwargs["connection"] = connection
     root = base_url.rstrip("/")
     last: dict[str, Any] = {}
-    for path, engine in RESET_ROUTES:
+    for path in RESET_ROUTES:
         try:
             resp = control.request(root + path, **kwargs)
         except control.ControlError as exc:
