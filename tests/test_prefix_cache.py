@@ -240,3 +240,17 @@ def test_cache_salt_is_refused_for_sglang_native(sim_fast, tmp_path: Path) -> No
                 "--output-dir", str(tmp_path)])
     assert r.exit_code == 2
     assert "cache_salt" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_sglang_cached_tokens_counter_gives_the_servers_hit_rate_over_its_prompt_tokens() -> None:
+    from loadgen.telemetry.scrape import ScrapeLog, Tick
+    from loadgen.telemetry.timeline import summary
+    from loadgen.telemetry.vocab import choose_names
+
+    names = choose_names({"sglang:cached_tokens_total", "sglang:prompt_tokens_total", "sglang:cache_hit_rate"})
+    assert names["prefix_cache_hits"] == "sglang:cached_tokens_total" and "prefix_cache_queries" not in names
+    log = ScrapeLog(ticks=[Tick(0, {"prefix_cache_hits": 100.0, "prompt_tokens": 1000.0}, {}, None, None),
+                           Tick(int(2e9), {"prefix_cache_hits": 400.0, "prompt_tokens": 2000.0}, {}, None, None)])
+    s = summary(log, start_ns=0, end_ns=int(2e9))
+    assert s["prefix_hit_rate"] == pytest.approx(0.3)  # 300 cached of 1000 prompt tokens
+    assert prefix_cache.server_figures({"summary": s})["hit_rate"] == pytest.approx(0.3)
