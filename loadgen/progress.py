@@ -148,8 +148,6 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
     cache = result.get("prefix_cache") or {}
     if cache.get("warning"):
         out.append(f"WARM PREFIX CACHE: {cache['warning']}.")
-    if (cache.get("reset") or {}).get("ok") is False:
-        out.append(f"{cache['reset']['message']}.")
     if result.get("client_saturated"):
         out.append(
             f"CLIENT SATURATED: event-loop lag p99 {result['loop_lag_p99_ms']:.1f} ms > "

@@ -321,7 +321,7 @@ def finish_point(
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     extra["prefix_cache"] = prefix_cache.section(summary, extra.get("server_metrics"), dataset=cfg.workload.dataset,
                                                  prefix_len=cfg.workload.prefix_len, reset_outcome=cache_reset,
-                                                 salt=cache_salt)
+                                                 salt=cache_salt, warmup=cfg.schedule.warmup)
     result = results_mod.build_result(
         cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
     )

@@ -82,6 +82,7 @@ def test_warning_needs_a_cold_workload_and_a_hit_above_one_percent() -> None:
     assert prefix_cache.warm_cache_warning(True, None, None) is None  # nothing reported: nothing to say
     assert "same --seed" in prefix_cache.warm_cache_warning(True, None, 0.5)
     assert prefix_cache.warm_cache_warning(False, 0.9, 0.9) is None
+    assert "the 50 warm-up requests" in prefix_cache.warm_cache_warning(True, 0.2, None, warmup=50)
 
 
 def test_hit_rate_counts_only_requests_that_reported_and_merges_across_workers() -> None:
@@ -226,8 +227,8 @@ def test_a_refused_or_hanging_reset_is_one_line_and_the_point_still_runs(sim_ser
     assert res["completed"] == 40 and reset["ok"] is False
     expect = "answered success=false" if fault == "refuse" else "did not answer within 2 s"
     assert expect in reset["message"]
-    notes = [line for line in r.output.splitlines() if line.startswith("note: prefix cache not reset")]
-    assert len(notes) == 1 and expect in notes[0]
+    notes = [line for line in r.output.splitlines() if "prefix cache not reset" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ") and expect in notes[0]
 
 
 def test_reset_against_a_server_without_either_route_says_so(sim_fast) -> None:
