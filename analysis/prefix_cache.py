@@ -28,8 +28,8 @@ def cache_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
     cache = obj.get("prefix_cache")
     if not isinstance(cache, Mapping):
         return {}
-    client = cache.get("client") if isinstance(cache.get("client"), Mapping) else {}
-    rate = client.get("hit_rate")
+    client = cache.get("client")
+    rate = client.get("hit_rate") if isinstance(client, Mapping) else None
     return {CLIENT_COLUMN: float(rate) if isinstance(rate, int | float) else None,
             WARNING_COLUMN: cache.get("warning") if isinstance(cache.get("warning"), str) else None}
 
