@@ -118,10 +118,14 @@ def warm_cache_warning(cold: bool, client_rate: float | None, server_rate: float
     rates = [r for r in (client_rate, server_rate) if r is not None]
     if not cold or not rates or max(rates) <= COLD_HIT_LIMIT:
         return None
-    also = (f", or the {warmup} warm-up requests (they send the first {warmup} prompts, which the point then "
-            "sends again)") if warmup else ""
+    if warmup:
+        return (f"the prefix cache served {max(rates):.1%} of the prompt tokens of a workload built to miss it "
+                f"(random prompts): the {warmup} warm-up requests send the first {warmup} prompts, which the "
+                "point then sends again and finds cached (use --warmup-seconds with --duration: its warm-up "
+                "requests have prompts of their own), or the cache was warm from an earlier run (same --seed?: "
+                "--reset-prefix-cache, --cache-salt auto)")
     return (f"the prefix cache served {max(rates):.1%} of the prompt tokens of a workload built to miss it "
-            f"(random prompts): a warm cache from an earlier run (same --seed?){also} inflates throughput; "
+            "(random prompts): a warm cache from an earlier run (same --seed?) inflates throughput; "
             "use --reset-prefix-cache, --cache-salt auto or another --seed")
 
 

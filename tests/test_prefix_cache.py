@@ -82,7 +82,7 @@ def test_warning_needs_a_cold_workload_and_a_hit_above_one_percent() -> None:
     assert prefix_cache.warm_cache_warning(True, None, None) is None  # nothing reported: nothing to say
     assert "same --seed" in prefix_cache.warm_cache_warning(True, None, 0.5)
     assert prefix_cache.warm_cache_warning(False, 0.9, 0.9) is None
-    assert "the 50 warm-up requests" in prefix_cache.warm_cache_warning(True, 0.2, None, warmup=50)
+    assert "--warmup-seconds" in prefix_cache.warm_cache_warning(True, 0.2, None, warmup=50)
 
 
 def test_hit_rate_counts_only_requests_that_reported_and_merges_across_workers() -> None:
