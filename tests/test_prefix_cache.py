@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -255,3 +256,22 @@ def test_sglang_cached_tokens_counter_gives_the_servers_hit_rate_over_its_prompt
     s = summary(log, start_ns=0, end_ns=int(2e9))
     assert s["prefix_hit_rate"] == pytest.approx(0.3)  # 300 cached of 1000 prompt tokens
     assert prefix_cache.server_figures({"summary": s})["hit_rate"] == pytest.approx(0.3)
+
+
+def test_generate_input_ids_are_cached_and_must_be_ids(sim_fast) -> None:
+    def generate(body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(f"{sim_fast.base_url}/generate", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    ids = list(range(1000, 1100))
+    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": 2}}
+    generate(body)
+    status, out = generate(body)
+    assert status == 200 and out["meta_info"]["cached_tokens"] == 96
+    status, out = generate({"input_ids": [[1, 2]], "sampling_params": {"max_new_tokens": 2}})
+    assert status == 400 and "input_ids" in out["error"]["message"]

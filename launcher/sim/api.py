@@ -334,6 +334,8 @@ class Api:
             prompt_len = len(ids)
         elif isinstance(body.get("input_ids"), list) and body["input_ids"]:
             ids = body["input_ids"]
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise ApiError(400, "'input_ids' must be a list of token ids (integers)", "input_ids")
             prompt_len = len(ids)
         else:
             raise ApiError(400, "'text' (a string) or 'input_ids' (a list of ids) is required", "text")
