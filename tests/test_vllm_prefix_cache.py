@@ -86,6 +86,14 @@ def test_second_request_reports_cached_tokens_and_the_hit_counter_agrees(server)
     again = check_stream(target, Prompt(id=2, input_len=0, output_len=4, text=PREFIX + " Question two?"))
     assert again.cached_tokens == 0
 
+    # --cache-salt's body field: the same, now cached, text under a salt finds nothing; a second
+    # request under that salt finds the first's blocks
+    salted = Target(base_url=server.base_url, backend="vllm", model=SERVED, ignore_eos=True,
+                    extra_body={"cache_salt": "run-2"})
+    same = Prompt(id=3, input_len=0, output_len=4, text=PREFIX + " Question two?")
+    assert check_stream(salted, same).cached_tokens == 0
+    assert check_stream(salted, same).cached_tokens > 0
+
 
 def test_a_shared_prefix_run_agrees_with_the_servers_counters(server, tmp_path: Path, monkeypatch) -> None:
     from loadgen.cli import main
