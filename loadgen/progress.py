@@ -241,6 +241,7 @@ def sweep_table(results: Sequence[Mapping[str, Any]]) -> Table:
                 ("partial", r.get("partial")),
                 ("saturated", r.get("client_saturated")),
                 ("mismatch", r.get("prompt_token_mismatches")),
+                ("warm-cache", (r.get("prefix_cache") or {}).get("warning")),
             ) if on
         )
         table.add_row(

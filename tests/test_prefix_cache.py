@@ -194,6 +194,13 @@ def test_same_seed_rerun_on_a_warm_cache_is_flagged_and_reset_or_salt_cure_it(si
     warm, text = run("again")
     assert warm["client"]["hit_rate"] > 0.5 and warm["server"]["hit_rate"] > 0.5
     assert "WARM PREFIX CACHE" in text and "same --seed" in warm["warning"]
+    from rich.console import Console
+
+    from loadgen.progress import sweep_table
+
+    console = Console(width=200, record=True)
+    console.print(sweep_table([{"prefix_cache": warm}, {"prefix_cache": cold}]))
+    assert console.export_text().count("warm-cache") == 1
     reset, _ = run("reset", "--reset-prefix-cache")
     assert reset["reset"] == {"ok": True, "route": "/reset_prefix_cache", "status": 200, "message": None}
     assert reset["client"]["hit_rate"] < 0.01 and reset["warning"] is None
