@@ -28,6 +28,7 @@ AFFECTS: dict[str, tuple[str, ...]] = {
     "partial": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
     "model": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
     "client": ("ttft", "input_throughput"),
+    "warm_prefix_cache": ("output_throughput", "ttft", "e2el", "input_throughput"),
 }
 
 _CLIENT_NAMES = {"loadgen": "loadgen", "vllm": "vLLM's benchmark_serving", "sglang": "SGLang's bench_serving"}
@@ -271,4 +272,7 @@ def comparability(runs: pd.DataFrame) -> list[Issue]:
     from analysis.telemetry import check_server  # it builds on Issue: imported here, not at the top
 
     issues += check_server(runs)
+    from analysis.prefix_cache import check_cache
+
+    issues += check_cache(runs)
     return sorted(issues, key=lambda i: i.severity != "warning")

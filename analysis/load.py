@@ -312,6 +312,8 @@ def _requests_from_store(path: Path, chunks: Path | None) -> pd.DataFrame:
     for col in ("error", "finish_reason", "output_tokens_source"):
         frame[col] = frame[col].str.decode("utf-8").replace("", None)
     frame["server_prompt_tokens"] = frame["server_prompt_tokens"].where(frame["server_prompt_tokens"] >= 0)
+    if "cached_tokens" in frame.columns:  # -1: the server did not report it
+        frame["cached_tokens"] = frame["cached_tokens"].where(frame["cached_tokens"] >= 0)
     for name, values in figures(rows).items():
         frame[name] = values
     if chunks is not None:

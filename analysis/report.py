@@ -13,6 +13,7 @@ import pandas as pd
 from analysis import intervals, plots
 from analysis.checks import Issue, comparability
 from analysis.compare import Comparison, compare_labels
+from analysis.prefix_cache import ttft_plot
 from analysis.summary import summary, write_csv
 from analysis.telemetry import timeline_plots
 
@@ -81,6 +82,7 @@ def make_plots(runs: pd.DataFrame, hists: pd.DataFrame | None, plot_dir: Path) -
                 if (sub["metric"] == metric).any():
                     title = f"{metric.upper()} percentile distribution ({_n(inp)} in / {_n(outl)} out)"
                     written += plots.save(plots.hdr_curves(sub, metric, title), plot_dir, f"hdr_{metric}{suffix}")
+    written += ttft_plot(runs, plot_dir)
     written += timeline_plots(runs, plot_dir)
     return [p for p in written if p.suffix == ".png"]
 

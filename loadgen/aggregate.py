@@ -161,6 +161,10 @@ class Aggregate:
         self.retries = 0
         self.invisible_outputs = 0  # successful requests with tokens that decoded to no visible text
         self.invisible_tokens = 0
+        # prefix cache, over the successful requests whose usage reported cached tokens
+        self.cache_reported = 0
+        self.cached_tokens = 0
+        self.cache_prompt_tokens = 0
         self.e2el_sum_s = 0.0
         self.inline: list[InlineRequest] | None = [] if inline_limit > 0 else None
 
@@ -190,6 +194,11 @@ class Aggregate:
             if r.invisible_tokens:
                 self.invisible_outputs += 1
                 self.invisible_tokens += r.invisible_tokens
+            if r.cached_tokens is not None:
+                self.cache_reported += 1
+                self.cached_tokens += r.cached_tokens
+                self.cache_prompt_tokens += r.server_prompt_tokens if r.server_prompt_tokens is not None \
+                    else r.input_len
             if r.server_prompt_tokens is not None:
                 self.prompt_tokens_checked += 1
                 diff = abs(r.server_prompt_tokens - r.input_len)
@@ -222,7 +231,7 @@ class Aggregate:
             self.metrics[m].merge(other.metrics[m])
         for name in ("num_requests", "completed", "total_input_tokens", "total_output_tokens", "good_completed",
                      "prompt_tokens_checked", "prompt_token_mismatches", "retries", "invisible_outputs",
-                     "invisible_tokens",
+                     "invisible_tokens", "cache_reported", "cached_tokens", "cache_prompt_tokens",
                      "e2el_sum_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.prompt_token_max_diff = max(self.prompt_token_max_diff, other.prompt_token_max_diff)
@@ -288,5 +297,8 @@ class Aggregate:
             max_concurrency_observed=max_concurrency_observed,
             invisible_outputs=self.invisible_outputs,
             invisible_tokens=self.invisible_tokens,
+            cache_reported=self.cache_reported,
+            cached_tokens=self.cached_tokens,
+            cache_prompt_tokens=self.cache_prompt_tokens,
             mean_concurrency=self.e2el_sum_s / duration,
         )

@@ -143,6 +143,12 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 @_opt("--ignore-eos/--no-ignore-eos", default=None,
       help="Ask the server to generate exactly --output-len tokens. [default: on for random prompts, off for datasets]")
 @_opt("--extra-body", default=None, help="JSON object merged into every request body, e.g. '{\"temperature\": 0}'.")
+@_opt("--reset-prefix-cache", is_flag=True, default=False,
+      help="Empty the server's prefix cache before each point (vLLM POST /reset_prefix_cache, SGLang POST "
+           "/flush_cache); a refusal or a hang is one line and recorded, the point still runs.")
+@_opt("--cache-salt", default=None, metavar="SALT|auto",
+      help="Send this salt as the body's cache_salt (vLLM) so no earlier run's prefix cache is reused; "
+           "'auto': a new salt per run (recorded).")
 @_opt("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="Per-request timeout in seconds.")
 # figures and files
 @_opt("--goodput", multiple=True, help="SLOs for goodput, vLLM style: --goodput ttft:500 tpot:50 e2el:20000 (ms).")
@@ -270,6 +276,8 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         seed=opts["seed"],
         ignore_eos=opts["ignore_eos"],
         extra_body=parse_extra_body(opts["extra_body"]),
+        reset_prefix_cache=opts.get("reset_prefix_cache", False),
+        cache_salt=opts.get("cache_salt"),
         timeout_s=opts["timeout_s"],
         goodput_slos_ms=parse_goodput(opts["goodput"]),
         percentiles=parse_percentiles(opts["percentiles"]),

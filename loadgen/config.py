@@ -181,6 +181,8 @@ class TargetConfig:
     insecure: bool = False  # https without certificate verification (--insecure)
     timeout_s: float = 600.0
     extra_body: dict[str, Any] | None = None
+    reset_prefix_cache: bool = False  # reset the server's prefix cache before each point
+    cache_salt: str | None = None  # "auto" (a new salt per run) or a fixed salt sent as the body's cache_salt
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -203,6 +205,11 @@ class TargetConfig:
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
         if self.endpoint is not None and not self.endpoint.startswith("/"):
             raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
+        if self.cache_salt is not None and not self.cache_salt.strip():
+            raise ConfigError("--cache-salt must not be empty; give a salt, or 'auto' for a new one per run")
+        if self.cache_salt is not None and self.backend == "sglang":
+            raise ConfigError("--cache-salt is sent as the body's cache_salt, which SGLang's /generate does not "
+                              "take; use --backend openai or openai-chat, or --reset-prefix-cache")
 
     @property
     def chat(self) -> bool:

@@ -32,7 +32,7 @@ from loadgen.config import (
 FORM: dict[str, dict[str, str]] = {
     "target": {"base-url": "base_url", "endpoint": "endpoint", "backend": "backend", "model": "model",
                "tokenizer": "tokenizer", "ca-cert": "ca_cert", "insecure": "insecure", "timeout": "timeout_s",
-               "extra-body": "extra_body"},
+               "extra-body": "extra_body", "reset-prefix-cache": "reset_prefix_cache", "cache-salt": "cache_salt"},
     "workload": {"dataset-name": "dataset", "dataset-path": "dataset_path", "num-prompts": "num_prompts",
                  "input-len": "input_len", "output-len": "output_len", "random-range-ratio": "range_ratio",
                  "prefix-len": "prefix_len", "num-prefixes": "num_prefixes", "input-len-counts": "input_len_counts",

@@ -117,6 +117,9 @@ class Summary:
     invisible_outputs: int = 0  # successful requests with tokens that decoded to no visible text
     invisible_tokens: int = 0  # those tokens (usage counted them; no text came with them)
     mean_concurrency: float = 0.0  # sum of E2EL / duration (SGLang's "concurrency")
+    cache_reported: int = 0  # successful requests whose usage reported cached tokens
+    cached_tokens: int = 0  # their prompt tokens served from the prefix cache
+    cache_prompt_tokens: int = 0  # their prompt tokens
 
 
 def _corrected_chunk_tokens(rec: RequestRecord) -> np.ndarray:

@@ -145,6 +145,9 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
             f"requests were counted differently by the server (max diff {result['prompt_token_max_diff']} tokens): "
             "client and server tokenizers or chat templates differ."
         )
+    cache = result.get("prefix_cache") or {}
+    if cache.get("warning"):
+        out.append(f"WARM PREFIX CACHE: {cache['warning']}.")
     if result.get("client_saturated"):
         out.append(
             f"CLIENT SATURATED: event-loop lag p99 {result['loop_lag_p99_ms']:.1f} ms > "
@@ -152,6 +155,13 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
             "Lower --concurrency or run the client on a less busy machine."
         )
     return out
+
+
+def _hit_rates(cache: Mapping[str, Any]) -> str:
+    """``12.5% / 12.4%``; a side that reported nothing is "not reported", never 0 %."""
+    client = (cache.get("client") or {}).get("hit_rate")
+    server = (cache.get("server") or {}).get("hit_rate")
+    return " / ".join("not reported" if v is None else f"{v:.1%}" for v in (client, server))
 
 
 def summary_table(result: Mapping[str, Any]) -> Table:
@@ -178,6 +188,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("Output token throughput (tok/s)", result.get("output_throughput")),
         ("Total token throughput (tok/s)", result.get("total_token_throughput")),
         ("Ignore EOS", result.get("ignore_eos")),
+        ("Prefix cache hit rate (client / server)", _hit_rates(result.get("prefix_cache") or {})),
         ("Loop lag p99 / max (ms)", f"{_fmt(result.get('loop_lag_p99_ms'))} / {_fmt(result.get('loop_lag_max_ms'))}"),
     ]
     for name, value in rows:
@@ -230,6 +241,7 @@ def sweep_table(results: Sequence[Mapping[str, Any]]) -> Table:
                 ("partial", r.get("partial")),
                 ("saturated", r.get("client_saturated")),
                 ("mismatch", r.get("prompt_token_mismatches")),
+                ("warm-cache", (r.get("prefix_cache") or {}).get("warning")),
             ) if on
         )
         table.add_row(

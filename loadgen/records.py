@@ -53,6 +53,7 @@ class RequestRecord:
     output_tokens: int = 0
     output_tokens_source: str = ""  # "usage" | "chunks"
     server_prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens served from the prefix cache; None: not reported
     finish_reason: str | None = None
     status: int = 0
     error: str | None = None  # error kind: http_4xx, http_5xx, connect, reset, timeout, malformed, ...

@@ -57,6 +57,7 @@ REQUEST_DTYPE = np.dtype([
     ("finish_reason", "S16"),
     ("output_tokens_source", "S10"),
     ("invisible_tokens", "<i4"),  # output tokens that came without visible text
+    ("cached_tokens", "<i4"),  # prompt tokens from the prefix cache; -1: the server did not say
 ])
 CHUNK_DTYPE = np.dtype([
     ("prompt_id", "<i8"),
@@ -130,6 +131,7 @@ def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
     rows["finish_reason"] = [(r.finish_reason or "").encode()[:16] for r in records]
     rows["output_tokens_source"] = [r.output_tokens_source.encode()[:10] for r in records]
     rows["invisible_tokens"] = col(lambda r: r.invisible_tokens, np.int32)
+    rows["cached_tokens"] = col(lambda r: -1 if r.cached_tokens is None else r.cached_tokens, np.int32)
     return rows
 
 

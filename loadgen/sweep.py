@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from loadgen import control, interrupts
+from loadgen import control, interrupts, prefix_cache
 from loadgen import results as results_mod
 from loadgen.aggregate import Aggregate
 from loadgen.collect import PointCollector
@@ -53,6 +53,8 @@ class Preflight:
     server: dict[str, Any] | None = None  # what /version states beyond the version (sim: time_scale)
     local_check: dict[str, Any] | None = None  # the set's re-count by the tokenizer, when built before the run
     recount: Any = None  # loadgen.workload.recount.Recount of a set built without its tokenizer
+    cache_salt: str | None = None  # this run's --cache-salt
+    cache_reset: dict[str, Any] | None = None  # the last --reset-prefix-cache outcome (loadgen.prefix_cache.reset)
 
     def point_verification(self) -> dict[str, Any] | None:
         """The prompt checks a point's result records: the server's (``verify_prompts``)
@@ -97,7 +99,7 @@ def server_facts(cfg: RunConfig) -> tuple[str | None, dict[str, Any]]:
     return str(obj.get("version", obj)), facts
 
 
-def probe_stream(cfg: RunConfig, model: str) -> None:
+def probe_stream(cfg: RunConfig, model: str, salt: str | None = None) -> None:
     """One tiny real streaming request; fails now if the answer is not an SSE stream."""
     from loadgen.client import ClientError, check_stream
 
@@ -109,7 +111,7 @@ def probe_stream(cfg: RunConfig, model: str) -> None:
     # benchmark from starting: transient kinds get two more tries, the rest fail now.
     for attempt in range(3):
         try:
-            check_stream(_target(cfg, model), prompt)
+            check_stream(_target(cfg, model, salt), prompt)
             return
         except ClientError as exc:
             if not is_transient(exc.kind) or attempt == 2:
@@ -117,10 +119,11 @@ def probe_stream(cfg: RunConfig, model: str) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
-def _target(cfg: RunConfig, model: str) -> Any:
+def _target(cfg: RunConfig, model: str, salt: str | None = None) -> Any:
     from loadgen.runner import Target
 
     t = cfg.target
+    extra_body = {"cache_salt": salt, **(t.extra_body or {})} if salt else t.extra_body
     return Target(
         base_url=t.base_url,
         backend=t.backend,
@@ -128,7 +131,7 @@ def _target(cfg: RunConfig, model: str) -> Any:
         endpoint=t.endpoint,
         api_key=t.api_key,
         ignore_eos=cfg.effective_ignore_eos,
-        extra_body=t.extra_body,
+        extra_body=extra_body,
         timeout_s=t.timeout_s,
         save_text=cfg.output.save_text,
         connection=t.connection(),
@@ -200,7 +203,10 @@ def preflight(cfg: RunConfig) -> Preflight:
     except TokenizerError as exc:
         raise PreflightError(str(exc)) from None
 
-    probe_stream(cfg, model)
+    from loadgen.prefix_cache import run_salt
+
+    salt = run_salt(cfg.target.cache_salt)
+    probe_stream(cfg, model, salt)
     version, facts = server_facts(cfg)
     return Preflight(
         model=model,
@@ -209,6 +215,7 @@ def preflight(cfg: RunConfig) -> Preflight:
         output_dir=out_dir,
         max_model_len=max_model_len,
         server=facts or None,
+        cache_salt=salt,
     )
 
 
@@ -279,6 +286,8 @@ def finish_point(
     telemetry: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
     extra_fields: dict[str, Any] | None = None,
+    cache_reset: dict[str, Any] | None = None,
+    cache_salt: str | None = None,
 ) -> dict[str, Any]:
     """Aggregates of one point → the result JSON and the interval log. No network.
 
@@ -312,6 +321,9 @@ def finish_point(
     extra.update(extra_fields or {})
     info.warmup_requests = collector.warmup_requests
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
+    extra["prefix_cache"] = prefix_cache.section(summary, extra.get("server_metrics"), dataset=cfg.workload.dataset,
+                                                 prefix_len=cfg.workload.prefix_len, reset_outcome=cache_reset,
+                                                 salt=cache_salt, warmup=cfg.schedule.warmup)
     result = results_mod.build_result(
         cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
     )
@@ -340,7 +352,7 @@ def point_setup(cfg: RunConfig, pre: Preflight, n_prompts: int, concurrency: int
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
     if cfg.schedule.repeat > 1:
         title += f" repeat {repeat}/{cfg.schedule.repeat}"
-    return PointSetup(files, offsets, _target(cfg, pre.model), title)
+    return PointSetup(files, offsets, _target(cfg, pre.model, pre.cache_salt), title)
 
 
 def point_telemetry(cfg: RunConfig, files: PointFiles, counters: Any, console: Console) -> Any:
@@ -375,6 +387,8 @@ def run_point(
     carrying the point's result.
     """
     result: dict[str, Any] | None = None
+    if cfg.target.reset_prefix_cache:
+        pre.cache_reset = reset_cache(cfg, console)
     try:
         with interrupts.deferred():
             if cfg.schedule.workers > 1 or cfg.schedule.ray_address:
@@ -391,6 +405,15 @@ def run_point(
         raise
     pre.check_recount()
     return result
+
+
+def reset_cache(cfg: RunConfig, console: Console) -> dict[str, Any]:
+    """``--reset-prefix-cache`` before a point: the outcome is recorded, a failure is one line."""
+    outcome = prefix_cache.reset(cfg.target.base_url, api_key=cfg.target.api_key, connection=cfg.connection(),
+                                 timeout_s=min(prefix_cache.RESET_TIMEOUT_S, cfg.target.timeout_s))
+    if not outcome["ok"]:
+        console.print(f"note: {outcome['message']}", markup=False, highlight=False, soft_wrap=True)
+    return outcome
 
 
 def _run_point_here(
@@ -450,6 +473,7 @@ def _run_point_here(
         cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
         server_version=pre.server_version, verification=pre.point_verification(),
         max_in_flight=outcome.max_in_flight, server=pre.server,
+        cache_reset=pre.cache_reset, cache_salt=pre.cache_salt,
         telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
     )
     print_summary(result, console, str(files.result))

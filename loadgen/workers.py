@@ -519,7 +519,7 @@ def run_point_workers(
     result = finish_point(
         cfg, info, collector, 0, merged.span_ns, merged.lag_samples_ns, files,
         server_version=pre.server_version, verification=pre.point_verification(), max_in_flight=merged.max_in_flight,
-        server=pre.server,
+        server=pre.server, cache_reset=pre.cache_reset, cache_salt=pre.cache_salt,
         telemetry=telemetry.result_keys(ended_ns - merged.span_ns, ended_ns, start_epoch),
         extra_fields={
             "per_request": per_request,

@@ -214,6 +214,7 @@ def loadgen_argv(point: Point, base_url: str, target: EngineTarget, directory: P
         "--warmup", str(point.warmup), "--rate", "inf",
         "--output-dir", str(directory), "--result-filename", point.filename,
         "--label", target.label, "--save-requests", "--no-progress",
+        "--reset-prefix-cache",  # points share the seed and so their prompts: each starts from an empty cache
         "--ignore-eos" if not like_report or target.report_client_ignores_eos else "--no-ignore-eos",
     ]
     method = "one burst (like the field report)" if like_report else "steady state"

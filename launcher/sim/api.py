@@ -25,6 +25,7 @@ from launcher import __version__
 from launcher.sim import metrics as m
 from launcher.sim.engine import Engine, Seq, natural_length
 from launcher.sim.faults import FaultConfig, plan_faults
+from launcher.sim.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache
 from launcher.sim.profiles import Profile
 from launcher.sim.streams import ChatStream, CompletionStream, GenerateStream, Stream
 from launcher.sim.tokens import ChatTemplateError, SimTokenizer
@@ -46,6 +47,9 @@ class SimConfig:
     seed: int = 0
     faults: FaultConfig = field(default_factory=FaultConfig)
     time_scale: float = 1.0  # the profile's costs are already divided by it; reported in /version
+    prefix_cache: bool = True  # cache prompt blocks (vLLM's automatic prefix caching); off: no cached_tokens either
+    block_size: int = DEFAULT_BLOCK_SIZE
+    cache_reset_fault: str = ""  # "refuse" or "hang": how POST /reset_prefix_cache and /flush_cache misbehave
 
 
 class ApiError(Exception):
@@ -89,6 +93,7 @@ class SimState:
         self.pieces2 = self.pieces + self.pieces
         self.n_pieces = len(self.pieces)
         self.engine = Engine(cfg.profile, cfg.tokens_per_chunk)
+        self.cache = PrefixCache(cfg.profile.kv_tokens, cfg.block_size) if cfg.prefix_cache else None
         self.rng = random.Random(cfg.seed)
         self.fault_rng = random.Random(cfg.faults.seed)
         self.stall_s = cfg.faults.stall_ms / 1000.0
@@ -296,11 +301,12 @@ class Api:
             vocab = self.state.tok.vocab_size
             if min(prompt) < 0 or max(prompt) >= vocab:
                 raise ApiError(400, f"token ids in 'prompt' must be within 0..{vocab - 1}", "prompt")
+            ids = prompt
             prompt_len = len(prompt)
         else:
             raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
         max_tokens = self._limits(prompt_len, _int_field(body, "max_tokens", 16, 1), "prompt")
-        return await self._generate(request, body, CompletionStream, "cmpl", prompt_len, max_tokens, body)
+        return await self._generate(request, body, CompletionStream, "cmpl", prompt_len, max_tokens, body, ids)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self._check_ready()
@@ -315,7 +321,7 @@ class Api:
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", None, 1)
         max_tokens = self._limits(len(ids), max_tokens, "messages")
-        return await self._generate(request, body, ChatStream, "chatcmpl", len(ids), max_tokens, body)
+        return await self._generate(request, body, ChatStream, "chatcmpl", len(ids), max_tokens, body, ids)
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         self._check_ready()
@@ -327,13 +333,16 @@ class Api:
             ids = await self._count(self.state.tok.encode, body["text"])
             prompt_len = len(ids)
         elif isinstance(body.get("input_ids"), list) and body["input_ids"]:
-            prompt_len = len(body["input_ids"])
+            ids = body["input_ids"]
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise ApiError(400, "'input_ids' must be a list of token ids (integers)", "input_ids")
+            prompt_len = len(ids)
         else:
             raise ApiError(400, "'text' (a string) or 'input_ids' (a list of ids) is required", "text")
         max_tokens = self._limits(prompt_len, _int_field(params, "max_new_tokens", 128, 1), "prompt")
         opts = {"stream": body.get("stream", False), "ignore_eos": params.get("ignore_eos", False),
                 "min_tokens": params.get("min_new_tokens")}
-        return await self._generate(request, opts, GenerateStream, "gen", prompt_len, max_tokens, body)
+        return await self._generate(request, opts, GenerateStream, "gen", prompt_len, max_tokens, body, ids)
 
     async def _generate(
         self,
@@ -344,8 +353,12 @@ class Api:
         prompt_len: int,
         max_tokens: int,
         body: dict[str, Any],
+        ids: list[Any] | None = None,
     ) -> web.StreamResponse:
         state = self.state
+        salt = body.get("cache_salt")
+        if salt is not None and (not isinstance(salt, str) or not salt):
+            raise ApiError(400, "'cache_salt' must be a non-empty string", "cache_salt")
         streaming = _bool_field(opts, "stream")
         ignore_eos = _bool_field(opts, "ignore_eos")
         n = body.get("n", 1)
@@ -378,6 +391,9 @@ class Api:
             state, seq, state.next_id(prefix), plan, streaming=streaming, include_usage=include_usage,
             continuous_usage=continuous, piece_offset=state.rng.getrandbits(20),
         )
+        if state.cache is not None and ids is not None:
+            # cached prompt tokens are already "prefilled": the engine computes only the rest
+            sink.cached = seq.prefilled = state.cache.lookup(ids, salt)
         resp: web.StreamResponse | None = None
         if streaming:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -462,6 +478,22 @@ class Api:
         return web.Response(text=render_metrics(self.state), content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
 
+    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        """vLLM's ``POST /reset_prefix_cache`` (``{"success": ...}``) and SGLang's ``/flush_cache``
+        (text); ``--fault-cache-reset`` makes them refuse as the engines do while requests
+        hold blocks (vLLM: 200 with success false, SGLang: 400), or never answer."""
+        fault = self.state.cfg.cache_reset_fault
+        if fault == "hang":
+            await asyncio.Event().wait()  # until the client gives up and the server stops
+        sglang = request.path == "/flush_cache"
+        if fault == "refuse":
+            if sglang:
+                return web.Response(status=400, text="Cache not flushed. Please check there are no running requests.\n")
+            return web.json_response({"success": False})
+        if self.state.cache is not None:
+            self.state.cache.reset()
+        return web.Response(text="Cache flushed.\n") if sglang else web.json_response({"success": True})
+
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(stats(self.state))
 
@@ -493,6 +525,10 @@ def stats(state: SimState) -> dict[str, Any]:
         "requests_total": state.requests_total,
         "finished": dict(state.finished),
         "faults_injected": dict(state.faults_injected),
+        "prefix_cache": None if state.cache is None else {
+            "queries": state.cache.queries, "hits": state.cache.hits, "blocks": len(state.cache.blocks),
+            "capacity_blocks": state.cache.capacity_blocks, "block_size": state.cache.block_size,
+            "resets": state.cache.resets},
         "running": len(state.engine.running),
         "waiting": len(state.engine.waiting),
         "step_lateness_ms": {
@@ -534,6 +570,13 @@ def render_metrics(state: SimState) -> str:
                            state.lateness_hist, labels),
         m.render_counter("sim:steps", "Engine steps run.", eng.steps, labels),
     ]
+    if state.cache is not None:
+        parts += [
+            m.render_counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                             state.cache.queries, labels),
+            m.render_counter("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+                             state.cache.hits, labels),
+        ]
     lines = ["# HELP sim:faults_injected_total Faults injected by kind.",
              "# TYPE sim:faults_injected_total counter"]
     for kind in ("429", "500", "reset_before", "reset_mid", "stall", "malformed"):
@@ -560,6 +603,9 @@ def build_app(cfg: SimConfig, tokenizer: SimTokenizer) -> web.Application:
     r.add_post("/detokenize", api.detokenize)
     r.add_get("/metrics", api.metrics)
     r.add_get("/sim/stats", api.stats)
+    r.add_post("/reset_prefix_cache", api.reset_prefix_cache)
+    r.add_post("/flush_cache", api.reset_prefix_cache)
+    r.add_get("/flush_cache", api.reset_prefix_cache)
     r.add_post("/sim/stats/reset", api.stats_reset)
 
     async def start_engine(app: web.Application) -> Any:

@@ -106,6 +106,10 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
     p.add_argument("--time-scale", type=_positive_float, default=1.0, metavar="X",
                    help="run the profile X times faster: step, prefill and so TTFT and TPOT divided by X "
                         "(capacities unchanged; /version reports it) (default: 1)")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="turn the prefix cache off (no cached tokens in usage, no prefix-cache counters)")
+    p.add_argument("--block-size", type=_positive_int, default=16,
+                   help="prefix-cache block size in tokens, as vLLM's --block-size (default: 16)")
     g = p.add_argument_group("fault injection (per-request probabilities)")
     g.add_argument("--fault-429", type=_prob, default=0.0, metavar="P", help="answer HTTP 429")
     g.add_argument("--fault-500", type=_prob, default=0.0, metavar="P", help="answer HTTP 500")
@@ -115,6 +119,8 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
     g.add_argument("--fault-stall", type=_prob, default=0.0, metavar="P", help="stall the stream mid-way")
     g.add_argument("--stall-ms", type=_nonneg_float, default=2000.0, help="length of a stall (default: 2000)")
     g.add_argument("--fault-malformed", type=_prob, default=0.0, metavar="P", help="send one malformed event")
+    g.add_argument("--fault-cache-reset", choices=["refuse", "hang"], default="",
+                   help="make POST /reset_prefix_cache and /flush_cache answer 400, or never answer")
     g.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (default: 0)")
     g.add_argument("--startup-delay", type=_nonneg_float, default=0.0, metavar="S",
                    help="seconds during which /health answers 503 (default: 0)")
@@ -164,7 +170,8 @@ def parse_config(argv: list[str], parser: argparse.ArgumentParser | None = None)
     return SimConfig(
         host=args.host, port=args.port, model=args.model, tokenizer=args.tokenizer, profile=profile,
         max_model_len=args.max_model_len, tokens_per_chunk=args.tokens_per_chunk, seed=args.seed, faults=faults,
-        time_scale=args.time_scale,
+        time_scale=args.time_scale, prefix_cache=args.prefix_cache, block_size=args.block_size,
+        cache_reset_fault=args.fault_cache_reset,
     ), args
 
 

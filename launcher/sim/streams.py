@@ -23,8 +23,12 @@ if TYPE_CHECKING:
 DONE = b"data: [DONE]\n\n"
 
 
-def _usage(prompt: int, completion: int) -> bytes:
-    return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}' % (prompt, prompt + completion, completion)
+def _usage(prompt: int, completion: int, cached: int | None = None) -> bytes:
+    """A usage object; ``cached`` (the prefix-cache hit) only in a request's final usage, as vLLM does."""
+    usage = b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d' % (prompt, prompt + completion, completion)
+    if cached is not None:
+        usage += b',"prompt_tokens_details":{"cached_tokens":%d}' % cached
+    return usage + b"}"
 
 
 class Stream:
@@ -65,6 +69,7 @@ class Stream:
         self.model_json = state.model_json
         # the hot path applies when nothing special can happen to this stream
         self.plain = False
+        self.cached: int | None = None  # prompt tokens from the prefix cache (None: caching off)
         seq.sink = self
 
     def attach(self, transport: asyncio.Transport | None, chunked: bool) -> None:
@@ -231,7 +236,10 @@ class Stream:
 
     def usage(self) -> dict[str, Any]:
         p, c = self.seq.prompt_len, self.sent
-        return {"prompt_tokens": p, "total_tokens": p + c, "completion_tokens": c}
+        usage: dict[str, Any] = {"prompt_tokens": p, "total_tokens": p + c, "completion_tokens": c}
+        if self.cached is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
+        return usage
 
 
 class CompletionStream(Stream):
@@ -254,7 +262,8 @@ class CompletionStream(Stream):
             return DONE
         return (
             b'data: {"id":"' + self.rid.encode() + b'","object":"text_completion","created":%d,"model":' % self.created
-            + self.model_json + b',"choices":[],"usage":' + _usage(self.seq.prompt_len, self.sent) + b"}\n\n" + DONE
+            + self.model_json + b',"choices":[],"usage":' + _usage(self.seq.prompt_len, self.sent, self.cached)
+            + b"}\n\n" + DONE
         )
 
     def body(self) -> dict[str, Any]:
@@ -303,7 +312,7 @@ class ChatStream(Stream):
     def tail_events(self) -> bytes:
         if not self.include_usage:
             return DONE
-        return self._pre + b'],"usage":' + _usage(self.seq.prompt_len, self.sent) + b"}\n\n" + DONE
+        return self._pre + b'],"usage":' + _usage(self.seq.prompt_len, self.sent, self.cached) + b"}\n\n" + DONE
 
     def body(self) -> dict[str, Any]:
         return {
@@ -327,7 +336,8 @@ class GenerateStream(Stream):
     def _meta(self, finish: bytes) -> bytes:
         return (
             b'"meta_info":{"id":"' + self.rid.encode() + b'","finish_reason":' + finish
-            + b',"prompt_tokens":%d,"completion_tokens":%d,"cached_tokens":0}' % (self.seq.prompt_len, self.sent)
+            + b',"prompt_tokens":%d,"completion_tokens":%d,"cached_tokens":%d}'
+            % (self.seq.prompt_len, self.sent, self.cached or 0)
         )
 
     def finish_json(self) -> bytes:
@@ -356,7 +366,7 @@ class GenerateStream(Stream):
                 "finish_reason": reason,
                 "prompt_tokens": self.seq.prompt_len,
                 "completion_tokens": self.sent,
-                "cached_tokens": 0,
+                "cached_tokens": self.cached or 0,
             },
             "index": 0,
         }

@@ -302,7 +302,7 @@ class StreamConn(asyncio.Protocol):
         before = counted = self.counted
         for data in payloads:
             try:
-                content, ct, pt, fin, text, err = parse(data, state)
+                content, ct, pt, fin, text, err, cached = parse(data, state)
             except Exception as exc:  # a malformed event spoils the request, not the run
                 if data == b"[DONE]":
                     continue
@@ -347,6 +347,8 @@ class StreamConn(asyncio.Protocol):
                 self.last_ct = ct
             if pt is not None:
                 rec.server_prompt_tokens = pt
+                if cached is not None:
+                    rec.cached_tokens = cached
             if fin is not None:
                 rec.finish_reason = fin
         self.counted = counted

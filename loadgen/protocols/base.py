@@ -29,6 +29,8 @@ class Event(NamedTuple):
     event carries usage (vLLM ``continuous_usage_stats``, SGLang ``meta_info``, or a
     final usage-only chunk), else ``None``; the client turns running counts into per
     chunk deltas. ``error`` is set when the server reports an error inside the stream.
+    ``cached_tokens`` is the prompt tokens the server found in its prefix cache, read
+    only from the request's final usage (``None`` when the server does not say).
     """
 
     content: bool
@@ -37,6 +39,7 @@ class Event(NamedTuple):
     finish_reason: str | None
     text: str | None
     error: str | None
+    cached_tokens: int | None
 
 
 class MalformedEvent(ValueError):
@@ -70,7 +73,7 @@ class WireProtocol:
         return None
 
     def parse(self, data: bytes, state: Any) -> tuple:
-        """``(content, completion_tokens, prompt_tokens, finish_reason, text, error)``."""
+        """``(content, completion_tokens, prompt_tokens, finish_reason, text, error, cached_tokens)``."""
         raise NotImplementedError
 
 
@@ -129,12 +132,26 @@ def openai_no_choice(obj: dict[str, Any], choices: Any, ct: int | None, pt: int 
     """:meth:`WireProtocol.parse`'s result for an OpenAI-style event with no choice: the
     final usage-only chunk (``choices: []``), or an in-stream error object (no
     ``choices`` at all). Events that carry a choice never get here, so the per-token
-    path stays inline in each protocol's ``parse``."""
+    path stays inline in each protocol's ``parse``, and the final usage's
+    ``prompt_tokens_details.cached_tokens`` is read here, once per request."""
     if choices is None:
         err = error_text(obj)
         if err is not None:
-            return (False, None, None, None, None, err)
-    return (False, ct, pt, None, None, None)
+            return (False, None, None, None, None, err, None)
+    return (False, ct, pt, None, None, None, cached_tokens(obj.get("usage")))
+
+
+def cached_tokens(usage: Any) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens`` (OpenAI, vLLM with
+    ``--enable-prompt-tokens-details``, SGLang with ``--enable-cache-report``), or
+    ``None`` when the server does not report it: absent is not zero."""
+    if not usage:
+        return None
+    details = usage.get("prompt_tokens_details")
+    if not details:
+        return None
+    value = details.get("cached_tokens")
+    return value if type(value) is int else None
 
 
 def require_text(prompt: Prompt, protocol: str) -> str:

@@ -53,5 +53,5 @@ class OpenAIChat(WireProtocol):
             text = None
             if delta:
                 text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
-            return (bool(text), ct, pt, choice.get("finish_reason"), text, None)
+            return (bool(text), ct, pt, choice.get("finish_reason"), text, None, None)
         return openai_no_choice(obj, choices, ct, pt)

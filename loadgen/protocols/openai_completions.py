@@ -46,7 +46,7 @@ class OpenAICompletions(WireProtocol):
         if choices:
             choice = choices[0]
             text = choice.get("text")
-            return (bool(text), ct, pt, choice.get("finish_reason"), text, None)
+            return (bool(text), ct, pt, choice.get("finish_reason"), text, None, None)
         return openai_no_choice(obj, choices, ct, pt)
 
 

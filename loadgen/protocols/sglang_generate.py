@@ -43,7 +43,7 @@ class SGLangGenerate(WireProtocol):
         if meta is None:
             err = error_text(obj)
             if err is not None:
-                return (False, None, None, None, None, err)
+                return (False, None, None, None, None, err, None)
             raise MalformedEvent(f"SGLang event without meta_info: {data[:80]!r}")
         text = obj.get("text") or ""
         ct = meta.get("completion_tokens")
@@ -59,4 +59,5 @@ class SGLangGenerate(WireProtocol):
             state[1] = ct
         else:
             content = bool(new_text)
-        return (content, ct, pt, fin, new_text, None)
+        # SGLang reports the prefix-cache hit in every event's meta_info; read it once, at the end
+        return (content, ct, pt, fin, new_text, None, meta.get("cached_tokens") if fin is not None else None)

@@ -100,6 +100,8 @@ def summary(log: ScrapeLog, start_ns: int, end_ns: int) -> dict[str, Any]:
         if d is not None:
             out[key] = _r(d)
     hits, queries = out.get("prefix_cache_hits"), out.get("prefix_cache_queries")
+    if hits is not None and queries is None:  # SGLang counts cached tokens, not lookups: every prompt token is one
+        queries = out.get("prompt_tokens")
     if queries:
         out["prefix_hit_rate"] = _r(hits / queries)
     else:

@@ -1,0 +1,145 @@
+"""Prefix-cache hygiene and figures of one point: reset, salt, hit rates, the warm-cache warning.
+
+A prefix cache changes what a benchmark measures: a prompt the server has seen before
+skips most of its prefill. So every point says how much of its prompts the cache
+served, from the client's side (each request's final usage,
+``prompt_tokens_details.cached_tokens``) and from the server's (its hit and query
+counters over the point's scrape bracket, :mod:`loadgen.telemetry`), and a workload
+built to miss the cache (random prompts without a shared prefix) that hits it anyway is
+flagged: a rerun with the same seed on a warm cache inflates throughput.
+
+The figures are pure functions of the aggregates and the telemetry entry; only
+:func:`reset` talks to the server (a control request, before the point's clock).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from loadgen import control
+from loadgen.connection import Connection
+from loadgen.metrics import Summary
+
+# A cold workload that hits more than this is not measuring a cold cache.
+COLD_HIT_LIMIT = 0.01
+RESET_TIMEOUT_S = 10.0
+# in the order tried: vLLM's (a dev-mode route), then SGLang's
+RESET_ROUTES = ("/reset_prefix_cache", "/flush_cache")
+
+
+def run_salt(option: str | None) -> str | None:
+    """``--cache-salt``: ``auto`` draws a new salt for this run; any other value is used as given."""
+    if option is None:
+        return None
+    return uuid.uuid4().hex if option.strip().lower() == "auto" else option
+
+
+def reset(base_url: str, *, api_key: str | None = None, connection: Connection | None = None,
+          timeout_s: float = RESET_TIMEOUT_S) -> dict[str, Any]:
+    """Ask the server to empty its prefix cache; never raises.
+
+    Tries vLLM's ``POST /reset_prefix_cache`` and, when that route does not exist, SGLang's
+    ``POST /flush_cache``. The answer is the result's ``prefix_cache.reset`` entry: ``ok``,
+    the route and status that decided, and a one-line ``message`` when it did not work
+    (vLLM serves the route only with ``VLLM_SERVER_DEV_MODE=1``, and answers
+    ``{"success": false}`` while blocks are still held). A server that does not
+    answer within ``timeout_s`` is reported as not reset; the point runs regardless.
+    """
+    kwargs: dict[str, Any] = {"api_key": api_key, "body": {}, "timeout_s": timeout_s, "read_limit": 4096}
+    if connection is not None:
+        kwargs["connection"] = connection
+    root = base_url.rstrip("/")
+    last: dict[str, Any] = {}
+    for path in RESET_ROUTES:
+        try:
+            resp = control.request(root + path, **kwargs)
+        except control.ControlError as exc:
+            return {"ok": False, "route": path, "status": None,
+                    "message": f"prefix cache not reset: {exc}"}
+        if resp.status == 200:
+            if _said_no(resp.body):  # vLLM answers 200 {"success": false} while blocks are held
+                return {"ok": False, "route": path, "status": 200,
+                        "message": f"prefix cache not reset: POST {path} answered success=false (requests still "
+                                   "running or KV transfers in flight)"}
+            return {"ok": True, "route": path, "status": 200, "message": None}
+        detail = resp.body[:160].decode("utf-8", "replace").strip().replace("\n", " ")
+        last = {"ok": False, "route": path, "status": resp.status,
+                "message": f"prefix cache not reset: POST {path} answered HTTP {resp.status}"
+                           + (f" ({detail})" if detail else "")}
+        if resp.status not in (404, 405):
+            return last  # the route exists and refused (SGLang: requests still running)
+    last["message"] = ("prefix cache not reset: the server has neither POST /reset_prefix_cache nor "
+                       "/flush_cache (vLLM serves it only with VLLM_SERVER_DEV_MODE=1)")
+    return last
+
+
+def _said_no(body: bytes) -> bool:
+    try:
+        answer = json.loads(body or b"null")
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("success") is False
+
+
+def client_figures(summary: Summary) -> dict[str, Any]:
+    """The client's side: cached over prompt tokens of the successful requests that reported
+    cached tokens; with none reporting, the hit rate is ``None`` (not reported), never 0."""
+    n = summary.cache_reported
+    return {
+        "requests_reported": n,
+        "cached_tokens": summary.cached_tokens if n else None,
+        "prompt_tokens": summary.cache_prompt_tokens if n else None,
+        "hit_rate": summary.cached_tokens / summary.cache_prompt_tokens
+        if n and summary.cache_prompt_tokens else None,
+    }
+
+
+def server_figures(server_metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The server's side, from the counters' deltas over the point's scrape bracket
+    (warm-up requests included), or ``None`` when the server exposes no prefix-cache metric."""
+    summ = (server_metrics or {}).get("summary") or {}
+    if "prefix_hit_rate" not in summ and "prefix_cache_queries" not in summ:
+        return None
+    return {"hits": summ.get("prefix_cache_hits"), "queries": summ.get("prefix_cache_queries"),
+            "hit_rate": summ.get("prefix_hit_rate")}
+
+
+def cold_workload(dataset: str, prefix_len: int) -> bool:
+    """Random prompts without a shared prefix are built to miss the cache."""
+    return dataset == "random" and not prefix_len
+
+
+def warm_cache_warning(cold: bool, client_rate: float | None, server_rate: float | None,
+                       warmup: int = 0) -> str | None:
+    """The comparability warning, or ``None``. ``warmup``: the point's ``--warmup`` requests,
+    which send the set's first prompts, so the measured requests for those prompts hit."""
+    rates = [r for r in (client_rate, server_rate) if r is not None]
+    if not cold or not rates or max(rates) <= COLD_HIT_LIMIT:
+        return None
+    if warmup:
+        return (f"the prefix cache served {max(rates):.1%} of the prompt tokens of a workload built to miss it "
+                f"(random prompts): the {warmup} warm-up requests send the first {warmup} prompts, which the "
+                "point then sends again and finds cached (use --warmup-seconds with --duration: its warm-up "
+                "requests have prompts of their own), or the cache was warm from an earlier run (same --seed?: "
+                "--reset-prefix-cache, --cache-salt auto)")
+    return (f"the prefix cache served {max(rates):.1%} of the prompt tokens of a workload built to miss it "
+            "(random prompts): a warm cache from an earlier run (same --seed?) inflates throughput; "
+            "use --reset-prefix-cache, --cache-salt auto or another --seed")
+
+
+def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset: str, prefix_len: int,
+            reset_outcome: dict[str, Any] | None, salt: str | None, warmup: int = 0) -> dict[str, Any]:
+    """The result's ``prefix_cache`` entry."""
+    client = client_figures(summary)
+    server = server_figures(server_metrics)
+    cold = cold_workload(dataset, prefix_len)
+    return {
+        "client": client,
+        "server": server,
+        "cold_workload": cold,
+        "warning": warm_cache_warning(cold, client["hit_rate"], server["hit_rate"] if server else None, warmup),
+        "reset": reset_outcome,
+        "cache_salt": salt,
+    }
