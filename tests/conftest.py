@@ -195,3 +195,35 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
             for s in socks:
                 s.close()
     raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real vLLM (CPU build, tiny-cpu preset) for every module that needs one: a start costs a
+    minute or more of Python imports on two cores. Those modules share the ``vllm`` xdist group,
+    so they run in one process, one after another, against this server.
+
+    Launched from a deep log folder, as a benchmark's results tree gives (vLLM's ipc:// socket paths
+    under TMPDIR must still fit in 107 bytes), with VLLM_SERVER_DEV_MODE=1, which serves
+    POST /reset_prefix_cache. Stopping it must leave no process and no temporary folder behind.
+    """
+    from launcher import process
+    from launcher.lifecycle import launch
+
+    work = tmp_path_factory.mktemp("vllm") / "results" / ("deep-folder-" * 5) / "vllm-tiny-cpu"
+    before = os.environ.get("VLLM_SERVER_DEV_MODE")
+    os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # the launched server inherits it
+    try:
+        srv = launch("vllm", preset="tiny-cpu", log_path=work / "server.log", ready_timeout_s=420)
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_SERVER_DEV_MODE", None)
+        else:
+            os.environ["VLLM_SERVER_DEV_MODE"] = before
+    group = (srv.pgid, srv.pid)
+    try:
+        yield srv
+    finally:
+        srv.stop(timeout_s=20)
+        assert process.live_tree(*group) == set(), "a vLLM process survived stop()"
+        assert not any(p.exists() for p in srv.cleanup), "the short TMPDIR was not removed"

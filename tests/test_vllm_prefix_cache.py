@@ -29,23 +29,8 @@ PREFIX = " ".join(f"Paragraph {i}: the scheduler batches requests and shares the
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    from launcher.lifecycle import launch
-
-    work = tmp_path_factory.mktemp("vllm-cache")
-    before = os.environ.get("VLLM_SERVER_DEV_MODE")
-    os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # the launched server inherits it
-    try:
-        srv = launch("vllm", preset="tiny-cpu", log_path=work / "server.log", ready_timeout_s=420)
-    finally:
-        if before is None:
-            os.environ.pop("VLLM_SERVER_DEV_MODE", None)
-        else:
-            os.environ["VLLM_SERVER_DEV_MODE"] = before
-    try:
-        yield srv
-    finally:
-        srv.stop(timeout_s=20)
+def server(vllm_server):
+    return vllm_server
 
 
 def counters(base_url: str) -> tuple[float, float]:

@@ -61,20 +61,8 @@ def _environ_mentions(proc_dir: Path, text: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    from launcher.lifecycle import launch
-
-    # A deep log folder, as a benchmark's results tree gives: vLLM's ipc:// socket
-    # paths under TMPDIR must still fit in 107 bytes.
-    work = tmp_path_factory.mktemp("vllm") / "results" / ("deep-folder-" * 5) / "vllm-tiny-cpu"
-    srv = launch("vllm", preset="tiny-cpu", log_path=work / "server.log", ready_timeout_s=420)
-    group = (srv.pgid, srv.pid)
-    try:
-        yield srv
-    finally:
-        srv.stop(timeout_s=20)
-        assert process.live_tree(*group) == set(), "a vLLM process survived stop()"
-        assert not any(p.exists() for p in srv.cleanup), "the short TMPDIR was not removed"
+def server(vllm_server):
+    return vllm_server
 
 
 @pytest.fixture(scope="module")
