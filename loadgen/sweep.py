@@ -28,6 +28,7 @@ from loadgen.aggregate import Aggregate
 from loadgen.collect import PointCollector
 from loadgen.config import RunConfig, rate_label
 from loadgen.errors import LoadgenError, is_transient
+from loadgen.metrics import SATURATION_LAG_P99_MS
 from loadgen.progress import Progress, print_summary, sweep_table
 from loadgen.records import Prompt
 from loadgen.schedule import ArrivalSpec, release_offsets
@@ -53,6 +54,7 @@ class Preflight:
     server: dict[str, Any] | None = None  # what /version states beyond the version (sim: time_scale)
     local_check: dict[str, Any] | None = None  # the set's re-count by the tokenizer, when built before the run
     recount: Any = None  # loadgen.workload.recount.Recount of a set built without its tokenizer
+    trace: Any = None  # loadgen.workload.trace_prompts.TraceSet of a trace replay: its release times
 
     def point_verification(self) -> dict[str, Any] | None:
         """The prompt checks a point's result records: the server's (``verify_prompts``)
@@ -277,10 +279,12 @@ def finish_point(
     telemetry: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
     extra_fields: dict[str, Any] | None = None,
+    trace: Any = None,
 ) -> dict[str, Any]:
     """Aggregates of one point → the result JSON and the interval log. No network.
 
-    ``extra_fields`` are added to the result JSON (the workers of a multi-process point).
+    ``extra_fields`` are added to the result JSON (the workers of a multi-process point);
+    ``trace`` (a TraceSet) adds the replay and its lag against the trace's times.
 
     The per-request store was written during the run; only the last batch is left.
     """
@@ -307,6 +311,8 @@ def finish_point(
         extra["repeat"] = {"index": info.repeat, "of": cfg.schedule.repeat}
     if cfg.schedule.warmup_s:
         extra["warmup_seconds"] = cfg.schedule.warmup_s
+    if trace is not None:
+        extra["trace"] = trace_section(trace, summary.stats["queue"])
     extra.update(extra_fields or {})
     info.warmup_requests = collector.warmup_requests
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
@@ -333,8 +339,8 @@ def point_setup(cfg: RunConfig, pre: Preflight, n_prompts: int, concurrency: int
     """Files, release timeline (seed + repeat - 1: repeats are independent samples), target
     and display title of one point."""
     files = point_paths(cfg, pre, concurrency, rate, date, repeat)
-    offsets = release_offsets(n_prompts, ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness),
-                              seed=cfg.seed + repeat - 1)
+    offsets = pre.trace.release_s if pre.trace is not None else release_offsets(
+        n_prompts, ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness), seed=cfg.seed + repeat - 1)
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
     if cfg.schedule.repeat > 1:
         title += f" repeat {repeat}/{cfg.schedule.repeat}"
@@ -448,7 +454,7 @@ def _run_point_here(
         cfg, info, collector, outcome.start_ns, outcome.end_ns, outcome.lag_samples_ns, files,
         server_version=pre.server_version, verification=pre.point_verification(),
         max_in_flight=outcome.max_in_flight, server=pre.server,
-        telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
+        telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch), trace=pre.trace,
     )
     print_summary(result, console, str(files.result))
     return result
@@ -457,8 +463,32 @@ def _run_point_here(
 # ---------------------------------------------------------------- the whole run
 
 
-def build_prompts(cfg: RunConfig, pre: Preflight) -> list[Prompt]:
+def trace_section(trace: Any, queue: Any) -> dict[str, Any]:
+    """The result's ``trace`` key. Release lateness is the queue time (intended release →
+    sent): in an open-loop replay nothing else stands between the two."""
+    return trace.result_section(queue.median, queue.percentiles.get(99.0), queue.max,
+                                behind_p99_ms=SATURATION_LAG_P99_MS)
+
+
+def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
+    """A trace replay's prompts (built as they are released) and, in ``pre.trace``, its timeline."""
+    from loadgen import workload
+    from loadgen.workload.errors import WorkloadError
+
+    spec = cfg.workload.spec(num_prompts=cfg.workload.num_prompts or 1, chat=cfg.chat, seed=cfg.seed,
+                             tokenizer=pre.tokenizer_id)
+    try:
+        pre.trace = workload.build_trace(spec, cfg.workload.replay(), max_model_len=pre.max_model_len)
+    except WorkloadError as exc:
+        raise PreflightError(str(exc)) from None
+    pre.local_check = {"checked": workload.last_build.checked, "ok": True, "background": False}
+    return pre.trace.prompts
+
+
+def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     """The prompt set shared by every point (built once, before the clock starts)."""
+    if cfg.workload.is_trace:
+        return build_trace(cfg, pre)
     from loadgen import workload
     spec = cfg.workload.spec(num_prompts=cfg.prompts_needed(), chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
@@ -514,7 +544,9 @@ def run_all(
 ) -> list[dict[str, Any]]:
     """Pre-flight, prompts, then every point in order; stops after an interrupted point."""
     pre = preflight(cfg)
-    prompts = list((prompt_source or build_prompts)(cfg, pre))
+    prompts = (prompt_source or build_prompts)(cfg, pre)
+    if not isinstance(prompts, Sequence):
+        prompts = list(prompts)
     if not prompts:
         raise PreflightError("the workload produced no prompts; check --dataset-name/--dataset-path and the length filters")
     verify_prompts(cfg, pre, prompts, console)

@@ -520,7 +520,7 @@ def run_point_workers(
         cfg, info, collector, 0, merged.span_ns, merged.lag_samples_ns, files,
         server_version=pre.server_version, verification=pre.point_verification(), max_in_flight=merged.max_in_flight,
         server=pre.server,
-        telemetry=telemetry.result_keys(ended_ns - merged.span_ns, ended_ns, start_epoch),
+        telemetry=telemetry.result_keys(ended_ns - merged.span_ns, ended_ns, start_epoch), trace=pre.trace,
         extra_fields={
             "per_request": per_request,
             "workers": len(tasks),
