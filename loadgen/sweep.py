@@ -55,6 +55,7 @@ class Preflight:
     local_check: dict[str, Any] | None = None  # the set's re-count by the tokenizer, when built before the run
     recount: Any = None  # loadgen.workload.recount.Recount of a set built without its tokenizer
     trace: Any = None  # loadgen.workload.trace_prompts.TraceSet of a trace replay: its release times
+    trace_file: Any = None  # loadgen.workload.traces.Trace, read and checked before the server is asked anything
 
     def point_verification(self) -> dict[str, Any] | None:
         """The prompt checks a point's result records: the server's (``verify_prompts``)
@@ -159,6 +160,7 @@ def check_files(cfg: RunConfig) -> None:
 def preflight(cfg: RunConfig) -> Preflight:
     """Every cheap check, in order of cost, before any prompt is built."""
     check_files(cfg)
+    trace_file = read_trace_file(cfg)
     try:
         out_dir = results_mod.check_writable(cfg.output.output_dir)
     except PermissionError as exc:
@@ -209,7 +211,21 @@ def preflight(cfg: RunConfig) -> Preflight:
         output_dir=out_dir,
         max_model_len=max_model_len,
         server=facts or None,
+        trace_file=trace_file,
     )
+
+
+def read_trace_file(cfg: RunConfig) -> Any:
+    """A trace dataset's file, read whole and checked before anything is sent (None for other datasets)."""
+    if not cfg.workload.is_trace:
+        return None
+    from loadgen.workload.errors import WorkloadError
+    from loadgen.workload.traces import read_trace
+
+    try:
+        return read_trace(cfg.workload.dataset_path or "", cfg.workload.dataset, cfg.workload.block_size)
+    except WorkloadError as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def check_context(max_input: int, max_output: int, max_model_len: int | None, model: str) -> None:
@@ -478,7 +494,8 @@ def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     spec = cfg.workload.spec(num_prompts=cfg.workload.num_prompts or 1, chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
     try:
-        pre.trace = workload.build_trace(spec, cfg.workload.replay(), max_model_len=pre.max_model_len)
+        pre.trace = workload.build_trace(spec, cfg.workload.replay(), max_model_len=pre.max_model_len,
+                                         trace=pre.trace_file)
     except WorkloadError as exc:
         raise PreflightError(str(exc)) from None
     pre.local_check = {"checked": workload.last_build.checked, "ok": True, "background": False}

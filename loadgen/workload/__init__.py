@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from loadgen.workload.fit import TokenizerView
     from loadgen.workload.replay import ReplayOptions
     from loadgen.workload.trace_prompts import TraceSet
+    from loadgen.workload.traces import Trace
 
 __all__ = [
     "DATASETS",
@@ -274,17 +275,19 @@ def _from_table(spec: WorkloadSpec, fingerprint: str) -> list[Prompt] | None:
 
 
 def build_trace(spec: WorkloadSpec, replay: ReplayOptions, tokenizer: Any = None, *,
-                max_model_len: int | None = None) -> TraceSet:
+                max_model_len: int | None = None, trace: Trace | None = None) -> TraceSet:
     """A trace replay (``spec.dataset`` one of ``TRACE_DATASETS``): the file read and checked,
     rows the server cannot take counted (``max_model_len``), release offsets, and prompts built
     when the runner asks for each, so a long trace never sits in memory as text.
 
     A spread sample of the prompts is built now and re-counted with the tokenizer
-    (``last_build.checked``); a disagreement is an error before anything is sent.
+    (``last_build.checked``); a disagreement is an error before anything is sent. ``trace``:
+    the file already read (``read_trace``), else it is read here.
     """
     validate_spec(spec)
     from loadgen.workload.fit import view_of
-    from loadgen.workload.trace_prompts import load_trace
+    from loadgen.workload.trace_prompts import build_replay
+    from loadgen.workload.traces import read_trace
 
     started = time.perf_counter()
     last_build.reset()
@@ -292,7 +295,10 @@ def build_trace(spec: WorkloadSpec, replay: ReplayOptions, tokenizer: Any = None
         tok = tokenizer if tokenizer is not None else load_tokenizer(spec.tokenizer)
     except TokenizerError as exc:
         raise WorkloadError(str(exc)) from None
-    replay_set = load_trace(spec, view_of(tok), replay, max_model_len)
+    if trace is None:
+        trace = read_trace(spec.dataset_path or "", spec.dataset, spec.block_size)
+    replay_set = build_replay(view_of(tok), trace, replay, chat=spec.chat, block_size=spec.block_size,
+                              seed=spec.seed, max_model_len=max_model_len)
     prompts = replay_set.prompts
     sample = check_sample(_Lengths(prompts))
     bad = check_lengths(tok, [prompts[p.id] for p in sample])

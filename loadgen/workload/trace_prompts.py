@@ -33,7 +33,7 @@ from loadgen.records import Prompt
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.pieces import PieceTable
 from loadgen.workload.replay import ReplayOptions, Selection, select
-from loadgen.workload.traces import Trace, read_trace
+from loadgen.workload.traces import Trace
 
 BLOCK_CACHE = 16_384  # block texts kept (~3.5 KB each at 512 tokens: ~60 MB at most)
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -139,10 +139,6 @@ class TracePrompts(Sequence[Prompt]):
         text = self.blocks.text
         return "".join([text(int(b), c) for b, c in zip(ids.tolist(), counts, strict=False) if c])
 
-    def token_blocks(self, i: int) -> list[int]:
-        """Prompt ``i``'s block ids (those its length uses)."""
-        return self.ids[i][: -(-self.input_lens[i] // self.blocks.block_size)].tolist()
-
 
 @dataclass
 class TraceSet:
@@ -183,7 +179,7 @@ def row_ids(trace: Trace, rows: np.ndarray, block_size: int) -> list[np.ndarray]
     return [np.arange(e - b, e, dtype=np.int64) for b, e in zip(blocks.tolist(), ends.tolist(), strict=True)]
 
 
-def build_trace(view: Any, trace: Trace, replay: ReplayOptions, *, chat: bool, block_size: int, seed: int,
+def build_replay(view: Any, trace: Trace, replay: ReplayOptions, *, chat: bool, block_size: int, seed: int,
                 max_model_len: int | None) -> TraceSet:
     """The replay of ``trace`` (prompts built lazily) for the tokenizer behind ``view``."""
     table = view.pieces
@@ -208,9 +204,3 @@ def build_trace(view: Any, trace: Trace, replay: ReplayOptions, *, chat: bool, b
     }
     return TraceSet(prompts, selection.release_s, info)
 
-
-def load_trace(spec: Any, view: Any, replay: ReplayOptions, max_model_len: int | None) -> TraceSet:
-    """Read the spec's trace file and prepare its replay (``spec``: a WorkloadSpec of a trace dataset)."""
-    trace = read_trace(spec.dataset_path or "", spec.dataset, spec.block_size)
-    return build_trace(view, trace, replay, chat=spec.chat, block_size=spec.block_size, seed=spec.seed,
-                       max_model_len=max_model_len)
