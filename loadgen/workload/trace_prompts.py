@@ -7,7 +7,7 @@ with what it puts after (the template's tail). The content tokens of a block are
 determined by its id alone, so two requests that share a leading run of ``k`` hash ids
 share exactly their first ``k * block_size`` tokens: the first two tokens of a block's
 content are a one-to-one function of its id (ids below 42,351² differ there for the
-DeepSeek-R1 table), the rest hashed from ``(seed, id, position)``. Traces without hash
+DeepSeek-R1 table), the rest a run of random pieces chosen by a hash of ``(seed, id)``. Traces without hash
 ids (Azure, BurstGPT) get fresh ids for every block: no two prompts share a block.
 
 Content is made of *pieces* (``loadgen.workload.pieces``): tokens that encode back to
@@ -16,13 +16,12 @@ encode; the set is still re-counted on a sample with the tokenizer after buildin
 
 Memory: a 12,000-request trace of ~12,000 tokens a prompt is ~1 GB of text, so nothing
 is built up front. :class:`TracePrompts` is a sequence whose items are built when the
-runner asks for them, which it does just before each release; a block's text is
-built once and kept in a bounded cache (shared blocks are joined, not rebuilt).
+runner asks for them, which it does just before each release. What is built once is
+the pool of random pieces every block is a slice of (:class:`BlockText`).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -35,16 +34,16 @@ from loadgen.workload.pieces import PieceTable
 from loadgen.workload.replay import ReplayOptions, Selection, select
 from loadgen.workload.traces import Trace
 
-BLOCK_CACHE = 16_384  # block texts kept (~3.5 KB each at 512 tokens: ~60 MB at most)
-_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+POOL_PIECES = 1 << 20  # random pieces joined once; a block's content is a slice of them (~7 MB)
+_M64 = (1 << 64) - 1
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser over a uint64 array (wrapping arithmetic): a cheap, good hash."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9) & _MASK
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB) & _MASK
-        return x ^ (x >> np.uint64(31))
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a cheap, well-spread hash of an integer."""
+    x &= _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
 
 
 @dataclass(frozen=True)
@@ -60,32 +59,37 @@ class Frame:
 
 
 class BlockText:
-    """A block's content text from its id: the same id, the same pieces, everywhere."""
+    """A block's content text from its id: the same id, the same pieces, everywhere.
+
+    Pieces 0 and 1 of block ``b`` are ``first[b % n]`` and ``second[(b // n) % n]`` (so
+    two ids below n² differ there); the rest is a run of a pool of random pieces joined
+    once, starting where the id hashes to. A block is then two lookups and a slice: a
+    prompt of 24 blocks is built in microseconds, just before its release, and nothing
+    per block is kept.
+    """
 
     def __init__(self, table: PieceTable, block_size: int, seed: int) -> None:
         self.table = table
         self.block_size = block_size
         n = table.size
         rng = np.random.default_rng([seed, 0x7A3CE])
-        self.first = rng.permutation(n)  # content piece 0 of block b: first[b % n]
-        self.second = rng.permutation(n)  # content piece 1: second[(b // n) % n]
-        self.salt = np.uint64(int(rng.integers(0, 2**63)))
-        self.text = functools.lru_cache(maxsize=BLOCK_CACHE)(self._text)
+        texts = table.texts
+        self.first = texts[rng.permutation(n)].tolist()
+        self.second = texts[rng.permutation(n)].tolist()
+        pool = rng.integers(0, n, size=max(POOL_PIECES, 4 * block_size))
+        self.pool = table.join(pool)
+        self.ends = np.concatenate(([0], np.cumsum(table.lengths[pool]))).tolist()  # char offset of each piece
+        self.starts = len(pool) - block_size  # a run of block_size - 2 pieces fits from any start below this
+        self.salt = seed * 0x9E3779B97F4A7C15
 
-    def index(self, block_id: int, count: int) -> np.ndarray:
-        """Table positions of the block's first ``count`` content pieces."""
-        n = self.table.size
-        pos = np.arange(count, dtype=np.uint64)
-        key = (np.uint64(block_id) << np.uint64(20)) + pos + self.salt
-        idx = (_mix(key) % np.uint64(n)).astype(np.int64)
-        if count > 0:
-            idx[0] = self.first[block_id % n]
-        if count > 1:
-            idx[1] = self.second[(block_id // n) % n]
-        return idx
-
-    def _text(self, block_id: int, count: int) -> str:
-        return self.table.join(self.index(block_id, count))
+    def text(self, block_id: int, count: int) -> str:
+        """The block's first ``count`` content pieces."""
+        n = len(self.first)
+        head = self.first[block_id % n]
+        if count <= 1:
+            return head if count == 1 else ""
+        at = _mix(block_id + self.salt) % self.starts
+        return head + self.second[(block_id // n) % n] + self.pool[self.ends[at]:self.ends[at + count - 2]]
 
 
 def block_counts(input_len: int, n_blocks: int, frame: Frame, block_size: int) -> list[int]:
