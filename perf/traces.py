@@ -65,7 +65,7 @@ def mooncake_hour(path: Path, n: int, span_s: float, mean_tokens: float, seed: i
     mean_blocks = mean_tokens / BLOCK
     while total < n:
         turns = int(rng.integers(1, 9))
-        blocks = max(1, int(rng.normal(mean_blocks * 0.6, mean_blocks * 0.2)))
+        blocks = max(1, int(rng.normal(mean_blocks * 0.8, mean_blocks * 0.25)))
         history = list(range(next_id, next_id + blocks))
         next_id += blocks
         conv = []

@@ -179,13 +179,13 @@ def _csv_rows(file: Path, path: str, fmt: str) -> Iterator[Row]:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
-            raise WorkloadError(f"{path}: empty file, no header; a {fmt} trace starts with "
+            raise WorkloadError(f"{path}: nothing to replay: it has no header or rows; {fmt} traces start with "
                                 f"{','.join(_CSV_COLUMNS[fmt])}")
         names = [h.strip() for h in header]
         missing = [c for c in (t_col, in_col, out_col) if c not in names]
         if missing:
             raise WorkloadError(f"{path}:1: missing column {', '.join(missing)} (header: {','.join(names)}); "
-                                f"a {fmt} trace needs {','.join((t_col, in_col, out_col))}: check --dataset-name")
+                                f"{fmt} traces need {','.join((t_col, in_col, out_col))}: check --dataset-name")
         ti, ii, oi = (names.index(c) for c in (t_col, in_col, out_col))
         width = max(ti, ii, oi) + 1
         parse_time = _wall_clock if fmt == "azure" else _float_seconds
