@@ -7,13 +7,15 @@ once, so the server costs little), like ``perf/footprint.py``.
 * ``rate``: an Azure-shaped trace (the code trace's input and output lengths when
   ``--azure FILE`` is given, else 2,048 / 28 tokens) with Poisson arrivals, replayed at
   ``--rate`` requests/s through ``--trace-speedup``: the result's release lateness
-  (``trace.lag_ms``: p50, p99, max) and whether the replay fell behind.
+  (``trace.lag_ms``: p50, p99, max) and whether the replay fell behind; with
+  ``--baseline``, alternated with the same rate from loadgen's own Poisson schedule
+  (2,048-token random prompts), whose queue time is the same lateness.
 * ``hour``: a one-hour Mooncake-shaped trace (``--requests`` requests, conversations whose
   turns grow by a few blocks and share their history's hash ids, ~12,000 input tokens on
   average), replayed whole at ``--speedup``: launch → the first trace request at the
   server ("ready to send"), and the client's peak RSS over the whole replay.
 
-    python perf/traces.py rate --rate 1000 --repeat 3
+    python perf/traces.py rate --rate 1000 --repeat 3 [--baseline]
     python perf/traces.py hour --repeat 3
 """
 
@@ -114,6 +116,17 @@ def rate(args: argparse.Namespace) -> None:
                    "achieved_req_s": res["request_throughput"], "lag_p50_ms": lag["p50"], "lag_p99_ms": lag["p99"],
                    "lag_max_ms": lag["max"], "loop_lag_p99_ms": res["loop_lag_p99_ms"], "rss_mb": rss / 1024,
                    "behind": float(res["trace"]["behind"])}
+            if args.baseline:  # the same load from loadgen's own Poisson schedule and random prompts, alternated
+                out = Path(tmp) / f"base{rep}"
+                code, _, _, err = run_cli(
+                    [*common(port, out), "--rate", str(args.rate), "--num-prompts", str(args.requests),
+                     "--input-len", "2048", "--output-len", "28", "--server-metrics", "off", "--no-verify-prompts"],
+                    args.client_cpu)
+                if code != 0:
+                    raise SystemExit(f"loadgen failed ({code}): {err}")
+                base = only_result(out)
+                row.update(base_queue_p50_ms=base["median_queue_ms"], base_queue_p99_ms=base["p99_queue_ms"],
+                           base_loop_lag_p99_ms=base["loop_lag_p99_ms"])
             rows.append(row)
             print(json.dumps({"repeat": rep, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
     print_medians(rows)
@@ -154,6 +167,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0, help="rate: requests/s after the speed-up")
     ap.add_argument("--requests", type=int, default=None, help="rate: 10,000; hour: 12,000")
     ap.add_argument("--azure", default=None, help="rate: draw lengths from this Azure CSV")
+    ap.add_argument("--baseline", action="store_true",
+                    help="rate: after each replay, the same rate as a random-prompt Poisson run (queue time = lag)")
     ap.add_argument("--mean-tokens", type=float, default=12_000.0, help="hour: mean input tokens")
     ap.add_argument("--speedup", type=float, default=60.0, help="hour: replay the hour this much faster")
     ap.add_argument("--server-cpu", type=int, default=0)

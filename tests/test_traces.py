@@ -382,3 +382,17 @@ def test_order_timing_under_a_concurrency_cap(private_cache, tmp_path: Path) -> 
     assert result["completed"] == trace["requests"] == 8
     assert result["max_concurrency_observed"] <= 2
     assert not math.isnan(result["request_throughput"])
+
+
+def test_replay_over_two_workers_keeps_prompts_lazy(private_cache, tmp_path: Path) -> None:
+    rows = mooncake_rows()
+    with stream_server("--ttft-ms", "1", "--itl-ms", "0", "--tokens", "2") as port:
+        res = run_cli("--base-url", f"http://127.0.0.1:{port}", "--tokenizer", "deepseek-r1",
+                      "--dataset-name", "mooncake", "--dataset-path", str(MOONCAKE), "--trace-speedup", "50",
+                      "--workers", "2", "--output-dir", str(tmp_path), "--no-progress", "--server-metrics", "off")
+    assert res.exit_code == 0, res.output
+    result, path = result_of(tmp_path)
+    assert result["workers"] == 2
+    assert result["completed"] == result["trace"]["requests"] == len(rows)
+    assert result["total_input_tokens"] == sum(r["input_length"] for r in rows)
+    assert "lag_ms" in result["trace"]

@@ -31,7 +31,7 @@ import numpy as np
 from loadgen.records import Prompt
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.pieces import PieceTable
-from loadgen.workload.replay import ReplayOptions, Selection, select
+from loadgen.workload.replay import ReplayOptions, select
 from loadgen.workload.traces import Trace
 
 POOL_PIECES = 1 << 20  # random pieces joined once; a block's content is a slice of them (~7 MB)
@@ -108,15 +108,21 @@ def block_counts(input_len: int, n_blocks: int, frame: Frame, block_size: int) -
 class TracePrompts(Sequence[Prompt]):
     """The prompts of a replay, each built when it is asked for (just before its release)."""
 
-    def __init__(self, blocks: BlockText, frame: Frame, ids: list[np.ndarray], selection: Selection,
-                 chat: bool) -> None:
+    def __init__(self, blocks: BlockText, frame: Frame, ids: list[np.ndarray], rows: list[int],
+                 input_lens: list[int], output_lens: list[int], chat: bool) -> None:
         self.blocks = blocks
         self.frame = frame
         self.ids = ids
-        self.rows = selection.rows.tolist()
-        self.input_lens = selection.input_lens.tolist()
-        self.output_lens = selection.output_lens.tolist()
+        self.rows = rows
+        self.input_lens = input_lens
+        self.output_lens = output_lens
         self.chat = chat
+
+    def subset(self, indices: Sequence[int]) -> TracePrompts:
+        """The prompts at ``indices``, still built on demand (one worker's share of a replay)."""
+        pick = [int(i) for i in indices]
+        return TracePrompts(self.blocks, self.frame, [self.ids[i] for i in pick], [self.rows[i] for i in pick],
+                            [self.input_lens[i] for i in pick], [self.output_lens[i] for i in pick], self.chat)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -197,7 +203,8 @@ def build_replay(view: Any, trace: Trace, replay: ReplayOptions, *, chat: bool, 
                             "server adds to every prompt; use a larger --block-size")
     selection = select(trace, replay, min_input=frame.min_input, max_model_len=max_model_len)
     prompts = TracePrompts(BlockText(table, block_size, seed), frame, row_ids(trace, selection.rows, block_size),
-                           selection, chat)
+                           selection.rows.tolist(), selection.input_lens.tolist(), selection.output_lens.tolist(),
+                           chat)
     info = {
         "file": trace.path, "format": trace.format, "rows": len(trace), "block_size": block_size,
         "timing": replay.timing, "speedup": replay.speedup, "start_s": replay.start_s, "end_s": replay.end_s,
