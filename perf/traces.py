@@ -96,6 +96,15 @@ def mooncake_hour(path: Path, n: int, span_s: float, mean_tokens: float, seed: i
     return float(np.mean(lengths))
 
 
+def replay(port: int, out: Path, cpu: int, *options: str) -> tuple[dict, float, int]:
+    """One loadgen run with ``options`` into ``out``: (its result, wall seconds, peak RSS in KiB)."""
+    code, wall, rss, err = run_cli([*common(port, out), *options, "--server-metrics", "off", "--no-verify-prompts"],
+                                   cpu)
+    if code != 0:
+        raise SystemExit(f"loadgen failed ({code}): {err}")
+    return only_result(out), wall, rss
+
+
 def rate(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, \
@@ -103,28 +112,16 @@ def rate(args: argparse.Namespace) -> None:
         trace = Path(tmp) / "azure.csv"
         azure_shaped(trace, args.requests, 1.0, args.azure)  # 1 req/s: --trace-speedup is the rate
         for rep in range(args.repeat):
-            out = Path(tmp) / f"out{rep}"
-            code, wall, rss, err = run_cli(
-                [*common(port, out), "--dataset-name", "azure", "--dataset-path", str(trace),
-                 "--trace-speedup", str(args.rate), "--server-metrics", "off", "--no-verify-prompts"],
-                args.client_cpu)
-            if code != 0:
-                raise SystemExit(f"loadgen failed ({code}): {err}")
-            res = only_result(out)
+            res, _, rss = replay(port, Path(tmp) / f"out{rep}", args.client_cpu, "--dataset-name", "azure",
+                                 "--dataset-path", str(trace), "--trace-speedup", str(args.rate))
             lag = res["trace"]["lag_ms"]
             row = {"offered_req_s": (res["trace"]["requests"] - 1) / res["trace"]["span_s"],
                    "achieved_req_s": res["request_throughput"], "lag_p50_ms": lag["p50"], "lag_p99_ms": lag["p99"],
                    "lag_max_ms": lag["max"], "loop_lag_p99_ms": res["loop_lag_p99_ms"], "rss_mb": rss / 1024,
                    "behind": float(res["trace"]["behind"])}
             if args.baseline:  # the same load from loadgen's own Poisson schedule and random prompts, alternated
-                out = Path(tmp) / f"base{rep}"
-                code, _, _, err = run_cli(
-                    [*common(port, out), "--rate", str(args.rate), "--num-prompts", str(args.requests),
-                     "--input-len", "2048", "--output-len", "28", "--server-metrics", "off", "--no-verify-prompts"],
-                    args.client_cpu)
-                if code != 0:
-                    raise SystemExit(f"loadgen failed ({code}): {err}")
-                base = only_result(out)
+                base, _, _ = replay(port, Path(tmp) / f"base{rep}", args.client_cpu, "--rate", str(args.rate),
+                                    "--num-prompts", str(args.requests), "--input-len", "2048", "--output-len", "28")
                 row.update(base_queue_p50_ms=base["median_queue_ms"], base_queue_p99_ms=base["p99_queue_ms"],
                            base_loop_lag_p99_ms=base["loop_lag_p99_ms"])
             rows.append(row)
@@ -141,16 +138,10 @@ def hour(args: argparse.Namespace) -> None:
         print(json.dumps({"trace": str(trace), "requests": args.requests, "mean_input_tokens": round(mean_in),
                           "bytes": trace.stat().st_size}), flush=True)
         for rep in range(args.repeat):
-            out = Path(tmp) / f"out{rep}"
             http_json(port, "/reset", "POST")
             launched = time.perf_counter_ns()
-            code, wall, rss, err = run_cli(
-                [*common(port, out), "--dataset-name", "mooncake", "--dataset-path", str(trace),
-                 "--trace-speedup", str(args.speedup), "--server-metrics", "off", "--no-verify-prompts"],
-                args.client_cpu)
-            if code != 0:
-                raise SystemExit(f"loadgen failed ({code}): {err}")
-            res = only_result(out)
+            res, wall, rss = replay(port, Path(tmp) / f"out{rep}", args.client_cpu, "--dataset-name", "mooncake",
+                                    "--dataset-path", str(trace), "--trace-speedup", str(args.speedup))
             arrivals = sorted(t["recv_ns"] for t in http_json(port, "/truth"))
             lag = res["trace"]["lag_ms"]
             row = {"ready_s": (arrivals[1] - launched) / 1e9, "rss_mb": rss / 1024, "wall_s": wall,

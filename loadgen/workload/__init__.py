@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loadgen.records import Prompt
+from loadgen.records import LazyPrompts, Prompt
 from loadgen.workload.cache import cache_path, load, save
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.lengths import length_bounds
@@ -311,7 +311,7 @@ def build_trace(spec: WorkloadSpec, replay: ReplayOptions, tokenizer: Any = None
     return replay_set
 
 
-class _Lengths(Sequence[Prompt]):
+class _Lengths(LazyPrompts):
     """A trace's prompts as lengths only (id = position), so a sample is chosen without building texts."""
 
     def __init__(self, prompts: Any) -> None:
@@ -320,7 +320,7 @@ class _Lengths(Sequence[Prompt]):
     def __len__(self) -> int:
         return len(self.lens)
 
-    def __getitem__(self, i: Any) -> Any:
+    def make(self, i: int) -> Prompt:
         return Prompt(i, self.lens[i], 0)
 
 

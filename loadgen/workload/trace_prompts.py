@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
-from loadgen.records import Prompt
+from loadgen.records import LazyPrompts, Prompt
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.pieces import PieceTable
 from loadgen.workload.replay import ReplayOptions, select
@@ -105,18 +105,20 @@ def block_counts(input_len: int, n_blocks: int, frame: Frame, block_size: int) -
     return counts
 
 
-class TracePrompts(Sequence[Prompt]):
-    """The prompts of a replay, each built when it is asked for (just before its release)."""
+@dataclass(eq=False)
+class TracePrompts(LazyPrompts):
+    """The prompts of a replay, each built when it is asked for (just before its release).
 
-    def __init__(self, blocks: BlockText, frame: Frame, ids: list[np.ndarray], rows: list[int],
-                 input_lens: list[int], output_lens: list[int], chat: bool) -> None:
-        self.blocks = blocks
-        self.frame = frame
-        self.ids = ids
-        self.rows = rows
-        self.input_lens = input_lens
-        self.output_lens = output_lens
-        self.chat = chat
+    ``rows`` are the trace rows sent (prompt ids), ``ids`` each one's block ids.
+    """
+
+    blocks: BlockText
+    frame: Frame
+    ids: list[np.ndarray]
+    rows: list[int]
+    input_lens: list[int]
+    output_lens: list[int]
+    chat: bool
 
     def subset(self, indices: Sequence[int]) -> TracePrompts:
         """The prompts at ``indices``, still built on demand (one worker's share of a replay)."""
@@ -127,14 +129,7 @@ class TracePrompts(Sequence[Prompt]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    @overload
-    def __getitem__(self, i: int) -> Prompt: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Prompt]: ...
-
-    def __getitem__(self, i: int | slice) -> Prompt | list[Prompt]:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
+    def make(self, i: int) -> Prompt:
         n_in = self.input_lens[i]
         text = self.content(i)
         if self.chat:
