@@ -396,3 +396,12 @@ def test_replay_over_two_workers_keeps_prompts_lazy(private_cache, tmp_path: Pat
     assert result["completed"] == result["trace"]["requests"] == len(rows)
     assert result["total_input_tokens"] == sum(r["input_length"] for r in rows)
     assert "lag_ms" in result["trace"]
+
+
+def test_search_refuses_a_trace() -> None:
+    from loadgen.search_cli import main as search_main
+
+    res = CliRunner().invoke(search_main, ["--slo", "ttft:p99=2000", "--dataset-name", "azure",
+                                           "--dataset-path", str(AZURE)])
+    assert res.exit_code == 2
+    assert "--trace-speedup" in res.output

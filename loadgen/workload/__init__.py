@@ -321,7 +321,7 @@ class _Lengths(LazyPrompts):
         return len(self.lens)
 
     def make(self, i: int) -> Prompt:
-        return Prompt(i, self.lens[i], 0)
+        return Prompt(i, int(self.lens[i]), 0)
 
 
 def spec_with(spec: WorkloadSpec, **changes: Any) -> WorkloadSpec:

@@ -109,40 +109,48 @@ def block_counts(input_len: int, n_blocks: int, frame: Frame, block_size: int) -
 class TracePrompts(LazyPrompts):
     """The prompts of a replay, each built when it is asked for (just before its release).
 
-    ``rows`` are the trace rows sent (prompt ids), ``ids`` each one's block ids.
+    ``rows`` are the trace rows sent (prompt ids). Prompt ``i``'s block ids are
+    ``hash_ids[id_from[i]:id_to[i]]``, or with no ``hash_ids`` (Azure, BurstGPT) the
+    integers ``id_from[i] .. id_to[i] - 1`` themselves: two numbers a request, however
+    many rows a trace has.
     """
 
     blocks: BlockText
     frame: Frame
-    ids: list[np.ndarray]
-    rows: list[int]
-    input_lens: list[int]
-    output_lens: list[int]
+    hash_ids: np.ndarray | None
+    id_from: np.ndarray
+    id_to: np.ndarray
+    rows: np.ndarray
+    input_lens: np.ndarray
+    output_lens: np.ndarray
     chat: bool
 
     def subset(self, indices: Sequence[int]) -> TracePrompts:
         """The prompts at ``indices``, still built on demand (one worker's share of a replay)."""
-        pick = [int(i) for i in indices]
-        return TracePrompts(self.blocks, self.frame, [self.ids[i] for i in pick], [self.rows[i] for i in pick],
-                            [self.input_lens[i] for i in pick], [self.output_lens[i] for i in pick], self.chat)
+        pick = np.asarray(indices, dtype=np.int64)
+        return TracePrompts(self.blocks, self.frame, self.hash_ids, self.id_from[pick], self.id_to[pick],
+                            self.rows[pick], self.input_lens[pick], self.output_lens[pick], self.chat)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def make(self, i: int) -> Prompt:
-        n_in = self.input_lens[i]
-        text = self.content(i)
+        row, n_in, n_out = int(self.rows[i]), int(self.input_lens[i]), int(self.output_lens[i])
+        text = self.content(i, n_in)
         if self.chat:
-            return Prompt(self.rows[i], n_in, self.output_lens[i], messages=[{"role": "user", "content": text}])
-        return Prompt(self.rows[i], n_in, self.output_lens[i], text=text)
+            return Prompt(row, n_in, n_out, messages=[{"role": "user", "content": text}])
+        return Prompt(row, n_in, n_out, text=text)
 
-    def content(self, i: int) -> str:
-        """Prompt ``i``'s content: its blocks' texts joined."""
-        ids = self.ids[i]
+    def block_ids(self, i: int) -> list[int]:
+        a, b = int(self.id_from[i]), int(self.id_to[i])
+        return list(range(a, b)) if self.hash_ids is None else self.hash_ids[a:b].tolist()
+
+    def content(self, i: int, n_in: int) -> str:
+        """Prompt ``i``'s content: its blocks' texts joined (a shortened prompt uses its leading blocks)."""
         size = self.blocks.block_size
-        counts = block_counts(self.input_lens[i], -(-self.input_lens[i] // size), self.frame, size)
+        counts = block_counts(n_in, -(-n_in // size), self.frame, size)
         text = self.blocks.text
-        return "".join([text(int(b), c) for b, c in zip(ids.tolist(), counts, strict=False) if c])
+        return "".join([text(b, c) for b, c in zip(self.block_ids(i), counts, strict=False) if c])
 
 
 @dataclass
@@ -175,13 +183,12 @@ def frame_of(view: Any, chat: bool) -> Frame:
     return Frame(head, view.frame.overhead - head)
 
 
-def row_ids(trace: Trace, rows: np.ndarray, block_size: int) -> list[np.ndarray]:
-    """Each row's block ids: the trace's hash ids, or fresh ones for traces without them."""
-    if trace.hash_ids is not None:
-        return [trace.ids_of(int(r)) for r in rows]
-    blocks = -(-trace.input_lens[rows] // block_size)
-    ends = np.cumsum(blocks)
-    return [np.arange(e - b, e, dtype=np.int64) for b, e in zip(blocks.tolist(), ends.tolist(), strict=True)]
+def id_ranges(trace: Trace, rows: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's block ids as ``[from, to)``: into the trace's hash ids, or fresh ids for traces without them."""
+    if trace.id_starts is not None:
+        return trace.id_starts[rows], trace.id_starts[rows + 1]
+    ends = np.cumsum(-(-trace.input_lens[rows] // block_size))
+    return ends - -(-trace.input_lens[rows] // block_size), ends
 
 
 def build_replay(view: Any, trace: Trace, replay: ReplayOptions, *, chat: bool, block_size: int, seed: int,
@@ -197,9 +204,9 @@ def build_replay(view: Any, trace: Trace, replay: ReplayOptions, *, chat: bool, 
         raise WorkloadError(f"--block-size {block_size} cannot hold the {frame.head + frame.tail} tokens the "
                             "server adds to every prompt; use a larger --block-size")
     selection = select(trace, replay, min_input=frame.min_input, max_model_len=max_model_len)
-    prompts = TracePrompts(BlockText(table, block_size, seed), frame, row_ids(trace, selection.rows, block_size),
-                           selection.rows.tolist(), selection.input_lens.tolist(), selection.output_lens.tolist(),
-                           chat)
+    id_from, id_to = id_ranges(trace, selection.rows, block_size)
+    prompts = TracePrompts(BlockText(table, block_size, seed), frame, trace.hash_ids, id_from, id_to,
+                           selection.rows, selection.input_lens, selection.output_lens, chat)
     info = {
         "file": trace.path, "format": trace.format, "rows": len(trace), "block_size": block_size,
         "timing": replay.timing, "speedup": replay.speedup, "start_s": replay.start_s, "end_s": replay.end_s,

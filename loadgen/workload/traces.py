@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import math
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,6 +68,7 @@ class Trace:
         return int(self.times_s.size)
 
     def ids_of(self, row: int) -> np.ndarray:
+        """Row ``row``'s hash ids (Mooncake)."""
         assert self.hash_ids is not None and self.id_starts is not None
         return self.hash_ids[self.id_starts[row]:self.id_starts[row + 1]]
 
@@ -81,12 +83,9 @@ def read_trace(path: str, fmt: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Tra
     if not file.is_file():
         raise WorkloadError(f"trace file '{path}' not found: pass --dataset-path to a local {fmt} trace")
     rows = _mooncake_rows(file, path, block_size) if fmt == "mooncake" else _csv_rows(file, path, fmt)
-    times: list[float] = []
-    ins: list[int] = []
-    outs: list[int] = []
-    lines: list[int] = []
-    ids: list[int] = []
-    starts = [0]
+    # typed arrays: a BurstGPT file has millions of rows
+    times, ins, outs, lines = array("d"), array("q"), array("q"), array("q")
+    ids, starts = array("q"), array("q", [0])
     skipped = 0
     for line, t, n_in, n_out, row_ids in rows:
         if times and t < times[-1]:
@@ -110,12 +109,12 @@ def read_trace(path: str, fmt: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Tra
     mooncake = fmt == "mooncake"
     return Trace(
         path=path, format=fmt,
-        times_s=np.asarray(times, dtype=np.float64) - t0,
-        input_lens=np.asarray(ins, dtype=np.int64),
-        output_lens=np.asarray(outs, dtype=np.int64),
-        lines=np.asarray(lines, dtype=np.int64),
-        hash_ids=np.asarray(ids, dtype=np.int64) if mooncake else None,
-        id_starts=np.asarray(starts, dtype=np.int64) if mooncake else None,
+        times_s=np.frombuffer(times, dtype=np.float64) - t0,
+        input_lens=np.frombuffer(ins, dtype=np.int64).copy(),
+        output_lens=np.frombuffer(outs, dtype=np.int64).copy(),
+        lines=np.frombuffer(lines, dtype=np.int64).copy(),
+        hash_ids=np.frombuffer(ids, dtype=np.int64).copy() if mooncake else None,
+        id_starts=np.frombuffer(starts, dtype=np.int64).copy() if mooncake else None,
         skipped_failed=skipped,
     )
 
