@@ -405,3 +405,28 @@ def test_search_refuses_a_trace() -> None:
                                            "--dataset-path", str(AZURE)])
     assert res.exit_code == 2
     assert "--trace-speedup" in res.output
+
+
+def test_window_gap_cap_and_shortening_from_the_command_line(private_cache, tmp_path: Path) -> None:
+    rows = azure_rows()
+    times = [(t - rows[0][0]) / np.timedelta64(1, "s") for t, _, _ in rows]
+    start, end, gap, limit = 0.05, 30.0, 0.5, 3000  # the window holds a 28 s idle gap
+    window = [i for i, t in enumerate(times) if start <= t < end]
+    over = [i for i in window if rows[i][1] + rows[i][2] > limit]
+    assert window and over
+    picked = [times[i] for i in window]
+    span = sum(min(b - a, gap) for a, b in zip(picked[:-1], picked[1:], strict=True))
+    with stream_server("--ttft-ms", "1", "--itl-ms", "0", "--tokens", "2", "--max-model-len", str(limit)) as port:
+        res = run_cli("--base-url", f"http://127.0.0.1:{port}", "--tokenizer", "deepseek-r1",
+                      "--dataset-name", "azure", "--dataset-path", str(AZURE), "--trace-start", str(start),
+                      "--trace-end", str(end), "--trace-max-gap", str(gap), "--trace-speedup", "4",
+                      "--trace-too-long", "shorten", "--output-dir", str(tmp_path), "--no-progress",
+                      "--server-metrics", "off")
+    assert res.exit_code == 0, res.output
+    result, _ = result_of(tmp_path)
+    trace = result["trace"]
+    assert trace["requests"] == result["completed"] == len(window)
+    assert trace["shortened"] == len(over) and trace["skipped_too_long"] == 0
+    assert trace["span_s"] == pytest.approx(span / 4)
+    kept = sum(rows[i][1] for i in window if i not in over)
+    assert kept < result["total_input_tokens"] <= kept + len(over) * limit
