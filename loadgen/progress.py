@@ -239,6 +239,7 @@ def sweep_table(results: Sequence[Mapping[str, Any]]) -> Table:
             f for f, on in (
                 ("partial", r.get("partial")),
                 ("saturated", r.get("client_saturated")),
+                ("behind", (r.get("trace") or {}).get("behind")),
                 ("mismatch", r.get("prompt_token_mismatches")),
             ) if on
         )
