@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loadgen.records import LazyPrompts, Prompt
+from loadgen.records import Prompt
 from loadgen.workload.cache import cache_path, load, save
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.lengths import length_bounds
@@ -286,7 +286,7 @@ def build_trace(spec: WorkloadSpec, replay: ReplayOptions, tokenizer: Any = None
     """
     validate_spec(spec)
     from loadgen.workload.fit import view_of
-    from loadgen.workload.trace_prompts import build_replay
+    from loadgen.workload.trace_prompts import Lengths, build_replay
     from loadgen.workload.traces import read_trace
 
     started = time.perf_counter()
@@ -300,7 +300,7 @@ def build_trace(spec: WorkloadSpec, replay: ReplayOptions, tokenizer: Any = None
     replay_set = build_replay(view_of(tok), trace, replay, chat=spec.chat, block_size=spec.block_size,
                               seed=spec.seed, max_model_len=max_model_len)
     prompts = replay_set.prompts
-    sample = check_sample(_Lengths(prompts))
+    sample = check_sample(Lengths(prompts))
     bad = check_lengths(tok, [prompts[p.id] for p in sample])
     if bad:
         pid, built, counted = bad[0]
@@ -309,19 +309,6 @@ def build_trace(spec: WorkloadSpec, replay: ReplayOptions, tokenizer: Any = None
     last_build.source, last_build.fitter, last_build.checked = "built", "pieces", len(sample)
     last_build.seconds = time.perf_counter() - started
     return replay_set
-
-
-class _Lengths(LazyPrompts):
-    """A trace's prompts as lengths only (id = position), so a sample is chosen without building texts."""
-
-    def __init__(self, prompts: Any) -> None:
-        self.lens = prompts.input_lens
-
-    def __len__(self) -> int:
-        return len(self.lens)
-
-    def make(self, i: int) -> Prompt:
-        return Prompt(i, int(self.lens[i]), 0)
 
 
 def spec_with(spec: WorkloadSpec, **changes: Any) -> WorkloadSpec:

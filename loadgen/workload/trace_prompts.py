@@ -153,6 +153,19 @@ class TracePrompts(LazyPrompts):
         return "".join([text(b, c) for b, c in zip(self.block_ids(i), counts, strict=False) if c])
 
 
+class Lengths(LazyPrompts):
+    """A replay's prompts as lengths only (id = position): a sample is chosen without building texts."""
+
+    def __init__(self, prompts: TracePrompts) -> None:
+        self.lens = prompts.input_lens
+
+    def __len__(self) -> int:
+        return len(self.lens)
+
+    def make(self, i: int) -> Prompt:
+        return Prompt(i, int(self.lens[i]), 0)
+
+
 @dataclass
 class TraceSet:
     """A replay ready to send: lazy prompts, their release offsets, and what was counted on the way."""

@@ -80,7 +80,7 @@ def read_trace(path: str, fmt: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Tra
     if block_size < 1:
         raise WorkloadError(f"--block-size must be at least 1 token, got {block_size}")
     file = Path(path).expanduser()
-    if not file.is_file():
+    if not file.exists() or file.is_dir():  # a pipe will do: it is read once, here
         raise WorkloadError(f"trace file '{path}' not found: pass --dataset-path to a local {fmt} trace")
     rows = _mooncake_rows(file, path, block_size) if fmt == "mooncake" else _csv_rows(file, path, fmt)
     # typed arrays: a BurstGPT file has millions of rows
