@@ -450,3 +450,16 @@ def test_chat_replay_needs_a_fencing_template(private_cache, tmp_path: Path) -> 
         build_trace(spec, ReplayOptions(limit=2), plain)
     text = WorkloadSpec(dataset="mooncake", dataset_path=str(MOONCAKE), tokenizer=str(folder))
     assert len(build_trace(text, ReplayOptions(limit=2), plain).prompts) == 2
+
+
+def test_trace_from_a_pipe_is_read_once(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(MOONCAKE.read_bytes()), daemon=True)
+    writer.start()
+    tr = read_trace(str(fifo), "mooncake")
+    writer.join(timeout=10)
+    assert len(tr) == len(mooncake_rows())
