@@ -435,15 +435,11 @@ def test_window_gap_cap_and_shortening_from_the_command_line(private_cache, tmp_
 def test_chat_replay_needs_a_fencing_template(private_cache, tmp_path: Path) -> None:
     """A plain-text ChatML-like template lets tokens merge across the message boundary: blocks could not be
     exact, so a chat replay is refused with the way out (completions works with the same tokenizer)."""
-    from loadgen.workload.tokenizer import bundled_tokenizer_dir, load_tokenizer
+    from loadgen.workload.tokenizer import load_tokenizer
+    from tests.conftest import tokenizer_with_template
 
-    src = bundled_tokenizer_dir()
-    folder = tmp_path / "chatml-tok"
-    folder.mkdir()
-    (folder / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
-    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
-    config["chat_template"] = "{% for m in messages %}user:\n{{ m['content'] }}\n{% endfor %}assistant:\n"
-    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    folder = tokenizer_with_template(
+        tmp_path / "chatml-tok", "{% for m in messages %}user:\n{{ m['content'] }}\n{% endfor %}assistant:\n")
     plain = load_tokenizer(str(folder))
     spec = WorkloadSpec(dataset="mooncake", dataset_path=str(MOONCAKE), chat=True, tokenizer=str(folder))
     with pytest.raises(WorkloadError, match="completions endpoint"):
