@@ -106,7 +106,20 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 # workload
 @_opt("--dataset-name", "--dataset", "dataset", type=click.Choice(DATASETS), default="random", show_default=True,
       help="Prompt source.")
-@_opt("--dataset-path", default=None, help="File for --dataset-name sharegpt or jsonl.")
+@_opt("--dataset-path", default=None, help="File for --dataset-name sharegpt, jsonl or a trace (mooncake, azure, burstgpt).")
+# trace replay (docs/workloads.md#trace-replay)
+@_opt("--block-size", type=int, default=512, show_default=True, help="Trace replay: prompt tokens per Mooncake hash id.")
+@_opt("--trace-speedup", type=float, default=1.0, show_default=True,
+      help="Trace replay: divide the trace's times by this (2: twice as fast).")
+@_opt("--trace-start", "trace_start_s", type=float, default=0.0, show_default=True,
+      help="Trace replay: seconds from the trace start where the window begins.")
+@_opt("--trace-end", "trace_end_s", type=float, default=None, help="Trace replay: where the window ends (s). [default: the end]")
+@_opt("--trace-max-gap", "trace_max_gap_s", type=float, default=None,
+      help="Trace replay: cap every idle gap between requests at this many seconds (before the speed-up).")
+@_opt("--trace-timing", type=click.Choice(["trace", "order"]), default="trace", show_default=True,
+      help="Trace replay: release at the trace's times (open loop), or in its order under --concurrency.")
+@_opt("--trace-too-long", type=click.Choice(["skip", "shorten"]), default="skip", show_default=True,
+      help="Trace requests longer than the server's context (max_model_len): skip and count them, or shorten them.")
 @_opt("--input-len", "--random-input-len", "--random-input", "input_len", type=int, default=1024, show_default=True,
       help="Prompt length in tokens (random prompts).")
 @_opt("--output-len", "--random-output-len", "--random-output", "output_len", type=int, default=128, show_default=True,
@@ -265,6 +278,7 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         num_prefixes=opts["num_prefixes"],
         input_len_counts=opts["input_len_counts"],
         verify_prompts=opts["verify_prompts"],
+        **_trace_fields(opts),
         rates=parse_rates(opts["rate"]),
         arrival=opts["arrival"],
         burstiness=opts["burstiness"],
@@ -298,6 +312,13 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         workers=opts["workers"] if opts["workers"] is not None else (0 if opts["ray_address"] else 1),
         ray_address=opts["ray_address"] or None,
     )
+
+
+def _trace_fields(opts: dict[str, Any]) -> dict[str, Any]:
+    """The trace replay options (absent from commands that reuse only loadgen's other options)."""
+    names = ("block_size", "trace_speedup", "trace_start_s", "trace_end_s", "trace_max_gap_s", "trace_timing",
+             "trace_too_long")
+    return {k: opts[k] for k in names if k in opts}
 
 
 def config_from_options(opts: dict[str, Any], explicit: set[str] | None = None) -> RunConfig:

@@ -24,7 +24,9 @@ from loadgen.metrics import DEFAULT_PERCENTILES, GOODPUT_METRICS
 from loadgen.protocols import BACKENDS
 from loadgen.schedule import ARRIVALS
 from loadgen.secrets import MASK, mask_url, split_credentials
-from loadgen.workload.spec import DATASETS, WorkloadSpec
+from loadgen.workload.errors import WorkloadError
+from loadgen.workload.replay import ReplayOptions
+from loadgen.workload.spec import DATASETS, TRACE_DATASETS, WorkloadSpec
 
 DEFAULT_RESULT_FILENAME = "{backend}-c{concurrency}-r{rate}-i{input_len}-o{output_len}-{date}.json"
 FILENAME_FIELDS = (
@@ -244,6 +246,13 @@ class WorkloadConfig:
     input_len_counts: str = "total"
     verify_prompts: bool | None = None  # None: when the server has /tokenize
     ignore_eos: bool | None = None  # None: on for random prompts, off for datasets
+    block_size: int = 512  # trace replay: tokens per hash id
+    trace_speedup: float = 1.0
+    trace_start_s: float = 0.0
+    trace_end_s: float | None = None
+    trace_max_gap_s: float | None = None
+    trace_timing: str = "trace"  # trace: open loop at the trace's times; order: under the concurrency cap
+    trace_too_long: str = "skip"  # requests beyond the server's context: skip | shorten
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -264,10 +273,27 @@ class WorkloadConfig:
             raise ConfigError(f"--prefix-len {self.prefix_len} leaves no room in --input-len {self.input_len}; make it smaller")
         if self.input_len_counts not in ("total", "content"):
             raise ConfigError(f"--input-len-counts must be total or content, got '{self.input_len_counts}'")
+        if self.block_size < 1:
+            raise ConfigError(f"--block-size must be >= 1 token, got {self.block_size}")
+        try:
+            self.replay().check()
+        except WorkloadError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def is_trace(self) -> bool:
+        return self.dataset in TRACE_DATASETS
+
+    def replay(self) -> ReplayOptions:
+        """The replay controls of a trace dataset (``--num-prompts`` limits the requests sent)."""
+        return ReplayOptions(speedup=self.trace_speedup, start_s=self.trace_start_s, end_s=self.trace_end_s,
+                             max_gap_s=self.trace_max_gap_s, limit=self.num_prompts, timing=self.trace_timing,
+                             too_long=self.trace_too_long)
 
     @property
     def effective_ignore_eos(self) -> bool:
-        return self.dataset == "random" if self.ignore_eos is None else self.ignore_eos
+        # a trace's output lengths are what production generated: ask for exactly those
+        return (self.dataset == "random" or self.is_trace) if self.ignore_eos is None else self.ignore_eos
 
     def spec(self, *, num_prompts: int, chat: bool, seed: int, tokenizer: str) -> WorkloadSpec:
         """The prompt set to build, once the tokenizer and the prompt count are known."""
@@ -275,7 +301,7 @@ class WorkloadConfig:
             dataset=self.dataset, num_prompts=num_prompts, input_len=self.input_len, output_len=self.output_len,
             range_ratio=self.range_ratio, dataset_path=self.dataset_path, prefix_len=self.prefix_len,
             num_prefixes=self.num_prefixes, chat=chat, input_len_counts=self.input_len_counts, seed=seed,
-            tokenizer=tokenizer,
+            tokenizer=tokenizer, block_size=self.block_size,
         )
 
 
@@ -408,6 +434,8 @@ class RunConfig:
                 raise ConfigError("a concurrency sweep writes one file per point: add {concurrency} to --result-filename")
             if len(s.rates) > 1 and "rate" not in names:
                 raise ConfigError("a rate sweep writes one file per point: add {rate} to --result-filename")
+        if self.workload.is_trace:
+            _check_trace_schedule(self.workload, s)
 
     @classmethod
     def from_flat(cls, **flat: Any) -> RunConfig:
@@ -493,6 +521,16 @@ class RunConfig:
         d["rates"] = [_rate_json(r) for r in self.schedule.rates]
         d["ignore_eos"] = self.effective_ignore_eos
         return d
+
+
+def _check_trace_schedule(w: WorkloadConfig, s: ScheduleConfig) -> None:
+    """A trace brings its own arrival times: the options that would set others are refused."""
+    if s.rates != (math.inf,):
+        raise ConfigError(f"--rate does not apply to --dataset-name {w.dataset}: the trace sets the arrival times; "
+                          "use --trace-speedup to replay faster or slower")
+    if w.trace_timing == "order" and None in s.concurrencies:
+        raise ConfigError("--trace-timing order sends the trace's requests in order as fast as a concurrency cap "
+                          "allows: give --concurrency N")
 
 
 def template_fields(template: str) -> set[str]:

@@ -154,6 +154,16 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
             f"{result['client_saturation_lag_p99_ms']:g} ms; latencies include the client's own delay. "
             "Lower --concurrency or run the client on a less busy machine."
         )
+    trace = result.get("trace") or {}
+    if trace.get("behind"):
+        out.append(
+            f"REPLAY BEHIND: requests went out {trace['lag_ms']['p99']:.1f} ms (p99) after their trace times; "
+            "the client did not keep up. Lower --trace-speedup or use --workers."
+        )
+    skipped = trace.get("skipped_too_long")
+    if skipped:
+        out.append(f"{skipped} trace request(s) longer than the server's context ({trace.get('max_model_len')} tokens) "
+                   "were skipped; --trace-too-long shorten sends them shortened.")
     return out
 
 
@@ -240,6 +250,7 @@ def sweep_table(results: Sequence[Mapping[str, Any]]) -> Table:
             f for f, on in (
                 ("partial", r.get("partial")),
                 ("saturated", r.get("client_saturated")),
+                ("behind", (r.get("trace") or {}).get("behind")),
                 ("mismatch", r.get("prompt_token_mismatches")),
                 ("warm-cache", (r.get("prefix_cache") or {}).get("warning")),
             ) if on

@@ -8,8 +8,9 @@ a preallocated object and nothing else; every figure is derived later, in
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,32 @@ class Prompt:
     output_len: int
     text: str | None = None
     messages: list[dict[str, Any]] | None = None
+
+
+class LazyPrompts(Sequence[Prompt]):
+    """Prompts made when they are asked for: ``make(i)`` for ``0 <= i < len(self)``.
+
+    The runner takes prompt ``i`` just before its release, so a long set need never be
+    in memory at once (a trace replay's prompts; a search probe cycling a built set).
+    """
+
+    def make(self, i: int) -> Prompt:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> Prompt: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Prompt]: ...
+
+    def __getitem__(self, i: int | slice) -> Prompt | list[Prompt]:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self.make(j) for j in range(*i.indices(n))]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        return self.make(i)
 
 
 @dataclass(slots=True)

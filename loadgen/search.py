@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from rich.console import Console
 
@@ -23,13 +23,13 @@ from loadgen import interrupts
 from loadgen.capacity import Estimate, Probe, SearchSpec, estimate, evaluate, next_load
 from loadgen.config import RunConfig, safe_filename_part
 from loadgen.fileio import atomic_write
-from loadgen.records import Prompt
+from loadgen.records import LazyPrompts, Prompt
 
 CAPACITY_SCHEMA = "loadgen-capacity/1"
 MAX_PROMPTS = 1_000_000  # a probe's prompt list is a cycling view, but its release timeline is an array
 
 
-class Cycled(Sequence[Prompt]):
+class Cycled(LazyPrompts):
     """``n`` prompts drawn in turn from a smaller built set, each with its own id.
 
     A probe needs as many requests as its load offers over its duration; building
@@ -47,18 +47,7 @@ class Cycled(Sequence[Prompt]):
     def __len__(self) -> int:
         return self.n
 
-    @overload
-    def __getitem__(self, i: int) -> Prompt: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Prompt]: ...
-
-    def __getitem__(self, i: int | slice) -> Prompt | list[Prompt]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if i < 0:
-            i += self.n
-        if not 0 <= i < self.n:
-            raise IndexError(i)
+    def make(self, i: int) -> Prompt:
         p = self.base[i % len(self.base)]
         return p if p.id == i else replace(p, id=i)
 

@@ -102,6 +102,9 @@ def _run(**opts: Any) -> None:
         if opts["warmup_s"] is None:
             opts["warmup_s"] = round(opts["duration_s"] * DEFAULT_WARMUP_SHARE, 3)
         cfg = config_from_options(opts)
+        if cfg.workload.is_trace:
+            raise ConfigError(f"--dataset-name {cfg.workload.dataset} is a trace with its own arrival times, and a "
+                              "search sets the load itself: replay the trace with loadgen (--trace-speedup)")
     except (ConfigError, SearchError) as exc:
         raise click.UsageError(str(exc)) from None
     from rich.console import Console

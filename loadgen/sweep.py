@@ -28,6 +28,7 @@ from loadgen.aggregate import Aggregate
 from loadgen.collect import PointCollector
 from loadgen.config import RunConfig, rate_label
 from loadgen.errors import LoadgenError, is_transient
+from loadgen.metrics import SATURATION_LAG_P99_MS
 from loadgen.progress import Progress, print_summary, sweep_table
 from loadgen.records import Prompt
 from loadgen.schedule import ArrivalSpec, release_offsets
@@ -55,6 +56,8 @@ class Preflight:
     recount: Any = None  # loadgen.workload.recount.Recount of a set built without its tokenizer
     cache_salt: str | None = None  # this run's --cache-salt
     cache_reset: dict[str, Any] | None = None  # the last --reset-prefix-cache outcome (loadgen.prefix_cache.reset)
+    trace: Any = None  # loadgen.workload.trace_prompts.TraceSet of a trace replay: its release times
+    trace_file: Any = None  # loadgen.workload.traces.Trace, read and checked before the server is asked anything
 
     def point_verification(self) -> dict[str, Any] | None:
         """The prompt checks a point's result records: the server's (``verify_prompts``)
@@ -162,6 +165,7 @@ def check_files(cfg: RunConfig) -> None:
 def preflight(cfg: RunConfig) -> Preflight:
     """Every cheap check, in order of cost, before any prompt is built."""
     check_files(cfg)
+    trace_file = read_trace_file(cfg)
     try:
         out_dir = results_mod.check_writable(cfg.output.output_dir)
     except PermissionError as exc:
@@ -216,7 +220,21 @@ def preflight(cfg: RunConfig) -> Preflight:
         max_model_len=max_model_len,
         server=facts or None,
         cache_salt=salt,
+        trace_file=trace_file,
     )
+
+
+def read_trace_file(cfg: RunConfig) -> Any:
+    """A trace dataset's file, read whole and checked before anything is sent (None for other datasets)."""
+    if not cfg.workload.is_trace:
+        return None
+    from loadgen.workload.errors import WorkloadError
+    from loadgen.workload.traces import read_trace
+
+    try:
+        return read_trace(cfg.workload.dataset_path or "", cfg.workload.dataset, cfg.workload.block_size)
+    except WorkloadError as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def check_context(max_input: int, max_output: int, max_model_len: int | None, model: str) -> None:
@@ -288,10 +306,12 @@ def finish_point(
     extra_fields: dict[str, Any] | None = None,
     cache_reset: dict[str, Any] | None = None,
     cache_salt: str | None = None,
+    trace: Any = None,
 ) -> dict[str, Any]:
     """Aggregates of one point → the result JSON and the interval log. No network.
 
-    ``extra_fields`` are added to the result JSON (the workers of a multi-process point).
+    ``extra_fields`` are added to the result JSON (the workers of a multi-process point);
+    ``trace`` (a TraceSet) adds the replay and its lag against the trace's times.
 
     The per-request store was written during the run; only the last batch is left.
     """
@@ -318,6 +338,8 @@ def finish_point(
         extra["repeat"] = {"index": info.repeat, "of": cfg.schedule.repeat}
     if cfg.schedule.warmup_s:
         extra["warmup_seconds"] = cfg.schedule.warmup_s
+    if trace is not None:
+        extra["trace"] = trace_section(trace, summary.stats["queue"])
     extra.update(extra_fields or {})
     info.warmup_requests = collector.warmup_requests
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
@@ -347,8 +369,8 @@ def point_setup(cfg: RunConfig, pre: Preflight, n_prompts: int, concurrency: int
     """Files, release timeline (seed + repeat - 1: repeats are independent samples), target
     and display title of one point."""
     files = point_paths(cfg, pre, concurrency, rate, date, repeat)
-    offsets = release_offsets(n_prompts, ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness),
-                              seed=cfg.seed + repeat - 1)
+    offsets = pre.trace.release_s if pre.trace is not None else release_offsets(
+        n_prompts, ArrivalSpec(rate, cfg.schedule.arrival, cfg.schedule.burstiness), seed=cfg.seed + repeat - 1)
     title = f"c={concurrency if concurrency is not None else 'unl.'} rate={rate_label(rate)}"
     if cfg.schedule.repeat > 1:
         title += f" repeat {repeat}/{cfg.schedule.repeat}"
@@ -474,7 +496,7 @@ def _run_point_here(
         server_version=pre.server_version, verification=pre.point_verification(),
         max_in_flight=outcome.max_in_flight, server=pre.server,
         cache_reset=pre.cache_reset, cache_salt=pre.cache_salt,
-        telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch),
+        telemetry=telemetry.result_keys(outcome.start_ns, outcome.end_ns, start_epoch), trace=pre.trace,
     )
     print_summary(result, console, str(files.result))
     return result
@@ -483,8 +505,33 @@ def _run_point_here(
 # ---------------------------------------------------------------- the whole run
 
 
-def build_prompts(cfg: RunConfig, pre: Preflight) -> list[Prompt]:
+def trace_section(trace: Any, queue: Any) -> dict[str, Any]:
+    """The result's ``trace`` key. Release lateness is the queue time (intended release →
+    sent): in an open-loop replay nothing else stands between the two."""
+    return trace.result_section(queue.median, queue.percentiles.get(99.0), queue.max,
+                                behind_p99_ms=SATURATION_LAG_P99_MS)
+
+
+def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
+    """A trace replay's prompts (built as they are released) and, in ``pre.trace``, its timeline."""
+    from loadgen import workload
+    from loadgen.workload.errors import WorkloadError
+
+    spec = cfg.workload.spec(num_prompts=cfg.workload.num_prompts or 1, chat=cfg.chat, seed=cfg.seed,
+                             tokenizer=pre.tokenizer_id)
+    try:
+        pre.trace = workload.build_trace(spec, cfg.workload.replay(), max_model_len=pre.max_model_len,
+                                         trace=pre.trace_file)
+    except WorkloadError as exc:
+        raise PreflightError(str(exc)) from None
+    pre.local_check = {"checked": workload.last_build.checked, "ok": True, "background": False}
+    return pre.trace.prompts
+
+
+def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     """The prompt set shared by every point (built once, before the clock starts)."""
+    if cfg.workload.is_trace:
+        return build_trace(cfg, pre)
     from loadgen import workload
     spec = cfg.workload.spec(num_prompts=cfg.prompts_needed(), chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
@@ -540,7 +587,9 @@ def run_all(
 ) -> list[dict[str, Any]]:
     """Pre-flight, prompts, then every point in order; stops after an interrupted point."""
     pre = preflight(cfg)
-    prompts = list((prompt_source or build_prompts)(cfg, pre))
+    prompts = (prompt_source or build_prompts)(cfg, pre)
+    if not isinstance(prompts, Sequence):
+        prompts = list(prompts)
     if not prompts:
         raise PreflightError("the workload produced no prompts; check --dataset-name/--dataset-path and the length filters")
     verify_prompts(cfg, pre, prompts, console)

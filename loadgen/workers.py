@@ -46,6 +46,7 @@ from loadgen import hdr
 from loadgen.aggregate import Aggregate
 from loadgen.records import Prompt
 from loadgen.store import StoreFiles
+from loadgen.workload.trace_prompts import TracePrompts
 
 if TYPE_CHECKING:
     from loadgen.config import RunConfig
@@ -97,7 +98,7 @@ class WorkerTask:
 
     index: int
     target: Any  # loadgen.runner.Target
-    prompts: list[Prompt]
+    prompts: Sequence[Prompt]  # a list, or a trace replay's lazy TracePrompts
     offsets_s: list[float]
     concurrency: int | None
     warmup: int
@@ -275,7 +276,8 @@ def plan_tasks(
         WorkerTask(
             index=k,
             target=target,
-            prompts=[prompts[i] for i in idx],
+            # a trace replay's prompts stay lazy: each worker builds its own just before release
+            prompts=prompts.subset(idx) if isinstance(prompts, TracePrompts) else [prompts[i] for i in idx],
             offsets_s=offsets_s[idx].tolist(),
             concurrency=limits[k],
             warmup=warm[k],
@@ -520,7 +522,7 @@ def run_point_workers(
         cfg, info, collector, 0, merged.span_ns, merged.lag_samples_ns, files,
         server_version=pre.server_version, verification=pre.point_verification(), max_in_flight=merged.max_in_flight,
         server=pre.server, cache_reset=pre.cache_reset, cache_salt=pre.cache_salt,
-        telemetry=telemetry.result_keys(ended_ns - merged.span_ns, ended_ns, start_epoch),
+        telemetry=telemetry.result_keys(ended_ns - merged.span_ns, ended_ns, start_epoch), trace=pre.trace,
         extra_fields={
             "per_request": per_request,
             "workers": len(tasks),

@@ -124,6 +124,21 @@ def load_hf_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def tokenizer_with_template(folder: Path, template: str) -> Path:
+    """A copy of the bundled DeepSeek-R1 tokenizer in ``folder`` with another chat template."""
+    import json
+
+    from loadgen.workload.tokenizer import bundled_tokenizer_dir
+
+    src = bundled_tokenizer_dir()
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def hf():
     """The bundled DeepSeek-R1 tokenizer loaded by transformers (the reference)."""

@@ -225,3 +225,48 @@ def test_real_capacity_search_answers_with_an_interval(server, tmp_path: Path) -
     assert all((tmp_path / p["file"]).is_file() for p in rec["probes"])
     assert json.loads(outcome.path.read_text())["capacity"] == rec["capacity"]
     assert took < 120, took
+
+
+@pytest.mark.parametrize("backend", ["openai", "openai-chat"])
+def test_mooncake_replay_shares_exactly_the_shared_blocks(server, tokenizer, tmp_path: Path, backend: str) -> None:
+    """A Mooncake-style trace against real vLLM: the server counts every prompt as built, a row beyond its
+    max_model_len is skipped, and vLLM's own tokenizer finds exactly the shared blocks shared."""
+    from loadgen.workload import WorkloadSpec, build_trace
+    from loadgen.workload.replay import ReplayOptions
+    from tests.test_traces import shared_leading
+
+    block = 64
+    rows = [([1, 2, 3], 180), ([1, 2, 4, 5], 250), ([1, 6], 100), ([9, 10], 128), ([1, 2, 3, 11], 200),
+            (list(range(100, 140)), 2500)]  # the last: beyond the tiny model's 2,048-token context
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": 50 * i, "input_length": n, "output_length": 8, "hash_ids": ids})
+                             + "\n" for i, (ids, n) in enumerate(rows)))
+    argv = [sys.executable, "-c", "from loadgen.cli import main; main()", "--base-url", server.base_url,
+            "--backend", backend, "--model", SERVED, "--tokenizer", str(MODEL_DIR), "--dataset-name", "mooncake",
+            "--dataset-path", str(trace), "--block-size", str(block), "--output-dir", str(tmp_path / "out"),
+            "--no-progress"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (path,) = (tmp_path / "out").glob("*.json")
+    result = json.loads(path.read_text())
+    assert result["trace"]["skipped_too_long"] == 1
+    assert result["completed"] == len(rows) - 1
+    assert result["prompt_token_mismatches"] == 0 and result["prompt_tokens_checked"] == len(rows) - 1
+    # the same prompts, counted by vLLM's /tokenize: shared hash ids are shared tokens, no more
+    spec = WorkloadSpec(dataset="mooncake", dataset_path=str(trace), chat=backend == "openai-chat",
+                        tokenizer=str(MODEL_DIR), block_size=block)
+    prompts = build_trace(spec, ReplayOptions(), tokenizer, max_model_len=2048).prompts
+    ids = []
+    for p in prompts:
+        body = {"model": SERVED, "messages": p.messages, "add_generation_prompt": True} if p.messages \
+            else {"model": SERVED, "prompt": p.text}
+        ids.append(post(server.base_url, "/tokenize", body)["tokens"])
+        assert len(ids[-1]) == p.input_len
+    tail = shared_leading(ids[0][::-1], ids[3][::-1])
+    for a in range(len(ids)):
+        for b in range(a):
+            k = shared_leading(rows[a][0], rows[b][0])
+            if k:
+                shorter = min(len(ids[a]), len(ids[b]))
+                want = min(k * block, shorter) - (tail if k * block >= shorter else 0)
+                assert shared_leading(ids[a], ids[b]) == want, (a, b)

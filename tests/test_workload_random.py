@@ -22,7 +22,7 @@ from loadgen.workload.lengths import length_bounds
 from loadgen.workload.pieces import PieceTable
 from loadgen.workload.random_prompts import build_random
 from loadgen.workload.tokenizer import bundled_tokenizer_dir, load_tokenizer
-from tests.conftest import load_hf_tokenizer
+from tests.conftest import load_hf_tokenizer, tokenizer_with_template
 
 EXACT_NS = [1, 2, 16, 128, 256, 1024, 4096]
 
@@ -281,16 +281,11 @@ def test_classic_fitter_is_exact_too(view, hf) -> None:
 def test_template_without_special_token_fences_is_fitted_whole(tmp_path: Path) -> None:
     """A ChatML-like template in plain text: tokens can merge across the template
     boundary, so every prompt's whole templated length is fitted and counted."""
-    src = bundled_tokenizer_dir()
-    folder = tmp_path / "chatml-tok"
-    folder.mkdir()
-    (folder / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
-    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
-    config["chat_template"] = (
+    folder = tokenizer_with_template(
+        tmp_path / "chatml-tok",
         "{% for m in messages %}user:\n{{ m['content'] }}\nend\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant:\n{% endif %}"
+        "{% if add_generation_prompt %}assistant:\n{% endif %}",
     )
-    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     plain = load_tokenizer(str(folder))
     view = TokenizerView(plain)
     assert not view.frame.isolated

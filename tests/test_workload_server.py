@@ -21,6 +21,7 @@ from loadgen.workload import (
     verify_with_server,
 )
 from loadgen.workload.tokenizer import bundled_tokenizer_dir
+from tests.conftest import tokenizer_with_template
 
 N = 256
 MODEL = "deepseek-r1"
@@ -91,13 +92,9 @@ def test_skewed_server_tokenizer_is_caught_with_cause_and_fix(sim_server, tok, t
 
 
 def test_chat_template_skew_is_named(sim_server, tok, tmp_path: Path) -> None:
-    src = bundled_tokenizer_dir()
-    folder = tmp_path / "other-template"
-    folder.mkdir()
-    (folder / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
-    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
-    config["chat_template"] = "{{ bos_token }}{% for m in messages %}<｜User｜>{{ m['content'] }}{% endfor %}<｜Assistant｜><think>\n"
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    folder = tokenizer_with_template(
+        tmp_path / "other-template",
+        "{{ bos_token }}{% for m in messages %}<｜User｜>{{ m['content'] }}{% endfor %}<｜Assistant｜><think>\n")
     server = sim_server("--tokenizer", str(folder))
     prompts = build_prompts(WorkloadSpec(num_prompts=8, input_len=64, chat=True, seed=4), tok)
     result = verify_with_server(server.base_url, MODEL, prompts, sample=8)

@@ -31,7 +31,7 @@ from loadgen.records import Prompt
 from loadgen.workload.cache import cache_path, cacheable, load, save
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.lengths import length_bounds
-from loadgen.workload.spec import DATASETS, WorkloadSpec
+from loadgen.workload.spec import DATASETS, TRACE_DATASETS, WorkloadSpec
 from loadgen.workload.tokenizer import (
     Tokenizer,
     TokenizerError,
@@ -49,6 +49,9 @@ from loadgen.workload.verify import (
 
 if TYPE_CHECKING:
     from loadgen.workload.fit import TokenizerView
+    from loadgen.workload.replay import ReplayOptions
+    from loadgen.workload.trace_prompts import TraceSet
+    from loadgen.workload.traces import Trace
 
 __all__ = [
     "DATASETS",
@@ -58,6 +61,7 @@ __all__ = [
     "WorkloadError",
     "WorkloadSpec",
     "build_prompts",
+    "build_trace",
     "check_lengths",
     "check_sample",
     "prompt_token_mismatches",
@@ -92,6 +96,8 @@ def validate_spec(spec: WorkloadSpec) -> None:
         raise WorkloadError("--prefix-len applies to the random dataset only")
     if spec.dataset != "random" and not spec.dataset_path:
         raise WorkloadError(f"the {spec.dataset} dataset needs --dataset-path to a local file")
+    if spec.dataset in TRACE_DATASETS and spec.block_size < 1:
+        raise WorkloadError(f"--block-size must be at least 1 token, got {spec.block_size}")
     if spec.dataset == "sharegpt" and not (0 <= spec.min_input_len <= spec.max_input_len <= spec.max_total_len):
         raise WorkloadError(
             "ShareGPT filters must satisfy 0 <= min input length <= max input length <= max total length"
@@ -215,6 +221,10 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
     says the caller owes the set a re-count (:class:`~loadgen.workload.recount.Recount`).
     """
     validate_spec(spec)
+    if spec.dataset in TRACE_DATASETS:  # built whole here (the CLI builds traces lazily: build_trace)
+        from loadgen.workload.replay import ReplayOptions
+
+        return list(build_trace(spec, ReplayOptions(limit=spec.num_prompts), tokenizer).prompts)
     if defer_check and tokenizer is None:
         # loaded here already (a notebook, a second sweep): counting now costs only the encode
         tokenizer = loaded_tokenizer(spec.tokenizer)
@@ -263,6 +273,43 @@ def _from_table(spec: WorkloadSpec, fingerprint: str) -> list[Prompt] | None:
     if prompts is not None:
         last_build.fitter, last_build.deferred = "pieces", True
     return prompts
+
+
+def build_trace(spec: WorkloadSpec, replay: ReplayOptions, tokenizer: Any = None, *,
+                max_model_len: int | None = None, trace: Trace | None = None) -> TraceSet:
+    """A trace replay (``spec.dataset`` one of ``TRACE_DATASETS``): the file read and checked,
+    rows the server cannot take counted (``max_model_len``), release offsets, and prompts built
+    when the runner asks for each, so a long trace never sits in memory as text.
+
+    A spread sample of the prompts is built now and re-counted with the tokenizer
+    (``last_build.checked``); a disagreement is an error before anything is sent. ``trace``:
+    the file already read (``read_trace``), else it is read here.
+    """
+    validate_spec(spec)
+    from loadgen.workload.fit import view_of
+    from loadgen.workload.trace_prompts import Lengths, build_replay
+    from loadgen.workload.traces import read_trace
+
+    started = time.perf_counter()
+    last_build.reset()
+    try:
+        tok = tokenizer if tokenizer is not None else load_tokenizer(spec.tokenizer)
+    except TokenizerError as exc:
+        raise WorkloadError(str(exc)) from None
+    if trace is None:
+        trace = read_trace(spec.dataset_path or "", spec.dataset, spec.block_size)
+    replay_set = build_replay(view_of(tok), trace, replay, chat=spec.chat, block_size=spec.block_size,
+                              seed=spec.seed, max_model_len=max_model_len)
+    prompts = replay_set.prompts
+    sample = check_sample(Lengths(prompts))
+    bad = check_lengths(tok, [prompts[p.id] for p in sample])
+    if bad:
+        pid, built, counted = bad[0]
+        raise WorkloadError(f"trace row {pid} was built to {built} tokens but the tokenizer counts {counted}: "
+                            "the tokenizer's piece table is stale; delete ~/.cache/loadgen/tokenizers and run again")
+    last_build.source, last_build.fitter, last_build.checked = "built", "pieces", len(sample)
+    last_build.seconds = time.perf_counter() - started
+    return replay_set
 
 
 def spec_with(spec: WorkloadSpec, **changes: Any) -> WorkloadSpec:

@@ -10,6 +10,7 @@ count it, so verification works for your prompts too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,43 +41,50 @@ def _output_len(row: dict[str, Any], spec: WorkloadSpec, where: str) -> int:
     return value
 
 
+def json_objects(path: Path, shown: str, expect: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Each non-blank line of a JSON-lines file as ``(line, "FILE:LINE", object)``; a line that is
+    not a JSON object is a one-line error naming it (``expect``: what the object holds)."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            where = f"{shown}:{lineno}"
+            try:
+                row = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise WorkloadError(f"{where}: not valid JSON ({exc}); write one JSON object a line") from None
+            if not isinstance(row, dict):
+                raise WorkloadError(f"{where}: expected an object with {expect}")
+            yield lineno, where, row
+
+
 def build_jsonl(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
     path = Path(spec.dataset_path or "").expanduser()
     if not readable_source(str(path)):
         raise WorkloadError(f"JSONL file '{spec.dataset_path}' not found: pass --dataset-path to a local .jsonl file")
     prompts: list[Prompt] = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            where = f"{spec.dataset_path}:{lineno}"
-            try:
-                row = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise WorkloadError(f"{where}: not valid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise WorkloadError(f"{where}: expected an object with 'prompt' or 'messages'")
-            output_len = _output_len(row, spec, where)
-            pid = len(prompts)
-            if "messages" in row:
-                messages = _messages(row["messages"], where)
-                if not spec.chat:
-                    raise WorkloadError(
-                        f"{where}: has 'messages' but the run sends completions; benchmark the chat endpoint "
-                        "or give 'prompt' text"
-                    )
+    for _, where, row in json_objects(path, spec.dataset_path or "", "'prompt' or 'messages'"):
+        output_len = _output_len(row, spec, where)
+        pid = len(prompts)
+        if "messages" in row:
+            messages = _messages(row["messages"], where)
+            if not spec.chat:
+                raise WorkloadError(
+                    f"{where}: has 'messages' but the run sends completions; benchmark the chat endpoint "
+                    "or give 'prompt' text"
+                )
+            prompts.append(Prompt(pid, view.count_messages(messages), output_len, messages=messages))
+        elif isinstance(row.get("prompt"), str) and row["prompt"]:
+            text = row["prompt"]
+            if spec.chat:
+                messages = [{"role": "user", "content": text}]
                 prompts.append(Prompt(pid, view.count_messages(messages), output_len, messages=messages))
-            elif isinstance(row.get("prompt"), str) and row["prompt"]:
-                text = row["prompt"]
-                if spec.chat:
-                    messages = [{"role": "user", "content": text}]
-                    prompts.append(Prompt(pid, view.count_messages(messages), output_len, messages=messages))
-                else:
-                    prompts.append(Prompt(pid, view.count_text(text), output_len, text=text))
             else:
-                raise WorkloadError(f"{where}: needs a non-empty 'prompt' string or a 'messages' list")
-            if len(prompts) == spec.num_prompts:
-                return prompts
+                prompts.append(Prompt(pid, view.count_text(text), output_len, text=text))
+        else:
+            raise WorkloadError(f"{where}: needs a non-empty 'prompt' string or a 'messages' list")
+        if len(prompts) == spec.num_prompts:
+            return prompts
     if not prompts:
         raise WorkloadError(f"'{spec.dataset_path}' has no prompts: write one JSON object per line")
     raise WorkloadError(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The prompt sources loadgen.workload can build (the --dataset-name choices).
-DATASETS = ("random", "sharegpt", "jsonl")
+DATASETS = ("random", "sharegpt", "jsonl", "mooncake", "azure", "burstgpt")
+# The request traces among them: replayed at their own times (loadgen.workload.traces).
+TRACE_DATASETS = ("mooncake", "azure", "burstgpt")
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,4 @@ class WorkloadSpec:
     min_input_len: int = 4  # sharegpt filters (vLLM-like)
     max_input_len: int = 1024
     max_total_len: int = 2048
+    block_size: int = 512  # traces: tokens per hash id (Mooncake's --block-size)

@@ -60,6 +60,8 @@ class Options:
     stall_ms: float = 2000.0
     truth: bool = True
     model: str = "stream-test"
+    record: str | None = None  # append every request body to this file (one JSON a line)
+    max_model_len: int | None = None  # stated in /v1/models
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Stats:
     max_in_flight: int = 0
     connections: int = 0
     truth: list[dict] = field(default_factory=list)
+    record: object = None  # the open --record file
 
 
 _WHOLE_RESPONSES: dict[tuple, bytes] = {}
@@ -238,7 +241,10 @@ class StreamServerProtocol(asyncio.Protocol):
     def handle(self, method: str, path: bytes, body: bytes, recv_ns: int) -> None:
         stats = self.stats
         if method == "GET" and path.startswith(b"/v1/models"):
-            self.send_plain("200 OK", orjson.dumps({"object": "list", "data": [{"id": self.opts.model, "object": "model"}]}))
+            model = {"id": self.opts.model, "object": "model"}
+            if self.opts.max_model_len:
+                model["max_model_len"] = self.opts.max_model_len
+            self.send_plain("200 OK", orjson.dumps({"object": "list", "data": [model]}))
             return
         if method == "GET" and path.startswith(b"/stats"):
             self.send_plain("200 OK", orjson.dumps({
@@ -265,6 +271,8 @@ class StreamServerProtocol(asyncio.Protocol):
             return
         stats.requests += 1
         seq = stats.requests
+        if stats.record is not None:
+            stats.record.write(body + b"\n")  # type: ignore[attr-defined]
         opts = self.opts
         fault = opts.fail_kind if opts.fail_every and seq % opts.fail_every == 0 else None
         if fault == "429":
@@ -395,7 +403,7 @@ class Stream:
 
 async def serve(host: str, port: int, opts: Options, ready: asyncio.Future | None = None) -> None:
     loop = asyncio.get_running_loop()
-    stats = Stats()
+    stats = Stats(record=open(opts.record, "ab", buffering=0) if opts.record else None)  # noqa: SIM115
     server = await loop.create_server(lambda: StreamServerProtocol(opts, stats), host, port, backlog=4096)
     bound = server.sockets[0].getsockname()[1]
     print(f"LISTENING {bound}", flush=True)
@@ -447,13 +455,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
     ap.add_argument("--stall-ms", type=float, default=2000.0)
     ap.add_argument("--no-truth", action="store_true", help="do not log send stamps")
     ap.add_argument("--model", default="stream-test")
+    ap.add_argument("--record", default=None, help="append every request body to this file (JSON lines)")
+    ap.add_argument("--max-model-len", type=int, default=None, help="max_model_len stated in /v1/models")
     ap.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     args = ap.parse_args(argv)
     opts = Options(ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, tokens=args.tokens,
                    tokens_per_chunk=args.tokens_per_chunk, usage=not args.no_usage,
                    close_after_response=args.close_after_response, content_type=args.content_type,
                    fail_every=args.fail_every, fail_kind=args.fail_kind, stall_ms=args.stall_ms,
-                   truth=not args.no_truth, model=args.model)
+                   truth=not args.no_truth, model=args.model, record=args.record, max_model_len=args.max_model_len)
     return args, opts
 
 
