@@ -9,7 +9,6 @@ The server runs with VLLM_SERVER_DEV_MODE=1, which is what serves POST /reset_pr
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from pathlib import Path

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import process, vllm_cpu
+from launcher import vllm_cpu
 from loadgen.store import read_requests
 from tests.real_vllm import MARKS, SERVED
 
