@@ -244,6 +244,67 @@ def test_sigterm_to_the_parent_stops_every_worker_and_keeps_their_requests(sim_s
     assert not [p for p in workers if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()]
 
 
+def _wait_for_rows(folder: Path, workers: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Until every worker's store holds a row: each is past its start, inside the measured phase."""
+    from loadgen.store import HEADER_BYTES
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        files = [folder.glob(f"*.w{k}.requests.npy") for k in range(workers)]
+        if all(any(f.stat().st_size > HEADER_BYTES for f in fs) for fs in files):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the workers stored no rows (exit {proc.poll()})")
+
+
+HUNG = [*SLOW[:1], "80", *SLOW[2:]]  # 80 requests: 15 s per worker, the hung one is caught long before
+
+
+def test_a_stopped_worker_is_killed_and_named_and_the_point_finishes(sim_server, tmp_path: Path) -> None:
+    """kill -STOP one worker mid-run: its heartbeat stops, the parent kills it, the other finishes its share."""
+    srv = _slow_sim(sim_server, tmp_path)
+    out = tmp_path / "out"
+    proc = _start(["--base-url", srv.base_url, *HUNG, "--output-dir", str(out)])
+    try:
+        workers = _wait_for_workers(proc, 2)
+        _wait_for_rows(out, 2, proc)
+        os.kill(workers[1], signal.SIGSTOP)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = proc.stderr.read().decode()
+    assert proc.returncode == 0, stderr
+    res = only_result(out)
+    assert res["partial"] is True and res["workers_failed"] == [1]
+    assert "stopped reporting" in res["per_worker"][1]["error"]
+    assert res["per_worker"][0]["completed"] == 40 and res["completed"] == 40
+    assert "worker 1" in proc.stdout.read().decode()
+    assert not _children(proc.pid)
+
+
+def test_sigterm_ends_the_parent_in_bounded_time_with_a_stopped_worker(sim_server, tmp_path: Path) -> None:
+    srv = _slow_sim(sim_server, tmp_path)
+    out = tmp_path / "out"
+    proc = _start(["--base-url", srv.base_url, *HUNG, "--output-dir", str(out)])
+    try:
+        workers = _wait_for_workers(proc, 2)
+        _wait_for_rows(out, 2, proc)
+        os.kill(workers[1], signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=40)  # grace 1 s + the 5 s heartbeat (+ 10 s slack at most), whatever the machine
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, proc.stderr.read().decode()
+    res = only_result(out)
+    assert res["partial"] is True and res["workers_failed"] == [1]
+    assert res["per_worker"][0]["partial"] and res["per_worker"][0]["completed"] > 0
+    assert not [p for p in workers if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()]
+
+
 def test_ray_address_without_ray_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
