@@ -341,7 +341,7 @@ def test_a_hostile_metrics_page_never_holds_up_the_run(sim_fast, hostile_page: d
     assert result["completed"] == 8
     sm = result["server_metrics"]
     assert sm["scrapes"] == 0
-    reason = "too slowly" if mode == "drip" else "larger than 4 MiB"
+    reason = "too slowly" if mode == "drip" else "larger than 1 MiB"
     assert reason in sm["message"] and "\n" not in sm["message"] and len(sm["message"]) < 400
     notes = [line for line in res.stdout.splitlines() if "server metrics not recorded" in line]
     assert len(notes) == 1 and len(res.stdout) < 20_000 and "Traceback" not in res.stderr
