@@ -459,7 +459,10 @@ def _run_point_here(
 
 def build_prompts(cfg: RunConfig, pre: Preflight) -> list[Prompt]:
     """The prompt set shared by every point (built once, before the clock starts)."""
-    from loadgen import workload
+    from loadgen import budget, workload
+    problem = budget.too_many_prompts(cfg.prompts_needed(), cfg.max_input_len(), budget.available_bytes())
+    if problem is not None:
+        raise PreflightError(problem)
     spec = cfg.workload.spec(num_prompts=cfg.prompts_needed(), chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
     from loadgen.workload.errors import WorkloadError
