@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -324,6 +325,42 @@ def test_bad_worker_count_is_a_one_line_error() -> None:
     assert "--workers must be >= 1" in line
 
 
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    """An ordinary HTTP server on 127.0.0.1: listening, answering, and not Ray."""
+    import http.server
+    import threading
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("where", ["nothing", "http", "bad-port", "env-garbage"])
+def test_an_address_without_a_ray_cluster_is_one_line_in_seconds(sim_fast, http_port: int, tmp_path: Path,
+                                                                  where: str) -> None:
+    pytest.importorskip("ray")
+    address = {"nothing": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{http_port}",
+               "bad-port": "127.0.0.1:70000", "env-garbage": "auto"}[where]
+    env = {**os.environ, "RAY_ADDRESS": "not an address" if where == "env-garbage" else ""}
+    started = time.monotonic()
+    r = loadgen("--base-url", sim_fast.base_url, "--ray-address", address, "--workers", "2", "--num-prompts", "4",
+                "--tokenizer", "deepseek-r1", "--no-progress", "--output-dir", str(tmp_path), timeout=120, env=env)
+    took = time.monotonic() - started
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    expect = {"nothing": "nothing listens there", "http": "not a Ray cluster (an HTTP/1 server answers there)",
+              "bad-port": "is not HOST:PORT", "env-garbage": "RAY_ADDRESS 'not an address' is not HOST:PORT"}[where]
+    assert expect in lines[0] and "ray start --head" in lines[0]
+    assert took < 60  # Ray's own retries take minutes; the check itself takes at most a few seconds
+
+
 # --- Ray --------------------------------------------------------------------------------------
 
 
@@ -359,7 +396,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ray_actors_measure_what_one_process_measures(sim_fast, ray_cluster, tmp_path: Path) -> None:
+    from loadgen.ray_workers import reachability_problem
+
     address, env, _ = ray_cluster
+    assert reachability_problem(address) is None  # a real GCS passes the quick check
     one, two = tmp_path / "one", tmp_path / "ray"
     r1 = loadgen("--base-url", sim_fast.base_url, *SCHEDULE, "--output-dir", str(one))
     assert r1.returncode == 0, r1.stderr
