@@ -192,6 +192,7 @@ def _slow_sim(sim_server, tmp_path: Path):
 
 SLOW = ["--num-prompts", "40", "--concurrency", "4", "--input-len", "16", "--output-len", "30",
         "--tokenizer", "deepseek-r1", "--no-progress", "--workers", "2", "--grace", "1"]
+HUNG = [*SLOW[:1], "80", *SLOW[2:]]  # 80 requests: 15 s per worker, the hung one is caught long before
 
 
 def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path: Path) -> None:
@@ -219,8 +220,37 @@ def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path:
     assert res["per_request"]["rows"] == 20 and res["per_request"]["complete"] is False
     assert "worker 1" in res["per_request"]["error"] and "SIGKILL" in res["per_request"]["error"]
     assert (out / dead["store"]).exists()  # what the dead worker had stored stays, by itself
-    assert "partial" in proc.stdout.read().decode()
+    stdout = proc.stdout.read().decode()
+    assert "partial" in stdout
+    # the summary tells the truth: the figures leave the dead worker out, its rows are in its own file,
+    # and the concurrency the run kept is said beside the one asked for
+    assert "kept in memory" not in stdout and "were not saved" not in stdout
+    flat = " ".join(stdout.split())  # the table may wrap its title
+    assert dead["store"] in stdout and "concurrency=4 (2 after worker(s) 1 failed)" in flat, stdout
     assert not _children(proc.pid)
+
+
+def test_every_worker_killed_says_where_their_rows_are(sim_server, tmp_path: Path) -> None:
+    srv = _slow_sim(sim_server, tmp_path)
+    out = tmp_path / "out"
+    proc = _start(["--base-url", srv.base_url, *HUNG, "--output-dir", str(out)])
+    try:
+        workers = _wait_for_workers(proc, 2)
+        _wait_for_rows(out, 2, proc)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = proc.stderr.read().decode()
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, stderr
+    assert "every worker failed" in lines[0] and "SIGKILL" in lines[0]
+    for k in (0, 1):
+        (store,) = out.glob(f"*.w{k}.requests.npy")
+        assert str(store) in lines[0] and len(read_requests(store)) > 0
 
 
 def test_sigterm_to_the_parent_stops_every_worker_and_keeps_their_requests(sim_server, tmp_path: Path) -> None:
@@ -257,8 +287,6 @@ def _wait_for_rows(folder: Path, workers: int, proc: subprocess.Popen, timeout_s
         time.sleep(0.05)
     raise AssertionError(f"the workers stored no rows (exit {proc.poll()})")
 
-
-HUNG = [*SLOW[:1], "80", *SLOW[2:]]  # 80 requests: 15 s per worker, the hung one is caught long before
 
 
 def test_a_stopped_worker_is_killed_and_named_and_the_point_finishes(sim_server, tmp_path: Path) -> None:
