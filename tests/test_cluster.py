@@ -134,14 +134,19 @@ def test_address_in_use_on_a_worker_fails_the_start_naming_the_worker(tmp_path):
     assert not process.port_in_use(port, "127.0.0.1")
 
 
-def test_cli_serve_nodes_runs_locally_until_ctrl_c_and_stops_every_node(tmp_path):
-    port = process.free_port()
+def _serve_two_sims(tmp_path: Path, port: int) -> subprocess.Popen:
+    """A foreground ``loadgen-launch serve --nodes 2`` of two local sims (node logs in tmp_path/logs)."""
     env = {**os.environ, "PYTHONPATH": str(project_root()), "LOADGEN_STATE_DIR": str(tmp_path / "servers")}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "launcher.cli", "serve", "--engine", "sim", "--nodes", "2", "--node-addr",
          "127.0.0.1,127.0.0.1", "--port", str(port), "--log", str(tmp_path / "logs"), "--", "--profile", "fast"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
+
+
+def test_cli_serve_nodes_runs_locally_until_ctrl_c_and_stops_every_node(tmp_path):
+    port = process.free_port()
+    proc = _serve_two_sims(tmp_path, port)
     try:
         ready = proc.stdout.readline()
         assert ready.startswith(f"ready: http://127.0.0.1:{port}"), ready + proc.stderr.read()
@@ -223,12 +228,7 @@ def test_placement_wait_alone_is_a_warning_and_a_worker_log_names_the_node(tmp_p
 def test_sigkill_of_a_foreground_multinode_serve_leaves_no_node_running(tmp_path):
     """The launcher cannot clean up after SIGKILL: every node's tree must end by itself."""
     port = process.free_port()
-    env = {**os.environ, "PYTHONPATH": str(project_root()), "LOADGEN_STATE_DIR": str(tmp_path / "servers")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli", "serve", "--engine", "sim", "--nodes", "2", "--node-addr",
-         "127.0.0.1,127.0.0.1", "--port", str(port), "--log", str(tmp_path / "logs"), "--", "--profile", "fast"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-    )
+    proc = _serve_two_sims(tmp_path, port)
     groups: list[int] = []
     try:
         ready = proc.stdout.readline()

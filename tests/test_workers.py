@@ -195,20 +195,40 @@ SLOW = ["--num-prompts", "40", "--concurrency", "4", "--input-len", "16", "--out
 HUNG = [*SLOW[:1], "80", *SLOW[2:]]  # 80 requests: 15 s per worker, the hung one is caught long before
 
 
-def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path: Path) -> None:
-    """SIGKILL one worker mid-run: the other finishes its share, the result says who is missing."""
+def _wait_for_rows(folder: Path, workers: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Until every worker's store holds a row: each is past its start, inside the measured phase."""
+    from loadgen.store import HEADER_BYTES
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        files = [folder.glob(f"*.w{k}.requests.npy") for k in range(workers)]
+        if all(any(f.stat().st_size > HEADER_BYTES for f in fs) for fs in files):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the workers stored no rows (exit {proc.poll()})")
+
+
+def _fault_run(sim_server, tmp_path: Path, schedule: list[str], act, timeout_s: float):
+    """loadgen with 2 workers on a slow sim: once both workers have stored a row (inside the measured
+    phase), ``act(proc, worker_pids)``; then wait for the end. (proc, output folder, worker pids)."""
     srv = _slow_sim(sim_server, tmp_path)
     out = tmp_path / "out"
-    proc = _start(["--base-url", srv.base_url, *SLOW, "--output-dir", str(out)])
+    proc = _start(["--base-url", srv.base_url, *schedule, "--output-dir", str(out)])
     try:
         workers = _wait_for_workers(proc, 2)
-        time.sleep(2.0)  # 30 steps x 25 ms per request, 2 at a time per worker: mid-run
-        os.kill(workers[1], signal.SIGKILL)
-        proc.wait(timeout=90)
+        _wait_for_rows(out, 2, proc)
+        act(proc, workers)
+        proc.wait(timeout=timeout_s)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return proc, out, workers
+
+
+def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path: Path) -> None:
+    """SIGKILL one worker mid-run: the other finishes its share, the result says who is missing."""
+    proc, out, _ = _fault_run(sim_server, tmp_path, SLOW, lambda p, w: os.kill(w[1], signal.SIGKILL), 90)
     stderr = proc.stderr.read().decode()
     assert proc.returncode == 0, stderr
     res = only_result(out)
@@ -231,19 +251,11 @@ def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path:
 
 
 def test_every_worker_killed_says_where_their_rows_are(sim_server, tmp_path: Path) -> None:
-    srv = _slow_sim(sim_server, tmp_path)
-    out = tmp_path / "out"
-    proc = _start(["--base-url", srv.base_url, *HUNG, "--output-dir", str(out)])
-    try:
-        workers = _wait_for_workers(proc, 2)
-        _wait_for_rows(out, 2, proc)
+    def kill_all(proc: subprocess.Popen, workers: list[int]) -> None:
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
+    proc, out, _ = _fault_run(sim_server, tmp_path, HUNG, kill_all, 60)
     stderr = proc.stderr.read().decode()
     lines = stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, stderr
@@ -254,18 +266,7 @@ def test_every_worker_killed_says_where_their_rows_are(sim_server, tmp_path: Pat
 
 
 def test_sigterm_to_the_parent_stops_every_worker_and_keeps_their_requests(sim_server, tmp_path: Path) -> None:
-    srv = _slow_sim(sim_server, tmp_path)
-    out = tmp_path / "out"
-    proc = _start(["--base-url", srv.base_url, *SLOW, "--output-dir", str(out)])
-    try:
-        workers = _wait_for_workers(proc, 2)
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc, out, workers = _fault_run(sim_server, tmp_path, SLOW, lambda p, w: p.send_signal(signal.SIGTERM), 60)
     assert proc.returncode == 143, proc.stderr.read().decode()
     res = only_result(out)
     assert res["partial"] is True and res["workers_failed"] == []
@@ -275,34 +276,9 @@ def test_sigterm_to_the_parent_stops_every_worker_and_keeps_their_requests(sim_s
     assert not [p for p in workers if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()]
 
 
-def _wait_for_rows(folder: Path, workers: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    """Until every worker's store holds a row: each is past its start, inside the measured phase."""
-    from loadgen.store import HEADER_BYTES
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        files = [folder.glob(f"*.w{k}.requests.npy") for k in range(workers)]
-        if all(any(f.stat().st_size > HEADER_BYTES for f in fs) for fs in files):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the workers stored no rows (exit {proc.poll()})")
-
-
-
 def test_a_stopped_worker_is_killed_and_named_and_the_point_finishes(sim_server, tmp_path: Path) -> None:
     """kill -STOP one worker mid-run: its heartbeat stops, the parent kills it, the other finishes its share."""
-    srv = _slow_sim(sim_server, tmp_path)
-    out = tmp_path / "out"
-    proc = _start(["--base-url", srv.base_url, *HUNG, "--output-dir", str(out)])
-    try:
-        workers = _wait_for_workers(proc, 2)
-        _wait_for_rows(out, 2, proc)
-        os.kill(workers[1], signal.SIGSTOP)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc, out, _ = _fault_run(sim_server, tmp_path, HUNG, lambda p, w: os.kill(w[1], signal.SIGSTOP), 120)
     stderr = proc.stderr.read().decode()
     assert proc.returncode == 0, stderr
     res = only_result(out)
@@ -314,19 +290,12 @@ def test_a_stopped_worker_is_killed_and_named_and_the_point_finishes(sim_server,
 
 
 def test_sigterm_ends_the_parent_in_bounded_time_with_a_stopped_worker(sim_server, tmp_path: Path) -> None:
-    srv = _slow_sim(sim_server, tmp_path)
-    out = tmp_path / "out"
-    proc = _start(["--base-url", srv.base_url, *HUNG, "--output-dir", str(out)])
-    try:
-        workers = _wait_for_workers(proc, 2)
-        _wait_for_rows(out, 2, proc)
+    def stop_one_then_term(proc: subprocess.Popen, workers: list[int]) -> None:
         os.kill(workers[1], signal.SIGSTOP)
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=40)  # grace 1 s + the 5 s heartbeat (+ 10 s slack at most), whatever the machine
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
+    # grace 1 s + the 5 s heartbeat (+ 10 s slack at most), whatever the machine
+    proc, out, workers = _fault_run(sim_server, tmp_path, HUNG, stop_one_then_term, 40)
     assert proc.returncode == 143, proc.stderr.read().decode()
     res = only_result(out)
     assert res["partial"] is True and res["workers_failed"] == [1]
