@@ -42,23 +42,42 @@ def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: st
     Comparability warnings are printed first, then the conclusions that hold.
     """
     # Heavy imports (pandas, matplotlib) after parsing, so --help and --version stay instant.
+    from analysis.capacity import load_capacities, write_capacity_report
     from analysis.load import LoadError, NothingUsable, Skipped, histograms, load
     from analysis.report import write_report
 
     skipped: list[Skipped] = []
+    capacities = load_capacities(paths)
     try:
         runs = load(paths, include_partial=not exclude_partial, skipped=skipped)
         hists = histograms(paths)
     except NothingUsable as exc:
         for item in exc.skipped:
-            click.echo(f"loadgen-report: skipped {item}", err=True)
-        raise click.UsageError(f"nothing to report: all {len(exc.skipped)} file(s) found were skipped") from None
+            click.echo(f"loadgen-report: {item.kind} {item}", err=True)
+        if capacities.empty:
+            raise click.UsageError(f"nothing to report: all {len(exc.skipped)} file(s) found were skipped") from None
+        runs = None
     except LoadError as exc:
-        raise click.UsageError(str(exc)) from None
-    for item in skipped:  # named before anything else, so that a missing run is never a mystery
-        click.echo(f"loadgen-report: skipped {item}", err=True)
-    if runs.empty:
-        raise click.UsageError("every run found is partial; drop --exclude-partial or rerun them")
+        if capacities.empty:
+            raise click.UsageError(str(exc)) from None
+        runs = None
+    if runs is not None:
+        for item in skipped:  # named before anything else, so that a missing run is never a mystery
+            click.echo(f"loadgen-report: {item.kind} {item}", err=True)
+        if runs.empty and capacities.empty:
+            raise click.UsageError("every run found is partial; drop --exclude-partial or rerun them")
+    if not capacities.empty:
+        where = Path(out_dir) / "capacity" if runs is not None and not runs.empty else Path(out_dir)
+        try:
+            files = write_capacity_report(capacities, where, baseline=baseline, title=f"{title} — capacity")
+        except OSError as exc:
+            raise click.UsageError(f"cannot write the report into '{where}' ({exc.strerror}); pick another --out") \
+                from None
+        click.echo(files["comparison_md"].read_text(encoding="utf-8"))
+        click.echo(f"{len(capacities)} capacity record(s) (loadgen search) -> {where}: summary.csv, comparison.md, "
+                   "report.html")
+        if runs is None or runs.empty:
+            return
     try:
         report = write_report(runs, out_dir, hists, baseline=baseline, title=title)
     except ValueError as exc:

@@ -43,6 +43,7 @@ class Skipped:
 
     path: Path
     reason: str
+    kind: str = "skipped"  # or "damaged": a run's side file, of which what is readable is used
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
@@ -55,6 +56,9 @@ class _Unusable(Exception):
 # Files that belong to a result beside them (per-request lines, loadgen's error details and
 # server-metrics side file); read through it, never runs themselves.
 _COMPANION_SUFFIXES = (".requests.jsonl", "_requests.jsonl", "-requests.jsonl", ".details.jsonl", ".metrics.jsonl")
+# Capacity records of ``loadgen search`` are not benchmark points: analysis.capacity reads them.
+CAPACITY_SUFFIX = ".capacity.json"
+CAPACITY_SCHEMA = "loadgen-capacity/1"
 
 
 def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
@@ -134,6 +138,8 @@ def _run_rows(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         raise _Unusable(f"cannot be read ({exc.strerror or exc}); check its permissions") from None
     rows = []
     for index, record in records:
+        if record.get("schema") == CAPACITY_SCHEMA:
+            raise _Unusable("a capacity record of `loadgen search`, not a benchmark point (see the capacity report)")
         try:
             row = normalize(record, path.name)
             _check_histograms(record)
@@ -181,9 +187,9 @@ def _collect(paths: PathLike | Iterable[PathLike],
     found: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for order, path in enumerate(_as_paths(paths)):
         if path.is_dir():
-            files = [f for f in _candidate_files(path) if not f.name.endswith(_COMPANION_SUFFIXES)]
+            files = [f for f in _candidate_files(path) if not f.name.endswith((*_COMPANION_SUFFIXES, CAPACITY_SUFFIX))]
         elif path.is_file():
-            files = [path]
+            files = [path] if not path.name.endswith(CAPACITY_SUFFIX) else []
         else:
             raise LoadError(f"{path}: no such file or directory; give result files or folders that hold them")
         for file in files:
@@ -193,10 +199,57 @@ def _collect(paths: PathLike | Iterable[PathLike],
                 if skipped is not None:
                     skipped.append(Skipped(file, str(exc)))
                 continue
-            for row, _ in rows:
+            for row, record in rows:
                 row["source_order"] = order
+                if skipped is not None:
+                    skipped.extend(side_file_problems(file, record))
             found.extend(rows)
     return found
+
+
+def side_file_problems(result: Path, record: Mapping[str, Any]) -> list[Skipped]:
+    """What is wrong with a loadgen result's per-request store and server-metrics side file.
+
+    The run itself is whole (its figures are in the result), so a damaged side file is
+    named with what is left out of the views built on it, never a reason to drop the run.
+    """
+    from loadgen.store import store_layout
+
+    out: list[Skipped] = []
+    store = _store_paths(result, record)
+    if store is not None:
+        try:
+            _, declared, present = store_layout(store[0])
+        except (OSError, ValueError) as exc:
+            out.append(Skipped(store[0], f"not a readable per-request store ({exc}); the run's per-request views "
+                                         "are left out (its figures come from its result)", "damaged"))
+        else:
+            if present < declared:
+                out.append(Skipped(store[0], f"holds {present} of the {declared} rows its header declares (cut "
+                                             f"short); the per-request views use those {present}", "damaged"))
+    metrics = record.get("server_metrics")
+    side = metrics.get("file") if isinstance(metrics, Mapping) else None
+    if isinstance(side, str) and (result.parent / side).is_file():
+        problem = _jsonl_problem(result.parent / side)
+        if problem:
+            out.append(Skipped(result.parent / side, f"{problem}; its raw samples are left out (the server "
+                                                     "timeline and summary come from the result)", "damaged"))
+    return out
+
+
+def _jsonl_problem(path: Path) -> str | None:
+    """Why a JSON Lines file is not one (the first bad line), or None."""
+    try:
+        with path.open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except ValueError:
+                        return f"line {n} is not JSON"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
 
 
 def load(paths: PathLike | Iterable[PathLike], include_partial: bool = True, *,

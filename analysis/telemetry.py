@@ -122,9 +122,12 @@ def client_in_flight(requests: pd.DataFrame, t_s: np.ndarray) -> np.ndarray:
 
 
 def _requests_of(path: Path, record: Mapping[str, Any]) -> pd.DataFrame | None:
-    from analysis.load import requests_of
+    from analysis.load import LoadError, requests_of
 
-    frame = requests_of(path, record)
+    try:
+        frame = requests_of(path, record)
+    except LoadError:  # a damaged store: named by the loader; the timeline goes without the client's view
+        return None
     if frame.empty or "sent_ms" not in frame.columns:
         return None
     if "warmup" in frame.columns:

@@ -72,6 +72,7 @@ class Cluster:
     running: list[RunningCommand] = field(default_factory=list)
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic time, label, event)
     stopped: bool = False
+    tied: bool = False  # every node's process tree ends with this process (a foreground serve)
 
     @property
     def base_url(self) -> str:
@@ -83,10 +84,11 @@ class Cluster:
     def start_command(self, cmd: NodeCommand) -> RunningCommand:
         argv = cmd.docker_argv if self.docker and cmd.docker_argv else cmd.argv
         env = {} if self.docker and cmd.docker_argv else cmd.env
-        script = start_script(argv, env)
+        script = start_script(argv, env, tied=self.tied)
         log_path = self.log_dir / f"node{cmd.rank}-{cmd.role}.log"
         try:
-            popen, offset = process.start_process(self.transport.argv(cmd.node.target, script), _local_env(), log_path)
+            popen, offset = process.start_process(self.transport.argv(cmd.node.target, script), _local_env(), log_path,
+                                                  die_with_parent=self.tied)
         except OSError as exc:
             raise ClusterError(f"cannot start the {self.transport.name} transport for {cmd.label}: {exc.strerror or exc}",
                                cmd.label, "exec") from None
@@ -241,10 +243,14 @@ def start_cluster(
     step_timeout_s: float = 300,
     docker: bool = False,
     on_line: LineSink | None = None,
+    tied: bool = False,
 ) -> Cluster:
-    """Start every node's commands in order, wait for the head; on any failure stop everything and raise."""
+    """Start every node's commands in order, wait for the head; on any failure stop everything and raise.
+
+    ``tied``: every node's process tree ends when this process does, however it ends
+    (a foreground serve); a detached cluster is not tied, it outlives its launcher."""
     transport = transport or LocalTransport()
-    cluster = Cluster(plan, transport, Path(log_dir), docker=docker, on_line=on_line)
+    cluster = Cluster(plan, transport, Path(log_dir), docker=docker, on_line=on_line, tied=tied)
     cluster.log_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + ready_timeout_s
     try:

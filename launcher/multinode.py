@@ -15,6 +15,7 @@ plan through a :mod:`launcher.transport`.
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,30 @@ def modes_for(engine: str) -> list[str]:
     return list(multinode_data()["modes"].get(engine, {}))
 
 
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # '_': ssh config aliases use it
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is not an IPv4/IPv6 address or a host name (RFC 1123 labels), or None."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            return f"{host!r} is not an IPv6 address"
+        return None
+    if bare.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(bare)
+        except ValueError:
+            return f"{host!r} is not an IPv4 address (four numbers 0-255)"
+        return None
+    if not bare or len(bare) > 253 or not all(_LABEL.fullmatch(label) for label in bare.rstrip(".").split(".")):
+        return f"{host!r} is not a host name (letters, digits, '-' and '.' only)"
+    return None
+
+
 @dataclass(frozen=True)
 class NodeAddr:
     """Where a node is: the ssh target (may carry ``user@``) and the address the engines use."""
@@ -52,7 +77,14 @@ class NodeAddr:
         text = text.strip()
         if not text or text.startswith("-") or any(c.isspace() for c in text):
             raise PlanError(f"--node-addr entry {text!r} is not a host; give HOST or USER@HOST, comma-separated, head first")
-        return cls(text, text.rsplit("@", 1)[-1])
+        user, _, host = text.rpartition("@")
+        problem = host_problem(host)
+        if user and not _USER.fullmatch(user):
+            problem = f"the user {user!r} is not a login name"
+        if problem:
+            raise PlanError(f"--node-addr entry {text!r}: {problem}; give HOST or USER@HOST with HOST an IPv4 or IPv6 "
+                            "address or a host name, comma-separated, head first")
+        return cls(text, host[1:-1] if host.startswith("[") else host)
 
     @property
     def is_ip(self) -> bool:

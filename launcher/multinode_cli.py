@@ -151,7 +151,7 @@ def serve_multinode(mn: dict, kw: dict) -> None:
         _err(f"starting {plan.engine} on {len(plan.nodes)} nodes ({transport.name}); logs in {log_dir}")
     try:
         cluster = start_cluster(plan, transport=transport, log_dir=log_dir, ready_timeout_s=kw["ready_timeout"],
-                                docker=docker, on_line=on_line)
+                                docker=docker, on_line=on_line, tied=not kw.get("detach"))
     except ClusterError as exc:
         _err(f"loadgen-launch: error: {exc}")
         sys.exit(1)

@@ -29,6 +29,7 @@ from launcher.engines.errors import PlanError
 from launcher.engines.flags import FlagSet, ParsedOpt, load_flagset, parse_args, render_opt
 from launcher.engines.versions import ENGINES, detect_version, known_versions, resolve_version
 from launcher.paths import project_root
+from launcher.redact import is_secret_env
 
 __all__ = [
     "Plan",
@@ -304,6 +305,9 @@ def _sim_plan(host: str, port: int, extra_args: Sequence[str], python: str | Non
     )
 
 
+API_KEY_ENV = {"vllm": "VLLM_API_KEY"}  # engines that read their --api-key from the environment
+
+
 def build_plan(
     engine: str,
     *,
@@ -397,6 +401,15 @@ def build_plan(
         v = final.pop(managed["served"]).value
         served_model_name = " ".join(v) if isinstance(v, list) else str(v)
 
+    # An engine that reads its key from the environment gets it there: a command line is
+    # world-readable (ps, /proc/PID/cmdline) and engines echo their arguments to their logs.
+    # (Several keys have no environment form: they stay flags.)
+    given = final.get("--api-key") if engine in API_KEY_ENV else None
+    keys = (given.value if isinstance(given.value, list) else [given.value]) if given is not None else []
+    api_key = str(keys[0]) if len(keys) == 1 else None
+    if api_key is not None:
+        final.pop("--api-key")
+
     model = model or (expand_path(pre.model) if pre else None)
     if not model:
         raise PlanError(f"no model for {engine}: pass --model PATH (or a preset that names one)")
@@ -437,6 +450,8 @@ def build_plan(
     env.update(host_env)
     if gpu_ids is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+    if api_key is not None:
+        env[API_KEY_ENV[engine]] = api_key
 
     docker = section.docker if section is not None and src_engine == engine else None
     image = docker_image
@@ -483,8 +498,12 @@ def build_plan(
 
 
 def docker_run_argv(name: str, options: Sequence[str], env: dict[str, str], image: str, argv: Sequence[str]) -> list[str]:
-    """``docker run --rm --name NAME OPTIONS -e K=V IMAGE ARGV``; GPU selection is Docker's, not the env's."""
-    docker_env = [x for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES" for x in ("-e", f"{k}={v}")]
+    """``docker run --rm --name NAME OPTIONS -e K=V IMAGE ARGV``; GPU selection is Docker's, not the env's.
+
+    A secret variable is passed as ``-e NAME``: Docker takes its value from the
+    client's environment (which the launcher sets), so it is never on a command line."""
+    docker_env = [x for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"
+                  for x in ("-e", k if is_secret_env(k) else f"{k}={v}")]
     return ["docker", "run", "--rm", "--name", name, *options, *docker_env, image, *argv]
 
 

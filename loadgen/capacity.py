@@ -236,6 +236,24 @@ def evaluate(rows: np.ndarray, spec: SearchSpec, load: float) -> Probe:
     return Probe(load, not failures, margin, figures, n, tuple(failures))
 
 
+SERVER_GONE_ERRORS = (b"connect",)  # the server refused or never accepted the connection
+SERVER_GONE_TAIL = 5
+
+
+def server_gone(rows: np.ndarray) -> bool:
+    """Whether a probe ended with the server no longer answering: its last requests sent
+    (at least one, up to :data:`SERVER_GONE_TAIL`) all failed to connect.
+
+    Such a probe measures the server's absence, not its capacity: judged as a
+    failure, it would send the search down to loads the server was never tried at.
+    """
+    sent = rows[~np.isnan(rows["sent_ms"])] if len(rows) else rows
+    if not len(sent):
+        return False
+    tail = sent[np.argsort(sent["sent_ms"], kind="stable")[-SERVER_GONE_TAIL:]]
+    return bool(np.isin(tail["error"], SERVER_GONE_ERRORS).all())
+
+
 # ---------------------------------------------------------------- the search
 
 

@@ -231,6 +231,9 @@ def target_from(base_url: str, **fields: Any) -> TargetConfig:
     return TargetConfig(base_url=clean, **fields)
 
 
+MAX_NUM_PROMPTS = 1_000_000_000  # every prompt is built before the run: beyond this none fits in memory
+
+
 @dataclass(frozen=True)
 class WorkloadConfig:
     """What to send: the prompt source and lengths (resolved into a WorkloadSpec in pre-flight)."""
@@ -261,6 +264,9 @@ class WorkloadConfig:
             raise ConfigError(f"--dataset-name {self.dataset} needs --dataset-path FILE")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
+        if self.num_prompts is not None and self.num_prompts > MAX_NUM_PROMPTS:
+            raise ConfigError(f"--num-prompts {self.num_prompts} is more than one run can hold (at most "
+                              f"{MAX_NUM_PROMPTS:,}); for a long run give --duration SECONDS with a rate")
         if self.input_len < 1:
             raise ConfigError(f"--input-len must be >= 1, got {self.input_len}")
         if self.output_len < 1:

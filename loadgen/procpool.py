@@ -21,7 +21,13 @@ Live progress goes through a shared array of counters that each worker writes on
 progress timer and the parent sums on its own.
 
 A worker that dies (killed, crashed) is noticed by its process sentinel: the others
-run on, and the point is marked partial, naming it.
+run on, and the point is marked partial, naming it. A worker that stops without
+dying (``kill -STOP``, a hung process) is noticed by its heartbeat: a thread in each
+worker bumps its slot of a shared array every :data:`HEARTBEAT_S`; a slot that has
+not moved for :data:`HUNG_AFTER_S` means the whole process is stopped, so the parent
+kills it and treats it as dead. After a stop signal the workers get their grace
+period plus :data:`STOP_SLACK_S` to hand back their results; whoever has not by then
+is killed, so SIGTERM/SIGINT end the parent in bounded time whatever the workers do.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -43,6 +50,31 @@ from loadgen.interrupts import SIGNALS
 from loadgen.workers import START_MARGIN_S, SummedCounters, WorkerOutcome, WorkerTask, run_worker, tick_if_due
 
 JOIN_TIMEOUT_S = 10.0
+HEARTBEAT_S = 0.2
+HUNG_AFTER_S = 5.0  # 25 missed beats: a thread that wakes 5x/s is not that late on a busy machine
+STOP_SLACK_S = 10.0  # after a stop signal: the grace period plus this, then the worker is killed
+
+
+def _heartbeat(beats: Any, index: int) -> None:
+    """Bump this worker's slot forever (a daemon thread: it ends with the process)."""
+    while True:
+        beats[index] += 1
+        time.sleep(HEARTBEAT_S)
+
+
+class Watch:
+    """The parent's view of the heartbeats: which live workers have been silent too long."""
+
+    def __init__(self, beats: Any, n: int, now: float) -> None:
+        self.beats = beats
+        self.seen = [(0, now)] * n
+
+    def silent(self, i: int, now: float) -> bool:
+        value = self.beats[i]
+        if value != self.seen[i][0]:
+            self.seen[i] = (value, now)
+            return False
+        return now - self.seen[i][1] > HUNG_AFTER_S
 
 
 def _die_with_parent() -> None:
@@ -86,9 +118,10 @@ class PipeControl:
             stop(self.early[0])
 
 
-def _child(task: WorkerTask, conn: Connection, rows: Any) -> None:
+def _child(task: WorkerTask, conn: Connection, rows: Any, beats: Any) -> None:
     os.setsid()
     _die_with_parent()
+    threading.Thread(target=_heartbeat, args=(beats, task.index), name="loadgen-heartbeat", daemon=True).start()
     early: list[int] = []
     for sig in SIGNALS:
         signal.signal(sig, lambda signum, frame: early.append(signum))
@@ -110,12 +143,25 @@ def _child(task: WorkerTask, conn: Connection, rows: Any) -> None:
 def exit_reason(exitcode: int | None, message: str | None) -> str:
     """How a worker without a result ended, in words."""
     if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"was killed by {name}"
+        return f"was killed by {_name(-exitcode)}"
     return f"exited with code {exitcode}" + (f" ({message})" if message else "")
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _kill(proc: Any, why: str) -> str:
+    """SIGKILL a worker that will not report (a stopped process takes nothing else); the reason, as recorded."""
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.join(JOIN_TIMEOUT_S)
+    return f"was killed with SIGKILL: {why}"
 
 
 def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick: Callable[[], Any],
@@ -127,12 +173,13 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     rows = ctx.RawArray("q", n * len(SummedCounters.FIELDS))
+    beats = ctx.RawArray("q", n)
     counters.rows = rows
     conns: list[Connection] = []
     procs = []
     for task in tasks:
         parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(target=_child, args=(task, child_end, rows), name=f"loadgen-worker-{task.index}",
+        proc = ctx.Process(target=_child, args=(task, child_end, rows, beats), name=f"loadgen-worker-{task.index}",
                            daemon=True)
         proc.start()
         child_end.close()
@@ -147,9 +194,13 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
     closed: set[int] = set()
     started = False
     seen: list[int] = []
+    watch = Watch(beats, n, time.monotonic())
+    stop_by: list[float] = []  # when workers that ignore a stop signal are killed
+    stop_after_s = max(t.grace_s for t in tasks) + STOP_SLACK_S
 
     def forward(signum: int, frame: Any) -> None:
         seen.append(signum)
+        stop_by.append(time.monotonic() + stop_after_s)
         for i, p in enumerate(procs):
             if i not in done and p.pid is not None:
                 try:
@@ -180,9 +231,17 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
                         done.add(i)
                     elif kind == "error":
                         messages[i] = str(value)
+                now = time.monotonic()
+                if i not in done and procs[i].is_alive():
+                    if watch.silent(i, now):
+                        outcomes[i].error = _kill(procs[i], f"it stopped reporting for {HUNG_AFTER_S:g} s "
+                                                            "(hung or stopped)")
+                    elif stop_by and now > stop_by[0]:
+                        outcomes[i].error = _kill(procs[i], f"it did not stop within {stop_after_s:g} s of "
+                                                            f"{_name(seen[0])}")
                 if i not in done and not procs[i].is_alive():
                     procs[i].join()
-                    outcomes[i].error = exit_reason(procs[i].exitcode, messages[i])
+                    outcomes[i].error = outcomes[i].error or exit_reason(procs[i].exitcode, messages[i])
                     done.add(i)
             if not started and all(i in ready or i in done for i in range(n)):
                 started = True

@@ -127,13 +127,19 @@ def _fmt_ms(value: Any) -> str:
 def warnings_of(result: Mapping[str, Any]) -> list[str]:
     """The loud lines: anything that makes the figures less than they seem."""
     out = []
-    if result.get("partial"):
+    lost = result.get("workers_failed") or []
+    if lost:
+        out.append(f"PARTIAL: worker(s) {', '.join(map(str, lost))} failed; the figures and the point's store "
+                   "cover the other workers' requests only.")
+    elif result.get("partial"):
         out.append("PARTIAL: the run was interrupted; figures cover only what finished.")
     if not result.get("completed") and result.get("num_prompts"):
         out.append("NOTHING MEASURED: no request succeeded, so there are no latencies; "
                    "see the errors below and the server's log.")
     store = result.get("per_request") or {}
-    if store and not store.get("complete", True):
+    if store and not store.get("complete", True) and lost:
+        out.append(f"PER-REQUEST STORE: {store.get('rows')} rows, the workers that finished; {store.get('error')}.")
+    elif store and not store.get("complete", True):
         out.append(f"PER-REQUEST STORE INCOMPLETE: {store.get('error')}; the figures above are complete "
                    f"(kept in memory), the per-request rows after row {store.get('rows')} were not saved.")
     if result.get("failed"):
@@ -178,10 +184,11 @@ def summary_table(result: Mapping[str, Any]) -> Table:
     """The end-of-point table: throughput and the latency distribution per metric."""
     conc = result.get("max_concurrency")
     rate = result.get("request_rate")
-    title = (
-        f"{result.get('backend')} {result.get('model_id')}  concurrency={conc if conc is not None else 'unlimited'} "
-        f"rate={rate}"
-    )
+    conc_text = str(conc) if conc is not None else "unlimited"
+    if conc is not None and result.get("workers_failed"):  # the limit the run kept, not only the one asked for
+        kept = sum(w.get("concurrency") or 0 for w in result.get("per_worker", []) if not w.get("error"))
+        conc_text += f" ({kept} after worker(s) {', '.join(map(str, result['workers_failed']))} failed)"
+    title = f"{result.get('backend')} {result.get('model_id')}  concurrency={conc_text} rate={rate}"
     head = Table(title=title, show_header=False, box=None, pad_edge=False)
     head.add_column(justify="left")
     head.add_column(justify="right")

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -66,18 +68,83 @@ def import_ray() -> Any:
     return ray
 
 
+PROBE_TIMEOUT_S = 3.0
+# An HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, or its
+# client server at ray://) answers with its own SETTINGS frame (type 4) at once.
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+START_HINT = "start one with `ray start --head` (then --ray-address HOST:6379) or fix --ray-address"
+
+
+def _target(address: str) -> tuple[str, str] | None:
+    """(the address Ray would join, where it came from); None when Ray will say quickly itself."""
+    if address != "auto":
+        return address, "--ray-address"
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env:
+        return env, "RAY_ADDRESS"
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # where `ray start` notes its cluster
+    try:
+        text = current.read_text().strip()
+    except OSError:
+        return None  # no cluster noted: ray.init fails at once with its own one-line reason
+    return (text, str(current)) if text else None
+
+
+def reachability_problem(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why no Ray cluster answers at ``address``, in one line, within a few seconds; None if one may.
+
+    ``ray.init`` itself retries an address for minutes, printing its own warnings,
+    before it gives up; this asks the address once: is it HOST:PORT, does anything
+    listen there, and does it speak gRPC (HTTP/2), as Ray does.
+    """
+    found = _target(address)
+    if found is None:
+        return None
+    target, origin = found
+    hostport = target[len("ray://"):] if target.startswith("ray://") else target
+    host, sep, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if "://" in hostport or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{origin} '{target}' is not HOST:PORT (a port in 1-65535), ray://HOST:PORT or auto"
+    where = f"{origin} {target}"
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+    except socket.gaierror:
+        return f"{where}: the host '{host}' is not known"
+    except TimeoutError:
+        return f"{where}: nothing answered within {timeout_s:g} s (a firewall, or no such machine)"
+    except OSError as exc:
+        return f"{where}: nothing listens there ({exc.strerror or exc})"
+    with sock:
+        try:
+            sock.settimeout(timeout_s)
+            sock.sendall(_H2_HELLO)
+            data = sock.recv(64)
+        except TimeoutError:
+            return f"{where}: something accepts connections there but does not answer as a Ray cluster"
+        except OSError:
+            data = b""
+    if len(data) >= 9 and data[3] == 4:
+        return None
+    what = ("an HTTP/1 server answers there" if data.startswith(b"HTTP/") or b"<html" in data.lower() else
+            "it closed the connection without a word" if not data else f"it answered {data[:24]!r}")
+    return f"{where}: not a Ray cluster ({what})"
+
+
 def connect(address: str) -> Any:
     """Join the cluster at ``address`` (``auto``: the one this machine runs in) once per process."""
     ray = import_ray()
     if not ray.is_initialized():
+        problem = reachability_problem(address)
+        if problem is not None:
+            raise RuntimeError(f"cannot join a Ray cluster: {problem}; {START_HINT}")
         # ray.init takes SIGTERM for itself; loadgen's own handling (stop, keep what was measured) stays.
         previous = interrupts.saved()
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeError(f"cannot join the Ray cluster at '{address}' ({first}); "
-                               "start one with `ray start --head` or fix --ray-address") from None
+            raise RuntimeError(f"cannot join the Ray cluster at '{address}' ({first}); {START_HINT}") from None
         finally:
             interrupts.restore(previous)
     return ray

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from loadgen import interrupts
-from loadgen.capacity import Estimate, Probe, SearchSpec, estimate, evaluate, next_load
+from loadgen.capacity import Estimate, Probe, SearchSpec, estimate, evaluate, next_load, server_gone
 from loadgen.config import RunConfig, safe_filename_part
 from loadgen.fileio import atomic_write
 from loadgen.records import LazyPrompts, Prompt
@@ -71,6 +71,12 @@ def probe_config(cfg: RunConfig, spec: SearchSpec, load: float, index: int, stem
     )
 
 
+class ServerLost(RuntimeError):
+    """The server stopped answering during a probe; the record of the probes before it is written."""
+
+    exit_code = 3
+
+
 @dataclass
 class SearchOutcome:
     record: dict[str, Any]
@@ -81,7 +87,7 @@ class SearchOutcome:
 
 def record(cfg: RunConfig, spec: SearchSpec, est: Estimate, probes: Sequence[Probe], *, model: str,
            server: dict[str, Any] | None, server_version: str | None, started: float, interrupted: bool = False,
-           ) -> dict[str, Any]:
+           lost: Probe | None = None) -> dict[str, Any]:
     """The capacity record: the answer, its interval, the client check, and every probe."""
     at_answer = [p for p in probes if p.load in {est.capacity, est.bracket[1]}]
     client_bound = any(p.client_saturated for p in at_answer)
@@ -94,7 +100,7 @@ def record(cfg: RunConfig, spec: SearchSpec, est: Estimate, probes: Sequence[Pro
         "over": spec.over,
         "unit": unit,
         "capacity": est.capacity,
-        "status": "interrupted" if interrupted else est.status,
+        "status": "interrupted" if interrupted else "server_lost" if lost is not None else est.status,
         "bracket": list(est.bracket),
         "boundary": est.boundary,
         "interval": [est.ci_low, est.ci_high],
@@ -112,6 +118,7 @@ def record(cfg: RunConfig, spec: SearchSpec, est: Estimate, probes: Sequence[Pro
         "ignore_eos": cfg.effective_ignore_eos,
         "probes_at": est.to_dict()["probes_at"],
         "probes": [p.to_dict() for p in probes],
+        **({"lost_probe": lost.to_dict()} if lost is not None else {}),
         "server": dict(server or {}),
         "server_version": server_version,
         "metadata": dict(cfg.output.metadata),
@@ -129,6 +136,14 @@ def describe(rec: dict[str, Any]) -> str:
         slos += f", {rec['search']['goodput_target']:.0%} of requests within every limit"
     if status == "below_min":
         return f"capacity: no load down to {rec['search']['min']:g} {unit} met {slos}"
+    if status == "server_lost":
+        lost = rec["lost_probe"]
+        return (f"the server stopped answering during probe {len(rec['probes']) + 1} ({rec['over']} {lost['load']:g}: "
+                f"its last requests could not connect); the search stopped"
+                + (f" — up to then {cap:g} {unit} met {slos}" if cap is not None else "")
+                + ". Restart the server and run the search again")
+    if cap is None:
+        return f"capacity: not known — the search was interrupted before any load met {slos}"
     text = f"capacity: {cap:g} {unit} meet {slos}"
     if status == "above_max":
         text += f" (every probe passed up to --max {rec['search']['max']:g}: the capacity is at least this)"
@@ -179,10 +194,10 @@ def run_search(
         f"SLOs {', '.join(s.text for s in spec.slos)}; probes of {cfg.schedule.duration_s:g} s "
         f"({cfg.schedule.warmup_s:g} s warm-up left out)", highlight=False, soft_wrap=True)
 
-    def finish(interrupted: bool = False) -> SearchOutcome:
+    def finish(interrupted: bool = False, lost: Probe | None = None) -> SearchOutcome:
         est = estimate(spec, probes, seed=cfg.seed)
         rec = record(cfg, spec, est, probes, model=pre.model, server=pre.server, server_version=pre.server_version,
-                     started=started, interrupted=interrupted)
+                     started=started, interrupted=interrupted, lost=lost)
         import orjson
 
         atomic_write(path, orjson.dumps(rec, option=orjson.OPT_INDENT_2))
@@ -201,11 +216,15 @@ def run_search(
             result = run_point(pcfg, pre, seq, conc, rate, date, console=_quiet(console),
                                progress_console=progress_console, repeat=repeat)
             files = point_paths(pcfg, pre, conc, rate, date, repeat)
-            probe = evaluate(read_requests(files.store.requests), spec, load)
+            rows = read_requests(files.store.requests)
+            probe = evaluate(rows, spec, load)
             probe.client_saturated = bool(result.get("client_saturated"))
             probe.loop_lag_p99_ms = result.get("loop_lag_p99_ms")
             probe.file = files.result.name
             probe.seconds = time.monotonic() - t0
+            if server_gone(rows):
+                finish(lost=probe)
+                raise ServerLost(f"the server at {cfg.target.base_url} stopped answering during probe {index}")
             probes.append(probe)
             verdict = "pass" if probe.passed else "FAIL: " + "; ".join(probe.failures)
             figs = ", ".join(f"{k} {v:,.1f}" for k, v in probe.figures.items() if k.count(":") == 1)

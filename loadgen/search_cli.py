@@ -109,7 +109,7 @@ def _run(**opts: Any) -> None:
         raise click.UsageError(str(exc)) from None
     from rich.console import Console
 
-    from loadgen.search import run_search
+    from loadgen.search import ServerLost, run_search
     from loadgen.sweep import PreflightError
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -120,6 +120,10 @@ def _run(**opts: Any) -> None:
         raise click.UsageError(str(exc)) from None
     except interrupts.Interrupted as exc:
         click.echo(f"loadgen search: stopped by {exc.name}; the capacity record holds the probes so far", err=True)
+        sys.exit(exc.exit_code)
+    except ServerLost as exc:
+        click.echo(f"loadgen search: {exc}; the capacity record holds the probes before it — check the server "
+                   "and run the search again", err=True)
         sys.exit(exc.exit_code)
     if outcome.record["status"] == "below_min":
         sys.exit(1)

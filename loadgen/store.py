@@ -236,16 +236,27 @@ def figures(rows: np.ndarray) -> dict[str, np.ndarray]:
     return {"ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el, "queue_ms": rows["sent_ms"] - rows["intended_ms"]}
 
 
-def read_requests(path: str | Path) -> np.ndarray:
-    """The store's rows (memory-mapped). A store cut short by a crash reads up to its last batch."""
+def store_layout(path: str | Path) -> tuple[np.dtype, int, int]:
+    """(dtype, rows the header declares, whole rows the file holds) of a store file.
+
+    Raises ValueError when the file is not one of our stores (wrong magic, a header
+    that does not parse)."""
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(HEADER_BYTES)
-    if head[:6] != _MAGIC[:6]:
+    if head[:6] != _MAGIC[:6] or len(head) < HEADER_BYTES:
         raise ValueError(f"{path} is not a .npy per-request store")
-    meta = ast.literal_eval(head[12:].decode("latin-1").strip())
-    dtype = np.dtype([tuple(d) for d in meta["descr"]])
-    rows = meta["shape"][0]
-    size = (path.stat().st_size - HEADER_BYTES) // dtype.itemsize
+    try:
+        meta = ast.literal_eval(head[12:].decode("latin-1").strip())
+        dtype = np.dtype([tuple(d) for d in meta["descr"]])
+        rows = int(meta["shape"][0])
+    except (ValueError, SyntaxError, TypeError, KeyError, IndexError):
+        raise ValueError(f"{path}: the header of the .npy per-request store is damaged") from None
+    return dtype, rows, (path.stat().st_size - HEADER_BYTES) // dtype.itemsize
+
+
+def read_requests(path: str | Path) -> np.ndarray:
+    """The store's rows (memory-mapped). A store cut short by a crash reads up to its last batch."""
+    dtype, rows, size = store_layout(path)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(min(rows, size),)) \
         if min(rows, size) else np.zeros(0, dtype)

@@ -532,7 +532,10 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     """The prompt set shared by every point (built once, before the clock starts)."""
     if cfg.workload.is_trace:
         return build_trace(cfg, pre)
-    from loadgen import workload
+    from loadgen import budget, workload
+    problem = budget.too_many_prompts(cfg.prompts_needed(), cfg.max_input_len(), budget.available_bytes())
+    if problem is not None:
+        raise PreflightError(problem)
     spec = cfg.workload.spec(num_prompts=cfg.prompts_needed(), chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
     from loadgen.workload.errors import WorkloadError

@@ -497,10 +497,13 @@ def run_point_workers(
                             saturation_lag_p99_ms=SATURATION_LAG_P99_MS)
     if merged.signal is not None:
         interrupts.note(merged.signal)
+    for row, task in zip(merged.workers, sorted(tasks, key=lambda t: t.index), strict=True):
+        row["concurrency"] = task.concurrency
     if all(o.result is None for o in outcomes):
         from loadgen.sweep import PreflightError
 
-        raise PreflightError("every worker failed: " + "; ".join(f"worker {o.index}: {o.error}" for o in outcomes))
+        raise PreflightError("every worker failed, so no result was written: " + "; ".join(
+            f"worker {o.index} {o.error}" + _stored(o.store) for o in outcomes))
     live = [o.store for o in outcomes if o.result is not None and o.store is not None]
     per_request = concat_stores(live, files.store)
     failed = [o for o in outcomes if o.result is None]
@@ -536,6 +539,19 @@ def run_point_workers(
     if failed:
         console.print(f"[yellow]partial: {per_request['error']}[/yellow]", soft_wrap=True)
     return result
+
+
+def _stored(files: StoreFiles | None) -> str:
+    """Where a failed worker's stored rows are, if it stored any."""
+    if files is None or not files.requests.exists():
+        return ""
+    from loadgen.store import store_layout
+
+    try:
+        rows = min(store_layout(files.requests)[1:])
+    except (OSError, ValueError):
+        return f" (its store: {files.requests})"
+    return f" (its {rows} stored rows: {files.requests})" if rows else ""
 
 
 def tick_if_due(next_tick: float, tick_s: float, on_tick: Any) -> float:

@@ -16,6 +16,7 @@ from loadgen.capacity import (
     evaluate,
     next_load,
     parse_slo,
+    server_gone,
     status,
 )
 from loadgen.store import REQUEST_DTYPE
@@ -180,3 +181,15 @@ def test_noisy_probes_give_a_wider_interval_and_a_reproducible_one():
     assert noisy.ci_high - noisy.ci_low >= quiet.ci_high - quiet.ci_low
     again = estimate(spec, noisy_probes)
     assert (again.ci_low, again.ci_high) == (noisy.ci_low, noisy.ci_high)
+
+
+def test_a_probe_whose_last_requests_could_not_connect_is_a_lost_server():
+    r = rows([5.0] * 20, ok=[True] * 12 + [False] * 8)
+    r["error"][12:] = b"connect"
+    assert server_gone(r)
+    r["error"][-1] = b"timeout"  # still answering, slowly: a verdict on the load, not a lost server
+    assert not server_gone(r)
+    blip = rows([5.0] * 20, ok=[True] * 5 + [False] * 5 + [True] * 10)
+    blip["error"][5:10] = b"connect"  # refused for a moment, then answering again
+    assert not server_gone(blip)
+    assert not server_gone(rows([]))

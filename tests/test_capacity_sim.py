@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -107,9 +112,6 @@ def test_search_finds_the_analytic_capacity_and_it_holds(sim_server, fixed_profi
 
 
 def test_search_cli_rejects_bad_input_in_one_line(tmp_path):
-    import subprocess
-    import sys
-
     for args, expect in ((["--slo", "ttft:p99<=x"], "--slo"), (["--slo", "ttft:p99=5", "--over", "qps"], "--over"),
                          (["--slo", "ttft:p99=5", "--duration", "2", "--warmup-seconds", "3"], "--warmup-seconds")):
         proc = subprocess.run([sys.executable, "-m", "loadgen.cli", "search", *args, "--port", "1"],
@@ -117,3 +119,66 @@ def test_search_cli_rejects_bad_input_in_one_line(tmp_path):
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expect in lines[0], proc.stderr
+
+
+@contextmanager
+def _search(srv, out: Path) -> Iterator[subprocess.Popen]:
+    """``loadgen search`` on ``srv`` as a process, killed on the way out if it is still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen.cli", "search", "--base-url", srv.base_url, "--slo", SLO, "--tokenizer",
+         "deepseek-r1", "--input-len", "16", "--output-len", str(L), "--duration", str(DURATION_S),
+         "--warmup-seconds", str(WARMUP_S), "--start", str(CAPACITY / 2), "--label", "fixed", "--no-progress",
+         "--output-dir", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for(cond, proc, what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen (exit {proc.poll()})")
+
+
+@pytest.mark.timeout(240)
+def test_a_server_that_dies_mid_search_ends_it_with_its_own_exit_code(sim_server, fixed_profile, tmp_path):
+    srv = sim_server("--profile", str(fixed_profile), "--time-scale", str(SCALE))
+    out = tmp_path / "out"
+    with _search(srv, out) as proc:
+        first = []
+        # the first probe's verdict line: the search is under way and has one probe to keep
+        _wait_for(lambda: first.append(proc.stdout.readline()) or first[-1].startswith("probe  1:"), proc,
+                  "the first probe")
+        srv.stop()
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "stopped answering" in lines[0] and "Traceback" not in stderr
+    rec = json.loads((out / "fixed.capacity.json").read_text())
+    assert rec["status"] == "server_lost" and len(rec["probes"]) >= 1 and rec["probes"][0]["passed"]
+    assert not rec["lost_probe"]["passed"]  # the probe it was lost in is kept apart, not judged as a failure
+    assert rec["capacity"] is None or rec["capacity"] >= rec["probes"][0]["load"]
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_in_the_first_probe_exits_143_with_the_record(sim_server, fixed_profile, tmp_path):
+
+    srv = sim_server("--profile", str(fixed_profile), "--time-scale", str(SCALE))
+    out = tmp_path / "out"
+    with _search(srv, out) as proc:
+        _wait_for(lambda: any(p.stat().st_size > 4096 for p in out.glob("*probe01*.requests.npy")), proc,
+                  "the first probe's first stored request")
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    rec = json.loads((out / "fixed.capacity.json").read_text())
+    assert rec["status"] == "interrupted" and rec["capacity"] is None and rec["probes"] == []
+    assert "interrupted before any load met" in stdout

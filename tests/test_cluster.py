@@ -37,7 +37,7 @@ def test_ssh_argv_uses_the_system_ssh_with_batch_mode_and_one_script_argument():
     assert script.startswith("exec setsid -w sh -c ")
     assert "--dist-init-addr 10.0.0.1:5000" in script and "'NCCL_SOCKET_IFNAME=ens 5'" in script
     stop = stop_script(4242, 2.0, [["docker", "stop", "sglang-deepseek-r1-node1"]])
-    assert "kill -TERM -- -4242" in stop and "kill -KILL -- -4242" in stop and "docker stop sglang-deepseek-r1-node1" in stop
+    assert "kill -TERM -4242" in stop and "kill -KILL -4242" in stop and "docker stop sglang-deepseek-r1-node1" in stop
 
 
 def test_node_script_runs_in_its_own_session_with_its_env_and_prints_the_group():
@@ -46,6 +46,27 @@ def test_node_script_runs_in_its_own_session_with_its_env_and_prints_the_group()
     first, second = done.stdout.splitlines()
     pgid = parse_pgid(first)
     assert pgid is not None and second == f"{pgid} a b"
+
+
+def test_stop_and_alive_scripts_work_under_the_system_sh():
+    """/bin/sh may be dash, whose kill takes no "--": the scripts must still find and stop a group."""
+    from launcher.transport import alive_script
+
+    script = start_script(["sleep", "60"], {})
+    proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pgid = parse_pgid(proc.stdout.readline())
+        assert pgid is not None
+        assert subprocess.run(["sh", "-c", alive_script(pgid)], timeout=10).returncode == 0
+        done = subprocess.run(["sh", "-c", stop_script(pgid, 5.0)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        proc.wait(10)
+        assert not process.live_tree(pgid)
+        assert subprocess.run(["sh", "-c", alive_script(pgid)], timeout=10).returncode != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def sim_plan(port: int, extra=("--profile", "fast")):
@@ -112,14 +133,19 @@ def test_address_in_use_on_a_worker_fails_the_start_naming_the_worker(tmp_path):
     assert not process.port_in_use(port, "127.0.0.1")
 
 
-def test_cli_serve_nodes_runs_locally_until_ctrl_c_and_stops_every_node(tmp_path):
-    port = free_port_run(2)
+def _serve_two_sims(tmp_path: Path, port: int) -> subprocess.Popen:
+    """A foreground ``loadgen-launch serve --nodes 2`` of two local sims (node logs in tmp_path/logs)."""
     env = {**os.environ, "PYTHONPATH": str(project_root()), "LOADGEN_STATE_DIR": str(tmp_path / "servers")}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "launcher.cli", "serve", "--engine", "sim", "--nodes", "2", "--node-addr",
          "127.0.0.1,127.0.0.1", "--port", str(port), "--log", str(tmp_path / "logs"), "--", "--profile", "fast"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
+
+
+def test_cli_serve_nodes_runs_locally_until_ctrl_c_and_stops_every_node(tmp_path):
+    port = free_port_run(2)
+    proc = _serve_two_sims(tmp_path, port)
     try:
         ready = proc.stdout.readline()
         assert ready.startswith(f"ready: http://127.0.0.1:{port}"), ready + proc.stderr.read()
@@ -196,3 +222,32 @@ def test_placement_wait_alone_is_a_warning_and_a_worker_log_names_the_node(tmp_p
     assert not diag.failed and diag.notes[0].signature.id == "ray_placement_waiting"
     # The HTTP port of the head stays the generic port_in_use; a rendezvous port is the specific one.
     assert diagnose_text("OSError: [Errno 98] Address already in use\n", "vllm").root_cause.signature.id == "port_in_use"
+
+
+def test_sigkill_of_a_foreground_multinode_serve_leaves_no_node_running(tmp_path):
+    """The launcher cannot clean up after SIGKILL: every node's tree must end by itself."""
+    port = free_port_run(2)
+    proc = _serve_two_sims(tmp_path, port)
+    groups: list[int] = []
+    try:
+        ready = proc.stdout.readline()
+        assert ready.startswith(f"ready: http://127.0.0.1:{port}"), ready + proc.stderr.read()
+        for log in sorted((tmp_path / "logs").glob("node*.log")):
+            groups += [g for g in map(parse_pgid, log.read_text().splitlines()) if g is not None]
+        assert len(groups) == 2 and all(process.live_tree(g) for g in groups)
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 60  # the watchers look twice a second; the sims stop on SIGTERM
+        while time.monotonic() < deadline and (any(process.live_tree(g) for g in groups)
+                                               or process.port_in_use(port, "127.0.0.1")
+                                               or process.port_in_use(port + 1, "127.0.0.1")):
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        leftover = [g for g in groups if process.live_tree(g)]
+        for g in leftover:
+            process.stop_tree(g, timeout_s=5.0)
+    assert not leftover, f"node groups {leftover} outlived the launcher"
+    assert not process.port_in_use(port, "127.0.0.1") and not process.port_in_use(port + 1, "127.0.0.1")

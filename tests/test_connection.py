@@ -158,6 +158,8 @@ def test_cli_runs_against_https_with_ca_cert_or_insecure(tls_server: Misbehaving
     (path,) = tmp_path.glob("*.json")
     res = __import__("json").loads(path.read_text())
     assert res["completed"] == 3
+    # the /metrics scrape reached the same https server with the same trust (it has no such page: a 404)
+    assert "HTTP 404" in res["server_metrics"]["message"] and "CERTIFICATE" not in res["server_metrics"]["message"]
     assert res["config"]["insecure"] is (how == "insecure")
     assert ("WARNING: --insecure" in r.stderr) is (how == "insecure")
 

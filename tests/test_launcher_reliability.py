@@ -143,15 +143,17 @@ def test_engine_api_key_is_masked_on_screen_in_log_and_state(tmp_path: Path) -> 
     state = json.loads(state_file.read_text()) if state_file.exists() else None
     try:
         assert res.returncode == 0, res.stderr
-        assert secret not in res.stdout + res.stderr and "--api-key" in res.stderr
-        assert secret not in log.read_text() and "--api-key" in log.read_text()
-        assert secret not in state_file.read_text() and "--api-key" in state["argv"]
+        assert secret not in res.stdout + res.stderr and "VLLM_API_KEY='***'" in res.stderr, res.stderr
+        assert secret not in log.read_text()
+        assert secret not in state_file.read_text() and "--api-key" not in state["argv"]
         res = run_cli(tmp_path, "plan", "--engine", "vllm", "--engine-version", "0.33.0", "--model", "/m",
                       "--api-key", secret, "--json")
-        assert res.returncode == 0 and secret not in res.stdout and "--api-key" in res.stdout
-        # The engine itself got the real key.
+        assert res.returncode == 0 and secret not in res.stdout and "VLLM_API_KEY" in res.stdout
+        # The engine got the real key, in its environment (vLLM reads VLLM_API_KEY), not on its command line,
+        # which any user can read in ps and which engines echo into their logs.
         cmdline = Path(f"/proc/{state['pid']}/cmdline").read_bytes().split(b"\0")
-        assert secret.encode() in cmdline
+        environ = Path(f"/proc/{state['pid']}/environ").read_bytes().split(b"\0")
+        assert secret.encode() not in b" ".join(cmdline) and f"VLLM_API_KEY={secret}".encode() in environ
     finally:
         if state:
             run_cli(tmp_path, "stop", "--port", str(port), "--timeout", "5")

@@ -20,7 +20,7 @@ from launcher.engines import sglang_parser
 from launcher.engines.errors import PlanError
 from launcher.engines.flags import load_flagset, parse_args
 from launcher.engines.real_parser import run_real_parser, venv_python
-from launcher.multinode import MultiNodePlan, build_multinode_plan, consistency_problems
+from launcher.multinode import MultiNodePlan, build_multinode_plan, consistency_problems, parse_node_addrs
 from launcher.plan import build_plan, project_root
 
 ADDRS = "10.0.0.1,10.0.0.2"
@@ -165,6 +165,27 @@ def test_cli_plan_json_keeps_the_single_node_object_and_adds_nodes():
     bad = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", "--engine", "vllm", "--model", "/m", "--node-addr", "10.0.0.1"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "need --nodes 2" in bad.stderr
+
+
+@pytest.mark.parametrize(("addrs", "needle"), [
+    ("999.1.1.1,10.0.0.2", "'999.1.1.1' is not an IPv4 address"),
+    ("10.0.0.1,1.2.3", "'1.2.3' is not an IPv4 address"),
+    ("10.0.0.1,fe80::zz", "'fe80::zz' is not an IPv6 address"),
+    ("10.0.0.1,node;reboot", "'node;reboot' is not a host name"),
+    ("10.0.0.1,$(id)@h1", "is not a login name"),
+])
+def test_cli_plan_refuses_impossible_node_addresses_in_one_line(addrs: str, needle: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(project_root())}
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", "--engine", "sglang", "--preset", H20,
+                           "--node-addr", addrs], capture_output=True, text=True, timeout=60, env=env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
+    assert not done.stdout  # no plan printed
+
+
+def test_node_addresses_of_every_kind_are_accepted() -> None:
+    addrs, _ = parse_node_addrs("ops@10.0.0.1,[fd00::2],h20-node-3.example.com,node_4", 4)
+    assert [a.address for a in addrs] == ["10.0.0.1", "fd00::2", "h20-node-3.example.com", "node_4"]
 
 
 # ------------------------------------------------------------------ real parsers

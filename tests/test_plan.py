@@ -328,3 +328,14 @@ def test_shell_quotes_and_round_trips():
                       extra_args=["--chat-template", "{{ x }}"], host_facts=IPV4_ONLY)
     assert shlex.split(plan.shell()) == plan.argv
     assert plan.to_dict()["shell"] == plan.shell()
+
+
+def test_vllm_api_key_goes_by_environment_never_on_a_command_line() -> None:
+    p = build_plan("vllm", model="/m", version="0.33.0", extra_args=["--api-key", "sk-4711"],
+                   docker_image="vllm/vllm-openai:v0.33.0", environ={}, host_facts=("", ""))
+    assert p.env["VLLM_API_KEY"] == "sk-4711"
+    assert "sk-4711" not in " ".join(p.argv) and "sk-4711" not in " ".join(p.docker_argv or [])
+    assert "VLLM_API_KEY" in p.docker_argv  # `-e NAME`: Docker reads the value from the client's environment
+    two = build_plan("vllm", model="/m", version="0.33.0", extra_args=["--api-key", "a", "b"], environ={},
+                     host_facts=("", ""))
+    assert "VLLM_API_KEY" not in two.env and "--api-key" in two.argv  # several keys have no environment form

@@ -156,3 +156,66 @@ def test_loadgens_side_files_are_read_through_their_result_not_skipped(sim_fast,
     assert res.returncode == 0, res.stderr
     assert "skipped" not in res.stderr, res.stderr
     assert len(pd.read_csv(tmp_path / "report" / "summary.csv")) == 1
+
+
+def _loadgen_folder(base_url: str, out: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "loadgen.cli", "--base-url", base_url, "--tokenizer",
+                          "deepseek-r1", "--num-prompts", "8", "--input-len", "16", "--output-len", "4",
+                          "--metrics-interval", "0.1", "--no-progress", "--label", "run", "--output-dir", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+def test_damaged_side_files_are_named_and_the_run_still_reported(sim_fast, tmp_path: Path) -> None:
+    from loadgen.store import HEADER_BYTES, REQUEST_DTYPE
+
+    out = tmp_path / "run"
+    _loadgen_folder(sim_fast.base_url, out)
+    (store,) = out.glob("*.requests.npy")
+    (side,) = out.glob("*.metrics.jsonl")
+    with open(store, "r+b") as f:  # a writer that stopped half-way: the header says 8 rows, 4 are there
+        f.truncate(HEADER_BYTES + 4 * REQUEST_DTYPE.itemsize)
+    side.write_bytes(b"\x00garbage\x01\n{}\n")
+    res = report(str(out), "--out", str(tmp_path / "rep"))
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("loadgen-report: damaged ") for line in lines)
+    assert any(store.name in line and "holds 4 of the 8 rows" in line for line in lines)
+    assert any(side.name in line and "line 1 is not JSON" in line for line in lines)
+    assert len(pd.read_csv(tmp_path / "rep" / "summary.csv")) == 1
+
+    store.write_bytes(b"not numpy at all" * 100)  # garbage: named, and the report goes on without it
+    res = report(str(out), "--out", str(tmp_path / "rep2"))
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert any(store.name in line and "not a readable per-request store" in line
+               for line in res.stderr.splitlines())
+    assert len(pd.read_csv(tmp_path / "rep2" / "summary.csv")) == 1
+
+
+def _capacity_record() -> dict:
+    return {"schema": "loadgen-capacity/1", "label": "vllm", "over": "concurrency", "unit": "concurrent requests",
+            "capacity": 32.0, "status": "found", "bracket": [32.0, 34.0], "boundary": 33.0, "interval": [32.0, 34.0],
+            "confidence": 0.95, "client_saturated": False,
+            "search": {"over": "concurrency", "slos": ["ttft:p99<=2000"], "goodput_target": None},
+            "input_len": 128, "output_len": 128, "probes": [{"load": 32.0}] * 4, "duration_s": 10.0,
+            "server": {"engine": "sim"}, "metadata": {}, "seconds": 40}
+
+
+def test_a_capacity_record_is_reported_as_one_not_as_a_point(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "vllm.capacity.json").write_text(json.dumps(_capacity_record()))
+    res = report(str(runs), "--out", str(tmp_path / "alone"))  # alone: a capacity report, no traceback
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "1 capacity record" in res.stdout
+    table = pd.read_csv(tmp_path / "alone" / "summary.csv")
+    assert table["capacity"].tolist() == [32.0] and table["status"].tolist() == ["found"]
+
+    (runs / "good.json").write_text(GOOD.read_text())  # beside a benchmark point: each reported as what it is
+    res = report(str(runs), "--out", str(tmp_path / "both"))
+    assert res.returncode == 0, res.stderr
+    points = pd.read_csv(tmp_path / "both" / "summary.csv")
+    assert len(points) == 1 and 500 not in points["concurrency"].tolist()
+    assert pd.read_csv(tmp_path / "both" / "capacity" / "summary.csv")["capacity"].tolist() == [32.0]
+    assert "skipped" not in res.stderr

@@ -279,3 +279,78 @@ def test_bad_telemetry_options_are_one_line_errors(args: list[str], message: str
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"loadgen: error: {message}")
+
+
+# ------------------------------------------------------------------ hostile pages: watched, never waited for
+
+
+@pytest.fixture
+def hostile_page() -> Iterator[dict]:
+    """A /metrics endpoint on 127.0.0.1 that drips a byte at a time forever, or sends 30 MB of garbage."""
+    state = {"mode": "drip"}
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            if state["mode"] == "drip":
+                self.send_header("Content-Length", str(10**9))
+                self.end_headers()
+                try:
+                    while not stop.wait(0.05):  # each byte well inside any socket timeout
+                        self.wfile.write(b"#")
+                        self.wfile.flush()
+                except OSError:
+                    pass
+                return
+            line = b"x" * 1023 + b"\n"
+            self.send_header("Content-Length", str(30 * 1024 * len(line)))
+            self.end_headers()
+            try:
+                for _ in range(30 * 1024):
+                    self.wfile.write(line)
+            except OSError:
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{srv.server_address[1]}/metrics"
+    try:
+        yield state
+    finally:
+        stop.set()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("mode", ["drip", "huge"])
+def test_a_hostile_metrics_page_never_holds_up_the_run(sim_fast, hostile_page: dict, tmp_path: Path,
+                                                       mode: str) -> None:
+    hostile_page["mode"] = mode
+    result, res = _loadgen(sim_fast.base_url, tmp_path, "--num-prompts", "8", "--concurrency", "4",
+                           "--metrics-interval", "0.2", "--server-metrics", hostile_page["url"])
+    assert result["completed"] == 8
+    sm = result["server_metrics"]
+    assert sm["scrapes"] == 0
+    reason = "too slowly" if mode == "drip" else "larger than 1 MiB"
+    assert reason in sm["message"] and "\n" not in sm["message"] and len(sm["message"]) < 400
+    notes = [line for line in res.stdout.splitlines() if "server metrics not recorded" in line]
+    assert len(notes) == 1 and len(res.stdout) < 20_000 and "Traceback" not in res.stderr
+
+
+def test_a_gpu_page_without_dcgm_fields_says_so(sim_fast, tmp_path: Path) -> None:
+    result, res = _loadgen(sim_fast.base_url, tmp_path, "--num-prompts", "4", "--concurrency", "2",
+                           "--gpu-metrics", f"{sim_fast.base_url}/metrics")
+    gm = result["gpu_metrics"]
+    assert gm["source"] is None and "none of the DCGM fields" in gm["message"] and "None" not in gm["message"]
+    assert result["server_metrics"]["message"] is None and result["server_metrics"]["scrapes"] > 0
+    assert "GPU metrics not recorded: the page has none of the DCGM fields" in res.stdout

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -193,23 +194,31 @@ def _slow_sim(sim_server, tmp_path: Path):
 
 SLOW = ["--num-prompts", "40", "--concurrency", "4", "--input-len", "16", "--output-len", "30",
         "--tokenizer", "deepseek-r1", "--no-progress", "--workers", "2", "--grace", "1"]
+HUNG = [*SLOW[:1], "80", *SLOW[2:]]  # 80 requests: 15 s per worker, the hung one is caught long before
 
 
-def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path: Path) -> None:
-    """SIGKILL one worker mid-run: the other finishes its share, the result says who is missing."""
+def _fault_run(sim_server, tmp_path: Path, schedule: list[str], act, timeout_s: float):
+    """loadgen with 2 workers on a slow sim: once both workers have stored a row (inside the measured
+    phase), ``act(proc, worker_pids)``; then wait for the end. (proc, output folder, worker pids)."""
     srv = _slow_sim(sim_server, tmp_path)
     out = tmp_path / "out"
-    proc = _start(["--base-url", srv.base_url, *SLOW, "--output-dir", str(out)])
+    proc = _start(["--base-url", srv.base_url, *schedule, "--output-dir", str(out)])
     try:
         workers = _wait_for_workers(proc, 2)
         # 30 steps x 25 ms per request, 2 at a time per worker: mid-run once both have stored a row
         wait_for_rows(out, "*.w[01].requests.npy", 2, proc)
-        os.kill(workers[1], signal.SIGKILL)
-        proc.wait(timeout=90)
+        act(proc, workers)
+        proc.wait(timeout=timeout_s)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return proc, out, workers
+
+
+def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path: Path) -> None:
+    """SIGKILL one worker mid-run: the other finishes its share, the result says who is missing."""
+    proc, out, _ = _fault_run(sim_server, tmp_path, SLOW, lambda p, w: os.kill(w[1], signal.SIGKILL), 90)
     stderr = proc.stderr.read().decode()
     assert proc.returncode == 0, stderr
     res = only_result(out)
@@ -221,29 +230,66 @@ def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path:
     assert res["per_request"]["rows"] == 20 and res["per_request"]["complete"] is False
     assert "worker 1" in res["per_request"]["error"] and "SIGKILL" in res["per_request"]["error"]
     assert (out / dead["store"]).exists()  # what the dead worker had stored stays, by itself
-    assert "partial" in proc.stdout.read().decode()
+    stdout = proc.stdout.read().decode()
+    assert "partial" in stdout
+    # the summary tells the truth: the figures leave the dead worker out, its rows are in its own file,
+    # and the concurrency the run kept is said beside the one asked for
+    assert "kept in memory" not in stdout and "were not saved" not in stdout
+    flat = " ".join(stdout.split())  # the table may wrap its title
+    assert dead["store"] in stdout and "concurrency=4 (2 after worker(s) 1 failed)" in flat, stdout
     assert not _children(proc.pid)
 
 
+def test_every_worker_killed_says_where_their_rows_are(sim_server, tmp_path: Path) -> None:
+    def kill_all(proc: subprocess.Popen, workers: list[int]) -> None:
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+
+    proc, out, _ = _fault_run(sim_server, tmp_path, HUNG, kill_all, 60)
+    stderr = proc.stderr.read().decode()
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, stderr
+    assert "every worker failed" in lines[0] and "SIGKILL" in lines[0]
+    for k in (0, 1):
+        (store,) = out.glob(f"*.w{k}.requests.npy")
+        assert str(store) in lines[0] and len(read_requests(store)) > 0
+
+
 def test_sigterm_to_the_parent_stops_every_worker_and_keeps_their_requests(sim_server, tmp_path: Path) -> None:
-    srv = _slow_sim(sim_server, tmp_path)
-    out = tmp_path / "out"
-    proc = _start(["--base-url", srv.base_url, *SLOW, "--output-dir", str(out)])
-    try:
-        workers = _wait_for_workers(proc, 2)
-        wait_for_rows(out, "*.w[01].requests.npy", 2, proc)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc, out, workers = _fault_run(sim_server, tmp_path, SLOW, lambda p, w: p.send_signal(signal.SIGTERM), 60)
     assert proc.returncode == 143, proc.stderr.read().decode()
     res = only_result(out)
     assert res["partial"] is True and res["workers_failed"] == []
     assert all(w["partial"] and w["error"] is None and w["completed"] > 0 for w in res["per_worker"])
     assert 0 < res["completed"] < 40 and res["completed"] + res["failed"] == res["num_prompts"]
     assert res["per_request"]["rows"] == res["num_prompts"] and res["per_request"]["complete"] is True
+    assert not [p for p in workers if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()]
+
+
+def test_a_stopped_worker_is_killed_and_named_and_the_point_finishes(sim_server, tmp_path: Path) -> None:
+    """kill -STOP one worker mid-run: its heartbeat stops, the parent kills it, the other finishes its share."""
+    proc, out, _ = _fault_run(sim_server, tmp_path, HUNG, lambda p, w: os.kill(w[1], signal.SIGSTOP), 120)
+    stderr = proc.stderr.read().decode()
+    assert proc.returncode == 0, stderr
+    res = only_result(out)
+    assert res["partial"] is True and res["workers_failed"] == [1]
+    assert "stopped reporting" in res["per_worker"][1]["error"]
+    assert res["per_worker"][0]["completed"] == 40 and res["completed"] == 40
+    assert "worker 1" in proc.stdout.read().decode()
+    assert not _children(proc.pid)
+
+
+def test_sigterm_ends_the_parent_in_bounded_time_with_a_stopped_worker(sim_server, tmp_path: Path) -> None:
+    def stop_one_then_term(proc: subprocess.Popen, workers: list[int]) -> None:
+        os.kill(workers[1], signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+
+    # grace 1 s + the 5 s heartbeat (+ 10 s slack at most), whatever the machine
+    proc, out, workers = _fault_run(sim_server, tmp_path, HUNG, stop_one_then_term, 40)
+    assert proc.returncode == 143, proc.stderr.read().decode()
+    res = only_result(out)
+    assert res["partial"] is True and res["workers_failed"] == [1]
+    assert res["per_worker"][0]["partial"] and res["per_worker"][0]["completed"] > 0
     assert not [p for p in workers if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()]
 
 
@@ -264,6 +310,42 @@ def test_bad_worker_count_is_a_one_line_error() -> None:
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert "--workers must be >= 1" in line
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    """An ordinary HTTP server on 127.0.0.1: listening, answering, and not Ray."""
+    import http.server
+    import threading
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("where", ["nothing", "http", "bad-port", "env-garbage"])
+def test_an_address_without_a_ray_cluster_is_one_line_in_seconds(sim_fast, http_port: int, tmp_path: Path,
+                                                                  where: str) -> None:
+    pytest.importorskip("ray")
+    address = {"nothing": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{http_port}",
+               "bad-port": "127.0.0.1:70000", "env-garbage": "auto"}[where]
+    env = {**os.environ, "RAY_ADDRESS": "not an address" if where == "env-garbage" else ""}
+    started = time.monotonic()
+    r = loadgen("--base-url", sim_fast.base_url, "--ray-address", address, "--workers", "2", "--num-prompts", "4",
+                "--tokenizer", "deepseek-r1", "--no-progress", "--output-dir", str(tmp_path), timeout=120, env=env)
+    took = time.monotonic() - started
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    expect = {"nothing": "nothing listens there", "http": "not a Ray cluster (an HTTP/1 server answers there)",
+              "bad-port": "is not HOST:PORT", "env-garbage": "RAY_ADDRESS 'not an address' is not HOST:PORT"}[where]
+    assert expect in lines[0] and "ray start --head" in lines[0]
+    assert took < 60  # Ray's own retries take minutes; the check itself takes at most a few seconds
 
 
 # --- Ray --------------------------------------------------------------------------------------
@@ -304,7 +386,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.xdist_group("ray")  # one process starts the module's Ray cluster
 def test_ray_actors_measure_what_one_process_measures(sim_fast, ray_cluster, tmp_path: Path) -> None:
+    from loadgen.ray_workers import reachability_problem
+
     address, env, _, _ = ray_cluster
+    assert reachability_problem(address) is None  # a real GCS passes the quick check
     one, two = tmp_path / "one", tmp_path / "ray"
     r1 = loadgen("--base-url", sim_fast.base_url, *SCHEDULE, "--output-dir", str(one))
     assert r1.returncode == 0, r1.stderr

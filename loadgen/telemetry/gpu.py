@@ -43,6 +43,9 @@ def parse_dcgm(text: str) -> GpuReading:
                 out.setdefault(str(gpu), {})[field] = float(s.value)
     except ValueError as exc:
         raise GpuError(f"the DCGM exporter page is not Prometheus text ({exc})") from None
+    if not out:
+        raise GpuError(f"the page has none of the DCGM fields ({', '.join(sorted(_BY_DCGM))}); "
+                       "is it a dcgm-exporter's /metrics?")
     return out
 
 

@@ -1,9 +1,9 @@
 """Telemetry around one load point: the context manager the sweep wraps ``run(...)`` in.
 
-Before the run it reads every source once (which is also the check that the
-source exists: a server without ``/metrics`` is noted, never fatal), during the
-run a thread scrapes on the interval, after the run one more full read closes
-the bracket. :meth:`PointTelemetry.result_keys` turns it into the result's
+As the run begins, a thread reads every source once (which is also the check that
+the source exists: a server without ``/metrics`` is noted after the point, never
+fatal; the run waits for that read at most ``FIRST_WAIT_S``), then scrapes on the
+interval; after the run one more full read closes the bracket. :meth:`PointTelemetry.result_keys` turns it into the result's
 ``server_metrics`` and ``gpu_metrics`` entries.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadgen.telemetry.gpu import DcgmSource, NvmlSource
-from loadgen.telemetry.scrape import Fetcher, Scraper
+from loadgen.telemetry.scrape import FIRST_WAIT_S, Fetcher, Scraper
 from loadgen.telemetry.timeline import gpu_entry, server_entry
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class PointTelemetry:
         self.gpu_spec = cfg.telemetry.gpu_metrics or "auto"
         self.side_path = side_file_for(result_path)
         self.api_key = cfg.target.api_key
+        self.connection = cfg.target.connection() if cfg.target.base_url.startswith("https:") else None
         self._in_flight = (lambda: counters.in_flight) if counters is not None else None
         self._note = note
         self.server_message: str | None = None
@@ -55,6 +56,7 @@ class PointTelemetry:
         self.gpu_source: str | None = None
         self.gpu_url: str | None = None
         self.scraper: Scraper | None = None
+        self._gpu: Any = None
 
     def _say(self, message: str) -> None:
         if self._note is not None and message not in _NOTED:
@@ -64,48 +66,61 @@ class PointTelemetry:
     def _timeout(self) -> float:
         return min(5.0, max(1.0, self.interval_s))
 
+    def _ssl(self, url: str) -> Any:
+        """The run's own --ca-cert/--insecure, for a scrape of the same https server's host."""
+        if self.connection is None or not url.startswith("https:"):
+            return None
+        return self.connection.ssl_context()
+
     def __enter__(self) -> PointTelemetry:
-        fetch = Fetcher(self.url, self._timeout(), self.api_key).get if self.url else None
+        fetch = Fetcher(self.url, self._timeout(), self.api_key, self._ssl(self.url)).get if self.url else None
         gpu: Any = None
         if self.gpu_spec == "auto":
             gpu, msg = NvmlSource.open()
             self.gpu_message = msg
         elif self.gpu_spec != "off":
             self.gpu_url = self.gpu_spec
-            gpu = DcgmSource(self.gpu_spec, Fetcher(self.gpu_spec, self._timeout()).get)
+            gpu = DcgmSource(self.gpu_spec, Fetcher(self.gpu_spec, self._timeout(), None, self._ssl(self.gpu_spec)).get)
         if fetch is None and gpu is None:
             return self
+        self._gpu = gpu
         scraper = Scraper(fetch, gpu, self.interval_s, self.side_path, self._in_flight)
         scraper.open()
-        scraper.scrape(full=True)
-        if fetch is not None and scraper.log.errors:
-            hint = "--server-metrics URL" if not self.explicit else "check --server-metrics"
-            self.server_message = (f"server metrics not recorded: {scraper.log.last_error} "
-                                   f"({hint}, or --server-metrics off)")
-            scraper.drop_server()
-            self._say(self.server_message)
-        if gpu is not None and scraper.log.gpu_errors:
-            self.gpu_message = f"GPU metrics not recorded: {scraper.log.last_error} (check --gpu-metrics)"
-            scraper.drop_gpu()
-            self._say(self.gpu_message)
-        elif gpu is not None:
-            self.gpu_source = gpu.kind
-        if not scraper.active:
-            scraper.close()
-            self.side_path.unlink(missing_ok=True)
-            return self
         self.scraper = scraper
         scraper.start()
+        scraper.first_done.wait(FIRST_WAIT_S)  # a healthy page is in by now; a slow one never holds the run
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.scraper is None:
+        sc = self.scraper
+        if sc is None:
             return
         try:
-            self.scraper.stop()
-            self.scraper.scrape(full=True)
+            sc.stop()
+            if sc.first_done.is_set() and sc.active:
+                sc.scrape(full=True)
         finally:
-            self.scraper.close()
+            sc.close()
+        self._judge(sc)
+
+    def _judge(self, sc: Scraper) -> None:
+        """Say once why a source recorded nothing, and forget a scraper with nothing left."""
+        if not sc.first_done.is_set():  # the first read outlived the run: nothing to show for it
+            reason = sc.log.last_error or "no complete page before the run ended"
+            sc.drop_server()
+            sc.server_error = reason
+        if self.url is not None and sc.server_error:
+            hint = "--server-metrics URL" if not self.explicit else "check --server-metrics"
+            self.server_message = f"server metrics not recorded: {sc.server_error} ({hint}, or --server-metrics off)"
+            self._say(self.server_message)
+        if self._gpu is not None and sc.gpu_error:
+            self.gpu_message = f"GPU metrics not recorded: {sc.gpu_error} (check --gpu-metrics)"
+            self._say(self.gpu_message)
+        elif self._gpu is not None:
+            self.gpu_source = self._gpu.kind
+        if not sc.active:
+            self.side_path.unlink(missing_ok=True)
+            self.scraper = None
 
     def result_keys(self, start_ns: int, end_ns: int, start_epoch_s: float | None = None) -> dict[str, Any]:
         """``{"server_metrics": ..., "gpu_metrics": ...}`` for the result (empty when both are off)."""

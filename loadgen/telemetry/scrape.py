@@ -3,14 +3,19 @@
 It never touches the client's event loop. Its per-tick work is small on purpose:
 one keep-alive GET, the vocabulary's lines only (no buckets) through the parser,
 one JSON line to the side file; its thread CPU time is measured and reported. The
-full page (every raw series, every bucket) is read once before the run and once
-after it, outside the measured window, which is what server-side percentiles
-over the point are computed from.
+full page (every raw series, every bucket) is read once as the run begins and once
+after it, which is what server-side percentiles over the point are computed from.
+
+A page the scraper reads is the server's to shape, so no page can hold the run up:
+every GET has an overall deadline (not only a per-read socket timeout, which a page
+that drips a byte at a time never trips) and a size cap, and the first read happens
+on the thread (the run waits for it only briefly, :data:`FIRST_WAIT_S`).
 """
 
 from __future__ import annotations
 
 import http.client
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,15 +30,25 @@ from loadgen.telemetry.gpu import GpuError, GpuReading
 from loadgen.telemetry.page import Hist, Page, PageError, normalise, parse_page, vocabulary_lines
 from loadgen.telemetry.vocab import choose_names
 
+MAX_PAGE_BYTES = 1 << 20  # a vLLM page is ~50 kB; at 1 MiB a scrape during the run still costs < 1 % of a core
+FIRST_WAIT_S = 0.5  # how long the run waits for the first full read (a healthy page is milliseconds)
+
 
 class FetchError(RuntimeError):
     """A GET that did not return a 200 page; the message is one line."""
 
 
+def one_line(text: str, limit: int = 160) -> str:
+    """A message quoted from elsewhere, as at most one short line."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Fetcher:
     """GET one URL again and again over one keep-alive connection (reconnects on failure)."""
 
-    def __init__(self, url: str, timeout_s: float, api_key: str | None = None) -> None:
+    def __init__(self, url: str, timeout_s: float, api_key: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"'{url}' is not an http(s) URL")
@@ -43,27 +58,58 @@ class Fetcher:
         self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._timeout = timeout_s
+        self._ssl = ssl_context
         self._headers = {"Accept": "text/plain"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._conn: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self._timeout)
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._ssl)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+    def _body(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, deadline: float) -> bytes:
+        """The body, read in pieces against the overall deadline and the size cap."""
+        parts: list[bytes] = []
+        size = 0
+        slow = FetchError(f"{self.url}: no complete page within {self._timeout:g} s (the server sends it too slowly)")
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise slow
+            if conn.sock is not None:
+                conn.sock.settimeout(left)
+            try:
+                piece = resp.read1(1 << 16)
+            except TimeoutError:
+                raise slow from None
+            if not piece:
+                return b"".join(parts)
+            size += len(piece)
+            if size > MAX_PAGE_BYTES:
+                raise FetchError(f"{self.url}: the page is larger than {MAX_PAGE_BYTES >> 20} MiB; not a metrics "
+                                 "page loadgen reads (point --server-metrics at the engine's /metrics, or off)")
+            parts.append(piece)
 
     def get(self) -> str:
+        deadline = time.monotonic() + self._timeout
         for attempt in range(2):  # a kept-alive connection the server closed gets one fresh retry
             conn = self._conn or self._connect()
             self._conn = None
             try:
                 conn.request("GET", self._path, headers=self._headers)
+                if conn.sock is not None:
+                    conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
                 resp = conn.getresponse()
-                body = resp.read()
+                body = self._body(conn, resp, deadline)
+            except FetchError:
+                conn.close()
+                raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if attempt:
-                    raise FetchError(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
+                if attempt or time.monotonic() >= deadline:
+                    raise FetchError(one_line(f"{self.url}: {exc.__class__.__name__}: {exc}")) from None
                 continue
             if resp.will_close:
                 conn.close()
@@ -103,6 +149,7 @@ class ScrapeLog:
     errors: int = 0
     last_error: str | None = None
     gpu_errors: int = 0
+    gpu_last_error: str | None = None
     thread_cpu_s: float = 0.0
     thread_wall_s: float = 0.0
     thread_ticks: int = 0
@@ -122,6 +169,9 @@ class Scraper:
         self.log = ScrapeLog()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.first_done = threading.Event()
+        self.server_error: str | None = None  # why the server source was dropped after the first read
+        self.gpu_error: str | None = None
 
     # -- one scrape ------------------------------------------------------------------
     def scrape(self, *, full: bool) -> Tick:
@@ -133,7 +183,7 @@ class Scraper:
         if self._fetch is not None:
             try:
                 text = self._fetch()
-                page = parse_page(text if full else vocabulary_lines(text), yield_gil=not full)
+                page = parse_page(text if full else vocabulary_lines(text), yield_gil=True)
                 self._absorb(page, full)
                 vals, hs = normalise(page, self.log.names)
                 values = vals
@@ -141,7 +191,7 @@ class Scraper:
                 raw = page.raw
             except (FetchError, PageError) as exc:
                 self.log.errors += 1
-                self.log.last_error = str(exc)
+                self.log.last_error = one_line(str(exc))
         t_ns = (t0 + time.perf_counter_ns()) // 2
         gpu = None
         if self._gpu is not None:
@@ -149,7 +199,7 @@ class Scraper:
                 gpu = self._gpu.read()
             except (FetchError, GpuError) as exc:
                 self.log.gpu_errors += 1
-                self.log.last_error = str(exc)
+                self.log.gpu_last_error = one_line(str(exc))
         in_flight = self._in_flight() if self._in_flight is not None else None
         tick = Tick(t_ns, values, hists, in_flight, gpu)
         self.log.ticks.append(tick)
@@ -180,13 +230,27 @@ class Scraper:
 
     def drop_server(self) -> None:
         """Forget the server source (its first scrape failed) and what it left behind."""
+        self.server_error = self.log.last_error
         self._fetch = None
-        self.log = ScrapeLog(gpu_errors=self.log.gpu_errors)
+        self.log = ScrapeLog(gpu_errors=self.log.gpu_errors, gpu_last_error=self.log.gpu_last_error)
 
     def drop_gpu(self) -> None:
+        self.gpu_error = self.log.gpu_last_error
         self._gpu = None
         for t in self.log.ticks:
             t.gpu = None
+
+    def first(self) -> None:
+        """The first full read, which is also the check that each source answers: one that
+        does not is dropped for the point (and said why, once, by the caller)."""
+        try:
+            self.scrape(full=True)
+            if self._fetch is not None and self.log.errors:
+                self.drop_server()
+            if self._gpu is not None and self.log.gpu_errors:
+                self.drop_gpu()
+        finally:
+            self.first_done.set()
 
     @property
     def active(self) -> bool:
@@ -198,9 +262,10 @@ class Scraper:
 
     def _loop(self) -> None:
         cpu0, wall0 = time.thread_time(), time.perf_counter()
+        self.first()
         interval = self.interval_s
         next_at = time.perf_counter() + interval
-        while not self._stop.wait(max(0.0, next_at - time.perf_counter())):
+        while self.active and not self._stop.wait(max(0.0, next_at - time.perf_counter())):
             self.scrape(full=False)
             self.log.thread_ticks += 1
             now = time.perf_counter()
