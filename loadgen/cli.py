@@ -75,7 +75,19 @@ class LoadgenCommand(OneLineErrors, click.Command):
             from loadgen.search_cli import main as search_main  # ``loadgen search ...``: the capacity search
 
             return search_main.main(args[1:], "loadgen search")
+        plugged = plugged_command(args[0]) if args and not args[0].startswith("-") and self.name != "search" else None
+        if plugged is not None:
+            return plugged.main(args[1:], f"loadgen {args[0]}")
         return super().main(args, *rest, **extra)
+
+
+def plugged_command(name: str) -> Any:
+    """A subcommand another installed package registers in the ``loadgen.commands`` entry-point group
+    (``loadgen compare`` comes from analysis so): loadgen names no package it must not import."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="loadgen.commands", name=name)
+    return next(iter(found)).load() if found else None
 
 
 def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
