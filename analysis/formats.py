@@ -21,6 +21,7 @@ from analysis.telemetry import server_columns
 LOADGEN = "loadgen"
 VLLM = "vllm"
 SGLANG = "sglang"
+PEER_TOOLS = ("aiperf", "guidellm")
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 """Latency metrics every producer reports (SGLang calls e2el ``e2e_latency``)."""
@@ -73,6 +74,8 @@ def detect_format(obj: Mapping[str, Any]) -> str:
         raise FormatError("a result record must be a JSON object")
     tool = str(obj.get("tool") or obj.get("producer") or obj.get("generator") or "").lower()
     versions = obj.get("versions")
+    if tool in PEER_TOOLS:  # AIPerf's and guidellm's results, flattened by analysis.peers
+        return tool
     if tool.startswith("loadgen") or (isinstance(versions, Mapping) and "loadgen" in versions):
         return LOADGEN
     if str(obj.get("schema", "")).startswith("loadgen") or "loadgen_version" in obj:
