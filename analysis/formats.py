@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from analysis.energy import energy_columns
 from analysis.telemetry import server_columns
 
 LOADGEN = "loadgen"
@@ -430,6 +431,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     }
     row["burst"] = is_burst(row)
     row.update(server_columns(obj))  # server_metrics (loadgen --server-metrics)
+    row.update(energy_columns(obj))  # gpu_metrics' energy counter → J per token
     return row
 
 

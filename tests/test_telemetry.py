@@ -127,11 +127,11 @@ def test_summary_over_the_run_window_and_counter_resets() -> None:
 # ------------------------------------------------------------------ GPU sources
 
 
-def test_dcgm_page_gives_five_fields_per_gpu() -> None:
+def test_dcgm_page_gives_five_fields_and_the_energy_counter_per_gpu() -> None:
     gpus = parse_dcgm((FIXTURES / "dcgm-exporter-h20x2.txt").read_text())
     assert sorted(gpus) == ["0", "1"]
     assert gpus["0"] == {"util_pct": 97, "mem_used_mib": 92633, "power_w": 352.417, "sm_clock_mhz": 1980,
-                         "temp_c": 61}
+                         "temp_c": 61, "energy_j": pytest.approx(81234567.890)}  # the page says mJ
     assert gpus["1"]["sm_clock_mhz"] == 1755
 
 
