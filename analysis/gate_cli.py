@@ -1,7 +1,7 @@
 """The ``loadgen-compare`` command (also ``loadgen compare``): a regression gate for CI.
 
 Exit codes: 0 no gated metric regressed; 1 a gated metric regressed beyond the
-threshold with the interval's support; 2 bad input (an option, a path, nothing
+threshold with the interval's support (its whole 95 % interval beyond it); 2 bad input (an option, a path, nothing
 usable, runs that are not comparable); 3 a gated metric could not be judged
 (no interval: no per-request data and too few repeats, or runs too short).
 """
@@ -26,8 +26,8 @@ Examples:
   loadgen compare base/ new/ >> "$GITHUB_STEP_SUMMARY"
 
 \b
-Exit codes: 0 pass; 1 a gated metric regressed beyond --threshold (its 95 %
-interval lies wholly on the worse side); 2 bad input or runs not comparable;
+Exit codes: 0 pass; 1 a gated metric regressed beyond --threshold (its whole
+95 % interval lies beyond it); 2 bad input or runs not comparable;
 3 a gated metric could not be judged (no interval).
 """
 
@@ -62,7 +62,7 @@ def parse_metrics(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--threshold", default="5%", show_default=True,
-              help="A regression is a change worse than this (relative), with the interval's support.")
+              help="A regression is a change worse than this (relative) over the whole 95 % interval.")
 @click.option("--metric", "metric_args", multiple=True, metavar="KEY",
               help=f"Gate only these (repeat, or comma-separated): {', '.join(BY_KEY)}. [default: all]")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,9 +66,17 @@ def gate(base: Path, new: Path, threshold: str) -> tuple[int, list[str]]:
     if done.returncode not in (0, 1, 3):
         raise SystemExit(f"loadgen compare failed ({done.returncode}): {done.stderr.strip()}")
     data = json.loads(done.stdout)
-    flagged = [f"{m['metric']} {m['change'] * 100:+.1f}%" for p in data["points"] for m in p["metrics"]
-               if m["verdict"] == "regression"]
-    return done.returncode, flagged
+    limit = data["threshold"]
+    flagged = []
+    lenient = False  # the looser rule: interval excludes zero and the estimate alone is beyond the threshold
+    for m in (m for p in data["points"] for m in p["metrics"] if m["ci_low"] is not None):
+        worse = -1 if m["higher_is_better"] else 1
+        lo, hi = sorted((worse * m["ci_low"], worse * m["ci_high"]))
+        lenient |= lo > 0 and worse * m["change"] > limit
+        if m["verdict"] == "regression":
+            flagged.append(f"{m['metric']} {m['change'] * 100:+.1f}% [{m['ci_low'] * 100:+.1f}, "
+                           f"{m['ci_high'] * 100:+.1f}]")
+    return done.returncode, flagged, lenient
 
 
 def main() -> None:
@@ -85,10 +94,11 @@ def main() -> None:
     ap.add_argument("--goodput-ttft-ms", type=float, default=200.0)
     ap.add_argument("--pin", action="store_true", help="sims on CPU 0, client on CPU 1 (taskset)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the sims on kill too
     os.environ.setdefault("LOADGEN_CACHE_DIR", tempfile.mkdtemp(prefix="loadgen-perf-cache-"))
     sims = {name: start_sim(args.profile, scale, args.pin) for name, scale in
             (("A", args.time_scale), ("A2", args.time_scale), ("B", args.time_scale / args.slowdown))}
-    alarms = found = judged_same = judged_slow = 0
+    alarms = found = judged_same = judged_slow = lenient_alarms = lenient_found = 0
     print(f"profile {args.profile} at time scale {args.time_scale:g} (B: {args.time_scale / args.slowdown:g}); "
           f"{args.num_prompts} prompts {args.input_len}->{args.output_len} at rate {args.rate}, "
           f"concurrency {args.concurrency}; "
@@ -101,10 +111,12 @@ def main() -> None:
                 dirs = {name: Path(tmp) / f"{i}-{name}" for name in sims}
                 for name, (_, url) in sims.items():
                     run_point(url, dirs[name], i, args)
-                same_rc, same_flags = gate(dirs["A"], dirs["A2"], args.threshold)
-                slow_rc, slow_flags = gate(dirs["A"], dirs["B"], args.threshold)
+                same_rc, same_flags, same_lenient = gate(dirs["A"], dirs["A2"], args.threshold)
+                slow_rc, slow_flags, slow_lenient = gate(dirs["A"], dirs["B"], args.threshold)
                 alarms += same_rc == 1
                 found += slow_rc == 1
+                lenient_alarms += same_lenient
+                lenient_found += slow_lenient
                 judged_same += same_rc != 3
                 judged_slow += slow_rc != 3
                 print(f"pair {i + 1:2d}: identical exit {same_rc} {', '.join(same_flags) or '-'} | "
@@ -114,6 +126,8 @@ def main() -> None:
             stop_tree(proc.pid, proc.pid, timeout_s=5.0, popen=proc)
     print(f"false alarms: {alarms}/{args.pairs} identical pairs ({judged_same} judged); "
           f"slowdown {args.slowdown:g}x found: {found}/{args.pairs} ({judged_slow} judged)")
+    print(f"looser rule (estimate beyond the threshold, interval excluding zero): false alarms "
+          f"{lenient_alarms}/{args.pairs}, found {lenient_found}/{args.pairs}")
 
 
 if __name__ == "__main__":
