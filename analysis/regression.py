@@ -279,27 +279,23 @@ def point_figure(side: Side, metric: Metric) -> float:
 def _block_draws(side: Side, metric: Metric, lo: float, n_boot: int,
                  rng: np.random.Generator) -> tuple[np.ndarray | None, int]:
     """The metric over ``n_boot`` block resamples of a side, and its number of blocks (None: no interval)."""
+    parts: list[Any] = []
     total = 0
-    if metric.q is None:
-        rparts = []
-        for req in side.requests:
-            ids, k = block_ids(req)
-            amount = _rate_source(req, metric.source)
-            if k == 0 or amount is None:
-                return None, 0
-            rparts.append((spread(req, amount, k), k, block_span_ms(req) / 1000.0))
-            total += k
-        return (_rate_draws(rparts, n_boot, rng), total) if rparts else (None, 0)
-    lparts = []
     for req in side.requests:
         ids, k = block_ids(req)
-        found = _latencies(req, metric.source)
-        if k == 0 or found is None:
+        data = _rate_source(req, metric.source) if metric.q is None else _latencies(req, metric.source)
+        if k == 0 or data is None:
             return None, 0
-        values, owner = found
-        lparts.append((_bins(values, lo), ids[owner], k))
+        if metric.q is None:
+            parts.append((spread(req, data, k), k, block_span_ms(req) / 1000.0))
+        else:
+            parts.append((_bins(data[0], lo), ids[data[1]], k))
         total += k
-    return (_percentile_draws(lparts, metric.q, lo, n_boot, rng), total) if lparts else (None, 0)
+    if not parts:
+        return None, 0
+    if metric.q is None:
+        return _rate_draws(parts, n_boot, rng), total
+    return _percentile_draws(parts, metric.q, lo, n_boot, rng), total
 
 
 def _positive_floor(sides: Sequence[Side], metric: Metric) -> float:

@@ -131,15 +131,6 @@ def test_runs_that_are_not_comparable_or_bad_options_are_one_line_and_exit_2(tmp
     assert proc.returncode == 2 and "nowhere" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.fixture
-def fixed_profile(tmp_path: Path) -> Path:
-    """Every step 100 ms (÷ time scale), no prefill cost: a slower sim is slower by exactly its scale."""
-    path = tmp_path / "fixed.json"
-    path.write_text(json.dumps({"name": "fixed", "base_ms": 100, "decode_seq_ms": 0, "prefill_token_ms": 0,
-                                "max_num_seqs": 64, "natural_len_median": 0}))
-    return path
-
-
 @pytest.mark.timeout(240)
 def test_the_gate_passes_identical_sims_and_fails_a_slowed_one(sim_server, fixed_profile, tmp_path, private_cache):
     fast = sim_server("--profile", str(fixed_profile), "--time-scale", "10")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from analysis.cost import CostError, annotate, capacity_cost, per_million
 from loadgen.telemetry.scrape import Tick
 from loadgen.telemetry.timeline import energy
+from tests.conftest import serve_text
 
 REPO = Path(__file__).resolve().parent.parent
 POWER_W = {"0": 300.0, "1": 200.0}
@@ -44,34 +43,18 @@ def advancing_dcgm() -> Iterator[str]:
     """A DCGM-exporter page on 127.0.0.1 whose energy counters (mJ) advance at POWER_W."""
     t0 = time.monotonic()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            elapsed = time.monotonic() - t0
-            lines = ["# HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).",
-                     "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter"]
-            lines += [f'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{gpu="{g}",modelName="NVIDIA H20"}} '
-                      f"{int(5e9 + p * elapsed * 1000)}" for g, p in POWER_W.items()]
-            lines += ["# TYPE DCGM_FI_DEV_POWER_USAGE gauge"]
-            lines += [f'DCGM_FI_DEV_POWER_USAGE{{gpu="{g}"}} {p}' for g, p in POWER_W.items()]
-            body = ("\n".join(lines) + "\n").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def page(path: str) -> tuple[int, bytes]:
+        elapsed = time.monotonic() - t0
+        lines = ["# HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).",
+                 "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter"]
+        lines += [f'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{gpu="{g}",modelName="NVIDIA H20"}} '
+                  f"{int(5e9 + p * elapsed * 1000)}" for g, p in POWER_W.items()]
+        lines += ["# TYPE DCGM_FI_DEV_POWER_USAGE gauge"]
+        lines += [f'DCGM_FI_DEV_POWER_USAGE{{gpu="{g}"}} {p}' for g, p in POWER_W.items()]
+        return 200, ("\n".join(lines) + "\n").encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/metrics"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    with serve_text(page) as root:
+        yield f"{root}/metrics"
 
 
 @pytest.mark.timeout(180)
