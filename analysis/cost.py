@@ -67,9 +67,8 @@ def capacity_cost(table: pd.DataFrame, price_per_gpu_hour: float, gpus: int) -> 
     out = table.copy()
     costs = []
     for _, row in out.iterrows():
-        rate = row.get("capacity") if row.get("over") == "rate" else None
-        length = row.get("output_len")
-        ok = isinstance(rate, int | float) and isinstance(length, int | float) and rate == rate and length == length
-        costs.append(per_million(price_per_gpu_hour, gpus, float(rate) * float(length)) if ok else math.nan)
+        rate = pd.to_numeric(row.get("capacity"), errors="coerce") if row.get("over") == "rate" else math.nan
+        length = pd.to_numeric(row.get("output_len"), errors="coerce")
+        costs.append(per_million(price_per_gpu_hour, gpus, float(rate) * float(length)))
     out["$/M output tokens at SLO"] = costs
     return out

@@ -37,7 +37,7 @@ def energy_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     gpus = gm.get("gpus")
     if isinstance(gpus, list) and gpus:
         out["gpu_count"] = len(gpus)
-    summ = gm.get("summary") if isinstance(gm.get("summary"), Mapping) else {}
+    summ: Mapping[str, Any] = gm["summary"] if isinstance(gm.get("summary"), Mapping) else {}
     joules, power = _positive(summ.get("energy_j")), _positive(summ.get("energy_mean_power_w"))
     if joules is None:
         return out

@@ -44,6 +44,10 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _get(obj: Any, *path: str) -> Any:
     for key in path:
         if not isinstance(obj, Mapping):
@@ -99,8 +103,8 @@ def aiperf_run(obj: Mapping[str, Any]) -> dict[str, Any]:
     goodput = obj.get("goodput")
     if isinstance(goodput, Mapping) and "request" in str(goodput.get("unit", "")):
         flat["request_goodput"] = _aiperf_stat(goodput, "mean")
-    cfg = obj.get("input_config") if isinstance(obj.get("input_config"), Mapping) else {}
-    load = _get(cfg, "loadgen") or {}
+    cfg = _map(obj.get("input_config"))
+    load = _map(_get(cfg, "loadgen"))
     flat["max_concurrency"] = _num(load.get("concurrency"))
     flat["request_rate"] = _num(load.get("request_rate")) or "inf"
     flat["input_len"] = _num(_get(cfg, "input", "prompt", "input_tokens", "mean"))
@@ -122,10 +126,10 @@ def aiperf_requests(lines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     ``analysis.requests`` gives for loadgen's store: sent/last (ms from the first send), latencies, ITLs."""
     rows = []
     for line in lines:
-        meta = line.get("metadata") if isinstance(line.get("metadata"), Mapping) else {}
+        meta = _map(line.get("metadata"))
         if str(meta.get("benchmark_phase", "profiling")) not in ("profiling", "measurement"):
             continue
-        metrics = line.get("metrics") if isinstance(line.get("metrics"), Mapping) else {}
+        metrics = _map(line.get("metrics"))
 
         def value(name: str, metrics: Mapping[str, Any] = metrics) -> Any:
             entry = metrics.get(name)
@@ -135,7 +139,8 @@ def aiperf_requests(lines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             scale = _MS.get(str(entry.get("unit", "")).lower(), 1.0)
             if isinstance(v, list):
                 return [float(x) * scale for x in v if _num(x) is not None]
-            return None if _num(v) is None else float(v) * (scale if entry.get("unit") in _MS else 1.0)
+            num = _num(v)
+            return None if num is None else num * (scale if entry.get("unit") in _MS else 1.0)
 
         start, end = _stamp(meta.get("request_start_ns")), _stamp(meta.get("request_end_ns"))
         ok = line.get("error") is None and not meta.get("was_cancelled")
@@ -194,11 +199,10 @@ def is_guidellm(obj: Mapping[str, Any]) -> bool:
 
 
 def _dist(metrics: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    entry = _get(metrics, name, "successful")
-    return entry if isinstance(entry, Mapping) else {}
+    return _map(_get(metrics, name, "successful"))
 
 
-def _lengths(obj: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[str, float]:
+def _lengths(obj: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[str, float | None]:
     """Asked lengths from the synthetic data spec (``prompt_tokens=256,output_tokens=128``)."""
     for source in (_get(bench, "config", "requests", "data"), _get(obj, "args", "data"),
                    _get(bench, "request_loader", "data")):
@@ -218,7 +222,7 @@ def guidellm_runs(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
         flat: dict[str, Any] = {"tool": GUIDELLM}
         for name, (metric, scale) in _GUIDELLM_LATENCIES.items():
             dist = _dist(metrics, name)
-            pct = dist.get("percentiles") if isinstance(dist.get("percentiles"), Mapping) else {}
+            pct = _map(dist.get("percentiles"))
             for stat in ("mean", "median", "min", "max", "std_dev"):
                 if _num(dist.get(stat)) is not None:
                     flat[f"{'std' if stat == 'std_dev' else stat}_{metric}_ms"] = float(dist[stat]) * scale
@@ -230,7 +234,7 @@ def guidellm_runs(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
             value = _num(_dist(metrics, name).get("mean"))
             if value is not None:
                 flat[key] = value
-        totals = metrics.get("request_totals") if isinstance(metrics.get("request_totals"), Mapping) else {}
+        totals = _map(metrics.get("request_totals"))
         flat["completed"] = _num(totals.get("successful"))
         flat["failed"] = (_num(totals.get("errored")) or 0) + (_num(totals.get("incomplete")) or 0)
         for name, key in (("prompt_token_count", "total_input_tokens"), ("output_token_count", "total_output_tokens")):
@@ -240,7 +244,7 @@ def guidellm_runs(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
         start, end = _num(bench.get("start_time")), _num(bench.get("end_time"))
         flat["duration"] = _num(bench.get("duration")) or (end - start if start is not None and end is not None
                                                             else None)
-        strategy = _get(bench, "config", "strategy") or _get(bench, "args", "strategy") or {}
+        strategy = _map(_get(bench, "config", "strategy") or _get(bench, "args", "strategy"))
         kind = str(strategy.get("type_") or strategy.get("type") or "")
         if kind == "concurrent":
             flat["max_concurrency"] = _num(strategy.get("streams"))

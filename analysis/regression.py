@@ -283,7 +283,7 @@ def _block_draws(side: Side, metric: Metric, lo: float, n_boot: int,
     total = 0
     for req in side.requests:
         ids, k = block_ids(req)
-        data = _rate_source(req, metric.source) if metric.q is None else _latencies(req, metric.source)
+        data: Any = _rate_source(req, metric.source) if metric.q is None else _latencies(req, metric.source)
         if k == 0 or data is None:
             return None, 0
         if metric.q is None:
