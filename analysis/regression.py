@@ -14,7 +14,8 @@ one of two sources:
   overlap in time share a batch, a queue and a cache state, so their latencies
   are correlated; drawing them one by one would treat them as independent and
   give intervals that are too narrow. Drawing blocks keeps that correlation in
-  every draw. A run with fewer than :data:`MIN_BLOCKS` blocks gets no interval.
+  every draw. A run with fewer than :data:`MIN_BLOCKS` blocks gets no interval, nor does a
+  percentile with fewer than :data:`MIN_TAIL` values beyond it (a p99 needs 1,000).
 
 Percentiles of a draw come from per-block histograms on a fine logarithmic grid
 (:data:`BIN_WIDTH` relative width), so 2,000 draws cost a matrix product rather
@@ -48,6 +49,7 @@ SEED = 0
 MIN_BLOCKS = 5
 MAX_BLOCKS = 40
 MIN_REPEATS = 3
+MIN_TAIL = 10  # values beyond a percentile needed to give it an interval (p99: 1,000 values)
 BIN_WIDTH = 0.002  # relative width of a histogram bin: percentiles of a draw are off by at most half of it
 
 REGRESSION = "regression"
@@ -298,6 +300,25 @@ def _block_draws(side: Side, metric: Metric, lo: float, n_boot: int,
     return _percentile_draws(parts, metric.q, lo, n_boot, rng), total
 
 
+def _thin_tail(base: Side, new: Side, metric: Metric) -> str | None:
+    """Why a percentile gets no interval from requests, or None.
+
+    A percentile beyond which fewer than MIN_TAIL values lie is set by a handful of
+    requests; resampling cannot show how much it would move in another run (a single
+    stall of the machine decides it), so its interval would be too narrow.
+    """
+    if metric.q is None:
+        return None
+    count = min(sum(v[0].size for r in side.requests if (v := _latencies(r, metric.source)) is not None)
+                for side in (base, new))
+    tail = count * (1 - metric.q / 100.0)
+    if tail >= MIN_TAIL:
+        return None
+    need = math.ceil(MIN_TAIL / (1 - metric.q / 100.0))
+    return (f"too few values for a p{metric.q:g} interval ({count}; {need:,} give {MIN_TAIL} beyond it): "
+            f"run more requests or --repeat")
+
+
 def _positive_floor(sides: Sequence[Side], metric: Metric) -> float:
     """Start of the log grid: the smallest positive value either side measured."""
     lows = []
@@ -333,6 +354,9 @@ def estimate(base: Side, new: Side, metric: Metric, n_boot: int = N_BOOT, seed: 
             return Estimate(metric, b, n, _change(b, n), math.nan, math.nan,
                             "no per-request data for it on both sides (and fewer than "
                             f"{MIN_REPEATS} repeats)")
+        short = _thin_tail(base, new, metric)
+        if short is not None:
+            return Estimate(metric, b, n, _change(b, n), math.nan, math.nan, short)
         lo = _positive_floor((base, new), metric)
         draws_b, kb = _block_draws(base, metric, lo, n_boot, rng)
         draws_n, kn = _block_draws(new, metric, lo, n_boot, rng)

@@ -80,6 +80,11 @@ def test_a_run_too_short_for_blocks_or_without_the_data_is_not_judged():
     short = side(np.full(20, 1000.0), rate=20.0)  # 1 s of sends, 1 s latencies: under five blocks of 2 × E2EL
     est = judge(short, short, [BY_KEY["ttft_p50"]], threshold=0.05)[0]
     assert est.verdict == UNKNOWN and "too short" in est.method
+    # 500 requests leave 5 beyond the p99: a handful of requests, so no interval (the p50 has one)
+    few = drifting(4, n=500)
+    p99, p50 = judge(side(few), side(few), [BY_KEY["e2el_p99"], BY_KEY["ttft_p50"]], threshold=0.05)
+    assert p99.verdict == UNKNOWN and "too few values for a p99 interval (500; 1,000" in p99.method
+    assert p50.verdict == NO_CHANGE
     no_itl = judge(side(np.full(500, 10.0)), side(np.full(500, 10.0)), [BY_KEY["itl_p99"]], threshold=0.05)[0]
     assert no_itl.verdict == UNKNOWN and "no per-request data" in no_itl.method
 
@@ -141,11 +146,16 @@ def test_the_gate_passes_identical_sims_and_fails_a_slowed_one(sim_server, fixed
     for srv, name in ((fast, "base"), (twin, "twin"), (slow, "slow")):
         proc = loadgen("--base-url", srv.base_url, *common, "--output-dir", str(tmp_path / name))
         assert proc.returncode == 0, proc.stderr
-    # the same files on both sides: every change is zero and nothing regresses
+    # the same files on both sides: every change is zero and nothing regresses; 80 requests are too few
+    # for a p99 interval, so those are not judged (exit 3) rather than judged on three requests
     same = loadgen("compare", str(tmp_path / "base"), str(tmp_path / "base"), "--format", "json")
-    data = json.loads(same.stdout)
-    assert same.returncode == 0, same.stdout
-    assert all(m["change"] == 0 for m in data["points"][0]["metrics"] if m["change"] is not None)
+    metrics = {m["metric"]: m for m in json.loads(same.stdout)["points"][0]["metrics"]}
+    assert same.returncode == 3, same.stdout
+    assert all(m["change"] == 0 for m in metrics.values() if m["change"] is not None)
+    assert metrics["ttft_p50"]["verdict"] == "no detectable change"
+    assert metrics["ttft_p99"]["verdict"] == "not judged" and "too few values" in metrics["ttft_p99"]["method"]
+    p50s = loadgen("compare", str(tmp_path / "base"), str(tmp_path / "base"), "--metric", "ttft_p50,tpot_p50")
+    assert p50s.returncode == 0 and p50s.stdout.startswith("**PASS**")
     # an identical sim: an open-loop rate far under capacity gives the same throughput on any machine
     twin = loadgen("compare", str(tmp_path / "base"), str(tmp_path / "twin"), "--metric", "output_throughput,goodput",
                    "--threshold", "20%")
