@@ -167,7 +167,7 @@ def write_capacity_report(table: pd.DataFrame, out_dir: str | Path, baseline: st
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = table[list(COLUMNS)]
+    table = table[list(COLUMNS) + [c for c in table.columns if c.startswith("$/")]]  # + analysis.cost's
     csv = out / "summary.csv"
     table.to_csv(csv, index=False, float_format="%.4g")
     md = out / "comparison.md"

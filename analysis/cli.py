@@ -36,7 +36,12 @@ class ReportCommand(OneLineErrors, click.Command):
 @click.option("--baseline", default=None, help="Label to compare the others against (default: the first found).")
 @click.option("--title", default="loadgen report", show_default=True, help="Title of report.html.")
 @click.option("--exclude-partial", is_flag=True, help="Leave out runs that stopped early.")
-def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: str, exclude_partial: bool) -> None:
+@click.option("--gpu-hour-price", type=float, default=None, metavar="USD",
+              help="Price of one GPU-hour: adds $/M output tokens and $/M total tokens per point.")
+@click.option("--gpus", type=int, default=None, metavar="N",
+              help="GPUs per deployment for --gpu-hour-price [default: recorded by the run]")
+def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: str, exclude_partial: bool,
+         gpu_hour_price: float | None, gpus: int | None) -> None:
     """Turn result files into summary.csv, comparison.md, plots/ and a self-contained report.html.
 
     Comparability warnings are printed first, then the conclusions that hold.
@@ -66,6 +71,15 @@ def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: st
             click.echo(f"loadgen-report: {item.kind} {item}", err=True)
         if runs.empty and capacities.empty:
             raise click.UsageError("every run found is partial; drop --exclude-partial or rerun them")
+    if gpus is not None and gpu_hour_price is None:
+        raise click.UsageError("--gpus is used only with --gpu-hour-price; give both")
+    if gpu_hour_price is not None and runs is not None and not runs.empty:
+        from analysis.cost import CostError, annotate
+
+        try:
+            runs = annotate(runs, gpu_hour_price, gpus)
+        except CostError as exc:
+            raise click.UsageError(str(exc)) from None
     if not capacities.empty:
         where = Path(out_dir) / "capacity" if runs is not None and not runs.empty else Path(out_dir)
         try:

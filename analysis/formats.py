@@ -16,12 +16,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from analysis.energy import energy_columns
 from analysis.prefix_cache import cache_columns
 from analysis.telemetry import server_columns
 
 LOADGEN = "loadgen"
 VLLM = "vllm"
 SGLANG = "sglang"
+PEER_TOOLS = ("aiperf", "guidellm")
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 """Latency metrics every producer reports (SGLang calls e2el ``e2e_latency``)."""
@@ -74,6 +76,8 @@ def detect_format(obj: Mapping[str, Any]) -> str:
         raise FormatError("a result record must be a JSON object")
     tool = str(obj.get("tool") or obj.get("producer") or obj.get("generator") or "").lower()
     versions = obj.get("versions")
+    if tool in PEER_TOOLS:  # AIPerf's and guidellm's results, flattened by analysis.peers
+        return tool
     if tool.startswith("loadgen") or (isinstance(versions, Mapping) and "loadgen" in versions):
         return LOADGEN
     if str(obj.get("schema", "")).startswith("loadgen") or "loadgen_version" in obj:
@@ -429,6 +433,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     row["burst"] = is_burst(row)
     row.update(server_columns(obj))  # server_metrics (loadgen --server-metrics)
     row.update(cache_columns(obj))  # prefix_cache (loadgen)
+    row.update(energy_columns(obj))  # gpu_metrics' energy counter → J per token
     return row
 
 

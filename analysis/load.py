@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import hdr
+from analysis import hdr, peers
 from analysis.formats import METRICS, FormatError, json_repr, normalize
 
 PathLike = str | os.PathLike[str]
@@ -133,7 +133,7 @@ def _run_rows(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     file rather than being read as absent figures.
     """
     try:
-        records = _records(path)
+        records = peers.expand(_records(path), path)
     except OSError as exc:
         raise _Unusable(f"cannot be read ({exc.strerror or exc}); check its permissions") from None
     rows = []
@@ -187,7 +187,8 @@ def _collect(paths: PathLike | Iterable[PathLike],
     found: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for order, path in enumerate(_as_paths(paths)):
         if path.is_dir():
-            files = [f for f in _candidate_files(path) if not f.name.endswith((*_COMPANION_SUFFIXES, CAPACITY_SUFFIX))]
+            files = [f for f in _candidate_files(path)
+                     if not f.name.endswith((*_COMPANION_SUFFIXES, CAPACITY_SUFFIX)) and not peers.is_companion(f)]
         elif path.is_file():
             files = [path] if not path.name.endswith(CAPACITY_SUFFIX) else []
         else:
@@ -388,6 +389,9 @@ def _itls_from_chunks(chunks: np.ndarray, prompt_ids: np.ndarray) -> list[list[f
 
 def requests_of(result: Path, record: Mapping[str, Any]) -> pd.DataFrame:
     """One run's requests: its per-request store, else per-request lines beside it, else its lists."""
+    beside = peers.requests_beside(result, record)
+    if beside is not None:
+        return beside
     store = _store_paths(result, record)
     if store is not None:
         return _requests_from_store(*store)

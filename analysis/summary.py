@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.cost import SUMMARY_COLUMNS as COST_COLUMNS
+from analysis.energy import SUMMARY_COLUMNS as ENERGY_COLUMNS
+
 # The field report's summary.csv, in its order and with its names, so its readers keep working.
 REPORT_COLUMNS = {
     "concurrency": "concurrency",
@@ -44,6 +47,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
 
     wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **summary_columns(runs),
               **prefix_cache.summary_columns(runs)}
+    wanted.update({k: v for k, v in {**ENERGY_COLUMNS, **COST_COLUMNS}.items() if k in runs.columns})
     frame = pd.DataFrame(index=runs.index)
     for src, name in wanted.items():
         # every column but the label is a number; a figure not recorded is NaN (empty in the

@@ -75,7 +75,19 @@ class LoadgenCommand(OneLineErrors, click.Command):
             from loadgen.search_cli import main as search_main  # ``loadgen search ...``: the capacity search
 
             return search_main.main(args[1:], "loadgen search")
+        plugged = plugged_command(args[0]) if args and not args[0].startswith("-") and self.name != "search" else None
+        if plugged is not None:
+            return plugged.main(args[1:], f"loadgen {args[0]}")
         return super().main(args, *rest, **extra)
+
+
+def plugged_command(name: str) -> Any:
+    """A subcommand another installed package registers in the ``loadgen.commands`` entry-point group
+    (``loadgen compare`` comes from analysis so): loadgen names no package it must not import."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="loadgen.commands", name=name)
+    return next(iter(found)).load() if found else None
 
 
 def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
@@ -149,9 +161,15 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 @_opt("--warmup-seconds", "warmup_s", type=float, default=0.0, show_default=True,
       help="With --duration: requests released in each point's first W seconds are warm-up "
            "(kept in the per-request store, flagged, left out of every figure).")
-@_opt("--repeat", type=int, default=1, show_default=True,
+@_opt("--repeat", default="1", show_default=True,
       help="Run every point K times (one result file each: {repeat} in --result-filename, else a -repN suffix); "
-           "loadgen-report gives confidence intervals across repeats.")
+           "loadgen-report gives confidence intervals across repeats. 'auto': repeat until --repeat-width.")
+@_opt("--repeat-width", default=None, metavar="PCT",
+      help="--repeat auto: stop once the 95 % interval of the mean of every --repeat-metric is within ±PCT of it. "
+           "[default: 5%]")
+@_opt("--repeat-metric", "repeat_metrics", multiple=True, metavar="FIGURE",
+      help="--repeat auto: a result figure to converge (repeat the option). [default: output_throughput, p99_ttft_ms]")
+@_opt("--repeat-max", type=int, default=None, metavar="N", help="--repeat auto: at most N runs. [default: 10]")
 @_opt("--seed", type=int, default=0, show_default=True, help="Seed for prompts and arrival times.")
 @_opt("--ignore-eos/--no-ignore-eos", default=None,
       help="Ask the server to generate exactly --output-len tokens. [default: on for random prompts, off for datasets]")
@@ -249,6 +267,9 @@ _SET_BY = {
     "concurrencies": ("concurrency",),
     "goodput_slos_ms": ("goodput",),
     "workers": ("workers", "ray_address"),
+    "repeat": ("repeat", "repeat_max"),
+    "repeat_width": ("repeat", "repeat_width"),
+    "repeat_metrics": ("repeat", "repeat_metrics"),
 }
 
 
@@ -256,6 +277,25 @@ def explicit_options(ctx: click.Context) -> set[str]:
     """The options given on the command line or through their environment variable."""
     given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     return {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+
+
+def repeat_fields(opts: dict[str, Any]) -> dict[str, Any]:
+    """``--repeat K`` or ``--repeat auto`` (with its width, metrics and maximum) → flat fields."""
+    from loadgen.convergence import DEFAULT_METRICS, RepeatError, parse_repeat, parse_width
+
+    try:
+        count = parse_repeat(opts["repeat"])
+        auto = {"repeat_width": opts.get("repeat_width"), "repeat_metrics": opts.get("repeat_metrics"),
+                "repeat_max": opts.get("repeat_max")}
+        if count is not None:
+            given = [f"--{k.replace('_', '-').removesuffix('s')}" for k, v in auto.items() if v]
+            if given:
+                raise ConfigError(f"{given[0]} applies to --repeat auto only; give --repeat auto or drop it")
+            return {"repeat": count, "repeat_width": None, "repeat_metrics": ()}
+        return {"repeat": opts.get("repeat_max") or 10, "repeat_width": parse_width(opts.get("repeat_width") or "5%"),
+                "repeat_metrics": tuple(opts.get("repeat_metrics") or DEFAULT_METRICS)}
+    except RepeatError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +326,7 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         duration_s=opts["duration_s"],
         warmup=opts["warmup"],
         warmup_s=opts["warmup_s"],
-        repeat=opts["repeat"],
+        **repeat_fields(opts),
         seed=opts["seed"],
         ignore_eos=opts["ignore_eos"],
         extra_body=parse_extra_body(opts["extra_body"]),

@@ -327,7 +327,9 @@ class ScheduleConfig:
     duration_s: float | None = None
     warmup: int = 0
     warmup_s: float = 0.0  # requests released in the first W s of a point are warm-up (steady state)
-    repeat: int = 1  # run every point this many times (one result file each)
+    repeat: int = 1  # run every point this many times (one result file each); with repeat_width, at most
+    repeat_width: float | None = None  # --repeat auto: stop once the metrics' 95 % intervals are this narrow
+    repeat_metrics: tuple[str, ...] = ()
     grace_s: float = 5.0
     workers: int = 1  # client processes (with ray_address: Ray actors; 0 = one per node)
     ray_address: str | None = None
@@ -350,6 +352,16 @@ class ScheduleConfig:
                               "to measure; make it shorter than the duration")
         if self.repeat < 1:
             raise ConfigError(f"--repeat must be >= 1, got {self.repeat}")
+        if self.repeat_width is not None:
+            from loadgen.convergence import MIN_RUNS, RepeatError, check_metrics, parse_width
+
+            try:
+                parse_width(self.repeat_width)
+                check_metrics(self.repeat_metrics)
+            except RepeatError as exc:
+                raise ConfigError(str(exc)) from None
+            if self.repeat < MIN_RUNS:
+                raise ConfigError(f"--repeat-max {self.repeat} is below the {MIN_RUNS} runs an interval needs")
         if not (self.grace_s >= 0 and math.isfinite(self.grace_s)):
             raise ConfigError(f"--grace must be a number of seconds >= 0, got {self.grace_s}")
         if not self.rates:

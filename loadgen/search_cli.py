@@ -21,7 +21,7 @@ from loadgen.cli import main as loadgen_main
 from loadgen.config import ConfigError
 
 # Options of ``loadgen`` the search sets itself.
-CHOSEN_BY_SEARCH = ("rate", "concurrency", "repeat", "num_prompts")
+CHOSEN_BY_SEARCH = ("rate", "concurrency", "repeat", "num_prompts", "repeat_width", "repeat_metrics", "repeat_max")
 DEFAULT_DURATION_S = 30.0
 DEFAULT_WARMUP_SHARE = 0.2
 

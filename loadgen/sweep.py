@@ -336,6 +336,9 @@ def finish_point(
         extra["server"] = dict(server)
     if cfg.schedule.repeat > 1:
         extra["repeat"] = {"index": info.repeat, "of": cfg.schedule.repeat}
+        if cfg.schedule.repeat_width is not None:  # --repeat auto: "of" is at most
+            extra["repeat"].update(of=None, max=cfg.schedule.repeat, width=cfg.schedule.repeat_width,
+                                   metrics=list(cfg.schedule.repeat_metrics))
     if cfg.schedule.warmup_s:
         extra["warmup_seconds"] = cfg.schedule.warmup_s
     if trace is not None:
@@ -581,6 +584,15 @@ def verify_prompts(cfg: RunConfig, pre: Preflight, prompts: Sequence[Prompt], co
     console.print(f"prompts verified: {res.message}", highlight=False, soft_wrap=True)
 
 
+def repeats_done(cfg: RunConfig, runs: list[dict[str, Any]], console: Console) -> bool:
+    """--repeat auto: say where the point's intervals stand; True once they are narrow enough."""
+    from loadgen import convergence
+
+    width, metrics = cfg.schedule.repeat_width or 0.0, cfg.schedule.repeat_metrics
+    console.print(convergence.describe(runs, metrics, width), highlight=False, soft_wrap=True)
+    return convergence.done(runs, metrics, width)
+
+
 def run_all(
     cfg: RunConfig,
     *,
@@ -611,6 +623,8 @@ def run_all(
             for repeat in range(1, cfg.schedule.repeat + 1):
                 out.append(run_point(cfg, pre, prompts, concurrency, rate, date,
                                      console=console, progress_console=progress_console, repeat=repeat))
+                if cfg.schedule.repeat_width is not None and repeats_done(cfg, out[-repeat:], console):
+                    break
     except interrupts.Interrupted as exc:
         exc.results[:0] = out  # the points written before this one
         raise

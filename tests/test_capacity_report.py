@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from analysis.capacity import conclusions, load_capacities, write_capacity_report
 from orchestrator.bench import EngineTarget, search_argv, targets_for
@@ -83,3 +84,14 @@ def test_bench_scales_fitted_profiles_and_the_slos():
     plain = search_argv("http://127.0.0.1:1", EngineTarget("vllm", "vllm"), Path("/tmp/x"), "vllm", "deepseek-r1",
                         ("ttft:p99<=2000",), 10.0)
     assert plain[plain.index("--slo") + 1] == "ttft:p99<=2000"
+
+
+def test_the_bench_states_the_cost_at_the_slo(tmp_path):
+    from orchestrator.bench import write_capacity_bench_report
+
+    # 40 req/s of 128 output tokens at full scale on 8 GPUs at $2/GPU-hour: 16 $/h over 18.432 M tokens/h
+    write(tmp_path / "r", record("r", 400.0, (400.0, 440.0), scale=10.0, over="rate"))
+    assert write_capacity_bench_report(tmp_path, ["r"], echo=lambda _: None, price=(2.0, 8)) == 1
+    table = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert table["$/M output tokens at SLO"][0] == pytest.approx(16 / 18.432, rel=1e-3)
+    assert "$/M output tokens at SLO" in (tmp_path / "report" / "report.html").read_text()

@@ -62,14 +62,6 @@ def loadgen(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO)
 
 
-@pytest.fixture
-def fixed_profile(tmp_path: Path) -> Path:
-    path = tmp_path / "fixed.json"
-    path.write_text(json.dumps({"name": "fixed", "base_ms": 100, "decode_seq_ms": 0, "prefill_token_ms": 0,
-                                "max_num_seqs": 64, "natural_len_median": 0}))
-    return path
-
-
 @pytest.mark.timeout(240)
 def test_repeats_give_files_intervals_and_a_report(sim_server, fixed_profile, tmp_path, private_cache):
     from analysis.load import histograms, load

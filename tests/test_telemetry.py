@@ -8,11 +8,9 @@ docs/telemetry.md) with round values, so every expectation below follows by hand
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from loadgen.telemetry.page import delta, normalise, parse_page, quantile, vocab
 from loadgen.telemetry.scrape import ScrapeLog, Tick
 from loadgen.telemetry.timeline import summary, timeline
 from loadgen.telemetry.vocab import choose_names, engine_of, vllm_generation
+from tests.conftest import serve_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 REPO = Path(__file__).resolve().parent.parent
@@ -127,11 +126,11 @@ def test_summary_over_the_run_window_and_counter_resets() -> None:
 # ------------------------------------------------------------------ GPU sources
 
 
-def test_dcgm_page_gives_five_fields_per_gpu() -> None:
+def test_dcgm_page_gives_five_fields_and_the_energy_counter_per_gpu() -> None:
     gpus = parse_dcgm((FIXTURES / "dcgm-exporter-h20x2.txt").read_text())
     assert sorted(gpus) == ["0", "1"]
     assert gpus["0"] == {"util_pct": 97, "mem_used_mib": 92633, "power_w": 352.417, "sm_clock_mhz": 1980,
-                         "temp_c": 61}
+                         "temp_c": 61, "energy_j": pytest.approx(81234567.890)}  # the page says mJ
     assert gpus["1"]["sm_clock_mhz"] == 1755
 
 
@@ -149,29 +148,8 @@ def test_nvml_absent_gives_a_clean_message() -> None:
 def dcgm_url() -> Iterator[str]:
     """The recorded exporter page served on 127.0.0.1 by a tiny HTTP server."""
     body = (FIXTURES / "dcgm-exporter-h20x2.txt").read_bytes()
-    hits = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            hits.append(self.path)
-            self.send_response(200 if self.path == "/metrics" else 404)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/metrics"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    with serve_text(lambda path: (200 if path == "/metrics" else 404, body)) as root:
+        yield f"{root}/metrics"
 
 
 def _loadgen(base_url: str, out: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:

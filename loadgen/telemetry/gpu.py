@@ -1,6 +1,6 @@
 """GPU telemetry: NVML on the server host, or a DCGM exporter's Prometheus page.
 
-Both give the same five fields per GPU, so the result and the report do not care
+Both give the same fields per GPU (five gauges and the energy counter), so the result and the report do not care
 where they came from. NVML (``nvidia-ml-py``, module ``pynvml``) is optional: when
 it is missing or finds no driver, the run goes on and the result says why nothing
 was recorded.
@@ -20,8 +20,12 @@ FIELDS: dict[str, str] = {
     "power_w": "DCGM_FI_DEV_POWER_USAGE",
     "sm_clock_mhz": "DCGM_FI_DEV_SM_CLOCK",
     "temp_c": "DCGM_FI_DEV_GPU_TEMP",
+    # a counter (mJ since boot), integrated over the run's window rather than sampled (timeline.energy)
+    "energy_j": "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
 }
+COUNTERS = ("energy_j",)
 _BY_DCGM = {v: k for k, v in FIELDS.items()}
+_SCALE = {"energy_j": 1e-3}  # mJ → J
 
 GpuReading = dict[str, dict[str, float]]  # gpu id → field → value
 
@@ -40,7 +44,7 @@ def parse_dcgm(text: str) -> GpuReading:
                 continue
             for s in fam.samples:
                 gpu = s.labels.get("gpu") or s.labels.get("UUID") or "0"
-                out.setdefault(str(gpu), {})[field] = float(s.value)
+                out.setdefault(str(gpu), {})[field] = float(s.value) * _SCALE.get(field, 1.0)
     except ValueError as exc:
         raise GpuError(f"the DCGM exporter page is not Prometheus text ({exc})") from None
     if not out:
@@ -105,6 +109,10 @@ class NvmlSource:
                     "sm_clock_mhz": float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
                     "temp_c": float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
                 }
+                try:  # Volta and later; mJ since the driver loaded
+                    out[str(i)]["energy_j"] = n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0
+                except n.NVMLError:
+                    pass
         except n.NVMLError as exc:
             raise GpuError(f"NVML read failed ({exc})") from None
         return out

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from loadgen.telemetry.gpu import COUNTERS as GPU_COUNTERS
 from loadgen.telemetry.gpu import FIELDS as GPU_FIELDS
 from loadgen.telemetry.page import Hist, delta, quantile
 from loadgen.telemetry.scrape import ScrapeLog, Tick
@@ -156,9 +157,46 @@ def gpu_entry(log: ScrapeLog, source: str | None, url: str | None, start_ns: int
     for fld in GPU_FIELDS:
         entry["timeline"][fld] = [[_r(t.gpu.get(g, {}).get(fld), 2) for g in gpus] for t in ticks]
         vals = [t.gpu[g][fld] for t in inside for g in gpus if fld in t.gpu.get(g, {})]
-        if vals:
+        if vals and fld not in GPU_COUNTERS:
             summ[f"{fld}_mean"] = _r(sum(vals) / len(vals), 2)
             summ[f"{fld}_max"] = _r(max(vals), 2)
+    joules = energy(ticks, gpus, start_ns, end_ns)
+    if joules is not None:
+        summ["energy_j"] = _r(joules, 3)
+        summ["energy_window_s"] = _r((end_ns - start_ns) / 1e9, 4)
+        summ["energy_mean_power_w"] = _r(joules / max((end_ns - start_ns) / 1e9, 1e-9), 2)
     entry["summary"] = summ
     return entry
+
+
+def energy(ticks: Sequence[Tick], gpus: Sequence[str], start_ns: int, end_ns: int) -> float | None:
+    """Joules all GPUs used over the window, from their energy counters.
+
+    The counter is read at the scrapes, not at the window's edges: the energy between
+    the readings that fall in (or nearest to) the window, interpolated linearly at its
+    edges and scaled by the window over the time covered. A counter that went back
+    (a driver reload) makes that GPU's figure absent rather than wrong.
+    """
+    total, found = 0.0, False
+    for g in gpus:
+        pts = [(t.t_ns, t.gpu[g]["energy_j"]) for t in ticks if "energy_j" in t.gpu.get(g, {})]
+        if len(pts) < 2 or any(b[1] < a[1] for a, b in zip(pts, pts[1:], strict=False)):
+            continue
+        lo, hi = max(start_ns, pts[0][0]), min(end_ns, pts[-1][0])
+        if hi <= lo:
+            lo, hi = pts[0][0], pts[-1][0]
+        if hi <= lo:
+            continue
+        covered = _at(pts, hi) - _at(pts, lo)
+        total += covered * (end_ns - start_ns) / (hi - lo)
+        found = True
+    return total if found else None
+
+
+def _at(pts: Sequence[tuple[int, float]], t: int) -> float:
+    """The counter at ``t``, linear between the readings around it."""
+    for (t0, e0), (t1, e1) in zip(pts, pts[1:], strict=False):
+        if t0 <= t <= t1:
+            return e0 + (e1 - e0) * (t - t0) / (t1 - t0) if t1 > t0 else e1
+    return pts[0][1] if t < pts[0][0] else pts[-1][1]
 
