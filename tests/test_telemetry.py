@@ -8,9 +8,11 @@ docs/telemetry.md) with round values, so every expectation below follows by hand
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
