@@ -145,11 +145,31 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
             f"requests were counted differently by the server (max diff {result['prompt_token_max_diff']} tokens): "
             "client and server tokenizers or chat templates differ."
         )
+    out.extend(reasoning_warnings(result))
     if result.get("client_saturated"):
         out.append(
             f"CLIENT SATURATED: event-loop lag p99 {result['loop_lag_p99_ms']:.1f} ms > "
             f"{result['client_saturation_lag_p99_ms']:g} ms; latencies include the client's own delay. "
             "Lower --concurrency or run the client on a less busy machine."
+        )
+    return out
+
+
+def reasoning_warnings(result: Mapping[str, Any]) -> list[str]:
+    """A reasoning model's requests that never answered, and output under an unknown field."""
+    out = []
+    if result.get("no_answer"):
+        out.append(
+            f"NO ANSWER: {result['no_answer']} of {result.get('reasoning_requests')} reasoning request(s) spent every "
+            "output token reasoning (max_tokens reached before the answer); they count as completed, with no TTFA. "
+            "Raise --output-len, or turn thinking off with --chat-template-kwargs '{\"enable_thinking\": false}'."
+        )
+    fields = result.get("unrecognised_output_fields") or {}
+    if fields:
+        named = ", ".join(f"'{k}' ({v} request(s))" for k, v in fields.items())
+        out.append(
+            f"UNRECOGNISED OUTPUT FIELD: text came under delta field {named}, neither 'content' nor a known "
+            "reasoning field; its tokens count as output and delay TTFA, but not as reasoning tokens."
         )
     return out
 
@@ -172,6 +192,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("Benchmark duration (s)", result.get("duration")),
         ("Total input tokens", result.get("total_input_tokens")),
         ("Total generated tokens", result.get("total_output_tokens")),
+        ("  of which reasoning", result.get("total_reasoning_tokens") if result.get("reasoning_requests") else None),
         ("Request throughput (req/s)", result.get("request_throughput")),
         ("Request goodput (req/s)", result.get("request_goodput")),
         ("Input token throughput (tok/s)", result.get("input_throughput")),
@@ -181,7 +202,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("Loop lag p99 / max (ms)", f"{_fmt(result.get('loop_lag_p99_ms'))} / {_fmt(result.get('loop_lag_max_ms'))}"),
     ]
     for name, value in rows:
-        if name.startswith("Request goodput") and value is None:
+        if value is None and (name.startswith("Request goodput") or name.startswith("  of which")):
             continue
         head.add_row(name, _fmt(value))
 
@@ -199,6 +220,8 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         "ttft_from_intended": "TTFT+queue",
         "e2el_from_intended": "E2EL+queue",
     }
+    if result.get("reasoning_requests"):
+        names.update({"ttfa": "TTFA", "reasoning_time": "reasoning", "answer_tpot": "answer TPOT"})
     for key, label in names.items():
         cells = [result.get(f"{s}_{key}_ms") for s in ("mean", "median", "std")]
         cells += [result.get(f"p{percentile_key(p)}_{key}_ms") for p in pcts]
@@ -230,6 +253,7 @@ def sweep_table(results: Sequence[Mapping[str, Any]]) -> Table:
                 ("partial", r.get("partial")),
                 ("saturated", r.get("client_saturated")),
                 ("mismatch", r.get("prompt_token_mismatches")),
+                ("no-answer", r.get("no_answer")),
             ) if on
         )
         table.add_row(

@@ -59,6 +59,14 @@ class RequestRecord:
     error_detail: str = ""
     retries: int = 0
     invisible_tokens: int = 0  # output tokens in chunks without visible text (they decode to nothing)
+    # Reasoning models (chat): the stamp of the first *answer* chunk (0: none came, or no
+    # reasoning was told apart), the tokens of reasoning chunks, and those of chunks
+    # whose text came under a field the protocol does not know (named once, at the end).
+    answer_ns: int = 0
+    reasoning_chunk_tokens: int = 0
+    unrecognised_tokens: int = 0
+    reasoning_tokens_usage: int | None = None  # usage.completion_tokens_details.reasoning_tokens
+    unrecognised_field: str | None = None
     text: str = ""
     warmup: bool = False
 

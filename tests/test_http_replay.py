@@ -72,6 +72,8 @@ class Expected:
     invisible: int = 1
     text: str = " The quick brown fox jumps"
     kept: bool = True  # the connection goes back to the pool
+    reasoning: int = 0  # tokens of reasoning chunks
+    answer_chunk: int = 0  # index of the first answer chunk (its stamp is the record's answer_ns)
 
 
 VLLM_OK = Expected()
@@ -205,7 +207,7 @@ CASES: dict[str, tuple[Recording, Expected, str]] = {
                                 dataclasses.replace(VLLM_OK, kept=False), "vllm"),
     "chat-reasoning": (chunked(OK_SSE, CHAT_BODY, CHAT_ENDS, events=CHAT_EVENTS),
                        Expected(chunk_tokens=(2, 1), output_tokens=3, prompt_tokens=9, finish="stop", invisible=0,
-                                text="Hm. Hello"), "openai-chat"),
+                                text="Hm. Hello", reasoning=2, answer_chunk=1), "openai-chat"),
     "http-400-json": (error_case(*HTTP_400), failed(
         status=400, error="http_400", detail='{"object":"error","message":"The model `gpt-4` does not exist."'),
         "vllm"),
@@ -303,7 +305,7 @@ def replay(client: StreamClient, rec_wire: Recording, cuts: list[int], conn: Str
 def shape(rec: RequestRecord) -> dict:
     """Everything of a record but its stamps, which depend on where the reads were cut."""
     d = dataclasses.asdict(rec)
-    for k in ("chunk_ns", "first_ns", "last_ns", "sent_ns", "intended_ns"):
+    for k in ("chunk_ns", "first_ns", "last_ns", "sent_ns", "intended_ns", "answer_ns"):
         d.pop(k)
     d["chunk_tokens"] = list(d["chunk_tokens"])
     return d
@@ -328,6 +330,8 @@ def check(out: Outcome, rec_wire: Recording, want: Expected, cuts: list[int], ho
     # a chunk is stamped by the read that completed its event
     assert list(rec.chunk_ns) == [stamp_of(e, cuts, n) for e in rec_wire.chunk_ends[: len(rec.chunk_ns)]], how
     assert rec.first_ns == (rec.chunk_ns[0] if rec.chunk_ns else 0), how
+    assert rec.reasoning_chunk_tokens == want.reasoning, how
+    assert rec.answer_ns == (rec.chunk_ns[want.answer_chunk] if len(rec.chunk_ns) > want.answer_chunk else 0), how
     if rec_wire.last_byte is not None:
         assert rec.last_ns == stamp_of(n - 1 if rec_wire.last_byte < 0 else rec_wire.last_byte, cuts, n), how
 

@@ -321,6 +321,13 @@ class StreamConn(asyncio.Protocol):
                     counted = ct
                 if not chunk_ns:
                     rec.first_ns = t
+                if content != 1:  # reasoning, or text under an unknown field
+                    if content == 2:
+                        rec.reasoning_chunk_tokens += k
+                    else:
+                        rec.unrecognised_tokens += k
+                elif not rec.answer_ns:
+                    rec.answer_ns = t
                 chunk_ns.append(t)
                 chunk_tokens.append(k)
                 if not text:
@@ -409,6 +416,8 @@ class StreamConn(asyncio.Protocol):
             rec.error_detail = "the stream ended without any output"
         if self.texts:
             rec.text = "".join(self.texts)
+        if self.pstate is not None:
+            rec.reasoning_tokens_usage, rec.unrecognised_field = self.client.protocol.reasoning_report(self.pstate)
         reusable = self.keep and self.phase == _DONE and not self.closed
         self._give_back(None)
         if reusable:
