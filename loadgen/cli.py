@@ -22,6 +22,7 @@ from loadgen.config import (
     RunConfig,
     base_url_from,
     parse_concurrencies,
+    parse_chat_template_kwargs,
     parse_extra_body,
     parse_goodput,
     parse_metadata,
@@ -143,6 +144,9 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 @_opt("--ignore-eos/--no-ignore-eos", default=None,
       help="Ask the server to generate exactly --output-len tokens. [default: on for random prompts, off for datasets]")
 @_opt("--extra-body", default=None, help="JSON object merged into every request body, e.g. '{\"temperature\": 0}'.")
+@_opt("--chat-template-kwargs", default=None,
+      help="JSON object sent as chat_template_kwargs (--backend openai-chat), e.g. '{\"enable_thinking\": false}' "
+           "to turn a reasoning model's thinking off; recorded in the result.")
 @_opt("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="Per-request timeout in seconds.")
 # figures and files
 @_opt("--goodput", multiple=True, help="SLOs for goodput, vLLM style: --goodput ttft:500 tpot:50 e2el:20000 (ms).")
@@ -270,6 +274,7 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         seed=opts["seed"],
         ignore_eos=opts["ignore_eos"],
         extra_body=parse_extra_body(opts["extra_body"]),
+        chat_template_kwargs=parse_chat_template_kwargs(opts["chat_template_kwargs"]),
         timeout_s=opts["timeout_s"],
         goodput_slos_ms=parse_goodput(opts["goodput"]),
         percentiles=parse_percentiles(opts["percentiles"]),

@@ -128,7 +128,7 @@ def _target(cfg: RunConfig, model: str) -> Any:
         endpoint=t.endpoint,
         api_key=t.api_key,
         ignore_eos=cfg.effective_ignore_eos,
-        extra_body=t.extra_body,
+        extra_body=t.body_extra(),
         timeout_s=t.timeout_s,
         save_text=cfg.output.save_text,
         connection=t.connection(),

@@ -46,6 +46,7 @@ class SimConfig:
     seed: int = 0
     faults: FaultConfig = field(default_factory=FaultConfig)
     time_scale: float = 1.0  # the profile's costs are already divided by it; reported in /version
+    reasoning_field: str = "reasoning_content"  # the delta field reasoning streams under (newer vLLM: reasoning)
 
 
 class ApiError(Exception):
@@ -221,6 +222,18 @@ def _message_text(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _thinking(body: dict[str, Any]) -> bool:
+    """Whether a chat request lets a reasoning model think: ``chat_template_kwargs``
+    ``enable_thinking`` (Qwen3, DeepSeek-R1 templates) or ``thinking`` (DeepSeek-V3.1)
+    set to false turns it off, as the real templates do."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return True
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "'chat_template_kwargs' must be an object", "chat_template_kwargs")
+    return kwargs.get("enable_thinking", True) is not False and kwargs.get("thinking", True) is not False
+
+
 class Api:
     def __init__(self, state: SimState) -> None:
         self.state = state
@@ -315,7 +328,8 @@ class Api:
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", None, 1)
         max_tokens = self._limits(len(ids), max_tokens, "messages")
-        return await self._generate(request, body, ChatStream, "chatcmpl", len(ids), max_tokens, body)
+        return await self._generate(request, body, ChatStream, "chatcmpl", len(ids), max_tokens, body,
+                                    thinking=_thinking(body))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         self._check_ready()
@@ -344,6 +358,8 @@ class Api:
         prompt_len: int,
         max_tokens: int,
         body: dict[str, Any],
+        *,
+        thinking: bool = False,
     ) -> web.StreamResponse:
         state = self.state
         streaming = _bool_field(opts, "stream")
@@ -377,6 +393,7 @@ class Api:
         sink = stream_cls(
             state, seq, state.next_id(prefix), plan, streaming=streaming, include_usage=include_usage,
             continuous_usage=continuous, piece_offset=state.rng.getrandbits(20),
+            reasoning=round(state.profile.reasoning_fraction * target) if thinking else 0,
         )
         resp: web.StreamResponse | None = None
         if streaming:
