@@ -59,8 +59,8 @@ class RequestRecord:
     error_detail: str = ""
     retries: int = 0
     invisible_tokens: int = 0  # output tokens in chunks without visible text (they decode to nothing)
-    # Reasoning models (chat): the stamp of the first *answer* chunk (0: none came, or no
-    # reasoning was told apart), the tokens of reasoning chunks, and those of chunks
+    # Reasoning models (chat): the stamp of the first *answer* chunk (0: none came; set when
+    # the request ends), the tokens of reasoning chunks, and those of chunks
     # whose text came under a field the protocol does not know (named once, at the end).
     answer_ns: int = 0
     reasoning_chunk_tokens: int = 0
