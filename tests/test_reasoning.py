@@ -12,8 +12,11 @@ from array import array
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import analysis
+from analysis.report import write_report
 from launcher.sim.profiles import Profile, ProfileError
 from launcher.sim.server import check_argv
 from loadgen.config import ConfigError, parse_chat_template_kwargs, target_from
@@ -134,6 +137,15 @@ def test_reasoning_run_reports_ttfa_and_tokens_that_add_up(sim_server, tmp_path:
     assert (rows["reasoning_tokens"] == 20).all() and (rows["answer_ms"] >= rows["first_ms"]).all()
     assert np.nanmean(figures(rows)["ttfa_ms"]) == pytest.approx(res["mean_ttfa_ms"], rel=1e-6)
     assert "TTFA" in r.output and "of which reasoning" in r.output
+    if field == "reasoning":
+        return
+    # the report: reasoning columns in summary.csv, the reasoning-vs-answer plot
+    report = write_report(analysis.load(tmp_path / "out"), tmp_path / "report")
+    table = pd.read_csv(report.summary_csv)
+    assert table.loc[0, "mean TTFA(ms)"] == pytest.approx(res["mean_ttfa_ms"], abs=0.01)
+    assert table.loc[0, "reasoning_tokens"] == 12 * 20 and table.loc[0, "answer_tokens"] == 12 * 20
+    assert table.loc[0, "no_answer"] == 0
+    assert (tmp_path / "report" / "plots" / "reasoning_vs_answer_time.png").stat().st_size > 0
 
 
 def test_reasoning_counted_from_deltas_without_usage(sim_server, tmp_path: Path) -> None:
