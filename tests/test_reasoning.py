@@ -19,6 +19,7 @@ import analysis
 from analysis.report import write_report
 from launcher.sim.profiles import Profile, ProfileError
 from launcher.sim.server import check_argv
+from loadgen.aggregate import Aggregate
 from loadgen.config import ConfigError, parse_chat_template_kwargs, target_from
 from loadgen.metrics import per_request
 from loadgen.records import RequestRecord
@@ -75,6 +76,27 @@ def test_no_answer_and_no_reasoning() -> None:
     assert (rs.reasoning_tokens[3], rs.answer_tokens[3]) == (0, 1) and rs.reasoning_time_ms[3] == pytest.approx(20)
 
 
+def test_reasoning_figures_merge_across_workers() -> None:
+    recs = [record([10, 20, 30, 40], [1] * 4, 4, answer_ms=30, reasoning=2),
+            record([10, 20, 30], [1] * 3, 3, answer_ms=None, reasoning=3, usage=3),
+            record([5, 15], [1, 1], 2, answer_ms=5, reasoning=0),
+            record([10, 20, 30], [1] * 3, 3, answer_ms=30, reasoning=0, unknown=2)]
+    recs[3].unrecognised_field = "thinking"
+    whole = Aggregate(inline_limit=0)
+    whole.add(recs)
+    a, b = Aggregate(inline_limit=0), Aggregate(inline_limit=0)
+    a.add(recs[:2])
+    b.add(recs[2:])
+    a.merge(b)
+    for agg in (whole, a):
+        s = agg.summary(T0, T0 + 100 * MS)
+        assert (s.reasoning_requests, s.no_answer) == (3, 1)
+        assert (s.total_reasoning_tokens, s.total_answer_tokens) == (5, 5)
+        assert s.reasoning_tokens_source == {"deltas": 2, "usage": 1} and s.unrecognised_fields == {"thinking": 1}
+        assert s.stats["ttfa"].n == 3 and s.stats["ttfa"].mean == pytest.approx((30 + 5 + 30) / 3)
+        assert s.stats["reasoning_time"].n == 3
+
+
 def test_chat_template_kwargs_parse_and_target() -> None:
     assert parse_chat_template_kwargs('{"enable_thinking": false}') == {"enable_thinking": False}
     with pytest.raises(ConfigError, match="not valid JSON"):
@@ -118,14 +140,21 @@ CHAT = ["--backend", "openai-chat", "--num-prompts", "12", "--concurrency", "4",
         "--output-len", "40", "--tokenizer", "deepseek-r1", "--no-progress", "--save-requests"]
 
 
+def run_reasoning(sim_server, tmp_path: Path, sim_args: list[str], *args: str) -> tuple[dict, str]:
+    """A sim in reasoning mode with 2 ms steps (so the first answer token comes tens of ms
+    after the first reasoning token, on any machine), one loadgen chat point against it:
+    the result and the printed output."""
+    srv = sim_server("--profile", str(write_profile(tmp_path, base_ms=2.0)), *sim_args)
+    out = tmp_path / "out"
+    r = invoke(["--base-url", srv.base_url, *CHAT, "--output-dir", str(out), *args])
+    assert r.exit_code == 0, r.output + r.stderr
+    (res,) = results_in(out)
+    return res, r.output
+
+
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
 def test_reasoning_run_reports_ttfa_and_tokens_that_add_up(sim_server, tmp_path: Path, field: str) -> None:
-    # 2 ms steps: the first answer token comes 20 steps after the first reasoning token
-    srv = sim_server("--profile", str(write_profile(tmp_path, base_ms=2.0)), "--reasoning-fraction", "0.5",
-                     "--reasoning-field", field)
-    r = invoke(["--base-url", srv.base_url, *CHAT, "--output-dir", str(tmp_path / "out")])
-    assert r.exit_code == 0, r.output + r.stderr
-    (res,) = results_in(tmp_path / "out")
+    res, output = run_reasoning(sim_server, tmp_path, ["--reasoning-fraction", "0.5", "--reasoning-field", field])
     assert res["completed"] == 12 and res["failed"] == 0 and res["no_answer"] == 0
     assert res["reasoning_requests"] == 12 and res["reasoning_tokens_source"] == {"usage": 12}
     assert res["total_reasoning_tokens"] == 12 * 20
@@ -136,7 +165,7 @@ def test_reasoning_run_reports_ttfa_and_tokens_that_add_up(sim_server, tmp_path:
     rows = read_requests(tmp_path / "out" / res["per_request"]["requests"])
     assert (rows["reasoning_tokens"] == 20).all() and (rows["answer_ms"] >= rows["first_ms"]).all()
     assert np.nanmean(figures(rows)["ttfa_ms"]) == pytest.approx(res["mean_ttfa_ms"], rel=1e-6)
-    assert "TTFA" in r.output and "of which reasoning" in r.output
+    assert "TTFA" in output and "of which reasoning" in output
     if field == "reasoning":
         return
     # the report: reasoning columns in summary.csv, the reasoning-vs-answer plot
@@ -149,42 +178,30 @@ def test_reasoning_run_reports_ttfa_and_tokens_that_add_up(sim_server, tmp_path:
 
 
 def test_reasoning_counted_from_deltas_without_usage(sim_server, tmp_path: Path) -> None:
-    srv = sim_server("--reasoning-fraction", "0.25")
-    r = invoke(["--base-url", srv.base_url, *CHAT, "--output-dir", str(tmp_path),
-                "--extra-body", '{"stream_options": null}'])
-    assert r.exit_code == 0, r.output + r.stderr
-    (res,) = results_in(tmp_path)
+    res, _ = run_reasoning(sim_server, tmp_path, ["--reasoning-fraction", "0.25"],
+                           "--extra-body", '{"stream_options": null}')
     assert res["output_tokens_source"] == {"chunks": 12} and res["reasoning_tokens_source"] == {"deltas": 12}
     assert res["total_reasoning_tokens"] == 12 * 10 and res["total_answer_tokens"] == 12 * 30
 
 
 def test_whole_output_spent_reasoning_is_no_answer_not_failure(sim_server, tmp_path: Path) -> None:
-    srv = sim_server("--reasoning-fraction", "1")
-    r = invoke(["--base-url", srv.base_url, *CHAT, "--output-dir", str(tmp_path)])
-    assert r.exit_code == 0, r.output + r.stderr
-    (res,) = results_in(tmp_path)
+    res, output = run_reasoning(sim_server, tmp_path, ["--reasoning-fraction", "1"])
     assert res["completed"] == 12 and res["failed"] == 0 and res["no_answer"] == 12
     assert res["total_answer_tokens"] == 0 and res["mean_ttfa_ms"] is None and res["mean_reasoning_time_ms"] > 0
-    assert "NO ANSWER: 12 of 12" in r.output
+    assert "NO ANSWER: 12 of 12" in output
 
 
 def test_unknown_reasoning_field_counts_as_output_and_is_named(sim_server, tmp_path: Path) -> None:
-    srv = sim_server("--reasoning-fraction", "0.5", "--reasoning-field", "thinking")
-    r = invoke(["--base-url", srv.base_url, *CHAT, "--output-dir", str(tmp_path)])
-    assert r.exit_code == 0, r.output + r.stderr
-    (res,) = results_in(tmp_path)
+    res, output = run_reasoning(sim_server, tmp_path, ["--reasoning-fraction", "0.5", "--reasoning-field", "thinking"])
     assert res["completed"] == 12 and res["total_output_tokens"] == 12 * 40
     assert res["unrecognised_output_fields"] == {"thinking": 12}
     assert res["mean_ttfa_ms"] > res["mean_ttft_ms"]
-    assert "UNRECOGNISED OUTPUT FIELD" in r.output and "'thinking'" in r.output
+    assert "UNRECOGNISED OUTPUT FIELD" in output and "'thinking'" in output
 
 
 def test_thinking_off_is_sent_and_recorded(sim_server, tmp_path: Path) -> None:
-    srv = sim_server("--reasoning-fraction", "0.5")
-    r = invoke(["--base-url", srv.base_url, *CHAT, "--output-dir", str(tmp_path),
-                "--chat-template-kwargs", '{"enable_thinking": false}'])
-    assert r.exit_code == 0, r.output + r.stderr
-    (res,) = results_in(tmp_path)
+    res, _ = run_reasoning(sim_server, tmp_path, ["--reasoning-fraction", "0.5"],
+                           "--chat-template-kwargs", '{"enable_thinking": false}')
     assert res["reasoning_requests"] == 0 and res["total_answer_tokens"] == 12 * 40
     assert res["mean_ttfa_ms"] == res["mean_ttft_ms"]
     assert res["config"]["chat_template_kwargs"] == {"enable_thinking": False}
