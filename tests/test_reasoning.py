@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import analysis
+from analysis.checks import comparability
 from analysis.report import write_report
 from launcher.sim.profiles import Profile, ProfileError
 from launcher.sim.server import check_argv
@@ -175,6 +176,11 @@ def test_reasoning_run_reports_ttfa_and_tokens_that_add_up(sim_server, tmp_path:
     assert table.loc[0, "reasoning_tokens"] == 12 * 20 and table.loc[0, "answer_tokens"] == 12 * 20
     assert table.loc[0, "no_answer"] == 0
     assert (tmp_path / "report" / "plots" / "reasoning_vs_answer_time.png").stat().st_size > 0
+    # against a set that did not reason, the report says they measure different things
+    runs = analysis.load(tmp_path / "out")
+    plain = runs.assign(label="no-thinking", reasoning_requests=0, no_answer=0)
+    (issue,) = [i for i in comparability(pd.concat([runs, plain])) if i.kind == "reasoning"]
+    assert issue.severity == "warning" and "no-thinking did not" in issue.message
 
 
 def test_reasoning_counted_from_deltas_without_usage(sim_server, tmp_path: Path) -> None:
@@ -189,6 +195,8 @@ def test_whole_output_spent_reasoning_is_no_answer_not_failure(sim_server, tmp_p
     assert res["completed"] == 12 and res["failed"] == 0 and res["no_answer"] == 12
     assert res["total_answer_tokens"] == 0 and res["mean_ttfa_ms"] is None and res["mean_reasoning_time_ms"] > 0
     assert "NO ANSWER: 12 of 12" in output
+    (note,) = [i for i in comparability(analysis.load(tmp_path / "out")) if i.kind == "no_answer"]
+    assert "12 request(s) spent their whole max_tokens reasoning" in note.message
 
 
 def test_unknown_reasoning_field_counts_as_output_and_is_named(sim_server, tmp_path: Path) -> None:
