@@ -44,7 +44,7 @@ from loadgen.records import RequestRecord
 METRICS = ("ttft", "tpot", "itl", "e2el")
 EXTRA_METRICS = ("queue", "ttft_from_intended", "e2el_from_intended")
 REASONING_METRICS = ("ttfa", "reasoning_time", "answer_time", "answer_tpot")
-GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+GOODPUT_METRICS = ("ttft", "tpot", "e2el", "ttfa")
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 # Loop lag above this at p99 means the client itself delayed reads and releases by
 # more than a typical decode step's jitter: its figures are not the server's alone.
@@ -303,14 +303,14 @@ def good_mask(fig: RequestFigures, slos_ms: Mapping[str, float]) -> np.ndarray:
     """vLLM's goodput rule: a request is good when it meets every SLO given.
 
     A request with a single output token has no TPOT and passes the TPOT SLO (vLLM
-    counts its TPOT as 0).
+    counts its TPOT as 0); a request that never answered (``no_answer``) fails a TTFA SLO.
     """
     good = np.ones(len(fig.records), dtype=bool)
     for name, limit in slos_ms.items():
         if name not in GOODPUT_METRICS:
             raise ValueError(f"unknown goodput metric {name!r}; use one of {', '.join(GOODPUT_METRICS)}")
-        arr = getattr(fig, f"{name}_ms")
-        good &= np.nan_to_num(arr, nan=0.0) <= limit
+        arr = fig.ms(name)
+        good &= np.nan_to_num(arr, nan=np.inf if name == "ttfa" else 0.0) <= limit
     return good
 
 

@@ -20,11 +20,12 @@ from analysis.checks import comparability
 from analysis.report import write_report
 from launcher.sim.profiles import Profile, ProfileError
 from launcher.sim.server import check_argv
+from loadgen import capacity
 from loadgen.aggregate import Aggregate
-from loadgen.config import ConfigError, parse_chat_template_kwargs, target_from
-from loadgen.metrics import per_request
+from loadgen.config import ConfigError, parse_chat_template_kwargs, parse_goodput, target_from
+from loadgen.metrics import good_mask, per_request
 from loadgen.records import RequestRecord
-from loadgen.store import figures, read_requests
+from loadgen.store import figures, read_requests, request_rows
 from tests.test_cli import invoke, results_in, write_profile
 
 MS = 1_000_000
@@ -96,6 +97,18 @@ def test_reasoning_figures_merge_across_workers() -> None:
         assert s.reasoning_tokens_source == {"deltas": 2, "usage": 1} and s.unrecognised_fields == {"thinking": 1}
         assert s.stats["ttfa"].n == 3 and s.stats["ttfa"].mean == pytest.approx((30 + 5 + 30) / 3)
         assert s.stats["reasoning_time"].n == 3
+
+
+def test_ttfa_objectives_fail_a_request_that_never_answered() -> None:
+    fast = record([10, 20, 30], [1] * 3, 3, answer_ms=20, reasoning=1)
+    slow = record([10, 200, 300], [1] * 3, 3, answer_ms=200, reasoning=1)
+    never = record([10, 20, 30], [1] * 3, 3, answer_ms=None, reasoning=3)
+    assert list(good_mask(per_request([fast, slow, never]), {"ttfa": 100})) == [True, False, False]
+    assert parse_goodput(["ttfa:100"]) == {"ttfa": 100.0}
+    # loadgen search judges from the store: the same request is infinitely slow there
+    rows = request_rows([fast, never], T0)
+    assert capacity.parse_slo("ttfa:p99=100").metric == "ttfa"
+    assert list(capacity.per_request(rows)["ttfa"]) == [pytest.approx(20), np.inf]
 
 
 def test_chat_template_kwargs_parse_and_target() -> None:
