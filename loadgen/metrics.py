@@ -17,7 +17,8 @@ Definitions (ARCHITECTURE.md, "Metrics contract"):
   Reasoning time = TTFA − TTFT (E2EL − TTFT for a request whose every token was
   reasoning: ``no_answer``, counted, not failed); answer time = E2EL − TTFA; answer
   TPOT = answer time / (answer tokens − 1). Reasoning tokens come from the server's
-  ``completion_tokens_details.reasoning_tokens`` where given, else from the reasoning
+  ``completion_tokens_details.reasoning_tokens`` (SGLang: ``usage.reasoning_tokens``)
+  where given (a 0 beside reasoning deltas is not trusted), else from the reasoning
   chunks (rescaled with the rest when the final usage corrects the chunk counts);
   answer tokens are the rest of the output.
 * Queue = sent − intended release (client-side queueing: the concurrency gate or a
@@ -246,8 +247,7 @@ def reasoning_split(ok: Sequence[RequestRecord], sent: np.ndarray, first: np.nda
     answer = np.fromiter((r.answer_ns for r in ok), np.int64, n)
     r_chunks = np.fromiter((r.reasoning_chunk_tokens for r in ok), np.int64, n)
     u_chunks = np.fromiter((r.unrecognised_tokens for r in ok), np.int64, n)
-    usage = np.fromiter((-1 if r.reasoning_tokens_usage is None else r.reasoning_tokens_usage for r in ok),
-                        np.int64, n)
+    usage = np.fromiter((-1 if (c := r.server_reasoning_tokens) is None else c for r in ok), np.int64, n)
     from_usage = usage >= 0
     thought = r_chunks + u_chunks
     reasoned = (thought > 0) | (usage > 0)

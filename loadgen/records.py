@@ -73,3 +73,12 @@ class RequestRecord:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def server_reasoning_tokens(self) -> int | None:
+        """The server's reasoning count where it can be believed: SGLang sends 0 when it
+        does not count, so a 0 beside reasoning deltas is no count at all."""
+        n = self.reasoning_tokens_usage
+        if n is None or (n == 0 and (self.reasoning_chunk_tokens or self.unrecognised_tokens)):
+            return None
+        return n

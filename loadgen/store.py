@@ -134,7 +134,7 @@ def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
     rows["invisible_tokens"] = col(lambda r: r.invisible_tokens, np.int32)
     rows["answer_ms"] = _rel_ms(col(lambda r: r.answer_ns, np.int64), start_ns)
     rows["reasoning_tokens"] = col(
-        lambda r: r.reasoning_chunk_tokens if r.reasoning_tokens_usage is None else r.reasoning_tokens_usage, np.int32)
+        lambda r: r.reasoning_chunk_tokens if (c := r.server_reasoning_tokens) is None else c, np.int32)
     return rows
 
 

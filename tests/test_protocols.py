@@ -108,6 +108,10 @@ def test_chat_reasoning_tokens_from_final_usage() -> None:
     p.parse(b'{"choices":[{"delta":{"content":"b"},"finish_reason":"length"}],"usage":{"prompt_tokens":9,'
             b'"completion_tokens":7,"completion_tokens_details":{"reasoning_tokens":4}}}', st)
     assert p.reasoning_report(st) == (4, None)
+    # SGLang's spelling, at the top of usage
+    st = p.new_state()
+    p.parse(b'{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":7,"reasoning_tokens":6}}', st)
+    assert p.reasoning_report(st) == (6, None)
 
 
 def test_chat_text_under_an_unknown_field_is_output_and_named() -> None:

@@ -61,6 +61,10 @@ def test_server_count_wins_and_chunk_counts_are_rescaled() -> None:
     r = record([10, 20, 30], [1, 1, 1], 9, answer_ms=30, reasoning=2)
     rs = per_request([r]).reasoning
     assert (rs.reasoning_tokens[0], rs.answer_tokens[0]) == (6, 3)
+    # a server that reports 0 beside reasoning deltas does not count them (SGLang's default 0)
+    r = record([10, 20, 30], [1, 1, 1], 3, answer_ms=30, reasoning=2, usage=0)
+    rs = per_request([r]).reasoning
+    assert (rs.reasoning_tokens[0], rs.from_usage[0]) == (2, False)
 
 
 def test_no_answer_and_no_reasoning() -> None:

@@ -8,7 +8,8 @@ text sits under any other field is output too (:data:`UNRECOGNISED`): its name i
 looked for only in a delta that carries neither (the role chunk, once per request, or
 such a field), and remembered, so the common chunk pays nothing for it. The server's
 ``completion_tokens_details.reasoning_tokens`` is read only from the usage that ends a
-request (with the finish reason, or the usage-only chunk). ``continuous_usage_stats`` is sent because every chat server this
+request (with the finish reason, or the usage-only chunk); SGLang puts it at
+``usage.reasoning_tokens``. ``continuous_usage_stats`` is sent because every chat server this
 tool targets (vLLM, SGLang) accepts it; remove it with
 ``--extra-body '{"stream_options": {"continuous_usage_stats": null}}'`` if a strict
 server objects.
@@ -93,11 +94,13 @@ class OpenAIChat(WireProtocol):
 
 
 def _usage_reasoning(usage: dict[str, Any], state: list) -> None:
+    """OpenAI's ``completion_tokens_details.reasoning_tokens``, or SGLang's top-level
+    ``usage.reasoning_tokens`` (which it sends as 0 when it does not count them: the
+    metrics trust a 0 only when no reasoning delta came)."""
     details = usage.get("completion_tokens_details")
-    if details:
-        tokens = details.get("reasoning_tokens")
-        if type(tokens) is int:
-            state[0] = tokens
+    tokens = details.get("reasoning_tokens") if details else usage.get("reasoning_tokens")
+    if type(tokens) is int:
+        state[0] = tokens
 
 
 def _unrecognised(delta: dict[str, Any], state: list) -> str | None:
