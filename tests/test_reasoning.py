@@ -27,6 +27,7 @@ from loadgen.metrics import good_mask, per_request
 from loadgen.records import RequestRecord
 from loadgen.store import figures, read_requests, request_rows
 from tests.test_cli import invoke, results_in, write_profile
+from tests.test_config import parsed
 
 MS = 1_000_000
 T0 = 10_000 * MS
@@ -231,6 +232,12 @@ def test_thinking_off_is_sent_and_recorded(sim_server, tmp_path: Path) -> None:
     assert res["mean_ttfa_ms"] == res["mean_ttft_ms"]
     assert res["config"]["chat_template_kwargs"] == {"enable_thinking": False}
     assert res["run_config"]["target"]["chat-template-kwargs"] == {"enable_thinking": False}
+    # the result's configuration runs again with it, and a TOML file gives it as a table
+    again = parsed(["--config", str(next((tmp_path / "out").glob("*.json")))])
+    assert again.target.body_extra() == {"chat_template_kwargs": {"enable_thinking": False}}
+    toml = tmp_path / "run.toml"
+    toml.write_text('[target]\nbackend = "openai-chat"\nchat-template-kwargs = { enable_thinking = false }\n')
+    assert parsed(["--config", str(toml)]).target.chat_template_kwargs == {"enable_thinking": False}
 
 
 @pytest.mark.parametrize(("args", "needle"), [
