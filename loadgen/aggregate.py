@@ -89,23 +89,33 @@ class Moments:
 
 @dataclass
 class MetricAggregate:
-    """One latency metric: exact moments (ms) plus its histogram (µs)."""
+    """One latency metric: exact moments (ms) plus its histogram (µs).
+
+    The histogram (~190 KB) is made with the first sample, so a metric that never
+    occurs — TTFA and the other reasoning figures of a model that does not reason —
+    costs nothing.
+    """
 
     moments: Moments = field(default_factory=Moments)
-    hist: object = field(default_factory=hdr.new_histogram)
+    hist: object | None = None
     clipped: int = 0
+
+    def histogram(self) -> object:
+        if self.hist is None:
+            self.hist = hdr.new_histogram()
+        return self.hist
 
     def add(self, values_ms: np.ndarray) -> None:
         values_ms = values_ms[np.isfinite(values_ms)]
         if not values_ms.size:
             return
         self.moments.add(values_ms)
-        self.clipped += hdr.record_array(self.hist, np.rint(values_ms * 1000.0))
+        self.clipped += hdr.record_array(self.histogram(), np.rint(values_ms * 1000.0))
 
     def merge(self, other: MetricAggregate) -> None:
         self.moments.merge(other.moments)
         if other.moments.n:
-            self.hist.add(other.hist)  # type: ignore[attr-defined]
+            self.histogram().add(other.hist)  # type: ignore[attr-defined]
         self.clipped += other.clipped
 
     def stats(self, percentiles: Sequence[float]) -> Stats:
@@ -268,7 +278,7 @@ class Aggregate:
         return sum(self.errors.values())
 
     def histograms(self) -> dict[str, object]:
-        return {tag: self.metrics[tag].hist for tag in HISTOGRAM_TAGS}
+        return {tag: self.metrics[tag].histogram() for tag in HISTOGRAM_TAGS}
 
     def inline_rows(self) -> list[InlineRequest] | None:
         """Per-request rows in prompt order, or None when the point was too large to keep them."""
