@@ -253,8 +253,9 @@ def reasoning_split(ok: Sequence[RequestRecord], sent: np.ndarray, first: np.nda
     reasoned = (thought > 0) | (usage > 0)
     # chunk counts are rescaled as the ITL's are when the final usage corrects them
     scale = np.ones(n)
-    for i in np.nonzero(thought > 0)[0]:
-        total = sum(ok[i].chunk_tokens) if ok[i].chunk_tokens else len(ok[i].chunk_ns)
+    for i in np.nonzero(thought > 0)[0].tolist():
+        rec = ok[i]
+        total = sum(rec.chunk_tokens) if rec.chunk_tokens else len(rec.chunk_ns)
         if total and out_tok[i] > 0:
             scale[i] = out_tok[i] / total
     reasoning_tokens = np.where(from_usage, usage, np.rint(r_chunks * scale)).astype(np.int64)
