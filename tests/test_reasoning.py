@@ -7,6 +7,7 @@ the real ``loadgen`` command against a real sim in reasoning mode.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from array import array
 from pathlib import Path
@@ -153,6 +154,9 @@ def test_sim_non_streamed_reasoning_and_thinking_off(sim_server) -> None:
     assert res["usage"]["completion_tokens"] == 8 and res["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2}
     res = post(srv.base_url, {**body, "chat_template_kwargs": {"enable_thinking": False}})
     assert "reasoning" not in res["choices"][0]["message"] and "completion_tokens_details" not in res["usage"]
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        post(srv.base_url, {**body, "chat_template_kwargs": "no"})
+    assert bad.value.code == 400 and "chat_template_kwargs" in bad.value.read().decode()
 
 
 CHAT = ["--backend", "openai-chat", "--num-prompts", "12", "--concurrency", "4", "--input-len", "32",
