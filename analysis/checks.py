@@ -29,6 +29,8 @@ AFFECTS: dict[str, tuple[str, ...]] = {
     "model": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
     "client": ("ttft", "input_throughput"),
     "warm_prefix_cache": ("output_throughput", "ttft", "e2el", "input_throughput"),
+    "reasoning": ("ttft", "tpot", "e2el", "output_throughput"),
+    "no_answer": ("ttfa",),
 }
 
 _CLIENT_NAMES = {"loadgen": "loadgen", "vllm": "vLLM's benchmark_serving", "sglang": "SGLang's bench_serving"}
@@ -255,6 +257,36 @@ def check_models(runs: pd.DataFrame) -> list[Issue]:
     return []
 
 
+def check_reasoning(runs: pd.DataFrame) -> list[Issue]:
+    """Sets where one reasoned and another did not (a thinking default changed: TTFT and
+    TPOT then measure different things), and points whose requests never answered."""
+    if "reasoning_requests" not in runs.columns:
+        return []
+    issues = []
+    reasoned = {label: bool((pd.to_numeric(g["reasoning_requests"], errors="coerce") > 0).any())
+                for label, g in runs.groupby("label", sort=True)}
+    if len(set(reasoned.values())) > 1:
+        yes = ", ".join(str(k) for k, v in reasoned.items() if v)
+        no = ", ".join(str(k) for k, v in reasoned.items() if not v)
+        issues.append(Issue(
+            "reasoning", "warning",
+            f"{yes} reasoned before answering and {no} did not: their TTFT, TPOT and output include thinking "
+            "in one and not the other; compare TTFA and answer TPOT, or run both with the same "
+            "--chat-template-kwargs (e.g. '{\"enable_thinking\": false}').",
+            tuple(str(k) for k in reasoned),
+        ))
+    if "no_answer" in runs.columns:
+        hit = runs[pd.to_numeric(runs["no_answer"], errors="coerce") > 0]
+        for label, g in hit.groupby("label", sort=True):
+            issues.append(Issue(
+                "no_answer", "note",
+                f"{label}: {int(g['no_answer'].sum())} request(s) spent their whole max_tokens reasoning and never "
+                f"answered (concurrency {_points(list(g['concurrency'].dropna()))}); TTFA and answer TPOT leave them "
+                "out.", (str(label),),
+            ))
+    return issues
+
+
 def comparability(runs: pd.DataFrame) -> list[Issue]:
     """Every comparability issue across ``runs`` (warnings first), for printing before a comparison."""
     if runs.empty:
@@ -269,6 +301,7 @@ def comparability(runs: pd.DataFrame) -> list[Issue]:
     issues += check_burst(runs)
     issues += check_engine_settings(runs)
     issues += check_client(runs)
+    issues += check_reasoning(runs)
     from analysis.telemetry import check_server  # it builds on Issue: imported here, not at the top
 
     issues += check_server(runs)

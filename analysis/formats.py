@@ -53,6 +53,11 @@ _FIGURES: dict[str, tuple[str, ...]] = {
     "range_ratio": ("random_range_ratio", "range_ratio"),
     "prompt_token_mismatches": ("prompt_token_mismatches", "prompt_tokens_mismatch", "input_token_mismatches"),
     "warmup": ("warmup", "num_warmups", "warmup_requests"),
+    # reasoning models (loadgen): requests that reasoned, those that never answered, the token split
+    "reasoning_requests": ("reasoning_requests",),
+    "no_answer": ("no_answer",),
+    "total_reasoning_tokens": ("total_reasoning_tokens",),
+    "total_answer_tokens": ("total_answer_tokens",),
 }
 
 # Engine settings that change performance; compared across runs when launch metadata exists.

@@ -181,6 +181,22 @@ def latency_throughput(runs: pd.DataFrame, metric: str = "p99_ttft_ms") -> Figur
     return fig
 
 
+def reasoning_answer(runs: pd.DataFrame) -> Figure:
+    """A reasoning model's time per request, split: mean reasoning time (first token to first
+    answer token) and mean answer time (first answer token to the last), against concurrency."""
+    with style():
+        fig, ax = _new("Reasoning vs answer time per request (mean)")
+        for name, colour, _ls, marker, g in _series(runs):
+            for col, ls, what in (("mean_reasoning_time_ms", "-", "reasoning"), ("mean_answer_time_ms", "--", "answer")):
+                if col in g and g[col].notna().any():
+                    ax.plot(g["concurrency"], g[col], ls, marker=marker, color=colour, label=f"{name} {what}")
+        _concurrency_axis(ax, runs)
+        ax.set_ylabel("ms per request")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
 def _readable(column: str) -> str:
     """``p99_ttft_ms`` → ``p99 TTFT``."""
     stat, _, rest = column.removesuffix("_ms").partition("_")

@@ -71,6 +71,8 @@ def make_plots(runs: pd.DataFrame, hists: pd.DataFrame | None, plot_dir: Path) -
             written += plots.save(plots.latency(runs, metric), plot_dir, f"{metric}_vs_concurrency")
     if "p99_ttft_ms" in runs and runs["p99_ttft_ms"].notna().any():
         written += plots.save(plots.latency_throughput(runs), plot_dir, "latency_throughput")
+    if "mean_reasoning_time_ms" in runs and runs["mean_reasoning_time_ms"].notna().any():
+        written += plots.save(plots.reasoning_answer(runs), plot_dir, "reasoning_vs_answer_time")
     if hists is not None and not hists.empty:
         pairs = sorted({(r.input_len, r.output_len) for r in hists.itertuples()}, key=str)
         for inp, outl in pairs:

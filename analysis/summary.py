@@ -35,6 +35,24 @@ EXTRA_COLUMNS = {
 
 KEY_COLUMNS = {"label": "label", "input_len": "input_len", "output_len": "output_len"}
 
+# Reasoning models: present when any run reasoned (a run without reasoning has TTFA = TTFT).
+REASONING_COLUMNS = {
+    "mean_ttfa_ms": "mean TTFA(ms)",
+    "p99_ttfa_ms": "p99 TTFA(ms)",
+    "mean_reasoning_time_ms": "mean reasoning time(ms)",
+    "mean_answer_time_ms": "mean answer time(ms)",
+    "mean_answer_tpot_ms": "mean answer TPOT(ms)",
+    "total_reasoning_tokens": "reasoning_tokens",
+    "total_answer_tokens": "answer_tokens",
+    "no_answer": "no_answer",
+}
+
+
+def reasoning_columns(runs: pd.DataFrame) -> dict[str, str]:
+    if "reasoning_requests" in runs and (pd.to_numeric(runs["reasoning_requests"], errors="coerce") > 0).any():
+        return REASONING_COLUMNS
+    return {}
+
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run with the report's columns first; figures a producer did not record are empty.
@@ -45,7 +63,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     from analysis import prefix_cache
     from analysis.telemetry import summary_columns
 
-    wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **summary_columns(runs),
+    wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **reasoning_columns(runs), **summary_columns(runs),
               **prefix_cache.summary_columns(runs)}
     wanted.update({k: v for k, v in {**ENERGY_COLUMNS, **COST_COLUMNS}.items() if k in runs.columns})
     frame = pd.DataFrame(index=runs.index)

@@ -33,6 +33,7 @@ from loadgen.metrics import (
     EXTRA_METRICS,
     METRICS,
     NS_PER_MS,
+    REASONING_METRICS,
     SATURATION_LAG_P99_MS,
     Stats,
     Summary,
@@ -41,7 +42,7 @@ from loadgen.metrics import (
 )
 from loadgen.records import RequestRecord
 
-ALL_METRICS = METRICS + EXTRA_METRICS
+ALL_METRICS = METRICS + EXTRA_METRICS + REASONING_METRICS
 # Metrics kept as histograms in result files and interval logs (the CO-corrected
 # variants are reported as statistics only).
 HISTOGRAM_TAGS = ("ttft", "tpot", "itl", "e2el", "queue")
@@ -88,23 +89,33 @@ class Moments:
 
 @dataclass
 class MetricAggregate:
-    """One latency metric: exact moments (ms) plus its histogram (µs)."""
+    """One latency metric: exact moments (ms) plus its histogram (µs).
+
+    The histogram (~190 KB) is made with the first sample, so a metric that never
+    occurs — TTFA and the other reasoning figures of a model that does not reason —
+    costs nothing.
+    """
 
     moments: Moments = field(default_factory=Moments)
-    hist: object = field(default_factory=hdr.new_histogram)
+    hist: object | None = None
     clipped: int = 0
+
+    def histogram(self) -> object:
+        if self.hist is None:
+            self.hist = hdr.new_histogram()
+        return self.hist
 
     def add(self, values_ms: np.ndarray) -> None:
         values_ms = values_ms[np.isfinite(values_ms)]
         if not values_ms.size:
             return
         self.moments.add(values_ms)
-        self.clipped += hdr.record_array(self.hist, np.rint(values_ms * 1000.0))
+        self.clipped += hdr.record_array(self.histogram(), np.rint(values_ms * 1000.0))
 
     def merge(self, other: MetricAggregate) -> None:
         self.moments.merge(other.moments)
         if other.moments.n:
-            self.hist.add(other.hist)  # type: ignore[attr-defined]
+            self.histogram().add(other.hist)  # type: ignore[attr-defined]
         self.clipped += other.clipped
 
     def stats(self, percentiles: Sequence[float]) -> Stats:
@@ -166,6 +177,12 @@ class Aggregate:
         self.cached_tokens = 0
         self.cache_prompt_tokens = 0
         self.e2el_sum_s = 0.0
+        self.reasoning_requests = 0
+        self.no_answer = 0
+        self.total_reasoning_tokens = 0
+        self.total_answer_tokens = 0
+        self.reasoning_sources: Counter[str] = Counter()
+        self.unrecognised_fields: Counter[str] = Counter()
         self.inline: list[InlineRequest] | None = [] if inline_limit > 0 else None
 
     # -- updating ------------------------------------------------------------
@@ -186,7 +203,8 @@ class Aggregate:
         self.total_output_tokens += int(fig.output_tokens.sum())
         self.e2el_sum_s += float(fig.e2el_ms.sum()) / 1000.0
         for m in ALL_METRICS:
-            self.metrics[m].add(getattr(fig, f"{m}_ms"))
+            self.metrics[m].add(fig.ms(m))
+        self._add_reasoning(fig)
         if self.goodput_slos_ms:
             self.good_completed += int(good_mask(fig, self.goodput_slos_ms).sum())
         for r in fig.records:
@@ -206,6 +224,22 @@ class Aggregate:
                     self.prompt_token_mismatches += 1
                     self.prompt_token_max_diff = max(self.prompt_token_max_diff, diff)
         self._keep_inline(records, fig)
+
+    def _add_reasoning(self, fig) -> None:  # noqa: ANN001 - RequestFigures
+        rs = fig.reasoning
+        reasoned = rs.reasoned
+        self.reasoning_requests += int(reasoned.sum())
+        self.no_answer += int(rs.no_answer.sum())
+        self.total_reasoning_tokens += int(rs.reasoning_tokens.sum())
+        self.total_answer_tokens += int(rs.answer_tokens.sum())
+        from_usage = int((rs.from_usage & reasoned).sum())
+        if from_usage:
+            self.reasoning_sources["usage"] += from_usage
+        if int(reasoned.sum()) > from_usage:
+            self.reasoning_sources["deltas"] += int(reasoned.sum()) - from_usage
+        for r in fig.records:
+            if r.unrecognised_field is not None:
+                self.unrecognised_fields[r.unrecognised_field] += 1
 
     def _keep_inline(self, records: Sequence[RequestRecord], fig) -> None:  # noqa: ANN001 - RequestFigures
         if self.inline is None:
@@ -232,11 +266,14 @@ class Aggregate:
         for name in ("num_requests", "completed", "total_input_tokens", "total_output_tokens", "good_completed",
                      "prompt_tokens_checked", "prompt_token_mismatches", "retries", "invisible_outputs",
                      "invisible_tokens", "cache_reported", "cached_tokens", "cache_prompt_tokens",
+                     "reasoning_requests", "no_answer", "total_reasoning_tokens", "total_answer_tokens",
                      "e2el_sum_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.prompt_token_max_diff = max(self.prompt_token_max_diff, other.prompt_token_max_diff)
         self.errors.update(other.errors)
         self.sources.update(other.sources)
+        self.reasoning_sources.update(other.reasoning_sources)
+        self.unrecognised_fields.update(other.unrecognised_fields)
         if self.inline is not None and other.inline is not None \
                 and self.num_requests <= self.inline_limit:
             self.inline.extend(other.inline)
@@ -250,7 +287,7 @@ class Aggregate:
         return sum(self.errors.values())
 
     def histograms(self) -> dict[str, object]:
-        return {tag: self.metrics[tag].hist for tag in HISTOGRAM_TAGS}
+        return {tag: self.metrics[tag].histogram() for tag in HISTOGRAM_TAGS}
 
     def inline_rows(self) -> list[InlineRequest] | None:
         """Per-request rows in prompt order, or None when the point was too large to keep them."""
@@ -301,4 +338,10 @@ class Aggregate:
             cached_tokens=self.cached_tokens,
             cache_prompt_tokens=self.cache_prompt_tokens,
             mean_concurrency=self.e2el_sum_s / duration,
+            reasoning_requests=self.reasoning_requests,
+            no_answer=self.no_answer,
+            total_reasoning_tokens=self.total_reasoning_tokens,
+            total_answer_tokens=self.total_answer_tokens,
+            reasoning_tokens_source=dict(self.reasoning_sources),
+            unrecognised_fields=dict(self.unrecognised_fields),
         )

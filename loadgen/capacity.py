@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 OVER = ("rate", "concurrency")
-SLO_METRICS = ("ttft", "tpot", "e2el", "queue")
+SLO_METRICS = ("ttft", "tpot", "e2el", "queue", "ttfa")
 LOG_MARGIN_CLIP = 3.0  # margins beyond e^±3 (20×) say "far off" and nothing more
 MIN_STEADY_REQUESTS = 10
 
@@ -179,7 +179,11 @@ def per_request(rows: np.ndarray) -> dict[str, np.ndarray]:
     ok = rows["ok"]
     out = {}
     for metric in SLO_METRICS:
+        if f"{metric}_ms" not in figs:  # a store written before TTFA was recorded
+            continue
         values = np.asarray(figs[f"{metric}_ms"], dtype=np.float64).copy()
+        if metric == "ttfa":  # a request that never answered missed a TTFA objective
+            values[ok & np.isnan(values)] = np.inf
         values[~ok] = np.inf
         out[metric] = values
     return out

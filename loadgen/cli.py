@@ -21,6 +21,7 @@ from loadgen.config import (
     ConfigError,
     RunConfig,
     base_url_from,
+    parse_chat_template_kwargs,
     parse_concurrencies,
     parse_extra_body,
     parse_goodput,
@@ -180,6 +181,9 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
 @_opt("--cache-salt", default=None, metavar="SALT|auto",
       help="Send this salt as the body's cache_salt (vLLM) so no earlier run's prefix cache is reused; "
            "'auto': a new salt per run (recorded).")
+@_opt("--chat-template-kwargs", default=None,
+      help="JSON object sent as chat_template_kwargs (--backend openai-chat), e.g. '{\"enable_thinking\": false}' "
+           "to turn a reasoning model's thinking off; recorded in the result.")
 @_opt("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="Per-request timeout in seconds.")
 # figures and files
 @_opt("--goodput", multiple=True, help="SLOs for goodput, vLLM style: --goodput ttft:500 tpot:50 e2el:20000 (ms).")
@@ -332,6 +336,7 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         extra_body=parse_extra_body(opts["extra_body"]),
         reset_prefix_cache=opts.get("reset_prefix_cache", False),
         cache_salt=opts.get("cache_salt"),
+        chat_template_kwargs=parse_chat_template_kwargs(opts["chat_template_kwargs"]),
         timeout_s=opts["timeout_s"],
         goodput_slos_ms=parse_goodput(opts["goodput"]),
         percentiles=parse_percentiles(opts["percentiles"]),

@@ -22,6 +22,7 @@ from loadgen.connection import Connection
 from loadgen.errors import LoadgenError
 from loadgen.metrics import DEFAULT_PERCENTILES, GOODPUT_METRICS
 from loadgen.protocols import BACKENDS
+from loadgen.protocols.base import merge_body
 from loadgen.schedule import ARRIVALS
 from loadgen.secrets import MASK, mask_url, split_credentials
 from loadgen.workload.errors import WorkloadError
@@ -114,17 +115,23 @@ def parse_metadata(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def parse_extra_body(text: str | None) -> dict[str, Any] | None:
+def parse_extra_body(text: str | None, option: str = "--extra-body",
+                     example: str = '{"temperature": 0}') -> dict[str, Any] | None:
     """A JSON object merged into every request body (sampling parameters and the like)."""
     if text is None:
         return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--extra-body is not valid JSON ({exc.msg} at char {exc.pos}); give e.g. --extra-body '{{\"temperature\": 0}}'") from None
+        raise ConfigError(f"{option} is not valid JSON ({exc.msg} at char {exc.pos}); give e.g. {option} '{example}'") from None
     if not isinstance(value, dict):
-        raise ConfigError("--extra-body must be a JSON object, e.g. --extra-body '{\"temperature\": 0}'")
+        raise ConfigError(f"{option} must be a JSON object, e.g. {option} '{example}'")
     return value
+
+
+def parse_chat_template_kwargs(text: str | None) -> dict[str, Any] | None:
+    """``--chat-template-kwargs``: passed to the server's chat template (e.g. thinking off)."""
+    return parse_extra_body(text, "--chat-template-kwargs", '{"enable_thinking": false}')
 
 
 def base_url_from(base_url: str | None, host: str | None, port: int | None) -> str:
@@ -185,6 +192,7 @@ class TargetConfig:
     extra_body: dict[str, Any] | None = None
     reset_prefix_cache: bool = False  # reset the server's prefix cache before each point
     cache_salt: str | None = None  # "auto" (a new salt per run) or a fixed salt sent as the body's cache_salt
+    chat_template_kwargs: dict[str, Any] | None = None  # sent as the chat body's chat_template_kwargs
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -205,6 +213,8 @@ class TargetConfig:
             )
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
+        if self.chat_template_kwargs is not None and self.backend != "openai-chat":
+            raise ConfigError(f"--chat-template-kwargs applies to --backend openai-chat only, not '{self.backend}'")
         if self.endpoint is not None and not self.endpoint.startswith("/"):
             raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
         if self.cache_salt is not None and not self.cache_salt.strip():
@@ -216,6 +226,14 @@ class TargetConfig:
     @property
     def chat(self) -> bool:
         return self.backend == "openai-chat"
+
+    def body_extra(self) -> dict[str, Any] | None:
+        """What every request body gets on top of the protocol's own: ``--extra-body``, and
+        ``--chat-template-kwargs`` as ``chat_template_kwargs`` (merged into the one
+        ``--extra-body`` may already hold, the dedicated option winning)."""
+        if self.chat_template_kwargs is None:
+            return self.extra_body
+        return merge_body(self.extra_body or {}, {"chat_template_kwargs": self.chat_template_kwargs})
 
     def connection(self) -> Connection:
         """Credentials and TLS trust, as every piece of network code must apply them."""

@@ -20,6 +20,7 @@ from loadgen.config import (
     PARTS,
     ConfigError,
     RunConfig,
+    parse_chat_template_kwargs,
     parse_concurrencies,
     parse_extra_body,
     parse_goodput,
@@ -32,7 +33,8 @@ from loadgen.config import (
 FORM: dict[str, dict[str, str]] = {
     "target": {"base-url": "base_url", "endpoint": "endpoint", "backend": "backend", "model": "model",
                "tokenizer": "tokenizer", "ca-cert": "ca_cert", "insecure": "insecure", "timeout": "timeout_s",
-               "extra-body": "extra_body", "reset-prefix-cache": "reset_prefix_cache", "cache-salt": "cache_salt"},
+               "extra-body": "extra_body", "reset-prefix-cache": "reset_prefix_cache", "cache-salt": "cache_salt",
+               "chat-template-kwargs": "chat_template_kwargs"},
     "workload": {"dataset-name": "dataset", "dataset-path": "dataset_path", "num-prompts": "num_prompts",
                  "input-len": "input_len", "output-len": "output_len", "random-range-ratio": "range_ratio",
                  "prefix-len": "prefix_len", "num-prefixes": "num_prefixes", "input-len-counts": "input_len_counts",
@@ -60,6 +62,8 @@ _PARSERS = {
     "goodput_slos_ms": lambda v: parse_goodput([f"{k}:{x}" for k, x in _table(v, "goodput").items()]),
     "metadata": lambda v: parse_metadata([f"{k}={x}" for k, x in _table(v, "metadata").items()]),
     "extra_body": lambda v: parse_extra_body(v if isinstance(v, str) else json.dumps(_table(v, "extra-body"))),
+    "chat_template_kwargs": lambda v: parse_chat_template_kwargs(
+        v if isinstance(v, str) else json.dumps(_table(v, "chat-template-kwargs"))),
 }
 
 

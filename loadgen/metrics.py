@@ -12,6 +12,15 @@ Definitions (ARCHITECTURE.md, "Metrics contract"):
 * ITL   = gaps between token-bearing chunks. A chunk carrying k tokens contributes k
   gaps of 1/k of the time since the previous token-bearing chunk; the first chunk's
   tokens are covered by TTFT and contribute no gap.
+* TTFA  = first *answer* chunk − sent (reasoning models: the thinking streamed before it
+  is output, but not the answer); equal to TTFT for a request that did not reason.
+  Reasoning time = TTFA − TTFT (E2EL − TTFT for a request whose every token was
+  reasoning: ``no_answer``, counted, not failed); answer time = E2EL − TTFA; answer
+  TPOT = answer time / (answer tokens − 1). Reasoning tokens come from the server's
+  ``completion_tokens_details.reasoning_tokens`` (SGLang: ``usage.reasoning_tokens``)
+  where given (a 0 beside reasoning deltas is not trusted), else from the reasoning
+  chunks (rescaled with the rest when the final usage corrects the chunk counts);
+  answer tokens are the rest of the output.
 * Queue = sent − intended release (client-side queueing: the concurrency gate or a
   late loop). ``ttft_from_intended`` and ``e2el_from_intended`` add it back, which is
   what a user would have seen had the client not stalled (coordinated omission).
@@ -35,7 +44,8 @@ from loadgen.records import RequestRecord
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 EXTRA_METRICS = ("queue", "ttft_from_intended", "e2el_from_intended")
-GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+REASONING_METRICS = ("ttfa", "reasoning_time", "answer_time", "answer_tpot")
+GOODPUT_METRICS = ("ttft", "tpot", "e2el", "ttfa")
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 # Loop lag above this at p99 means the client itself delayed reads and releases by
 # more than a typical decode step's jitter: its figures are not the server's alone.
@@ -62,14 +72,40 @@ class RequestFigures:
     itl_offsets: np.ndarray
     output_tokens: np.ndarray
     input_lens: np.ndarray
+    reasoning: Reasoning | None = None
 
     def itls_of(self, i: int) -> np.ndarray:
         return self.itl_ms[self.itl_offsets[i] : self.itl_offsets[i + 1]]
 
     def values(self, metric: str) -> np.ndarray:
         """The finite samples of one metric (``tpot`` drops single-token requests)."""
-        arr = getattr(self, f"{metric}_ms")
+        arr = self.ms(metric)
         return arr[np.isfinite(arr)]
+
+    def ms(self, metric: str) -> np.ndarray:
+        """One metric's per-request array (ms), the reasoning ones included."""
+        if metric in REASONING_METRICS:
+            return getattr(self.reasoning, f"{metric}_ms")
+        return getattr(self, f"{metric}_ms")
+
+
+@dataclass
+class Reasoning:
+    """The reasoning split of the same requests (arrays aligned with ``records``).
+
+    Latencies are NaN where they do not apply: TTFA and the answer figures of a
+    ``no_answer`` request, the reasoning time of a request that did not reason.
+    """
+
+    ttfa_ms: np.ndarray
+    reasoning_time_ms: np.ndarray
+    answer_time_ms: np.ndarray
+    answer_tpot_ms: np.ndarray
+    reasoning_tokens: np.ndarray
+    answer_tokens: np.ndarray
+    reasoned: np.ndarray  # bool: some output came before the answer (reasoning or an unknown field)
+    no_answer: np.ndarray  # bool: reasoned, and no answer token ever came
+    from_usage: np.ndarray  # bool: reasoning tokens are the server's count
 
 
 @dataclass
@@ -120,6 +156,12 @@ class Summary:
     cache_reported: int = 0  # successful requests whose usage reported cached tokens
     cached_tokens: int = 0  # their prompt tokens served from the prefix cache
     cache_prompt_tokens: int = 0  # their prompt tokens
+    reasoning_requests: int = 0  # successful requests that reasoned before answering
+    no_answer: int = 0  # of those, the ones whose every token was reasoning (not failures)
+    total_reasoning_tokens: int = 0
+    total_answer_tokens: int = 0
+    reasoning_tokens_source: dict[str, int] = field(default_factory=dict)  # "usage" | "deltas": requests
+    unrecognised_fields: dict[str, int] = field(default_factory=dict)  # delta field name → requests
 
 
 def _corrected_chunk_tokens(rec: RequestRecord) -> np.ndarray:
@@ -184,6 +226,7 @@ def per_request(records: Iterable[RequestRecord]) -> RequestFigures:
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(gaps_per_req, out=offsets[1:])
 
+    reasoning = reasoning_split(ok, sent, first, last, out_tok, ttft, e2el)
     return RequestFigures(
         records=ok,
         ttft_ms=ttft,
@@ -196,6 +239,46 @@ def per_request(records: Iterable[RequestRecord]) -> RequestFigures:
         itl_offsets=offsets,
         output_tokens=out_tok,
         input_lens=in_len,
+        reasoning=reasoning,
+    )
+
+
+def reasoning_split(ok: Sequence[RequestRecord], sent: np.ndarray, first: np.ndarray, last: np.ndarray,
+                    out_tok: np.ndarray, ttft: np.ndarray, e2el: np.ndarray) -> Reasoning:
+    """TTFA, reasoning and answer figures of successful requests (the module's definitions)."""
+    n = len(ok)
+    answer = np.fromiter((r.answer_ns for r in ok), np.int64, n)
+    r_chunks = np.fromiter((r.reasoning_chunk_tokens for r in ok), np.int64, n)
+    u_chunks = np.fromiter((r.unrecognised_tokens for r in ok), np.int64, n)
+    usage = np.fromiter((-1 if (c := r.server_reasoning_tokens) is None else c for r in ok), np.int64, n)
+    from_usage = usage >= 0
+    thought = r_chunks + u_chunks
+    reasoned = (thought > 0) | (usage > 0)
+    # chunk counts are rescaled as the ITL's are when the final usage corrects them
+    scale = np.ones(n)
+    for i in np.nonzero(thought > 0)[0].tolist():
+        rec = ok[i]
+        total = sum(rec.chunk_tokens) if rec.chunk_tokens else len(rec.chunk_ns)
+        if total and out_tok[i] > 0:
+            scale[i] = out_tok[i] / total
+    reasoning_tokens = np.where(from_usage, usage, np.rint(r_chunks * scale)).astype(np.int64)
+    not_answer = np.where(from_usage, usage, np.rint(thought * scale)).astype(np.int64)
+    answer_tokens = np.maximum(out_tok - not_answer, 0)
+    # a request that did not reason answered from its first token (completions, SGLang,
+    # or a chat stream whose tokens came without text)
+    answer = np.where((answer == 0) & ~reasoned, first, answer)
+    no_answer = answer == 0
+    answered = ~no_answer
+    nan = np.full(n, np.nan)
+    ttfa = np.where(answered, (answer - sent) / NS_PER_MS, nan)
+    answer_time = np.where(answered, (last - answer) / NS_PER_MS, nan)
+    reasoning_time = np.where(reasoned, np.where(answered, ttfa - ttft, e2el - ttft), nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        answer_tpot = np.where(answered & (answer_tokens > 1), answer_time / (answer_tokens - 1), nan)
+    return Reasoning(
+        ttfa_ms=ttfa, reasoning_time_ms=reasoning_time, answer_time_ms=answer_time, answer_tpot_ms=answer_tpot,
+        reasoning_tokens=reasoning_tokens, answer_tokens=answer_tokens, reasoned=reasoned, no_answer=no_answer,
+        from_usage=from_usage,
     )
 
 
@@ -224,14 +307,14 @@ def good_mask(fig: RequestFigures, slos_ms: Mapping[str, float]) -> np.ndarray:
     """vLLM's goodput rule: a request is good when it meets every SLO given.
 
     A request with a single output token has no TPOT and passes the TPOT SLO (vLLM
-    counts its TPOT as 0).
+    counts its TPOT as 0); a request that never answered (``no_answer``) fails a TTFA SLO.
     """
     good = np.ones(len(fig.records), dtype=bool)
     for name, limit in slos_ms.items():
         if name not in GOODPUT_METRICS:
             raise ValueError(f"unknown goodput metric {name!r}; use one of {', '.join(GOODPUT_METRICS)}")
-        arr = getattr(fig, f"{name}_ms")
-        good &= np.nan_to_num(arr, nan=0.0) <= limit
+        arr = fig.ms(name)
+        good &= np.nan_to_num(arr, nan=np.inf if name == "ttfa" else 0.0) <= limit
     return good
 
 

@@ -154,6 +154,7 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
     cache = result.get("prefix_cache") or {}
     if cache.get("warning"):
         out.append(f"WARM PREFIX CACHE: {cache['warning']}.")
+    out.extend(reasoning_warnings(result))
     if result.get("client_saturated"):
         out.append(
             f"CLIENT SATURATED: event-loop lag p99 {result['loop_lag_p99_ms']:.1f} ms > "
@@ -178,6 +179,23 @@ def _hit_rates(cache: Mapping[str, Any]) -> str:
     client = (cache.get("client") or {}).get("hit_rate")
     server = (cache.get("server") or {}).get("hit_rate")
     return " / ".join("not reported" if v is None else f"{v:.1%}" for v in (client, server))
+def reasoning_warnings(result: Mapping[str, Any]) -> list[str]:
+    """A reasoning model's requests that never answered, and output under an unknown field."""
+    out = []
+    if result.get("no_answer"):
+        out.append(
+            f"NO ANSWER: {result['no_answer']} of {result.get('reasoning_requests')} reasoning request(s) spent every "
+            "output token reasoning (max_tokens reached before the answer); they count as completed, with no TTFA. "
+            "Raise --output-len, or turn thinking off with --chat-template-kwargs '{\"enable_thinking\": false}'."
+        )
+    fields = result.get("unrecognised_output_fields") or {}
+    if fields:
+        named = ", ".join(f"'{k}' ({v} request(s))" for k, v in fields.items())
+        out.append(
+            f"UNRECOGNISED OUTPUT FIELD: text came under delta field {named}, neither 'content' nor a known "
+            "reasoning field; its tokens count as output and delay TTFA, but not as reasoning tokens."
+        )
+    return out
 
 
 def summary_table(result: Mapping[str, Any]) -> Table:
@@ -199,6 +217,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("Benchmark duration (s)", result.get("duration")),
         ("Total input tokens", result.get("total_input_tokens")),
         ("Total generated tokens", result.get("total_output_tokens")),
+        ("  of which reasoning", result.get("total_reasoning_tokens") if result.get("reasoning_requests") else None),
         ("Request throughput (req/s)", result.get("request_throughput")),
         ("Request goodput (req/s)", result.get("request_goodput")),
         ("Input token throughput (tok/s)", result.get("input_throughput")),
@@ -209,7 +228,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("Loop lag p99 / max (ms)", f"{_fmt(result.get('loop_lag_p99_ms'))} / {_fmt(result.get('loop_lag_max_ms'))}"),
     ]
     for name, value in rows:
-        if name.startswith("Request goodput") and value is None:
+        if value is None and (name.startswith("Request goodput") or name.startswith("  of which")):
             continue
         head.add_row(name, _fmt(value))
 
@@ -227,6 +246,8 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         "ttft_from_intended": "TTFT+queue",
         "e2el_from_intended": "E2EL+queue",
     }
+    if result.get("reasoning_requests"):
+        names.update({"ttfa": "TTFA", "reasoning_time": "reasoning", "answer_tpot": "answer TPOT"})
     for key, label in names.items():
         cells = [result.get(f"{s}_{key}_ms") for s in ("mean", "median", "std")]
         cells += [result.get(f"p{percentile_key(p)}_{key}_ms") for p in pcts]
@@ -260,6 +281,7 @@ def sweep_table(results: Sequence[Mapping[str, Any]]) -> Table:
                 ("behind", (r.get("trace") or {}).get("behind")),
                 ("mismatch", r.get("prompt_token_mismatches")),
                 ("warm-cache", (r.get("prefix_cache") or {}).get("warning")),
+                ("no-answer", r.get("no_answer")),
             ) if on
         )
         table.add_row(

@@ -87,9 +87,26 @@ class RequestRecord:
     error_detail: str = ""
     retries: int = 0
     invisible_tokens: int = 0  # output tokens in chunks without visible text (they decode to nothing)
+    # Reasoning models (chat): the stamp of the first *answer* chunk (0: none came; set when
+    # the request ends), the tokens of reasoning chunks, and those of chunks
+    # whose text came under a field the protocol does not know (named once, at the end).
+    answer_ns: int = 0
+    reasoning_chunk_tokens: int = 0
+    unrecognised_tokens: int = 0
+    reasoning_tokens_usage: int | None = None  # usage.completion_tokens_details.reasoning_tokens
+    unrecognised_field: str | None = None
     text: str = ""
     warmup: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def server_reasoning_tokens(self) -> int | None:
+        """The server's reasoning count where it can be believed: SGLang sends 0 when it
+        does not count, so a 0 beside reasoning deltas is no count at all."""
+        n = self.reasoning_tokens_usage
+        if n is None or (n == 0 and (self.reasoning_chunk_tokens or self.unrecognised_tokens)):
+            return None
+        return n

@@ -26,6 +26,7 @@ from loadgen.fileio import atomic_write
 from loadgen.metrics import (
     EXTRA_METRICS,
     METRICS,
+    REASONING_METRICS,
     SATURATION_LAG_P99_MS,
     Stats,
     Summary,
@@ -185,7 +186,7 @@ def build_result(
     for p, value in e2el.percentiles.items():
         res[f"p{percentile_key(p)}_e2e_latency_ms"] = value
     # loadgen's own
-    for m in EXTRA_METRICS:
+    for m in EXTRA_METRICS + REASONING_METRICS:
         res.update(_stat_keys(m, summary.stats[m]))
     res.update(
         {
@@ -214,6 +215,12 @@ def build_result(
             "max_concurrency_observed": summary.max_concurrency_observed,
             "invisible_output_requests": summary.invisible_outputs,
             "invisible_output_tokens": summary.invisible_tokens,
+            "reasoning_requests": summary.reasoning_requests,
+            "no_answer": summary.no_answer,
+            "total_reasoning_tokens": summary.total_reasoning_tokens,
+            "total_answer_tokens": summary.total_answer_tokens,
+            "reasoning_tokens_source": summary.reasoning_tokens_source,
+            "unrecognised_output_fields": summary.unrecognised_fields,
             "itl_samples": summary.stats["itl"].n,
             "percentiles_from": "hdr_histograms",
             "start_time": point.start_epoch_s,

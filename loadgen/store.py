@@ -58,6 +58,8 @@ REQUEST_DTYPE = np.dtype([
     ("output_tokens_source", "S10"),
     ("invisible_tokens", "<i4"),  # output tokens that came without visible text
     ("cached_tokens", "<i4"),  # prompt tokens from the prefix cache; -1: the server did not say
+    ("answer_ms", "<f8"),  # first answer chunk (reasoning models); NaN: none came, or none was told apart
+    ("reasoning_tokens", "<i4"),  # the server's count where given, else the reasoning chunks'
 ])
 CHUNK_DTYPE = np.dtype([
     ("prompt_id", "<i8"),
@@ -132,6 +134,9 @@ def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
     rows["output_tokens_source"] = [r.output_tokens_source.encode()[:10] for r in records]
     rows["invisible_tokens"] = col(lambda r: r.invisible_tokens, np.int32)
     rows["cached_tokens"] = col(lambda r: -1 if r.cached_tokens is None else r.cached_tokens, np.int32)
+    rows["answer_ms"] = _rel_ms(col(lambda r: r.answer_ns, np.int64), start_ns)
+    rows["reasoning_tokens"] = col(
+        lambda r: r.reasoning_chunk_tokens if (c := r.server_reasoning_tokens) is None else c, np.int32)
     return rows
 
 
@@ -233,7 +238,10 @@ def figures(rows: np.ndarray) -> dict[str, np.ndarray]:
     out_tok = rows["output_tokens"].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(ok & (out_tok > 1), (e2el - ttft) / (out_tok - 1), nan)
-    return {"ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el, "queue_ms": rows["sent_ms"] - rows["intended_ms"]}
+    out = {"ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el, "queue_ms": rows["sent_ms"] - rows["intended_ms"]}
+    if "answer_ms" in (rows.dtype.names or ()):  # stores written before reasoning was told apart lack it
+        out["ttfa_ms"] = np.where(ok, rows["answer_ms"] - rows["sent_ms"], nan)
+    return out
 
 
 def store_layout(path: str | Path) -> tuple[np.dtype, int, int]:

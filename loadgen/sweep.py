@@ -126,7 +126,9 @@ def _target(cfg: RunConfig, model: str, salt: str | None = None) -> Any:
     from loadgen.runner import Target
 
     t = cfg.target
-    extra_body = {"cache_salt": salt, **(t.extra_body or {})} if salt else t.extra_body
+    extra_body = t.body_extra()
+    if salt:
+        extra_body = {"cache_salt": salt, **(extra_body or {})}
     return Target(
         base_url=t.base_url,
         backend=t.backend,

@@ -72,6 +72,10 @@ class Expected:
     invisible: int = 1
     text: str = " The quick brown fox jumps"
     kept: bool = True  # the connection goes back to the pool
+    reasoning: int = 0  # tokens of reasoning chunks
+    answer_chunk: int = 0  # index of the first answer chunk (its stamp is the record's answer_ns)
+    unrecognised: tuple[str | None, int] = (None, 0)  # an unknown text field's name, and its tokens
+    usage_reasoning: int | None = None  # usage.completion_tokens_details.reasoning_tokens
 
 
 VLLM_OK = Expected()
@@ -173,6 +177,11 @@ CHAT_EVENTS = [
     b"[DONE]",
 ]
 CHAT_BODY, CHAT_ENDS = sse_body(CHAT_EVENTS, [1, 2])
+# The same stream with its thinking under a field no parser knows, and the server's count of it.
+THINKING_EVENTS = [e.replace(b'"reasoning_content"', b'"thinking"') for e in CHAT_EVENTS]
+THINKING_EVENTS[3] = THINKING_EVENTS[3].replace(
+    b'"completion_tokens":3}', b'"completion_tokens":3,"completion_tokens_details":{"reasoning_tokens":2}}')
+THINKING_BODY, THINKING_ENDS = sse_body(THINKING_EVENTS, [1, 2])
 # Two events per chunk and events across chunk boundaries: a server that coalesces writes.
 COALESCED = chunked(OK_SSE, VLLM_BODY, VLLM_ENDS, [1, 300, 577, 9, len(VLLM_BODY) - 887])
 # A stream with an event that is not JSON, and one with an error object sent inside it.
@@ -205,7 +214,11 @@ CASES: dict[str, tuple[Recording, Expected, str]] = {
                                 dataclasses.replace(VLLM_OK, kept=False), "vllm"),
     "chat-reasoning": (chunked(OK_SSE, CHAT_BODY, CHAT_ENDS, events=CHAT_EVENTS),
                        Expected(chunk_tokens=(2, 1), output_tokens=3, prompt_tokens=9, finish="stop", invisible=0,
-                                text="Hm. Hello"), "openai-chat"),
+                                text="Hm. Hello", reasoning=2, answer_chunk=1), "openai-chat"),
+    "chat-unknown-field": (chunked(OK_SSE, THINKING_BODY, THINKING_ENDS, events=THINKING_EVENTS),
+                           Expected(chunk_tokens=(2, 1), output_tokens=3, prompt_tokens=9, finish="stop", invisible=0,
+                                    text="Hm. Hello", answer_chunk=1, unrecognised=("thinking", 2),
+                                    usage_reasoning=2), "openai-chat"),
     "http-400-json": (error_case(*HTTP_400), failed(
         status=400, error="http_400", detail='{"object":"error","message":"The model `gpt-4` does not exist."'),
         "vllm"),
@@ -303,7 +316,7 @@ def replay(client: StreamClient, rec_wire: Recording, cuts: list[int], conn: Str
 def shape(rec: RequestRecord) -> dict:
     """Everything of a record but its stamps, which depend on where the reads were cut."""
     d = dataclasses.asdict(rec)
-    for k in ("chunk_ns", "first_ns", "last_ns", "sent_ns", "intended_ns"):
+    for k in ("chunk_ns", "first_ns", "last_ns", "sent_ns", "intended_ns", "answer_ns"):
         d.pop(k)
     d["chunk_tokens"] = list(d["chunk_tokens"])
     return d
@@ -328,6 +341,10 @@ def check(out: Outcome, rec_wire: Recording, want: Expected, cuts: list[int], ho
     # a chunk is stamped by the read that completed its event
     assert list(rec.chunk_ns) == [stamp_of(e, cuts, n) for e in rec_wire.chunk_ends[: len(rec.chunk_ns)]], how
     assert rec.first_ns == (rec.chunk_ns[0] if rec.chunk_ns else 0), how
+    assert rec.reasoning_chunk_tokens == want.reasoning, how
+    assert (rec.unrecognised_field, rec.unrecognised_tokens) == want.unrecognised, how
+    assert rec.reasoning_tokens_usage == want.usage_reasoning, how
+    assert rec.answer_ns == (rec.chunk_ns[want.answer_chunk] if len(rec.chunk_ns) > want.answer_chunk else 0), how
     if rec_wire.last_byte is not None:
         assert rec.last_ns == stamp_of(n - 1 if rec_wire.last_byte < 0 else rec_wire.last_byte, cuts, n), how
 

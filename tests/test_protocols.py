@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from loadgen.protocols import BACKENDS, get_protocol
+from loadgen.protocols.base import ANSWER, REASONING, UNRECOGNISED
 from loadgen.records import Prompt
 
 TEXT = Prompt(id=1, input_len=5, output_len=64, text="hello there")
@@ -83,11 +84,48 @@ def test_completions_events() -> None:
 
 def test_chat_events_role_delta_is_not_content_reasoning_is() -> None:
     p = get_protocol("openai-chat")
-    assert p.parse(b'{"choices":[{"delta":{"role":"assistant","content":""}}]}', None)[0] is False
-    assert p.parse(b'{"choices":[{"delta":{"reasoning_content":"hmm"}}]}', None)[:5] == (True, None, None, None, "hmm")
+    st = p.new_state()
+    assert p.parse(b'{"choices":[{"delta":{"role":"assistant","content":""}}]}', st)[0] is False
+    assert p.parse(b'{"choices":[{"delta":{"reasoning_content":"hmm"}}]}', st)[:5] == (REASONING, None, None, None, "hmm")
+    # newer vLLM names the field `reasoning`; a null content beside it is no answer
+    assert p.parse(b'{"choices":[{"delta":{"content":null,"reasoning":"so"}}]}', st)[:5] == (REASONING, None, None, None,
+                                                                                               "so")
     ev = p.parse(b'{"choices":[{"delta":{"content":"x"},"finish_reason":"stop"}],'
-                 b'"usage":{"prompt_tokens":9,"completion_tokens":2}}', None)
-    assert ev == (True, 2, 9, "stop", "x", None, None)
+                 b'"usage":{"prompt_tokens":9,"completion_tokens":2}}', st)
+    assert ev == (ANSWER, 2, 9, "stop", "x", None, None)
+    assert p.reasoning_report(st) == (None, None)
+
+
+def test_chat_reasoning_tokens_from_final_usage() -> None:
+    p = get_protocol("openai-chat")
+    st = p.new_state()
+    p.parse(b'{"choices":[{"delta":{"reasoning_content":"a"}}]}', st)
+    p.parse(b'{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":7,'
+            b'"completion_tokens_details":{"reasoning_tokens":5}}}', st)
+    assert p.reasoning_report(st) == (5, None)
+    # the same count on the chunk that carries the finish reason
+    st = p.new_state()
+    p.parse(b'{"choices":[{"delta":{"content":"b"},"finish_reason":"length"}],"usage":{"prompt_tokens":9,'
+            b'"completion_tokens":7,"completion_tokens_details":{"reasoning_tokens":4}}}', st)
+    assert p.reasoning_report(st) == (4, None)
+    # SGLang's spelling, at the top of usage
+    st = p.new_state()
+    p.parse(b'{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":7,"reasoning_tokens":6}}', st)
+    assert p.reasoning_report(st) == (6, None)
+
+
+def test_chat_text_under_an_unknown_field_is_output_and_named() -> None:
+    p = get_protocol("openai-chat")
+    st = p.new_state()
+    assert p.parse(b'{"choices":[{"delta":{"role":"assistant","content":""}}]}', st)[0] is False
+    assert p.parse(b'{"choices":[{"delta":{"thinking":"hm"}}]}', st)[:5] == (UNRECOGNISED, None, None, None, "hm")
+    assert p.parse(b'{"choices":[{"delta":{"thinking":"m"}}]}', st)[0] == UNRECOGNISED
+    assert p.parse(b'{"choices":[{"delta":{"content":"ok"}}]}', st)[0] == ANSWER
+    assert p.reasoning_report(st) == (None, "thinking")
+    # non-text fields (tool calls) and known ones name nothing
+    st = p.new_state()
+    p.parse(b'{"choices":[{"delta":{"tool_calls":[{"index":0}],"refusal":""}}]}', st)
+    assert p.reasoning_report(st) == (None, None)
 
 
 def test_sglang_events_are_cumulative() -> None:

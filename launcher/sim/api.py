@@ -50,6 +50,7 @@ class SimConfig:
     prefix_cache: bool = True  # cache prompt blocks (vLLM's automatic prefix caching); off: no cached_tokens either
     block_size: int = DEFAULT_BLOCK_SIZE
     cache_reset_fault: str = ""  # "refuse" or "hang": how POST /reset_prefix_cache and /flush_cache misbehave
+    reasoning_field: str = "reasoning_content"  # the delta field reasoning streams under (newer vLLM: reasoning)
 
 
 class ApiError(Exception):
@@ -226,6 +227,18 @@ def _message_text(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _thinking(body: dict[str, Any]) -> bool:
+    """Whether a chat request lets a reasoning model think: ``chat_template_kwargs``
+    ``enable_thinking`` (Qwen3, DeepSeek-R1 templates) or ``thinking`` (DeepSeek-V3.1)
+    set to false turns it off, as the real templates do."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return True
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "'chat_template_kwargs' must be an object", "chat_template_kwargs")
+    return kwargs.get("enable_thinking", True) is not False and kwargs.get("thinking", True) is not False
+
+
 class Api:
     def __init__(self, state: SimState) -> None:
         self.state = state
@@ -321,7 +334,8 @@ class Api:
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", None, 1)
         max_tokens = self._limits(len(ids), max_tokens, "messages")
-        return await self._generate(request, body, ChatStream, "chatcmpl", len(ids), max_tokens, body, ids)
+        return await self._generate(request, body, ChatStream, "chatcmpl", len(ids), max_tokens, body, ids,
+                                    thinking=_thinking(body))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         self._check_ready()
@@ -354,6 +368,8 @@ class Api:
         max_tokens: int,
         body: dict[str, Any],
         ids: list[Any] | None = None,
+        *,
+        thinking: bool = False,
     ) -> web.StreamResponse:
         state = self.state
         salt = body.get("cache_salt")
@@ -390,6 +406,7 @@ class Api:
         sink = stream_cls(
             state, seq, state.next_id(prefix), plan, streaming=streaming, include_usage=include_usage,
             continuous_usage=continuous, piece_offset=state.rng.getrandbits(20),
+            reasoning=round(state.profile.reasoning_fraction * target) if thinking else 0,
         )
         if state.cache is not None and ids is not None:
             # cached prompt tokens are already "prefilled": the engine computes only the rest

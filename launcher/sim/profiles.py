@@ -54,6 +54,8 @@ class Profile:
     natural_len_median: float = 0.0
     natural_len_sigma: float = 0.0
     kv_allocation: str = "reserve"
+    # a reasoning model: this share of each chat output streams as reasoning, then the answer
+    reasoning_fraction: float = 0.0
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -70,6 +72,8 @@ class Profile:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}")
         if self.kv_allocation not in KV_ALLOCATIONS:
             problems.append(f"kv_allocation must be one of {', '.join(KV_ALLOCATIONS)}")
+        if not 0.0 <= self.reasoning_fraction <= 1.0:
+            problems.append("reasoning_fraction must be within [0, 1]")
         if self.natural_len_median < 0 or self.natural_len_sigma < 0:
             problems.append("natural_len_median and natural_len_sigma must be >= 0")
         if problems:

@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   python -m launcher.sim --port 8000 --profile fast
   loadgen-launch serve --engine sim --profile sglang-h20x8-r1 --max-model-len 65536
   python -m launcher.sim --fault-429 0.05 --fault-reset-mid 0.01 --fault-seed 7
+  python -m launcher.sim --reasoning-fraction 0.7 --reasoning-field reasoning
 """
 
 
@@ -70,6 +71,8 @@ _prob = _checked(float, "a number", lambda v: 0.0 <= v <= 1.0, "{text} is not a 
 _positive_int = _checked(int, "an integer", lambda v: not v < 1, "{text} must be >= 1")
 _nonneg_float = _checked(float, "a number", lambda v: not v < 0, "{text} must be >= 0")
 _positive_float = _checked(float, "a number", lambda v: v > 0 and v != float("inf"), "{text} must be a positive number")
+_field_name = _checked(str, "a field name", lambda v: v.isidentifier() and v.isascii(),
+                       "'{text}' is not a JSON field name (letters, digits, underscores)")
 _port = _checked(int, "a port number", lambda v: 0 <= v <= 65535, "port {value} is outside 0..65535")
 
 
@@ -102,6 +105,13 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
                    help="median output length when ignore_eos is off; 0 = always max_tokens (default: profile's)")
     p.add_argument("--natural-len-sigma", type=_nonneg_float,
                    help="log-normal sigma of that length (default: profile's)")
+    p.add_argument("--reasoning-fraction", type=_prob, metavar="F",
+                   help="reasoning model: the first F of each chat output streams as reasoning, the rest as "
+                        "content; chat_template_kwargs enable_thinking=false turns it off (default: profile's, 0)")
+    p.add_argument("--reasoning-field", type=_field_name, default="reasoning_content", metavar="NAME",
+                   help="the delta field reasoning streams under: reasoning_content (vLLM < 0.10, SGLang) or "
+                        "reasoning (newer vLLM); any other name plays a server a client does not know "
+                        "(default: reasoning_content)")
     p.add_argument("--seed", type=int, default=0, help="seed for output lengths and text (default: 0)")
     p.add_argument("--time-scale", type=_positive_float, default=1.0, metavar="X",
                    help="run the profile X times faster: step, prefill and so TTFT and TPOT divided by X "
@@ -157,6 +167,8 @@ def parse_config(argv: list[str], parser: argparse.ArgumentParser | None = None)
             changes["natural_len_median"] = args.natural_len_median
         if args.natural_len_sigma is not None:
             changes["natural_len_sigma"] = args.natural_len_sigma
+        if args.reasoning_fraction is not None:
+            changes["reasoning_fraction"] = args.reasoning_fraction
         if changes:
             profile = profile.replace(**changes)
         profile = profile.scaled(args.time_scale)
@@ -171,7 +183,7 @@ def parse_config(argv: list[str], parser: argparse.ArgumentParser | None = None)
         host=args.host, port=args.port, model=args.model, tokenizer=args.tokenizer, profile=profile,
         max_model_len=args.max_model_len, tokens_per_chunk=args.tokens_per_chunk, seed=args.seed, faults=faults,
         time_scale=args.time_scale, prefix_cache=args.prefix_cache, block_size=args.block_size,
-        cache_reset_fault=args.fault_cache_reset,
+        cache_reset_fault=args.fault_cache_reset, reasoning_field=args.reasoning_field,
     ), args
 
 

@@ -47,8 +47,11 @@ class Stream:
         include_usage: bool = False,
         continuous_usage: bool = False,
         piece_offset: int = 0,
+        reasoning: int = 0,
     ) -> None:
         self.state = state
+        self.reasoning = reasoning  # the first this many output tokens are reasoning (chat)
+        self.reasoned = 0  # tokens sent as reasoning so far
         self.seq = seq
         self.rid = rid
         self.plan = plan
@@ -60,6 +63,7 @@ class Stream:
         self.sent = 0
         self.pos = piece_offset % len(state.pieces)
         self.texts: list[bytes] = []  # kept only for non-streamed and cumulative outputs
+        self.reasoning_texts: list[bytes] = []  # the same, for a non-streamed reasoning part
         self.last_t = 0.0
         self.stalled = False
         self.stall_until = 0.0
@@ -195,7 +199,11 @@ class Stream:
         state.chunks_sent += 1
         text = self._take(n)
         if not self.streaming:
-            self.texts.append(text)
+            if after <= self.reasoning:
+                self.reasoned = after
+                self.reasoning_texts.append(text)
+            else:
+                self.texts.append(text)
             if seq.done:
                 self._end("done")
             return
@@ -291,6 +299,7 @@ class ChatStream(Stream):
         )
         self._tpl = (self._pre.replace(b"%", b"%%")
                      + b'{"index":0,"delta":{"content":"%b"},"logprobs":null,"finish_reason":%b}]%b}\n\n')
+        self._tpl_reasoning = self._tpl.replace(b'"content"', b'"%b"' % self.state.cfg.reasoning_field.encode())
 
     def _usage_part(self, completion: int) -> bytes:
         if self.continuous_usage:
@@ -304,7 +313,15 @@ class ChatStream(Stream):
         )
 
     def content_event(self, text: bytes, finish: bytes) -> bytes:
-        return self._tpl % (text, finish, self._usage_part(self.sent))
+        sent = self.sent
+        if sent <= self.reasoning:  # a chunk is reasoning when it ends within the reasoning part
+            self.reasoned = sent
+            return self._tpl_reasoning % (text, finish, self._usage_part(sent))
+        return self._tpl % (text, finish, self._usage_part(sent))
+
+    def _details(self) -> bytes:
+        """``completion_tokens_details`` spliced into the final usage, in reasoning mode."""
+        return b',"completion_tokens_details":{"reasoning_tokens":%d}}' % self.reasoned if self.reasoning else b"}"
 
     def malformed_event(self, text: bytes) -> bytes:
         return self._pre + b'{"index":0,"delta":{"content":"' + text + b"\n\n"
@@ -312,7 +329,8 @@ class ChatStream(Stream):
     def tail_events(self) -> bytes:
         if not self.include_usage:
             return DONE
-        return self._pre + b'],"usage":' + _usage(self.seq.prompt_len, self.sent, self.cached) + b"}\n\n" + DONE
+        return (self._pre + b'],"usage":' + _usage(self.seq.prompt_len, self.sent, self.cached)[:-1] + self._details()
+                + b"}\n\n" + DONE)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -321,11 +339,24 @@ class ChatStream(Stream):
             "created": self.created,
             "model": self.state.model,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": self.text(), "tool_calls": []},
-                 "logprobs": None, "finish_reason": self.seq.finish_reason, "stop_reason": None}
+                {"index": 0, "message": self._message(), "logprobs": None, "finish_reason": self.seq.finish_reason,
+                 "stop_reason": None}
             ],
             "usage": self.usage(),
         }
+
+    def _message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "tool_calls": [],
+                                   "content": None if self.reasoning and not self.texts else self.text()}
+        if self.reasoning:
+            message[self.state.cfg.reasoning_field] = b"".join(self.reasoning_texts).decode()
+        return message
+
+    def usage(self) -> dict[str, Any]:
+        usage = super().usage()
+        if self.reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoned}
+        return usage
 
 
 class GenerateStream(Stream):

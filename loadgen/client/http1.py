@@ -40,7 +40,7 @@ class StreamConn(asyncio.Protocol):
     __slots__ = (
         "client", "transport", "closed", "rec", "fut", "timer", "phase", "got", "hbuf",
         "cbuf", "crem", "ctrailer", "blen", "sse", "framer", "parse", "pstate",
-        "counted", "last_ct", "texts", "errbody", "keep", "counters", "fast_path", "broken",
+        "counted", "last_ct", "texts", "errbody", "keep", "counters", "fast_path", "broken", "lead",
     )
 
     def __init__(self, client: StreamClient) -> None:
@@ -69,6 +69,7 @@ class StreamConn(asyncio.Protocol):
         self.pstate = None
         self.counted = 0
         self.last_ct: int | None = None
+        self.lead = 0  # chunks before the first answer chunk (reasoning, unknown field, no text)
         # generated text is kept only when asked for (--save-text): per chunk it is a
         # string per stream, ~13 MB at 1,024 streams of 256 tokens
         self.texts: list[str] | None = [] if self.client.save_text else None
@@ -321,6 +322,13 @@ class StreamConn(asyncio.Protocol):
                     counted = ct
                 if not chunk_ns:
                     rec.first_ns = t
+                if content != 1:  # not an answer (protocols.base): reasoning, or an unknown field's text
+                    if content == 2:
+                        rec.reasoning_chunk_tokens += k
+                    else:
+                        rec.unrecognised_tokens += k
+                    if self.lead == len(chunk_ns):
+                        self.lead += 1
                 chunk_ns.append(t)
                 chunk_tokens.append(k)
                 if not text:
@@ -339,6 +347,8 @@ class StreamConn(asyncio.Protocol):
                 # final usage-only chunk totalling chunks already counted one by one.
                 if not chunk_ns:
                     rec.first_ns = t
+                if self.lead == len(chunk_ns):
+                    self.lead += 1
                 chunk_ns.append(t)
                 chunk_tokens.append(ct - counted)
                 rec.invisible_tokens += ct - counted
@@ -411,6 +421,10 @@ class StreamConn(asyncio.Protocol):
             rec.error_detail = "the stream ended without any output"
         if self.texts:
             rec.text = "".join(self.texts)
+        if self.lead < len(rec.chunk_ns):  # the first answer chunk, found once per request
+            rec.answer_ns = rec.chunk_ns[self.lead]
+        if self.pstate is not None:
+            rec.reasoning_tokens_usage, rec.unrecognised_field = self.client.protocol.reasoning_report(self.pstate)
         reusable = self.keep and self.phase == _DONE and not self.closed
         self._give_back(None)
         if reusable:

@@ -25,6 +25,11 @@ from loadgen.records import Prompt
 class Event(NamedTuple):
     """One parsed SSE event.
 
+    ``content`` is falsy for an event that carries no output, else its kind:
+    :data:`ANSWER` (``True`` compares equal to it, so protocols without reasoning
+    return a bool), :data:`REASONING` (a recognised reasoning delta) or
+    :data:`UNRECOGNISED` (text under a delta field the protocol does not know: still
+    output, and named by :meth:`WireProtocol.reasoning_report` once the request ends).
     ``completion_tokens`` is the server's *running* count of output tokens when the
     event carries usage (vLLM ``continuous_usage_stats``, SGLang ``meta_info``, or a
     final usage-only chunk), else ``None``; the client turns running counts into per
@@ -33,13 +38,20 @@ class Event(NamedTuple):
     only from the request's final usage (``None`` when the server does not say).
     """
 
-    content: bool
+    content: int
     completion_tokens: int | None
     prompt_tokens: int | None
     finish_reason: str | None
     text: str | None
     error: str | None
     cached_tokens: int | None
+
+
+# Kinds of output an event carries (``Event.content``); small ints so that the client's
+# per-chunk test is one comparison.
+ANSWER = 1
+REASONING = 2
+UNRECOGNISED = 3
 
 
 class MalformedEvent(ValueError):
@@ -75,6 +87,14 @@ class WireProtocol:
     def parse(self, data: bytes, state: Any) -> tuple:
         """``(content, completion_tokens, prompt_tokens, finish_reason, text, error, cached_tokens)``."""
         raise NotImplementedError
+
+    def reasoning_report(self, state: Any) -> tuple[int | None, str | None]:
+        """Once per request, after its last event: the server's own count of reasoning
+        tokens (``usage.completion_tokens_details.reasoning_tokens``; ``None`` when not
+        given) and the name of a delta field that carried text the protocol did not
+        recognise (``None`` when there was none). Read from the parse state, so that
+        nothing about it is done per chunk."""
+        return (None, None)
 
 
 def merge_body(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from loadgen.protocols.base import WireProtocol, openai_no_choice, openai_stream_body, require_text
+from loadgen.protocols.base import ANSWER, WireProtocol, openai_no_choice, openai_stream_body, require_text
 from loadgen.records import Prompt
 
 
@@ -46,7 +46,8 @@ class OpenAICompletions(WireProtocol):
         if choices:
             choice = choices[0]
             text = choice.get("text")
-            return (bool(text), ct, pt, choice.get("finish_reason"), text, None, None)
+            # an int, not bool(text): the client's per-chunk kind test is then an int comparison
+            return (ANSWER if text else False, ct, pt, choice.get("finish_reason"), text, None, None)
         return openai_no_choice(obj, choices, ct, pt)
 
 
