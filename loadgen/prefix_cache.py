@@ -111,26 +111,19 @@ def cold_workload(dataset: str, prefix_len: int) -> bool:
     return dataset == "random" and not prefix_len
 
 
-def warm_cache_warning(cold: bool, client_rate: float | None, server_rate: float | None,
-                       warmup: int = 0) -> str | None:
-    """The comparability warning, or ``None``. ``warmup``: the point's ``--warmup`` requests,
-    which send the set's first prompts, so the measured requests for those prompts hit."""
+def warm_cache_warning(cold: bool, client_rate: float | None, server_rate: float | None) -> str | None:
+    """The comparability warning, or ``None``. A random set's ``--warmup`` requests have prompts of
+    their own (``sweep.build_prompts``), so a hit here came from outside the point."""
     rates = [r for r in (client_rate, server_rate) if r is not None]
     if not cold or not rates or max(rates) <= COLD_HIT_LIMIT:
         return None
-    if warmup:
-        return (f"the prefix cache served {max(rates):.1%} of the prompt tokens of a workload built to miss it "
-                f"(random prompts): the {warmup} warm-up requests send the first {warmup} prompts, which the "
-                "point then sends again and finds cached (use --warmup-seconds with --duration: its warm-up "
-                "requests have prompts of their own), or the cache was warm from an earlier run (same --seed?: "
-                "--reset-prefix-cache, --cache-salt auto)")
     return (f"the prefix cache served {max(rates):.1%} of the prompt tokens of a workload built to miss it "
             "(random prompts): a warm cache from an earlier run (same --seed?) inflates throughput; "
             "use --reset-prefix-cache, --cache-salt auto or another --seed")
 
 
 def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset: str, prefix_len: int,
-            reset_outcome: dict[str, Any] | None, salt: str | None, warmup: int = 0) -> dict[str, Any]:
+            reset_outcome: dict[str, Any] | None, salt: str | None) -> dict[str, Any]:
     """The result's ``prefix_cache`` entry."""
     client = client_figures(summary)
     server = server_figures(server_metrics)
@@ -139,7 +132,7 @@ def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset:
         "client": client,
         "server": server,
         "cold_workload": cold,
-        "warning": warm_cache_warning(cold, client["hit_rate"], server["hit_rate"] if server else None, warmup),
+        "warning": warm_cache_warning(cold, client["hit_rate"], server["hit_rate"] if server else None),
         "reset": reset_outcome,
         "cache_salt": salt,
     }

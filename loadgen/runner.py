@@ -247,6 +247,7 @@ async def run_async(
     *,
     concurrency: int | None = None,
     warmup: int = 0,
+    warm_prompts: Sequence[Prompt] | None = None,
     duration_s: float | None = None,
     counters: LiveCounters | None = None,
     on_tick: Callable[[LiveCounters], None] | None = None,
@@ -274,6 +275,9 @@ async def run_async(
     ``preconnect`` opens the first wave's connections before the clock starts;
     ``kernel_stamps`` and ``fast_path`` go to :class:`StreamClient`. All are on in the
     product (``perf/client.py`` turns each off to show what it buys).
+
+    ``warm_prompts``: the ``warmup`` requests' own prompts. Without them the warm-up re-sends the
+    first measured prompts, and a server with a prefix cache then serves those from it.
     """
     _validate(prompts, offsets_s, concurrency, warmup, duration_s, tick_s, grace_s)
     loop = asyncio.get_running_loop()
@@ -312,10 +316,11 @@ async def run_async(
 
     try:
         if warmup:
-            warm_prompts = [prompts[i % len(prompts)] for i in range(warmup)]
+            source = warm_prompts or prompts
+            warm = [source[i % len(source)] for i in range(warmup)]
             warm_tasks: set[asyncio.Task] = set()
             stop.dispatcher = loop.create_task(
-                _dispatch(client, warm_prompts, None, gate, perf_counter_ns(),
+                _dispatch(client, warm, None, gate, perf_counter_ns(),
                           sink.push if sink is not None else warm_records.append, warm_tasks, True, _InFlight()))
             await _finish_releasing(stop, warm_tasks, grace_s)
         if not stop.interrupted and prompts:

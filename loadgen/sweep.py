@@ -57,6 +57,7 @@ class Preflight:
     cache_salt: str | None = None  # this run's --cache-salt
     cache_reset: dict[str, Any] | None = None  # the last --reset-prefix-cache outcome (loadgen.prefix_cache.reset)
     trace: Any = None  # loadgen.workload.trace_prompts.TraceSet of a trace replay: its release times
+    warm_prompts: list[Prompt] | None = None  # --warmup's own prompts (a random set: built beside the measured ones)
     trace_file: Any = None  # loadgen.workload.traces.Trace, read and checked before the server is asked anything
 
     def point_verification(self) -> dict[str, Any] | None:
@@ -350,7 +351,7 @@ def finish_point(
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     extra["prefix_cache"] = prefix_cache.section(summary, extra.get("server_metrics"), dataset=cfg.workload.dataset,
                                                  prefix_len=cfg.workload.prefix_len, reset_outcome=cache_reset,
-                                                 salt=cache_salt, warmup=cfg.schedule.warmup)
+                                                 salt=cache_salt)
     result = results_mod.build_result(
         cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
     )
@@ -473,6 +474,7 @@ def _run_point_here(
                 offsets.tolist(),
                 concurrency=concurrency,
                 warmup=cfg.schedule.warmup,
+                warm_prompts=pre.warm_prompts,
                 duration_s=cfg.schedule.duration_s,
                 counters=counters,
                 on_tick=prog.tick,
@@ -541,7 +543,11 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     problem = budget.too_many_prompts(cfg.prompts_needed(), cfg.max_input_len(), budget.available_bytes())
     if problem is not None:
         raise PreflightError(problem)
-    spec = cfg.workload.spec(num_prompts=cfg.prompts_needed(), chat=cfg.chat, seed=cfg.seed,
+    # A random set is built with --warmup's prompts beside the measured ones, so that the warm-up fills
+    # no prefix cache the measured requests then hit (a dataset's rows are all used as measured prompts).
+    needed = cfg.prompts_needed()
+    warm = cfg.schedule.warmup if cfg.workload.dataset == "random" else 0
+    spec = cfg.workload.spec(num_prompts=needed + warm, chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
     from loadgen.workload.errors import WorkloadError
 
@@ -559,6 +565,8 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     if prompts and pre.max_model_len is not None:
         longest = max(prompts, key=lambda p: p.input_len + p.output_len)
         check_context(longest.input_len, longest.output_len, pre.max_model_len, pre.model)
+    if warm and len(prompts) > needed:
+        pre.warm_prompts, prompts = prompts[needed:], prompts[:needed]
     return prompts
 
 

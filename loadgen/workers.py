@@ -109,6 +109,7 @@ class WorkerTask:
     goodput_slos_ms: dict[str, float] = field(default_factory=dict)
     inline_limit: int = 0
     warmup_s: float = 0.0  # --warmup-seconds: requests sent before start + warmup_s count as warm-up
+    warm_prompts: list[Prompt] | None = None  # the warm-up's own prompts (else it re-sends the first ones)
     in_thread: bool = False  # a Ray actor runs it in a thread of a shared process: count that thread's CPU
 
 
@@ -213,7 +214,8 @@ def run_worker(task: WorkerTask, control: Control) -> WorkerResult:
     try:
         outcome = run(
             task.target, task.prompts, task.offsets_s,
-            concurrency=task.concurrency, warmup=task.warmup, duration_s=task.duration_s,
+            concurrency=task.concurrency, warmup=task.warmup, warm_prompts=task.warm_prompts,
+            duration_s=task.duration_s,
             counters=counters, on_tick=control.publish, grace_s=task.grace_s, sink=collector,
             clock_start=clock_start, stop_hook=control.on_stop,
         )
@@ -266,12 +268,14 @@ def plan_tasks(
     concurrency: int | None,
     store: StoreFiles,
     workers: int,
+    warm_prompts: Sequence[Prompt] | None = None,
 ) -> list[WorkerTask]:
     """The global schedule cut into one task per worker (prompts are shared, not copied)."""
     n = effective_workers(workers, concurrency, len(prompts))
     shares = partition(len(prompts), n)
     limits = split_limit(concurrency, n)
-    warm = [len(s) for s in partition(cfg.schedule.warmup, n)]
+    warm_shares = partition(cfg.schedule.warmup, n)
+    warm = [len(s) for s in warm_shares]
     return [
         WorkerTask(
             index=k,
@@ -288,6 +292,7 @@ def plan_tasks(
             goodput_slos_ms=dict(cfg.output.goodput_slos_ms),
             inline_limit=cfg.output.inline_requests,
             warmup_s=cfg.schedule.warmup_s,
+            warm_prompts=[warm_prompts[i % len(warm_prompts)] for i in warm_shares[k]] if warm_prompts else None,
         )
         for k, idx in enumerate(shares)
     ]
@@ -465,14 +470,15 @@ def run_point_workers(
 
         try:
             workers = cfg.schedule.workers or transport.default_workers(cfg.schedule.ray_address)
-            tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, workers)
+            tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, workers, pre.warm_prompts)
             transport.check_capacity(cfg.schedule.ray_address, len(tasks))
         except RuntimeError as exc:
             raise PreflightError(str(exc)) from None
     else:
         from loadgen import procpool as transport  # type: ignore[no-redef]
 
-        tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, cfg.schedule.workers)
+        tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, cfg.schedule.workers,
+                           pre.warm_prompts)
     counters = SummedCounters(len(tasks))
     title = f"{setup.title} ({len(tasks)} {'actors' if cfg.schedule.ray_address else 'workers'})"
     telemetry = point_telemetry(cfg, files, counters, console)

@@ -83,7 +83,6 @@ def test_warning_needs_a_cold_workload_and_a_hit_above_one_percent() -> None:
     assert prefix_cache.warm_cache_warning(True, None, None) is None  # nothing reported: nothing to say
     assert "same --seed" in prefix_cache.warm_cache_warning(True, None, 0.5)
     assert prefix_cache.warm_cache_warning(False, 0.9, 0.9) is None
-    assert "--warmup-seconds" in prefix_cache.warm_cache_warning(True, 0.2, None, warmup=50)
 
 
 def test_hit_rate_counts_only_requests_that_reported_and_merges_across_workers() -> None:
@@ -218,6 +217,23 @@ def test_same_seed_rerun_on_a_warm_cache_is_flagged_and_reset_or_salt_cure_it(si
     assert "prefix hit rate" in table.columns  # the server's, from its counters
     assert [i.kind for i in report.issues].count("warm_prefix_cache") == 1
     assert (tmp_path / "report" / "plots" / "ttft_vs_cached_fraction.png").is_file()
+
+
+def test_warm_up_requests_have_prompts_of_their_own(sim_server, tmp_path: Path, private_cache) -> None:
+    """--warmup on a random set warms the server, not its prefix cache for the measured prompts;
+    the warm-up's prompts are recorded as warm-up rows, none of them a measured prompt."""
+    srv = sim_server()
+    r = invoke(["--base-url", srv.base_url, *SMALL, "--warmup", "8", "--save-requests",
+                "--output-dir", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    res = only_result(tmp_path / "out")
+    cache = res["prefix_cache"]
+    assert res["warmup_requests"] == 8 and res["completed"] == 40
+    assert cache["client"]["requests_reported"] == 40 and cache["client"]["hit_rate"] < 0.01, cache
+    assert cache["warning"] is None
+    rows = read_requests(tmp_path / "out" / res["per_request"]["requests"])
+    warm, measured = rows[rows["warmup"]], rows[~rows["warmup"]]
+    assert len(warm) == 8 and not set(warm["prompt_id"]) & set(measured["prompt_id"])
 
 
 @pytest.mark.parametrize("fault", ["refuse", "hang"])

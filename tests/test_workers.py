@@ -24,7 +24,14 @@ from launcher.process import free_port, live_tree, stop_tree
 from loadgen.aggregate import Aggregate
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.store import read_requests
-from loadgen.workers import aggregate_from_wire, aggregate_to_wire, effective_workers, partition, split_limit
+from loadgen.workers import (
+    aggregate_from_wire,
+    aggregate_to_wire,
+    effective_workers,
+    partition,
+    plan_tasks,
+    split_limit,
+)
 from tests.conftest import wait_for_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +65,22 @@ def test_concurrency_split_adds_up_and_matches_the_burst_shares() -> None:
     with pytest.raises(ValueError, match="cannot be split"):
         split_limit(1, 2)
     assert effective_workers(4, 2, 100) == 2 and effective_workers(4, None, 3) == 3 and effective_workers(2, 8, 100) == 2
+
+
+def test_warm_up_prompts_are_dealt_like_the_warm_up_counts(tmp_path: Path) -> None:
+    """Each worker warms up with its share of the set's own warm-up prompts, never a measured one."""
+    from loadgen.config import RunConfig
+    from loadgen.records import Prompt
+    from loadgen.store import StoreFiles
+
+    cfg = RunConfig.from_flat(tokenizer="deepseek-r1", num_prompts=6, warmup=5)
+    prompts = [Prompt(i, 4, 4, text=f"p{i}") for i in range(6)]
+    warm = [Prompt(6 + i, 4, 4, text=f"w{i}") for i in range(5)]
+    store = StoreFiles(requests=tmp_path / "r.requests.npy", chunks=None, details=tmp_path / "r.details.jsonl")
+    tasks = plan_tasks(cfg, None, prompts, np.zeros(6), 2, store, 2, warm)
+    assert [t.warmup for t in tasks] == [3, 2]
+    assert [[p.id for p in t.warm_prompts] for t in tasks] == [[6, 8, 10], [7, 9]]
+    assert not {p.id for t in tasks for p in t.warm_prompts} & {p.id for p in prompts}
 
 
 def test_aggregate_travels_between_processes_intact() -> None:
