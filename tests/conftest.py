@@ -218,9 +218,9 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
 
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory):
-    """One real vLLM (CPU build, tiny-cpu preset) for every module that needs one: a start costs a
-    minute or more of Python imports on two cores. Those modules share the ``vllm`` xdist group,
-    so they run in one process, one after another, against this server.
+    """One real vLLM (CPU build, tiny-cpu preset) for the tests that need one: a start costs a minute
+    or more of Python imports on two cores. They live in one file (tests/test_vllm_real.py), which
+    ``make test`` hands to one process (``--dist loadfile``).
 
     Launched from a deep log folder, as a benchmark's results tree gives (vLLM's ipc:// socket paths
     under TMPDIR must still fit in 107 bytes), with VLLM_SERVER_DEV_MODE=1, which serves

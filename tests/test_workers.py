@@ -407,7 +407,6 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.xdist_group("ray")  # one process starts the module's Ray cluster
 def test_ray_actors_measure_what_one_process_measures(sim_fast, ray_cluster, tmp_path: Path) -> None:
     from loadgen.ray_workers import reachability_problem
 
@@ -436,7 +435,6 @@ def _actor_pids(pgid: int) -> list[int]:
     return sorted(pids)
 
 
-@pytest.mark.xdist_group("ray")
 def test_a_lost_ray_actor_leaves_a_partial_result_naming_it(sim_server, ray_cluster, tmp_path: Path) -> None:
     address, env, pgid, actor_tmp = ray_cluster
     srv = _slow_sim(sim_server, tmp_path)
