@@ -151,6 +151,12 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
             f"{result['client_saturation_lag_p99_ms']:g} ms; latencies include the client's own delay. "
             "Lower --concurrency or run the client on a less busy machine."
         )
+    if result.get("emulator_behind"):
+        share = result["server_metrics"]["summary"]["emulator_lag_share"]
+        out.append(
+            f"SIM BEHIND ITS MODEL: engine steps started {share:.0%} of a step late on average; the sim, not its "
+            "profile, paced this run. Give the sim its own core or lower --time-scale."
+        )
     return out
 
 

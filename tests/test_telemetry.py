@@ -279,3 +279,17 @@ def test_bad_telemetry_options_are_one_line_errors(args: list[str], message: str
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"loadgen: error: {message}")
+
+
+def test_sim_that_cannot_keep_its_model_says_so_in_the_result(sim_server, tmp_path: Path) -> None:
+    # steps of 0.2 us planned: no event loop keeps that schedule, on any machine
+    srv = sim_server("--profile", "fast", "--time-scale", "1000")
+    result, res = _loadgen(srv.base_url, tmp_path, "--num-prompts", "16", "--concurrency", "8",
+                           "--metrics-interval", "0.1")
+    sm = result["server_metrics"]
+    assert sm["names"]["sim_lag"] == "sim:step_lateness_seconds"
+    assert sm["names"]["sim_model_time"] == "sim:model_time_seconds_total"
+    assert sm["summary"]["emulator_lag_share"] > 1.0  # later than the whole planned step, on average
+    assert sm["server_latency"]["sim_lag"]["count"] > 0
+    assert result["emulator_behind"] is True
+    assert "SIM BEHIND ITS MODEL" in res.stdout + res.stderr
