@@ -161,6 +161,12 @@ def warnings_of(result: Mapping[str, Any]) -> list[str]:
             f"{result['client_saturation_lag_p99_ms']:g} ms; latencies include the client's own delay. "
             "Lower --concurrency or run the client on a less busy machine."
         )
+    if result.get("emulator_behind"):
+        share = result["server_metrics"]["summary"]["emulator_lag_share"]
+        out.append(
+            f"SIM BEHIND ITS MODEL: engine steps started {share:.0%} of a step late on average; the sim, not its "
+            "profile, paced this run. Give the sim its own core or lower --time-scale."
+        )
     trace = result.get("trace") or {}
     if trace.get("behind"):
         out.append(
@@ -179,6 +185,8 @@ def _hit_rates(cache: Mapping[str, Any]) -> str:
     client = (cache.get("client") or {}).get("hit_rate")
     server = (cache.get("server") or {}).get("hit_rate")
     return " / ".join("not reported" if v is None else f"{v:.1%}" for v in (client, server))
+
+
 def reasoning_warnings(result: Mapping[str, Any]) -> list[str]:
     """A reasoning model's requests that never answered, and output under an unknown field."""
     out = []

@@ -334,3 +334,17 @@ def test_a_gpu_page_without_dcgm_fields_says_so(sim_fast, tmp_path: Path) -> Non
     assert gm["source"] is None and "none of the DCGM fields" in gm["message"] and "None" not in gm["message"]
     assert result["server_metrics"]["message"] is None and result["server_metrics"]["scrapes"] > 0
     assert "GPU metrics not recorded: the page has none of the DCGM fields" in res.stdout
+
+
+def test_sim_that_cannot_keep_its_model_says_so_in_the_result(sim_server, tmp_path: Path) -> None:
+    # steps of 0.2 us planned: no event loop keeps that schedule, on any machine
+    srv = sim_server("--profile", "fast", "--time-scale", "1000")
+    result, res = _loadgen(srv.base_url, tmp_path, "--num-prompts", "16", "--concurrency", "8",
+                           "--metrics-interval", "0.1")
+    sm = result["server_metrics"]
+    assert sm["names"]["sim_lag"] == "sim:step_lateness_seconds"
+    assert sm["names"]["sim_model_time"] == "sim:model_time_seconds_total"
+    assert sm["summary"]["emulator_lag_share"] > 1.0  # later than the whole planned step, on average
+    assert sm["server_latency"]["sim_lag"]["count"] > 0
+    assert result["emulator_behind"] is True
+    assert "SIM BEHIND ITS MODEL" in res.stdout + res.stderr

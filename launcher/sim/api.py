@@ -109,6 +109,7 @@ class SimState:
         self.queue_hist = m.Histogram(m.REQUEST_BUCKETS)
         self.lateness_hist = m.Histogram(m.LATENESS_BUCKETS)
         self.lateness: list[float] = []  # raw samples (bounded), for exact percentiles in /sim/stats
+        self.model_time = 0.0  # seconds of steps the timing model planned: what lateness is compared with
         self.finished: Counter[str] = Counter()
         self.faults_injected: Counter[str] = Counter()
         self.chunks_sent = 0
@@ -151,7 +152,9 @@ class SimState:
                     lateness.append(late)
                 if late > 0.25:  # hopelessly behind (machine stalled): re-anchor instead of bursting
                     next_start = now
-                deadline = next_start + engine.plan(now)
+                planned = engine.plan(now)
+                self.model_time += planned
+                deadline = next_start + planned
             for seq in emitted:
                 sink = seq.sink
                 if sink is not None:
@@ -583,8 +586,10 @@ def render_metrics(state: SimState) -> str:
                            state.itl_hist, labels),
         m.render_histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.", state.e2e_hist, labels),
         m.render_histogram("vllm:request_queue_time_seconds", "Time spent waiting for a slot.", state.queue_hist, labels),
-        m.render_histogram("sim:step_lateness_seconds", "Engine step start minus its planned start.",
-                           state.lateness_hist, labels),
+        m.render_histogram("sim:step_lateness_seconds",
+                           "Event-loop lag: engine step start minus its planned start.", state.lateness_hist, labels),
+        m.render_counter("sim:model_time_seconds", "Engine step time planned by the timing model.",
+                         state.model_time, labels),
         m.render_counter("sim:steps", "Engine steps run.", eng.steps, labels),
     ]
     if state.cache is not None:

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from launcher.sim.profiles import Profile
+from launcher.sim.timing import StepCost
 
 
 class Seq:
@@ -84,11 +85,7 @@ class Engine:
         self.steps = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
-        self._base = profile.base_ms / 1000.0
-        self._per_seq = profile.decode_seq_ms / 1000.0
-        self._per_tok = profile.prefill_token_ms / 1000.0
-        self._prefill_step = profile.prefill_step_ms / 1000.0
-        self._exp = float(profile.decode_seq_exp)
+        self.cost = StepCost(profile)
         self._batch: tuple[list[Seq], list[Seq]] | None = None
 
     def admissible(self, prompt_len: int, max_out: int) -> str | None:
@@ -244,11 +241,8 @@ class Engine:
                 if seq.prefilled >= seq.prefill_target:
                     completes_prefill.append(seq)
 
-        n_decode = len(decode)
-        decode_cost = n_decode if self._exp == 1.0 else n_decode**self._exp
-        duration = self._base + self._per_seq * decode_cost + self._per_tok * prefill_tokens
-        if prefill_tokens:
-            duration += self._prefill_step
+        context = sum(seq.prompt_len + seq.generated for seq in decode) if self.cost.needs_context else 0
+        duration = self.cost.seconds(len(decode), context, prefill_tokens)
         self.steps += 1
         self.prompt_tokens_total += prefill_tokens
         self._batch = (decode, completes_prefill)
@@ -361,8 +355,8 @@ def simulate(profile: Profile, requests: list[SimRequest], tokens_per_step: int 
             t = requests[order[nxt]].arrival
             continue
         duration, emitted = engine.step(t)
-        if duration <= 0 and not emitted and not engine.running:
-            raise RuntimeError("engine made no progress")
+        if not emitted and not engine.running and (duration <= 0 or engine.waiting):
+            raise RuntimeError("engine made no progress (a request does not fit the KV cache?)")
         t += duration
         for seq in emitted:
             if seq.first_at < 0:

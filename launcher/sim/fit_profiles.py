@@ -1,11 +1,14 @@
-"""Fit the sim's engine profiles to the field report's measured tables.
+"""Fit the sim's engine profiles to the field report's measured tables, and check them.
 
-    python -m launcher.sim.fit_profiles            # fit both, write profiles + residuals
-    python -m launcher.sim.fit_profiles --check    # only print residuals of the shipped profiles
+    python -m launcher.sim.fit_profiles            # fit on 128/128, check on 256/256, and back; write
+                                                   # the profiles and fit-residuals.md (minutes)
+    python -m launcher.sim.fit_profiles --check    # residuals and pass/fail of the shipped profiles
+    python -m launcher.sim.fit_profiles --report   # rewrite fit-residuals.md without refitting
 
-Writes ``launcher/sim/profiles/<name>.json`` and ``launcher/sim/profiles/fit-residuals.md``.
-The capacities (slots, per-step token budget, schedule) come from the report's
-command lines; the step costs and the effective KV capacity are fitted.
+Exit codes: 0 every criterion of the shipped profiles holds, 1 at least one fails.
+The capacities (slots, per-step token budget, schedule, CUDA-graph sizes) come from
+the report's command lines and the engines' defaults; the costs and the effective KV
+capacity are fitted on one in/out setting only, so the other one is a held-out check.
 """
 
 from __future__ import annotations
@@ -15,90 +18,172 @@ import sys
 import time
 
 from launcher.sim.fit import (
-    FIT_PARAMS,
     FITTED,
     SEED_DIR,
-    acceptance,
+    Row,
+    criteria,
     fit,
+    load_excluded,
     load_table,
     markdown,
     residual_table,
 )
 from launcher.sim.profiles import PROFILE_DIR, Profile, load_profile
 
-# SGLang's TPOT grows sub-linearly with the batch (CUDA graphs), so its fit also
-# searches the decode-cost exponent; vLLM's eager TPOT is nearly flat and linear.
-PARAMS = {
-    "vllm-0.8.2-h20x8-r1-eager": FIT_PARAMS,
-    "sglang-h20x8-r1": (*FIT_PARAMS, "decode_seq_exp"),
-}
+FIT_ON = 128  # the in/out setting the shipped profiles are fitted on; the other is held out
+RESIDUALS = PROFILE_DIR / "fit-residuals.md"
+# The same fit the other way round (on the other setting): kept as data so that the
+# check "and back" is repeatable without refitting. Not a shipped profile.
+REVERSE_DIR = PROFILE_DIR / "fit-reverse"
 
 # The model's own habit of stopping early (vLLM's run did not ignore EOS: ~119 of
 # 128 and ~226 of 256 tokens on average): a log-normal natural length with these
 # parameters gives those two means.
 NATURAL = {"natural_len_median": 1440.0, "natural_len_sigma": 2.1}
+# SGLang's default CUDA-graph batch sizes at the report's commit: 1, 2, 4, then every 8 up to 160.
+SGLANG_GRAPHS = (1, 2, 4, *range(8, 161, 8))
 
+# Starting points and what each fit searches. vLLM's base cost is not fitted: it is
+# SGLang's (same GPUs, model and TP degree), so what vLLM's steps cost on top of it
+# shows up as eager_step_ms, the price of --enforce-eager.
 STARTS = {
-    "vllm-0.8.2-h20x8-r1-eager": Profile(
-        name="vllm-0.8.2-h20x8-r1-eager",
-        description="vLLM 0.8.2, --enforce-eager, TP 8, DeepSeek-R1 FP8 on 8xH20-96G, as in the field report: "
-        "max_num_seqs 256, max-num-batched-tokens 16384, no chunked prefill. Step costs and effective KV capacity "
-        "fitted by launcher.sim.fit_profiles (residuals in fit-residuals.md).",
-        base_ms=108.0, decode_seq_ms=0.06, prefill_token_ms=0.1, prefill_step_ms=50.0,
-        max_num_seqs=256, max_batched_tokens=16384, kv_tokens=82592,
-        schedule="prefill-first", chunked_prefill=False, **NATURAL,
-    ),
     "sglang-h20x8-r1": Profile(
         name="sglang-h20x8-r1",
         description="SGLang ea52b45be1a7, CUDA graphs, TP 8, DeepSeek-R1 FP8 on 8xH20-96G, as in the field report: "
-        "--chunked-prefill-size 4096, --mem-fraction-static 0.90. Step costs and effective KV capacity fitted by "
-        "launcher.sim.fit_profiles (residuals in fit-residuals.md).",
-        base_ms=38.0, decode_seq_ms=3.0, decode_seq_exp=0.7, prefill_token_ms=0.1, prefill_step_ms=20.0,
-        max_num_seqs=1024, max_batched_tokens=4096, kv_tokens=86888,
+        "--chunked-prefill-size 4096 (prefill-first), --mem-fraction-static 0.90, default CUDA-graph batch sizes. "
+        "Costs and effective KV capacity fitted on the 128/128 table by launcher.sim.fit_profiles "
+        "(residuals, held-out 256/256 first, in fit-residuals.md).",
+        base_ms=38.0, decode_seq_ms=0.05, decode_doubling_ms=15.0, decode_knee=4.0, decode_ctx_ms=0.3,
+        eager_step_ms=30.0, prefill_token_ms=2.0, prefill_token_exp=0.7, prefill_step_ms=120.0,
+        max_num_seqs=1024, max_batched_tokens=4096, kv_tokens=55000, graph_batch_sizes=SGLANG_GRAPHS,
         schedule="prefill-first", chunked_prefill=True, **NATURAL,
     ),
+    "vllm-0.8.2-h20x8-r1-eager": Profile(
+        name="vllm-0.8.2-h20x8-r1-eager",
+        description="vLLM 0.8.2, --enforce-eager, TP 8, DeepSeek-R1 FP8 on 8xH20-96G, as in the field report: "
+        "max_num_seqs 256, max-num-batched-tokens 16384; the V1 scheduler's mixed steps (every running decode "
+        "plus prompt chunks up to the budget in one step). Costs and effective KV capacity fitted on the 128/128 "
+        "table by launcher.sim.fit_profiles (residuals, held-out 256/256 first, in fit-residuals.md).",
+        base_ms=38.0, eager_step_ms=72.0, decode_seq_ms=0.01, decode_doubling_ms=2.0, decode_knee=4.0,
+        decode_ctx_ms=0.3, prefill_token_ms=0.06, prefill_step_ms=20.0,
+        max_num_seqs=256, max_batched_tokens=16384, kv_tokens=30000,
+        schedule="mixed", chunked_prefill=True, **NATURAL,
+    ),
 }
+_COMMON = ("decode_seq_ms", "decode_doubling_ms", "decode_knee", "decode_ctx_ms", "eager_step_ms",
+           "prefill_token_ms", "prefill_token_exp", "prefill_step_ms", "kv_tokens")
+# vLLM's eager TPOT is nearly flat in the batch and its TTFT nearly linear in the prompt
+# tokens: its knee and prefill exponent stay at their defaults (fewer knobs, same fit).
+PARAMS = {"sglang-h20x8-r1": ("base_ms", *_COMMON),
+          "vllm-0.8.2-h20x8-r1-eager": tuple(k for k in _COMMON if k not in ("decode_knee", "prefill_token_exp"))}
+ORDER = ("sglang-h20x8-r1", "vllm-0.8.2-h20x8-r1-eager")  # vLLM borrows SGLang's fitted base_ms
+ROUNDS = {"sglang-h20x8-r1": 4, "vllm-0.8.2-h20x8-r1-eager": 3}
 
 
 def _rounded(p: Profile) -> Profile:
-    return p.replace(
-        base_ms=round(p.base_ms, 3), decode_seq_ms=round(p.decode_seq_ms, 5), decode_seq_exp=round(p.decode_seq_exp, 4),
-        prefill_token_ms=round(p.prefill_token_ms, 5), prefill_step_ms=round(p.prefill_step_ms, 3),
-        kv_tokens=int(p.kv_tokens),
-    )
+    return p.replace(**{k: (int(getattr(p, k)) if k == "kv_tokens" else round(getattr(p, k), 4))
+                        for k in PARAMS["sglang-h20x8-r1"]})
+
+
+def split(rows: list[Row], fit_on: int) -> tuple[list[Row], list[Row]]:
+    """(rows fitted on, rows held out)."""
+    return [r for r in rows if r.input_len == fit_on], [r for r in rows if r.input_len != fit_on]
+
+
+def fit_one(name: str, rows: list[Row], fit_on: int, base_ms: float, rounds: int) -> Profile:
+    start = STARTS[name] if name == ORDER[0] else STARTS[name].replace(base_ms=base_ms)
+    if fit_on != FIT_ON:
+        start = start.replace(description=f"{name} fitted on the {fit_on}/{fit_on} table instead, to check the fit "
+                              f"the other way round (not a shipped profile).")
+    train, _ = split(rows, fit_on)
+    return _rounded(fit(start, train, PARAMS[name], load_excluded(name)[0], rounds=rounds, log=sys.stderr))
+
+
+def section(name: str, profile: Profile, back: Profile, rows: list[Row], fit_on: int) -> tuple[str, bool]:
+    """The residuals of one profile (held-out table first) and whether its criteria hold."""
+    train, held = split(rows, fit_on)
+    other = held[0].input_len
+    excluded, reasons = load_excluded(name)
+    held_table, train_table = residual_table(profile, held, excluded), residual_table(profile, train, excluded)
+    reverse = criteria(residual_table(back, split(rows, other)[1], excluded))
+    parts = [
+        f"## {name}\n\nMeasured: `launcher/sim/profiles/seed/{FITTED[name]}`. Model: "
+        f"`launcher/sim/profiles/{name}.json`, fitted on {fit_on}/{fit_on} only.\n",
+        markdown(f"Held out: {other}/{other} (not seen by the fit)", held_table),
+        markdown(f"Fitted: {fit_on}/{fit_on}", train_table),
+        f"### The other way round: fitted on {other}/{other} (`{REVERSE_DIR.name}/{name}.json`), "
+        f"checked on {fit_on}/{fit_on}\n\n" + "\n".join(f"- {c.describe()}" for c in reverse) + "\n",
+    ]
+    if reasons:
+        parts.append("### Points not held to the targets (`seed/excluded.json`)\n\n"
+                     + "\n".join(f"- {line}" for line in reasons) + "\n")
+    ok = all(c.ok for c in criteria(held_table) + criteria(train_table))
+    return "\n".join(parts), ok
+
+
+HEAD = (
+    "# Fit residuals of the sim's fitted profiles\n\n"
+    "Written by `python -m launcher.sim.fit_profiles`. Each row is one burst of N requests (the field "
+    "report's workload), measured on the real deployment vs replayed through `launcher.sim.engine.simulate`, "
+    f"the model the running sim steps through. Each profile is fitted on the {FIT_ON}/{FIT_ON} table only; "
+    "the other table is a held-out check and comes first. Targets per setting: TPOT and output throughput "
+    "within +-10 % at >= 90 % of the points and +-15 % at every point; TTFT within +-30 % at >= 80 % of the "
+    "points with N >= 8.\n\n"
+    "**Where the held-out check fails, and why** (not hidden by refitting on it):\n\n"
+    "- *KV capacity does not carry over.* The model reserves prompt + max_tokens at admission with one fitted "
+    "effective `kv_tokens`. On 128/128 that capacity is pinned by vLLM's throughput dip at N = 128 and its queueing "
+    "from N = 200; on 256/256 the same number admits half as many requests, so vLLM's held-out throughput from N = 64 "
+    "up is 17-44 % low and its TTFT far too high, and the fit made the other way round is 70 % high at 128/128 "
+    "N = 128. The real engines allocate KV as tokens grow and preempt (vLLM) or retract and re-admit with a "
+    "decaying reservation ratio (SGLang); the model's `lazy` allocation (vLLM-style preemption) was tried and fits "
+    "worse (its preemption storms raise TPOT 30 %).\n"
+    "- *SGLang 256/256 from N = 128:* throughput 12-19 % high (the same capacity question: the report's running "
+    "batch is ~100 requests there, the model's ~139), and TPOT at N = 1,024 is 23 % low: the report's TPOT jumps "
+    "from 147 ms (N = 512) to 176 ms (N = 1,024) with the same lengths, which a steady batch cannot give; "
+    "SGLang's admission ratio decays over a long queue and lets the batch grow past the largest CUDA graph (160).\n"
+    "- *vLLM TTFT:* one cost per prompt token cannot give both settings: 2,048 prompt tokens took 311 ms as "
+    "16 x 128 and 542 ms as 8 x 256.\n"
+    "- *TTFT below N = 8 (not a target):* the fitted prefill step is set by the large bursts; SGLang's TTFT at "
+    "N = 1 is 2.5x the report's.\n\n"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true", help="do not fit; report the shipped profiles")
-    ap.add_argument("--only", choices=sorted(FITTED), help="fit just this profile")
-    ap.add_argument("--rounds", type=int, default=5)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="do not fit; print residuals and criteria of the stored profiles")
+    mode.add_argument("--report", action="store_true",
+                      help="do not fit; rewrite fit-residuals.md from the stored profiles")
+    ap.add_argument("--rounds", type=int, help="search rounds, each with a finer step (default: 4 for SGLang, "
+                    "3 for vLLM, as the shipped profiles were fitted)")
     args = ap.parse_args(argv)
     sections = []
     ok = True
-    for name, csv_name in FITTED.items():
-        rows = load_table(SEED_DIR / csv_name)
-        if args.check or (args.only and args.only != name):
-            profile = load_profile(name)
+    base = {FIT_ON: STARTS[ORDER[0]].base_ms}
+    for name in ORDER:
+        rows = load_table(SEED_DIR / FITTED[name])
+        other = next(r.input_len for r in rows if r.input_len != FIT_ON)
+        if args.check or args.report:
+            profile, back = load_profile(name), load_profile(str(REVERSE_DIR / f"{name}.json"))
         else:
             t0 = time.time()
-            profile = _rounded(fit(STARTS[name], rows, PARAMS[name], rounds=args.rounds, log=sys.stderr))
+            rounds = args.rounds or ROUNDS[name]
+            profile = fit_one(name, rows, FIT_ON, base.get(FIT_ON, 0.0), rounds)
+            back = fit_one(name, rows, other, base.get(other, 0.0), rounds)
             (PROFILE_DIR / f"{name}.json").write_text(profile.to_json(), encoding="utf-8")
-            print(f"{name}: fitted in {time.time() - t0:.0f} s", file=sys.stderr)
-        table = residual_table(profile, rows)
-        sections.append(markdown(name, profile, table, f"launcher/sim/profiles/seed/{csv_name}"))
-        for check, m, s, e in acceptance(table):
-            print(f"{name}: {check}: measured {m:.1f} model {s:.1f} ({e * 100:+.1f}%)")
-            ok = ok and abs(e) <= 0.15
+            REVERSE_DIR.mkdir(exist_ok=True)
+            (REVERSE_DIR / f"{name}.json").write_text(back.to_json(), encoding="utf-8")
+            print(f"{name}: fitted both ways in {time.time() - t0:.0f} s", file=sys.stderr)
+        if name == ORDER[0]:
+            base = {FIT_ON: profile.base_ms, other: back.base_ms}
+        text, good = section(name, profile, back, rows, FIT_ON)
+        print(text)
+        sections.append(text)
+        ok = ok and good
     if not args.check:
-        head = (
-            "# Fit residuals of the sim's fitted profiles\n\n"
-            "Written by `python -m launcher.sim.fit_profiles`. Each row is one burst of N requests (the field report's "
-            "workload), measured on the real deployment vs replayed through `launcher.sim.engine.simulate`. "
-            "The fit targets TPOT at low concurrency and the throughput plateau; TTFT in a burst is dominated by "
-            "queueing and is reported, not fitted tightly.\n\n"
-        )
-        (PROFILE_DIR / "fit-residuals.md").write_text(head + "\n".join(sections), encoding="utf-8")
+        RESIDUALS.write_text(HEAD + "\n".join(sections), encoding="utf-8")
+    print("all criteria hold" if ok else "some criteria FAIL", file=sys.stderr)
     return 0 if ok else 1
 
 

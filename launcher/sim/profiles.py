@@ -17,7 +17,8 @@ from typing import Any
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 SCHEDULES = ("mixed", "prefill-first")
 KV_ALLOCATIONS = ("reserve", "lazy")
-TIMED_FIELDS = ("base_ms", "decode_seq_ms", "prefill_token_ms", "prefill_step_ms")
+TIMED_FIELDS = ("base_ms", "decode_seq_ms", "prefill_token_ms", "prefill_step_ms", "decode_ctx_ms",
+                "decode_doubling_ms", "eager_step_ms")
 
 
 class ProfileError(ValueError):
@@ -28,11 +29,15 @@ class ProfileError(ValueError):
 class Profile:
     """Cost model and capacity of one simulated deployment.
 
-    Step duration = ``base_ms`` + ``decode_seq_ms`` x (decoding sequences ^ ``decode_seq_exp``)
-    + ``prefill_token_ms`` x prompt tokens processed in the step
+    Step duration (``launcher.sim.timing``) = ``base_ms``
+    + ``decode_seq_ms`` x (decoding sequences, padded to a ``graph_batch_sizes`` entry) ^ ``decode_seq_exp``
+    + ``decode_doubling_ms`` x log2(that batch / ``decode_knee``) above the knee
+    + ``decode_ctx_ms`` x thousands of KV tokens the decoders attend over
+    + ``eager_step_ms`` when the step runs without a CUDA graph
+    + ``prefill_token_ms`` x (prompt tokens processed in the step ^ ``prefill_token_exp``)
     + ``prefill_step_ms`` when the step processes any prompt tokens.
     An exponent below 1 models GPUs whose decode step grows sub-linearly with the
-    batch (CUDA graphs, memory-bound kernels): SGLang's TPOT in the field report.
+    batch (memory-bound kernels): SGLang's TPOT in the field report.
 
     ``schedule`` chooses how prefill and decode share a step: ``mixed`` puts every
     running decode and prompt chunks up to the token budget in one step (vLLM V1
@@ -56,18 +61,32 @@ class Profile:
     kv_allocation: str = "reserve"
     # a reasoning model: this share of each chat output streams as reasoning, then the answer
     reasoning_fraction: float = 0.0
+    decode_ctx_ms: float = 0.0
+    decode_doubling_ms: float = 0.0
+    decode_knee: float = 1.0
+    prefill_token_exp: float = 1.0
+    graph_batch_sizes: tuple[int, ...] = ()
+    eager_step_ms: float = 0.0
     description: str = ""
 
     def __post_init__(self) -> None:
         problems = []
-        for key in ("base_ms", "decode_seq_ms", "prefill_token_ms", "prefill_step_ms"):
+        for key in TIMED_FIELDS:
             if getattr(self, key) < 0:
                 problems.append(f"{key} must be >= 0")
+        sizes = self.graph_batch_sizes
+        if isinstance(sizes, list):  # from JSON
+            object.__setattr__(self, "graph_batch_sizes", sizes := tuple(sizes))
+        if not isinstance(sizes, tuple) or not all(isinstance(b, int) and b >= 1 for b in sizes):
+            problems.append("graph_batch_sizes must be a list of batch sizes >= 1")
         for key in ("max_num_seqs", "max_batched_tokens", "kv_tokens"):
             if int(getattr(self, key)) < 1:
                 problems.append(f"{key} must be >= 1")
-        if not 0.0 < self.decode_seq_exp <= 2.0:
-            problems.append("decode_seq_exp must be within (0, 2]")
+        for key in ("decode_seq_exp", "prefill_token_exp"):
+            if not 0.0 < getattr(self, key) <= 2.0:
+                problems.append(f"{key} must be within (0, 2]")
+        if self.decode_knee < 1:
+            problems.append("decode_knee must be >= 1")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}")
         if self.kv_allocation not in KV_ALLOCATIONS:

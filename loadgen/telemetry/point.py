@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from loadgen.config import RunConfig
 
 SIDE_SUFFIX = ".metrics.jsonl"
+# sim only: a run whose engine steps started late by more than this share of the model's
+# planned step time on average was paced by the emulator, not by its model.
+EMULATOR_LAG_SHARE = 0.05
 _NOTED: set[str] = set()
 
 
@@ -132,6 +135,9 @@ class PointTelemetry:
                                                      self.side_path.name, None)
             else:
                 out["server_metrics"] = {"url": self.url, "message": self.server_message, "scrapes": 0}
+            share = out["server_metrics"].get("summary", {}).get("emulator_lag_share")
+            if share is not None:
+                out["emulator_behind"] = share > EMULATOR_LAG_SHARE
         if self.gpu_spec != "off":
             if sc is not None and self.gpu_source is not None:
                 out["gpu_metrics"] = gpu_entry(sc.log, self.gpu_source, self.gpu_url, start_ns, end_ns,

@@ -112,6 +112,10 @@ def summary(log: ScrapeLog, start_ns: int, end_ns: int) -> dict[str, Any]:
     gen = [t.values["gen_throughput"] for t in inside if "gen_throughput" in t.values]
     if gen:
         out["gen_throughput_mean"] = _r(sum(gen) / len(gen), 2)
+    model_s = _counter_delta(log.ticks, "sim_model_time")
+    if model_s and "sim_lag" in log.last:
+        lag = delta(log.last["sim_lag"], log.first.get("sim_lag"))
+        out["emulator_lag_share"] = _r(max(lag.sum, 0.0) / model_s)
     return out
 
 
@@ -135,7 +139,7 @@ def server_entry(log: ScrapeLog, url: str, interval_s: float, start_ns: int, end
         "file": side_file,
         "message": message,
         "summary": summary(log, start_ns, end_ns),
-        "server_latency": {k: _latency(log.first.get(k), log.last[k]) for k in TIMELINE_LATENCIES + ("tpot",)
+        "server_latency": {k: _latency(log.first.get(k), log.last[k]) for k in TIMELINE_LATENCIES + ("tpot", "sim_lag")
                            if k in log.last},
         "timeline": timeline(log, start_ns),
     }

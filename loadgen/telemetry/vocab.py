@@ -63,6 +63,10 @@ CONCEPTS: tuple[Concept, ...] = (
     Concept("e2el", "histogram", ("vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds"),
             doc="server-side request latency"),
     Concept("queue", "histogram", ("vllm:request_queue_time_seconds",), doc="time waiting for a slot"),
+    Concept("sim_lag", "histogram", ("sim:step_lateness_seconds",),
+            doc="sim only: its event-loop lag, each engine step's start minus its planned start"),
+    Concept("sim_model_time", "counter", ("sim:model_time_seconds_total",),
+            doc="sim only: engine time its timing model planned (steps' durations)"),
 )
 
 BY_KEY: dict[str, Concept] = {c.key: c for c in CONCEPTS}
