@@ -74,7 +74,7 @@ _DATASETS = "loadgen's prompt sources are random, sharegpt, jsonl and traces: ex
             "(one {\"prompt\": ...} per line) and give --dataset-name jsonl --dataset-path FILE"
 _PROFILER = "loadgen does not drive the server's profiler: call the server's /start_profile and /stop_profile " \
             "around the run"
-_PLOTS = "loadgen-report draws the plots from the result files (loadgen-report RESULTS_DIR)"
+_PLOTS = "loadgen-report draws the plots from the result files: loadgen-report RESULTS_DIR --out REPORT_DIR"
 _LORA = "loadgen sends one model name: give the adapter's name as --model (a sweep: one run per adapter)"
 _GSP = "use --dataset-name random with --prefix-len (system-prompt tokens), --num-prefixes (groups) and " \
        "--input-len (prefix + question tokens)"
@@ -167,6 +167,13 @@ TABLE: tuple[PeerFlag, ...] = (
 )
 
 
+# Values of loadgen options spelt the peer tools' way: SGLang's --backend names → loadgen's wire protocols.
+VALUES: dict[str, dict[str, str]] = {
+    "--backend": {"sglang-native": "sglang", "sglang-oai": "openai", "sglang-oai-chat": "openai-chat",
+                  "vllm-chat": "openai-chat", "lmdeploy": "openai", "lmdeploy-chat": "openai-chat"},
+}
+
+
 def _index(table: Iterable[PeerFlag]) -> dict[str, PeerFlag]:
     index: dict[str, PeerFlag] = {}
     for row in table:
@@ -208,9 +215,11 @@ def translate(args: list[str], value_options: set[str] | frozenset[str] = frozen
         name, eq, inline = arg.partition("=")
         row = BY_NAME.get(name) if name.startswith("--") else None
         if row is None:
+            if eq and name in VALUES:
+                arg = f"{name}={VALUES[name].get(inline, inline)}"
             out.append(arg)
             if arg in value_options and i < len(args):
-                out.append(args[i])
+                out.append(VALUES.get(arg, {}).get(args[i], args[i]))
                 i += 1
             continue
         value: str | None = None

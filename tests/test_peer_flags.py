@@ -115,6 +115,12 @@ def test_accepted_rows_rewrite_into_loadgen_options_and_refused_rows_name_the_wa
                 assert "\n" not in line and line.startswith(f"{name}: ") and row.refuse in line
 
 
+def test_peer_values_name_loadgen_choices() -> None:
+    choices = {o: p.type.choices for p in main.params if isinstance(p.type, click.Choice) for o in p.opts}
+    for flag, mapping in peer_flags.VALUES.items():
+        assert set(mapping.values()) <= set(choices[flag]) and not set(mapping) & set(choices[flag]), flag
+
+
 def test_translation_rewrites_flags_values_and_leaves_loadgen_words_alone() -> None:
     t = peer_flags.translate
     assert t(["--disable-tqdm", "--percentile-metrics", "ttft,tpot", "--num-prompts", "4"]) == [
@@ -122,7 +128,9 @@ def test_translation_rewrites_flags_values_and_leaves_loadgen_words_alone() -> N
     assert t(["--mooncake-slowdown-factor=2", "--tag", "x"]) == ["--trace-speedup", "0.5", "--metadata", "tag=x"]
     assert t(["--self-timed"]) == ["--trace-timing", "trace"]
     assert t(["--no-self-timed"]) == ["--trace-timing", "order"]
-    # a value of a loadgen option is never read as a flag
+    # SGLang's backend names; a value of a loadgen option is never read as a flag
+    assert t(["--backend", "sglang-oai-chat", "--backend=sglang-native"], {"--backend"}) == [
+        "--backend", "openai-chat", "--backend=sglang"]
     assert t(["--label", "--disable-tqdm"], {"--label"}) == ["--label", "--disable-tqdm"]
     for bad, why in ((["--percentile-metrics", "ttft,latency"], "unknown metric 'latency'"),
                      (["--mooncake-slowdown-factor", "0"], "greater than 0"),
@@ -155,7 +163,7 @@ def test_the_field_reports_vllm_command_runs_against_the_sim(sim_fast, tmp_path:
 
 
 def test_the_sglang_command_shape_runs_against_the_sim(sim_fast, tmp_path: Path) -> None:
-    r = run_loadgen("--backend", "sglang", "--base-url", sim_fast.base_url, "--tokenizer", "deepseek-r1",
+    r = run_loadgen("--backend", "sglang-native", "--base-url", sim_fast.base_url, "--tokenizer", "deepseek-r1",
                     "--dataset-name", "random", "--random-input-len", "32", "--random-output-len", "8",
                     "--num-prompts", "6", "--request-rate", "inf", "--max-concurrency", "2",
                     "--warmup-requests", "1", "--disable-ignore-eos", "--disable-tqdm", "--output-details",
@@ -164,7 +172,7 @@ def test_the_sglang_command_shape_runs_against_the_sim(sim_fast, tmp_path: Path)
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "sglang-style.json").read_text())
     assert res["completed"] == 6 and res["ignore_eos"] is False and res["warmup_requests"] == 1
-    assert res["metadata"] == {"tag": "nightly"}
+    assert res["metadata"] == {"tag": "nightly"} and res["backend"] == "sglang"
 
 
 @pytest.mark.parametrize("args, names", [
