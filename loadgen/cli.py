@@ -142,6 +142,8 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
       help="Prompt length in tokens (random prompts).")
 @_opt("--output-len", "--random-output-len", "--random-output", "output_len", type=int, default=128, show_default=True,
       help="Output tokens asked per request (max_tokens).")
+@_opt("--fixed-output-len", "output_len_fixed", is_flag=True, default=False,
+      help="sharegpt/jsonl: ask --output-len of every request instead of the dataset's reply length.")
 @_opt("--random-range-ratio", "range_ratio", type=float, default=0.0, show_default=True,
       help="Lengths drawn uniformly from [L*(1-r), L*(1+r)] (vLLM's convention).")
 @_opt("--prefix-len", "--random-prefix-len", "prefix_len", type=int, default=0, show_default=True,
@@ -324,6 +326,7 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         num_prompts=opts["num_prompts"],
         input_len=opts["input_len"],
         output_len=opts["output_len"],
+        output_len_fixed=opts.get("output_len_fixed", False),
         range_ratio=opts["range_ratio"],
         prefix_len=opts["prefix_len"],
         num_prefixes=opts["num_prefixes"],

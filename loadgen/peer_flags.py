@@ -118,10 +118,11 @@ TABLE: tuple[PeerFlag, ...] = (
             hint="sweep the rate instead: --rate 1,2,4,8 (one point each), or find the limit with loadgen search"),
     _refuse("--ready-check-timeout-sec",
             hint="loadgen checks the server once before the run; start it first (loadgen-launch waits until ready)"),
-    _refuse("--sharegpt-output-len", "--hf-output-len", "--sonnet-output-len", "--custom-output-len",
+    _accept("--sharegpt-output-len", to=("--output-len", "{value}", "--fixed-output-len")),
+    _refuse("--hf-output-len", "--sonnet-output-len", "--custom-output-len",
             "--spec-bench-output-len", "--speed-bench-output-len", "--prefix-repetition-output-len",
-            hint="a dataset's own output lengths are used; for fixed lengths export it to JSONL and give "
-                 "--dataset-name jsonl --output-len N"),
+            hint="loadgen reads sharegpt, jsonl and traces; export the prompts to JSONL and give "
+                 "--dataset-name jsonl --dataset-path FILE --output-len N --fixed-output-len"),
     _refuse("--sharegpt-context-len",
             hint="loadgen keeps ShareGPT conversations that fit the server's max_model_len; drop the flag"),
     _refuse("--random-batch-size", hint=_GENERATION),

@@ -175,10 +175,22 @@ def test_the_sglang_command_shape_runs_against_the_sim(sim_fast, tmp_path: Path)
     assert res["metadata"] == {"tag": "nightly"} and res["backend"] == "sglang"
 
 
+def test_sharegpt_output_len_fixes_every_requests_length(sim_fast, tmp_path: Path) -> None:
+    sharegpt = HERE / "fixtures" / "workload" / "sharegpt_small.json"
+    r = run_loadgen("--backend", "vllm", "--base-url", sim_fast.base_url, "--tokenizer", "deepseek-r1",
+                    "--dataset-name", "sharegpt", "--dataset-path", str(sharegpt), "--sharegpt-output-len", "5",
+                    "--ignore-eos", "--num-prompts", "6", "--max-concurrency", "3", "--disable-tqdm",
+                    "--result-dir", str(tmp_path), "--result-filename", "sharegpt.json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "sharegpt.json").read_text())
+    assert res["completed"] == 6 and res["output_lens"] == [5] * 6
+    assert res["run_config"]["workload"]["fixed-output-len"] is True
+
+
 @pytest.mark.parametrize("args, names", [
     (["--temperature", "0.7"], "--extra-body"),
     (["--disable-stream"], "always streams"),
-    (["--sharegpt-output-len", "64"], "--dataset-name jsonl"),
+    (["--hf-output-len", "64"], "--dataset-name jsonl"),
 ])
 def test_a_refused_flag_is_one_line_and_exit_2(tmp_path: Path, args: list[str], names: str) -> None:
     r = run_loadgen("--num-prompts", "1", *args, "--result-dir", str(tmp_path))
