@@ -15,6 +15,7 @@ tools' real flag lists and fails on a flag neither declared nor listed here).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -61,15 +62,16 @@ def _metric_names(text: str) -> str:
 VALUE_TRANSFORMS: dict[str, Callable[[str], str]] = {"reciprocal": _reciprocal, "metric_names": _metric_names}
 
 
-def _accept(*names: str, to: tuple[str, ...] = (), value: str | None = None, takes_value: bool = False) -> PeerFlag:
-    return PeerFlag(names, takes_value=takes_value or any("{value}" in part for part in to) or value is not None, to=to, value=value)
+def _accept(*names: str, to: tuple[str, ...] = (), value: str | None = None) -> PeerFlag:
+    return PeerFlag(names, takes_value=any("{value}" in part for part in to) or value is not None, to=to, value=value)
 
 
 def _refuse(*names: str, hint: str, takes_value: bool = True) -> PeerFlag:
     return PeerFlag(names, takes_value=takes_value, refuse=hint)
 
 
-_EXTRA_BODY = "send it in --extra-body, e.g. --extra-body '{\"temperature\": 0, \"top_p\": 1}'"
+# {field} and {json} in a hint: the flag as a request field and its value as JSON
+_EXTRA_BODY = "send it in the request body: --extra-body '{\"{field}\": {json}}'"
 _DATASETS = "loadgen's prompt sources are random, sharegpt, jsonl and traces: export the prompts to JSONL " \
             "(one {\"prompt\": ...} per line) and give --dataset-name jsonl --dataset-path FILE"
 _PROFILER = "loadgen does not drive the server's profiler: call the server's /start_profile and /stop_profile " \
@@ -98,15 +100,15 @@ TABLE: tuple[PeerFlag, ...] = (
     _accept("--percentile-metrics", value="metric_names"),  # percentiles of ttft, tpot, itl, e2el are all reported
     _accept("--trust-remote-code"),  # loadgen's tokenizers run no remote code
     # refused: one line naming loadgen's way
-    _refuse("--disable-stream", "--no-stream-requests", takes_value=False,
+    _refuse("--disable-stream", takes_value=False,
             hint="loadgen always streams (TTFT and ITL need it); drop the flag"),
     _refuse("--use-beam-search", takes_value=False, hint="loadgen sends sampling requests only; drop the flag"),
     _refuse("--temperature", "--top-p", "--top-k", "--min-p", "--frequency-penalty", "--presence-penalty",
             "--repetition-penalty", hint=_EXTRA_BODY),
-    _refuse("--logprobs", "--top-logprobs-num", "--token-ids-logprob", "--logprob-start-len",
-            hint="send the logprob fields in --extra-body, e.g. --extra-body '{\"logprobs\": 1}'"),
-    _refuse("--return-logprob", "--return-routed-experts", takes_value=False,
-            hint="send the field in --extra-body, e.g. --extra-body '{\"return_logprob\": true}'"),
+    _refuse("--logprobs", "--top-logprobs-num", "--logprob-start-len", hint=_EXTRA_BODY),
+    _refuse("--token-ids-logprob", hint="send the token ids in the request body: --extra-body "
+                                       "'{\"token_ids_logprob\": [1, 2]}' (--backend sglang)"),
+    _refuse("--return-logprob", "--return-routed-experts", takes_value=False, hint=_EXTRA_BODY),
     _refuse("--tokenizer-mode", hint="loadgen loads the tokenizer.json of --tokenizer (a local folder); drop the flag"),
     _refuse("--skip-tokenizer-init", "--tokenize-prompt", takes_value=False,
             hint="loadgen sends text prompts built and counted with --tokenizer; drop the flag"),
@@ -188,10 +190,22 @@ def _index(table: Iterable[PeerFlag]) -> dict[str, PeerFlag]:
 BY_NAME = _index(TABLE)
 
 
+def _hint(hint: str, name: str, value: str | None) -> str:
+    """Fill a hint's {field} and {json} with the refused flag as a request field and its value."""
+    if value is None:
+        shown = "true"
+    else:
+        try:
+            shown = json.dumps(json.loads(value))
+        except ValueError:
+            shown = json.dumps(value)
+    return hint.replace("{field}", name.lstrip("-").replace("-", "_")).replace("{json}", shown)
+
+
 def _rewrite(name: str, row: PeerFlag, value: str | None) -> list[str]:
     """One peer flag (and its value) → loadgen argv; raises PeerFlagError."""
     if row.refuse is not None:
-        raise PeerFlagError(f"{name}: {row.refuse}")
+        raise PeerFlagError(f"{name}: {_hint(row.refuse, name, value)}")
     if row.value is not None and value is not None:
         try:
             value = VALUE_TRANSFORMS[row.value](value)
