@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from loadgen import __version__, interrupts
+from loadgen import __version__, interrupts, peer_flags
 from loadgen.aggregate import DEFAULT_INLINE_LIMIT
 from loadgen.cli_errors import OneLineErrors
 from loadgen.config import (
@@ -68,7 +68,12 @@ class LoadgenCommand(OneLineErrors, click.Command):
     prog = "loadgen"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, normalize_argv(list(args)))
+        takes_value = {o for p in self.params if isinstance(p, click.Option) and not p.is_flag for o in p.opts}
+        try:  # vLLM's and SGLang's benchmark flags loadgen does not declare (docs/loadgen.md#coming-from-vllm-or-sglang)
+            args = peer_flags.translate(list(args), takes_value)
+        except peer_flags.PeerFlagError as exc:
+            raise click.UsageError(str(exc)) from None
+        return super().parse_args(ctx, normalize_argv(args))
 
     def main(self, args: Any = None, *rest: Any, **extra: Any) -> Any:
         args = list(sys.argv[1:] if args is None else args)
@@ -137,6 +142,8 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
       help="Prompt length in tokens (random prompts).")
 @_opt("--output-len", "--random-output-len", "--random-output", "output_len", type=int, default=128, show_default=True,
       help="Output tokens asked per request (max_tokens).")
+@_opt("--fixed-output-len", "output_len_fixed", is_flag=True, default=False,
+      help="sharegpt/jsonl: ask --output-len of every request instead of the dataset's reply length.")
 @_opt("--random-range-ratio", "range_ratio", type=float, default=0.0, show_default=True,
       help="Lengths drawn uniformly from [L*(1-r), L*(1+r)] (vLLM's convention).")
 @_opt("--prefix-len", "--random-prefix-len", "prefix_len", type=int, default=0, show_default=True,
@@ -227,6 +234,8 @@ def main(**opts: Any) -> None:
       loadgen --rate inf --concurrency 256 --tokenizer deepseek-r1
       loadgen --backend openai-chat --concurrency 1,2,4,8,16 --input-len 128 --output-len 128
       loadgen --rate 1,2,4,inf --duration 60 --goodput ttft:500 tpot:50
+
+    vLLM's and SGLang's benchmark flags are understood too (docs/loadgen.md, "Coming from vLLM or SGLang").
     """
     try:
         cfg = config_from_options(opts, explicit_options(click.get_current_context()))
@@ -317,6 +326,7 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         num_prompts=opts["num_prompts"],
         input_len=opts["input_len"],
         output_len=opts["output_len"],
+        output_len_fixed=opts.get("output_len_fixed", False),
         range_ratio=opts["range_ratio"],
         prefix_len=opts["prefix_len"],
         num_prefixes=opts["num_prefixes"],

@@ -261,6 +261,7 @@ class WorkloadConfig:
     num_prompts: int | None = None  # None: 1000, or rate × duration
     input_len: int = 1024
     output_len: int = 128
+    output_len_fixed: bool = False  # sharegpt/jsonl: every request asks output_len, not the dataset's length
     range_ratio: float = 0.0
     prefix_len: int = 0
     num_prefixes: int = 0
@@ -325,7 +326,7 @@ class WorkloadConfig:
             dataset=self.dataset, num_prompts=num_prompts, input_len=self.input_len, output_len=self.output_len,
             range_ratio=self.range_ratio, dataset_path=self.dataset_path, prefix_len=self.prefix_len,
             num_prefixes=self.num_prefixes, chat=chat, input_len_counts=self.input_len_counts, seed=seed,
-            tokenizer=tokenizer, block_size=self.block_size,
+            tokenizer=tokenizer, block_size=self.block_size, output_len_fixed=self.output_len_fixed,
         )
 
 
