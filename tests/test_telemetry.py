@@ -23,7 +23,7 @@ from loadgen.telemetry.page import delta, normalise, parse_page, quantile, vocab
 from loadgen.telemetry.scrape import ScrapeLog, Tick
 from loadgen.telemetry.timeline import summary, timeline
 from loadgen.telemetry.vocab import choose_names, engine_of, vllm_generation
-from tests.conftest import serve_text
+from tests.conftest import serve_http, serve_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 REPO = Path(__file__).resolve().parent.parent
@@ -298,18 +298,12 @@ def hostile_page() -> Iterator[dict]:
         def log_message(self, *args: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{srv.server_address[1]}/metrics"
-    try:
-        yield state
-    finally:
-        stop.set()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    with serve_http(Handler) as url:
+        state["url"] = f"{url}/metrics"
+        try:
+            yield state
+        finally:
+            stop.set()  # the dripping handler ends, so that the server can stop
 
 
 @pytest.mark.parametrize("mode", ["drip", "huge"])

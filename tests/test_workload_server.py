@@ -5,10 +5,9 @@ the built length, and ``verify_with_server`` catches client/server skew."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from loadgen.workload import (
     verify_with_server,
 )
 from loadgen.workload.tokenizer import bundled_tokenizer_dir
-from tests.conftest import tokenizer_with_template
+from tests.conftest import serve_http, tokenizer_with_template
 
 N = 256
 MODEL = "deepseek-r1"
@@ -123,15 +122,8 @@ class _NoTokenize(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def plain_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _NoTokenize)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_http(_NoTokenize) as url:
+        yield url
 
 
 def test_server_without_tokenize_is_reported_unsupported(plain_server: str, tok) -> None:
