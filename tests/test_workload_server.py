@@ -5,10 +5,8 @@ the built length, and ``verify_with_server`` catches client/server skew."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from loadgen.workload import (
     verify_with_server,
 )
 from loadgen.workload.tokenizer import bundled_tokenizer_dir
+from tests.conftest import serve_text
 
 N = 256
 MODEL = "deepseek-r1"
@@ -113,28 +112,11 @@ def test_wrong_model_name_is_not_mistaken_for_a_missing_endpoint(sim_fast, tok) 
     assert "404" in result.message and "--model" in result.message
 
 
-class _NoTokenize(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(404)
-        self.send_header("Content-Type", "text/plain")
-        self.end_headers()
-        self.wfile.write(b"Not Found")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def plain_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _NoTokenize)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    """A server that answers 404 to everything, /tokenize included."""
+    with serve_text(lambda path: (404, b"Not Found")) as root:
+        yield root
 
 
 def test_server_without_tokenize_is_reported_unsupported(plain_server: str, tok) -> None:
