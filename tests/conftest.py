@@ -260,8 +260,8 @@ def fixed_profile(tmp_path: Path) -> Path:
 
 @contextmanager
 def serve_text(answer: Callable[[str], tuple[int, bytes]]) -> Iterator[str]:
-    """A tiny Prometheus-style page server on 127.0.0.1: every GET gets ``answer(path)`` (status, body).
-    Yields the root URL; stopped on exit."""
+    """A tiny text server on 127.0.0.1 (a Prometheus page, a server without an endpoint): every GET or POST
+    gets ``answer(path)`` (status, body). Yields the root URL; stopped on exit."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -271,6 +271,8 @@ def serve_text(answer: Callable[[str], tuple[int, bytes]]) -> Iterator[str]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815 - http.server's name
 
         def log_message(self, *args: object) -> None:
             pass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from loadgen.workload import (
     verify_with_server,
 )
 from loadgen.workload.tokenizer import bundled_tokenizer_dir
-from tests.conftest import serve_http, tokenizer_with_template
+from tests.conftest import serve_text, tokenizer_with_template
 
 N = 256
 MODEL = "deepseek-r1"
@@ -109,21 +108,11 @@ def test_wrong_model_name_is_not_mistaken_for_a_missing_endpoint(sim_fast, tok) 
     assert "404" in result.message and "--model" in result.message
 
 
-class _NoTokenize(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(404)
-        self.send_header("Content-Type", "text/plain")
-        self.end_headers()
-        self.wfile.write(b"Not Found")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def plain_server() -> Iterator[str]:
-    with serve_http(_NoTokenize) as url:
-        yield url
+    """A server that answers 404 to everything, /tokenize included."""
+    with serve_text(lambda path: (404, b"Not Found")) as root:
+        yield root
 
 
 def test_server_without_tokenize_is_reported_unsupported(plain_server: str, tok) -> None:
