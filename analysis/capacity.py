@@ -148,9 +148,9 @@ def figure(table: pd.DataFrame):  # -> matplotlib Figure
     with plots.style():
         fig, ax = plots._new("Capacity under SLOs (95 % interval)")
         x = list(range(len(table)))
-        cap = table["capacity"].astype(float)
-        low = (cap - table["interval low"].astype(float)).clip(lower=0)
-        high = (table["interval high"].astype(float) - cap).clip(lower=0)
+        cap = table["capacity"].astype(float).to_numpy()  # arrays: matplotlib wants numbers, not Series
+        low = (cap - table["interval low"].astype(float).to_numpy()).clip(min=0)
+        high = (table["interval high"].astype(float).to_numpy() - cap).clip(min=0)
         ax.bar(x, cap, color=[plots.PALETTE[i % len(plots.PALETTE)] for i in x], alpha=0.8)
         ax.errorbar(x, cap, yerr=[low, high], fmt="none", ecolor=plots.INK, capsize=6)
         ax.set_xticks(x, list(table["label"]))
