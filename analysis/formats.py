@@ -256,7 +256,7 @@ def _stats_from_lists(obj: Mapping[str, Any]) -> dict[str, float]:
     return result
 
 
-def _settings(mappings: list[Mapping[str, Any]]) -> dict[str, Any]:
+def engine_settings(mappings: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Engine settings from launch metadata, including flags found in a recorded server command line."""
     found: dict[str, Any] = {}
     for key, names in _ENGINE_SETTINGS.items():
@@ -431,7 +431,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     for key in ("loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms", "warmup_requests", "good_completed"):
         if key in obj:
             row[key] = _num(obj[key])
-    row.update({f"engine_{k}": v for k, v in _settings(views).items()})
+    row.update({f"engine_{k}": v for k, v in engine_settings(views).items()})
     row["metadata"] = dict(metadata) if metadata else {
         k: v for k, v in obj.items() if k not in _KNOWN_KEYS and isinstance(v, str)
     }

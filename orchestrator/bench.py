@@ -140,6 +140,8 @@ def _profile_facts(name: str) -> dict[str, str]:
         facts["enforce_eager"] = "false"
     if "max_num_seqs" in data:
         facts["max_num_seqs"] = str(data["max_num_seqs"])
+    if "tensor_parallel" in data:
+        facts["tensor_parallel_size"] = str(data["tensor_parallel"])
     if "chunked_prefill" in data:
         facts["enable_chunked_prefill"] = str(bool(data["chunked_prefill"])).lower()
     if "mem_fraction" in flags:
@@ -367,7 +369,7 @@ def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click
     """summary.csv, comparison.md and report.html of capacities, side by side with intervals
     (with ``price`` = (USD per GPU-hour, GPUs): the cost per million output tokens at the SLO)."""
     from analysis.capacity import load_capacities, write_capacity_report
-    from analysis.cost import capacity_cost
+    from analysis.cost import CostError, capacity_cost
 
     table = load_capacities([out / label for label in labels if (out / label).is_dir()])
     if table.empty:
@@ -376,7 +378,10 @@ def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click
     order = {label: i for i, label in enumerate(labels)}
     table = table.sort_values("label", key=lambda s: s.map(order)).reset_index(drop=True)
     if price is not None:
-        table = capacity_cost(table, price[0], price[1] or 1)
+        try:
+            table = capacity_cost(table, *price)
+        except CostError as exc:
+            echo(f"no cost at the SLO: {exc}")
     files = write_capacity_report(table, out / "report", baseline=labels[0], title=f"loadgen capacity — {out.name}")
     echo("")
     echo(files["comparison_md"].read_text(encoding="utf-8"))
@@ -446,7 +451,7 @@ Examples:
 @click.option("--gpu-hour-price", type=float, default=None, metavar="USD",
               help="Price of one GPU-hour: $ per million tokens per point (at the SLO with SWEEP=capacity).")
 @click.option("--gpus", type=int, default=None, metavar="N",
-              help="GPUs per deployment for --gpu-hour-price [default: recorded by the runs; 1 for capacity]")
+              help="GPUs per deployment for --gpu-hour-price [default: the launch plan's tensor parallel size]")
 def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str | None, profile: str | None,
          like_report: bool, concurrency: str | None, lengths: str | None, tokenizer: str,
          ready_timeout_s: float, dry_run: bool, time_scale: float | None, slos: tuple[str, ...],
