@@ -90,7 +90,11 @@ def validate_spec(spec: WorkloadSpec) -> None:
         raise WorkloadError("--num-prefixes needs --prefix-len K (the shared prefix length in tokens)")
     if spec.prefix_len and spec.dataset != "random":
         raise WorkloadError("--prefix-len applies to the random dataset only")
-    if spec.dataset != "random" and not spec.dataset_path:
+    if spec.dataset == "sessions":
+        from loadgen.workload.sessions import session_dists
+
+        session_dists(spec)
+    elif spec.dataset != "random" and not spec.dataset_path:
         raise WorkloadError(f"the {spec.dataset} dataset needs --dataset-path to a local file")
     if spec.dataset == "sharegpt" and not (0 <= spec.min_input_len <= spec.max_input_len <= spec.max_total_len):
         raise WorkloadError(
@@ -160,6 +164,12 @@ last_build = BuildInfo()
 
 
 def _build(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
+    if spec.dataset == "sessions":
+        from loadgen.workload.sessions import build_sessions, check_sessions
+
+        prompts = build_sessions(view, spec)
+        last_build.checked = check_sessions(view, prompts, check_lengths)
+        return prompts
     if spec.dataset == "sharegpt":
         from loadgen.workload.sharegpt import build_sharegpt
 
@@ -215,6 +225,8 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
     says the caller owes the set a re-count (:class:`~loadgen.workload.recount.Recount`).
     """
     validate_spec(spec)
+    if spec.dataset == "sessions":
+        use_cache = defer_check = False  # sessions are built in seconds, and count replies at run time
     if defer_check and tokenizer is None:
         # loaded here already (a notebook, a second sweep): counting now costs only the encode
         tokenizer = loaded_tokenizer(spec.tokenizer)

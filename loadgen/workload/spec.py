@@ -5,7 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The prompt sources loadgen.workload can build (the --dataset-name choices).
-DATASETS = ("random", "sharegpt", "jsonl")
+DATASETS = ("random", "sharegpt", "jsonl", "sessions")
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Synthetic multi-turn sessions (``--dataset-name sessions``); each field is a value or
+    a distribution (:mod:`loadgen.workload.dist`). ``user_len``/``output_len`` of None take
+    ``--input-len``/``--output-len``."""
+
+    turns: str = "4"
+    user_len: str | None = None
+    output_len: str | None = None
+    system_len: str = "0"
+    think_s: str = "0"
+    history: str = "live"  # live | recorded
 
 
 @dataclass(frozen=True)
@@ -33,3 +47,4 @@ class WorkloadSpec:
     min_input_len: int = 4  # sharegpt filters (vLLM-like)
     max_input_len: int = 1024
     max_total_len: int = 2048
+    session: SessionSpec | None = None  # sessions dataset

@@ -1,0 +1,182 @@
+"""The ``sessions`` dataset: synthetic multi-turn conversations of exact token counts.
+
+Every set shares one system prompt (so a prefix cache sees what a chat product's
+does); each session draws its number of turns, and each turn its new user tokens,
+output tokens and think time, from the spec's values or distributions. User texts
+(and, for ``--history recorded``, the replies) are fitted to exact token counts.
+
+Exactness over a growing history comes from the chat template's shape, probed once
+(:func:`probe_shape`): when the template renders turn k as turn k-1's prompt plus the
+reply, the new user message and wrappers fenced by special tokens, turn k's length is
+turn k-1's plus a constant plus the two contents' own tokens — so a live reply only
+needs its own tokens counted at run time (:mod:`loadgen.sessions`), never the whole
+conversation. A template without that shape is counted in full per turn instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from loadgen.records import Prompt, Session, SessionShape, Turn
+from loadgen.workload.dist import parse_dist
+from loadgen.workload.errors import WorkloadError
+from loadgen.workload.fit import TokenizerView
+from loadgen.workload.spec import SessionSpec, WorkloadSpec
+
+HISTORIES = ("live", "recorded")
+THINK_END = "</think>"
+_SALT = 11
+_PROBES = (("Zq7 user one", "Zq7 reply one", "Zq7 user two"), ("Qx9 reply two", "Qx9 user three"))
+
+
+def session_dists(spec: WorkloadSpec) -> dict[str, Any]:
+    """The spec's five distributions, each checked (one-line errors naming the option)."""
+    s = spec.session or SessionSpec()
+    if s.history not in HISTORIES:
+        raise WorkloadError(f"--history must be 'live' or 'recorded', got '{s.history}'")
+    return {
+        "turns": parse_dist(s.turns, "--session-turns", minimum=1),
+        "user": parse_dist(s.user_len if s.user_len is not None else str(spec.input_len), "--turn-input-len", minimum=1),
+        "output": parse_dist(s.output_len if s.output_len is not None else str(spec.output_len), "--turn-output-len",
+                             minimum=1),
+        "system": parse_dist(s.system_len, "--system-prompt-len"),
+        "think": parse_dist(s.think_s, "--think-time"),
+    }
+
+
+def _fenced(view: TokenizerView, text: str, *, left: bool) -> bool:
+    """Whether ``text`` ends (left of a content) or starts (right of it) with a special token."""
+    if text == "":
+        return False
+    for s, (lstrip, rstrip) in view.added_strings.items():
+        if left and text.endswith(s) and not rstrip:
+            return True
+        if not left and text.startswith(s) and not lstrip:
+            return True
+    return False
+
+
+def probe_shape(view: TokenizerView, system: str | None, tokenizer: str, history: str) -> tuple[SessionShape, int]:
+    """How the template grows a conversation, and the first turn's template overhead.
+
+    Renders a three-turn probe conversation: additive when each turn's text is the
+    previous prompt followed by reply, wrapper, user message, wrapper — every content
+    fenced by special tokens so it is tokenized on its own — and the wrapper is the
+    same every turn. ``drops_thinking``: a reply's text up to ``</think>`` is not in
+    the rendered history (DeepSeek-R1).
+    """
+    (u1, a1, u2), (a2, u3) = _PROBES
+    head = [{"role": "system", "content": system}] if system else []
+    convo = [*head, {"role": "user", "content": u1}]
+    try:
+        r1 = view.render(convo)
+        r2 = view.render([*convo, {"role": "assistant", "content": a1}, {"role": "user", "content": u2}])
+        r3 = view.render([*convo, {"role": "assistant", "content": a1}, {"role": "user", "content": u2},
+                          {"role": "assistant", "content": a2}, {"role": "user", "content": u3}])
+        thought = view.render([*convo, {"role": "assistant", "content": "Zq7 thought" + THINK_END + a1},
+                               {"role": "user", "content": u2}])
+    except Exception as exc:  # jinja errors come in many types
+        raise WorkloadError(f"the tokenizer's chat template failed on a multi-turn conversation: {exc}") from None
+    first = view.count_messages(convo) - sum(len(view.encode(t)) for t in (system or "", u1) if t)
+    drops = "Zq7 thought" not in thought
+    additive = False
+    per_turn = 0
+    if r2.startswith(r1) and r3.startswith(r2):
+        walls = []
+        for tail, (a, u) in ((r2[len(r1):], (a1, u2)), (r3[len(r2):], (a2, u3))):
+            i, j = tail.find(a), tail.find(u)
+            if 0 <= i and i + len(a) <= j:
+                walls.append((tail[:i], tail[i + len(a):j], tail[j + len(u):]))
+        if len(walls) == 2 and walls[0] == walls[1]:
+            pre, mid, post = walls[0]
+            left_ok = _fenced(view, pre, left=True) or (pre == "" and _fenced(view, r1, left=True))
+            additive = (left_ok and _fenced(view, mid, left=False) and _fenced(view, mid, left=True)
+                        and _fenced(view, post, left=False))
+            per_turn = sum(len(view.encode(w)) for w in (pre, mid, post) if w)
+    return SessionShape(tokenizer, history, per_turn, additive, drops), first
+
+
+def reply_in_history(shape: SessionShape, reply: str) -> str:
+    """The part of a reply the template keeps in later turns' history."""
+    if shape.drops_thinking and THINK_END in reply:
+        return reply.split(THINK_END)[-1]
+    return reply
+
+
+def build_sessions(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
+    """One :class:`Prompt` per session (its first turn), carrying the session."""
+    if not spec.chat:
+        raise WorkloadError("sessions are conversations: use --backend openai-chat")
+    d = session_dists(spec)
+    history = (spec.session or SessionSpec()).history
+    rng = np.random.default_rng([spec.seed, _SALT])
+    n = spec.num_prompts
+    system_len = d["system"].ints(rng, 1, 0)[0]
+    system = view.fit(system_len, rng)[0] if system_len else None
+    shape, first = probe_shape(view, system, spec.tokenizer, history)
+    system_tokens = len(view.encode(system)) if system else 0
+    turn_counts = d["turns"].ints(rng, n, 1)
+    prompts: list[Prompt] = []
+    for sid, k in enumerate(turn_counts):
+        users = d["user"].ints(rng, k, 1)
+        outputs = d["output"].ints(rng, k, 1)
+        thinks = [0.0, *np.maximum(d["think"].draw(rng, k - 1), 0.0).tolist()]
+        texts = [view.fit(u, rng)[0] for u in users]
+        replies = [view.fit(o, rng)[0] for o in outputs] if history == "recorded" else [None] * k
+        turns = []
+        total = first + system_tokens + users[0]
+        for t in range(k):
+            if t:
+                total += shape.per_turn + outputs[t - 1] + users[t]
+            known = t == 0 or history == "recorded"
+            turns.append(Turn(texts[t], users[t], outputs[t], thinks[t], total if known else 0, replies[t]))
+        if not shape.additive:  # count what is known in full
+            draft = Session(sid, system, tuple(turns), shape)
+            turns = [
+                replace(turn, input_len=view.count_messages(turn_messages(draft, t, replies))) if turn.input_len else turn
+                for t, turn in enumerate(turns)
+            ]
+        session = Session(sid, system, tuple(turns), shape)
+        prompts.append(Prompt(sid, turns[0].input_len, outputs[0], messages=first_messages(session), session=session))
+    return prompts
+
+
+def first_messages(session: Session) -> list[dict[str, Any]]:
+    """The first turn's messages: the system prompt (if any) and the first user message."""
+    head = [{"role": "system", "content": session.system}] if session.system else []
+    return [*head, {"role": "user", "content": session.turns[0].user}]
+
+
+def turn_messages(session: Session, upto: int, replies: list[str]) -> list[dict[str, Any]]:
+    """Turn ``upto``'s whole conversation: system, then user/reply pairs, then its user message."""
+    out = first_messages(session)
+    for t in range(1, upto + 1):
+        out.append({"role": "assistant", "content": replies[t - 1]})
+        out.append({"role": "user", "content": session.turns[t].user})
+    return out
+
+
+def check_sessions(view: TokenizerView, prompts: list[Prompt], check: Any) -> int:
+    """Re-count what is known before the run — first turns, and every turn of recorded
+    history in a spread sample of sessions — through the tokenizer's public API
+    (``check`` is :func:`loadgen.workload.check_lengths`); returns how many were counted."""
+    from loadgen.workload.verify import spread
+
+    known = []
+    for p in spread(prompts, 64):
+        s = p.session
+        assert s is not None
+        replies = [t.reply or "" for t in s.turns]
+        known += [Prompt(p.id, t.input_len, t.output_len, messages=turn_messages(s, k, replies))
+                  for k, t in enumerate(s.turns) if t.input_len]
+    bad = check(view.tok, known)
+    if bad:
+        pid, built, counted = bad[0]
+        raise WorkloadError(
+            f"session {pid} was built to {built} prompt tokens but the tokenizer counts {counted}: "
+            "this chat template does not grow by whole turns; use another --tokenizer"
+        )
+    return len(known)
