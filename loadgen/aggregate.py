@@ -40,6 +40,7 @@ from loadgen.metrics import (
     per_request,
 )
 from loadgen.records import RequestRecord
+from loadgen.session_figures import SessionFigures
 
 ALL_METRICS = METRICS + EXTRA_METRICS
 # Metrics kept as histograms in result files and interval logs (the CO-corrected
@@ -163,6 +164,7 @@ class Aggregate:
         self.invisible_tokens = 0
         self.e2el_sum_s = 0.0
         self.inline: list[InlineRequest] | None = [] if inline_limit > 0 else None
+        self.sessions: SessionFigures | None = None  # a session point's figures (loadgen.session_figures)
 
     # -- updating ------------------------------------------------------------
 
@@ -196,6 +198,9 @@ class Aggregate:
                 if diff:
                     self.prompt_token_mismatches += 1
                     self.prompt_token_max_diff = max(self.prompt_token_max_diff, diff)
+        if self.sessions is not None or records[0].session >= 0:
+            self.sessions = self.sessions or SessionFigures()
+            self.sessions.add(records, fig.records, fig.ttft_ms)
         self._keep_inline(records, fig)
 
     def _keep_inline(self, records: Sequence[RequestRecord], fig) -> None:  # noqa: ANN001 - RequestFigures
@@ -228,6 +233,9 @@ class Aggregate:
         self.prompt_token_max_diff = max(self.prompt_token_max_diff, other.prompt_token_max_diff)
         self.errors.update(other.errors)
         self.sources.update(other.sources)
+        if other.sessions is not None:
+            self.sessions = self.sessions or SessionFigures()
+            self.sessions.merge(other.sessions)
         if self.inline is not None and other.inline is not None \
                 and self.num_requests <= self.inline_limit:
             self.inline.extend(other.inline)

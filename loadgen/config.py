@@ -24,7 +24,7 @@ from loadgen.metrics import DEFAULT_PERCENTILES, GOODPUT_METRICS
 from loadgen.protocols import BACKENDS
 from loadgen.schedule import ARRIVALS
 from loadgen.secrets import MASK, mask_url, split_credentials
-from loadgen.workload.spec import DATASETS, WorkloadSpec
+from loadgen.workload.spec import DATASETS, SessionSpec, WorkloadSpec
 
 DEFAULT_RESULT_FILENAME = "{backend}-c{concurrency}-r{rate}-i{input_len}-o{output_len}-{date}.json"
 FILENAME_FIELDS = (
@@ -237,11 +237,21 @@ class WorkloadConfig:
     input_len_counts: str = "total"
     verify_prompts: bool | None = None  # None: when the server has /tokenize
     ignore_eos: bool | None = None  # None: on for random prompts, off for datasets
+    # sessions (--dataset-name sessions): values or distributions (loadgen.workload.dist)
+    session_turns: str = "4"
+    turn_input_len: str | None = None  # None: --input-len
+    turn_output_len: str | None = None  # None: --output-len
+    system_prompt_len: str = "0"
+    think_time: str = "0"
+    history: str = "live"
+    session_header: str | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"--dataset-name '{self.dataset}' is unknown; use one of {', '.join(DATASETS)}")
-        if self.dataset != "random" and not self.dataset_path:
+        if self.session_header is not None and not _is_token(self.session_header):
+            raise ConfigError(f"--session-header '{self.session_header}' is not an HTTP header name; use e.g. X-Session-Id")
+        if self.dataset not in ("random", "sessions") and not self.dataset_path:
             raise ConfigError(f"--dataset-name {self.dataset} needs --dataset-path FILE")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
@@ -260,7 +270,7 @@ class WorkloadConfig:
 
     @property
     def effective_ignore_eos(self) -> bool:
-        return self.dataset == "random" if self.ignore_eos is None else self.ignore_eos
+        return self.dataset in ("random", "sessions") if self.ignore_eos is None else self.ignore_eos
 
     def spec(self, *, num_prompts: int, chat: bool, seed: int, tokenizer: str) -> WorkloadSpec:
         """The prompt set to build, once the tokenizer and the prompt count are known."""
@@ -268,8 +278,14 @@ class WorkloadConfig:
             dataset=self.dataset, num_prompts=num_prompts, input_len=self.input_len, output_len=self.output_len,
             range_ratio=self.range_ratio, dataset_path=self.dataset_path, prefix_len=self.prefix_len,
             num_prefixes=self.num_prefixes, chat=chat, input_len_counts=self.input_len_counts, seed=seed,
-            tokenizer=tokenizer,
+            tokenizer=tokenizer, session=self.session_spec(),
         )
+
+    def session_spec(self) -> SessionSpec | None:
+        if self.dataset != "sessions":
+            return None
+        return SessionSpec(turns=self.session_turns, user_len=self.turn_input_len, output_len=self.turn_output_len,
+                           system_len=self.system_prompt_len, think_s=self.think_time, history=self.history)
 
 
 def arrival_for(arrival: str, burstiness: float) -> str:
@@ -401,6 +417,8 @@ class RunConfig:
                 raise ConfigError("a concurrency sweep writes one file per point: add {concurrency} to --result-filename")
             if len(s.rates) > 1 and "rate" not in names:
                 raise ConfigError("a rate sweep writes one file per point: add {rate} to --result-filename")
+        if self.workload.dataset == "sessions" and not self.target.chat:
+            raise ConfigError("--dataset-name sessions sends conversations: add --backend openai-chat")
 
     @classmethod
     def from_flat(cls, **flat: Any) -> RunConfig:
@@ -503,6 +521,11 @@ def template_fields(template: str) -> set[str]:
             f"available: {', '.join('{' + f + '}' for f in FILENAME_FIELDS)}"
         )
     return names
+
+
+def _is_token(text: str) -> bool:
+    """An HTTP header name (RFC 9110 token)."""
+    return bool(text) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in text) and text.isascii()
 
 
 def _is_url(text: str) -> bool:

@@ -57,6 +57,9 @@ REQUEST_DTYPE = np.dtype([
     ("finish_reason", "S16"),
     ("output_tokens_source", "S10"),
     ("invisible_tokens", "<i4"),  # output tokens that came without visible text
+    ("session", "<i4"),  # sessions: the session's id and the turn's index (-1: not a session)
+    ("turn", "<i2"),
+    ("session_end", "S16"),  # on a session's last turn: completed | failed | context_exceeded
 ])
 CHUNK_DTYPE = np.dtype([
     ("prompt_id", "<i8"),
@@ -130,6 +133,9 @@ def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
     rows["finish_reason"] = [(r.finish_reason or "").encode()[:16] for r in records]
     rows["output_tokens_source"] = [r.output_tokens_source.encode()[:10] for r in records]
     rows["invisible_tokens"] = col(lambda r: r.invisible_tokens, np.int32)
+    rows["session"] = col(lambda r: r.session, np.int32)
+    rows["turn"] = col(lambda r: r.turn, np.int16)
+    rows["session_end"] = [r.session_end.encode()[:16] for r in records]
     return rows
 
 

@@ -109,6 +109,8 @@ class WorkerTask:
     inline_limit: int = 0
     warmup_s: float = 0.0  # --warmup-seconds: requests sent before start + warmup_s count as warm-up
     in_thread: bool = False  # a Ray actor runs it in a thread of a shared process: count that thread's CPU
+    session_header: str | None = None  # sessions: each stays on one worker (a prompt carries its session)
+    max_model_len: int | None = None
 
 
 @dataclass
@@ -215,6 +217,7 @@ def run_worker(task: WorkerTask, control: Control) -> WorkerResult:
             concurrency=task.concurrency, warmup=task.warmup, duration_s=task.duration_s,
             counters=counters, on_tick=control.publish, grace_s=task.grace_s, sink=collector,
             clock_start=clock_start, stop_hook=control.on_stop,
+            session_header=task.session_header, max_model_len=task.max_model_len,
         )
     finally:
         collector.close(perf_counter_ns())
@@ -286,6 +289,7 @@ def plan_tasks(
             goodput_slos_ms=dict(cfg.output.goodput_slos_ms),
             inline_limit=cfg.output.inline_requests,
             warmup_s=cfg.schedule.warmup_s,
+            session_header=cfg.workload.session_header,
         )
         for k, idx in enumerate(shares)
     ]
@@ -471,6 +475,8 @@ def run_point_workers(
         from loadgen import procpool as transport  # type: ignore[no-redef]
 
         tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, cfg.schedule.workers)
+    for task in tasks:
+        task.max_model_len = pre.max_model_len  # a session turn that would not fit ends its session
     counters = SummedCounters(len(tasks))
     title = f"{setup.title} ({len(tasks)} {'actors' if cfg.schedule.ray_address else 'workers'})"
     telemetry = point_telemetry(cfg, files, counters, console)
