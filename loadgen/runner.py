@@ -378,6 +378,8 @@ async def run_async(
             if handle is not None:
                 handle.cancel()
         lag.stop()
+        if stop.sessions is not None:
+            stop.sessions.close()  # type: ignore[attr-defined]
         if gc_was_enabled:
             gc.enable()
         gc.unfreeze()

@@ -115,7 +115,7 @@ def build_sessions(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
     rng = np.random.default_rng([spec.seed, _SALT])
     n = spec.num_prompts
     system_len = d["system"].ints(rng, 1, 0)[0]
-    system = view.fit(system_len, rng)[0] if system_len else None
+    system = _texts(view, [system_len], rng)[0] if system_len else None
     shape, first = probe_shape(view, system, spec.tokenizer, history)
     system_tokens = len(view.encode(system)) if system else 0
     turn_counts = d["turns"].ints(rng, n, 1)
@@ -124,8 +124,8 @@ def build_sessions(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
         users = d["user"].ints(rng, k, 1)
         outputs = d["output"].ints(rng, k, 1)
         thinks = [0.0, *np.maximum(d["think"].draw(rng, k - 1), 0.0).tolist()]
-        texts = [view.fit(u, rng)[0] for u in users]
-        replies = [view.fit(o, rng)[0] for o in outputs] if history == "recorded" else [None] * k
+        texts = _texts(view, users, rng)
+        replies = _texts(view, outputs, rng) if history == "recorded" else [None] * k
         turns = []
         total = first + system_tokens + users[0]
         for t in range(k):
@@ -142,6 +142,19 @@ def build_sessions(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
         session = Session(sid, system, tuple(turns), shape)
         prompts.append(Prompt(sid, turns[0].input_len, outputs[0], messages=first_messages(session), session=session))
     return prompts
+
+
+def _texts(view: TokenizerView, lengths: list[int], rng: np.random.Generator) -> list[str]:
+    """Texts of exactly these token counts: joined from the piece table (no encode), else fitted."""
+    table = view.pieces
+    if table is None:
+        return [view.fit(n, rng)[0] for n in lengths]
+    draws = rng.integers(0, table.size, sum(lengths))
+    out, at = [], 0
+    for n in lengths:
+        out.append(table.join(draws[at:at + n]))
+        at += n
+    return out
 
 
 def first_messages(session: Session) -> list[dict[str, Any]]:
