@@ -6,9 +6,11 @@ users (``--concurrency`` = sessions), each one session of ``--turns`` turns with
 shared system prompt, live history (every turn carries the server's actual replies,
 counted turn by turn) and exponential think time. Prints per repeat and the median:
 peak RSS, wall time, requests completed, loop lag p99 and whether the result says the
-client was saturated.
+client was saturated. ``--baseline`` runs, alternated with it, the same number of
+single random chat requests of the mean session-turn shape at the request rate the
+session run reached (what the client costs without sessions).
 
-    python perf/sessions.py --sessions 2000 --turns 8 --repeat 3
+    python perf/sessions.py --sessions 2000 --turns 8 --repeat 3 [--baseline]
 """
 
 from __future__ import annotations
@@ -42,35 +44,52 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--server-cpu", type=int, default=1)
+    ap.add_argument("--history", default="live", choices=("live", "recorded"))
+    ap.add_argument("--baseline", action="store_true", help="also run single requests of the same shape and rate")
     a = ap.parse_args()
-    rows = []
+    rows: dict[str, list[dict]] = {"sessions": [], "baseline": []}
+    common = ["--tokenizer", "deepseek-r1", "--no-progress", "--backend", "openai-chat", "--server-metrics", "off",
+              "--no-verify-prompts"]
+    sessions = ["--dataset-name", "sessions", "--num-prompts", str(a.sessions), "--concurrency", str(a.sessions),
+                "--session-turns", str(a.turns), "--turn-input-len", str(a.turn_input_len),
+                "--turn-output-len", str(a.turn_output_len), "--system-prompt-len", str(a.system_prompt_len),
+                "--think-time", a.think, "--history", a.history]
+    mean_prompt = a.system_prompt_len + a.turn_input_len + (a.turns - 1) / 2 * (a.turn_input_len + a.turn_output_len)
+    rate = None
     with spawn("--ttft-ms", str(a.ttft_ms), "--itl-ms", str(a.itl_ms), cpu=a.server_cpu) as port:
         for k in range(a.repeat):
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "out"
-                code, wall, rss_kb, err = run_cli([
-                    "--base-url", f"http://127.0.0.1:{port}", "--tokenizer", "deepseek-r1", "--no-progress",
-                    "--backend", "openai-chat", "--dataset-name", "sessions", "--num-prompts", str(a.sessions),
-                    "--concurrency", str(a.sessions), "--session-turns", str(a.turns),
-                    "--turn-input-len", str(a.turn_input_len), "--turn-output-len", str(a.turn_output_len),
-                    "--system-prompt-len", str(a.system_prompt_len), "--think-time", a.think,
-                    "--server-metrics", "off", "--no-verify-prompts", "--output-dir", str(out),
-                ], a.client_cpu, {"LOADGEN_CACHE_DIR": str(Path(tmp) / "cache")})
-                if code != 0:
-                    sys.exit(f"loadgen failed ({code}): {err.strip().splitlines()[-1] if err.strip() else ''}")
-                (path,) = out.glob("*.json")
-                r = json.loads(path.read_text())
-            s = r["sessions"]
-            row = {"rss_mb": rss_kb / 1024, "wall_s": wall, "completed": r["completed"],
-                   "expected": a.sessions * a.turns, "sessions_completed": s["completed"],
-                   "lag_p99_ms": r.get("loop_lag_p99_ms"), "client_saturated": r.get("client_saturated"),
-                   "max_concurrency": r.get("max_concurrency_observed")}
-            rows.append(row)
-            print(f"run {k + 1}: " + ", ".join(f"{key}={v:.1f}" if isinstance(v, float) else f"{key}={v}"
-                                                for key, v in row.items()), flush=True)
-    print(f"median peak RSS {statistics.median(r['rss_mb'] for r in rows):.1f} MB; "
-          f"median lag p99 {statistics.median(r['lag_p99_ms'] or 0 for r in rows):.2f} ms; "
-          f"saturated in {sum(bool(r['client_saturated']) for r in rows)} of {len(rows)} runs")
+            for mode in ("sessions", "baseline") if a.baseline else ("sessions",):
+                args = sessions if mode == "sessions" else [
+                    "--num-prompts", str(a.sessions * a.turns), "--input-len", str(int(mean_prompt)),
+                    "--output-len", str(a.turn_output_len), "--rate", f"{rate:.1f}", "--arrival", "constant"]
+                r, rss_kb, wall = _run(port, [*common, *args], a.client_cpu)
+                if mode == "sessions":
+                    rate = r["completed"] / r["duration"]
+                row = {"rss_mb": rss_kb / 1024, "wall_s": wall, "completed": r["completed"],
+                       "req_per_s": r["completed"] / r["duration"],
+                       "sessions_completed": r.get("sessions", {}).get("completed"),
+                       "lag_p99_ms": r.get("loop_lag_p99_ms"), "client_saturated": r.get("client_saturated"),
+                       "max_concurrency": r.get("max_concurrency_observed")}
+                rows[mode].append(row)
+                print(f"run {k + 1} {mode}: " + ", ".join(
+                    f"{key}={v:.1f}" if isinstance(v, float) else f"{key}={v}" for key, v in row.items()), flush=True)
+    for mode, got in rows.items():
+        if got:
+            print(f"{mode}: median peak RSS {statistics.median(r['rss_mb'] for r in got):.1f} MB; "
+                  f"median lag p99 {statistics.median(r['lag_p99_ms'] or 0 for r in got):.2f} ms; "
+                  f"saturated in {sum(bool(r['client_saturated']) for r in got)} of {len(got)} runs")
+
+
+def _run(port: int, args: list[str], cpu: int) -> tuple[dict, int, float]:
+    """(result JSON, peak RSS KiB, wall s) of one CLI run with a private cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        code, wall, rss_kb, err = run_cli(["--base-url", f"http://127.0.0.1:{port}", *args, "--output-dir", str(out)],
+                                          cpu, {"LOADGEN_CACHE_DIR": str(Path(tmp) / "cache")})
+        if code != 0:
+            sys.exit(f"loadgen failed ({code}): {err.strip().splitlines()[-1] if err.strip() else ''}")
+        (path,) = out.glob("*.json")
+        return json.loads(path.read_text()), rss_kb, wall
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from loadgen.workload.spec import SessionSpec, WorkloadSpec
 HISTORIES = ("live", "recorded")
 THINK_END = "</think>"
 _SALT = 11
+CHECK_SESSIONS = 64  # sessions whose known turns are re-counted after a build ...
+CHECK_TOKENS = 65_536  # ... up to about this many prompt tokens beyond their first turns
 _PROBES = (("Zq7 user one", "Zq7 reply one", "Zq7 user two"), ("Qx9 reply two", "Qx9 user three"))
 
 
@@ -178,13 +180,16 @@ def check_sessions(view: TokenizerView, prompts: list[Prompt], check: Any) -> in
     (``check`` is :func:`loadgen.workload.check_lengths`); returns how many were counted."""
     from loadgen.workload.verify import spread
 
-    known = []
-    for p in spread(prompts, 64):
+    known: list[Prompt] = []
+    tokens = 0
+    for p in spread(prompts, CHECK_SESSIONS):
         s = p.session
         assert s is not None
         replies = [t.reply or "" for t in s.turns]
-        known += [Prompt(p.id, t.input_len, t.output_len, messages=turn_messages(s, k, replies))
-                  for k, t in enumerate(s.turns) if t.input_len]
+        for k, t in enumerate(s.turns):
+            if t.input_len and (k == 0 or tokens + t.input_len <= CHECK_TOKENS):
+                known.append(Prompt(p.id, t.input_len, t.output_len, messages=turn_messages(s, k, replies)))
+                tokens += t.input_len
     bad = check(view.tok, known)
     if bad:
         pid, built, counted = bad[0]
