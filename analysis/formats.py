@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from analysis.sessions import session_columns
 from analysis.telemetry import server_columns
 
 LOADGEN = "loadgen"
@@ -427,6 +428,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     }
     row["burst"] = is_burst(row)
     row.update(server_columns(obj))  # server_metrics (loadgen --server-metrics)
+    row.update(session_columns(obj))  # sessions (loadgen --dataset-name sessions)
     return row
 
 

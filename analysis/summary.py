@@ -39,9 +39,10 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     Rows are ordered by label, then asked lengths, then concurrency, which is
     the order a reader scans a sweep in.
     """
+    from analysis import sessions
     from analysis.telemetry import summary_columns
 
-    wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **summary_columns(runs)}
+    wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **summary_columns(runs), **sessions.summary_columns(runs)}
     frame = pd.DataFrame(index=runs.index)
     for src, name in wanted.items():
         # every column but the label is a number; a figure not recorded is NaN (empty in the
