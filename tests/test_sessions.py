@@ -156,3 +156,76 @@ def test_cli_bad_think_time_is_one_line(sim_fast, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--think-time" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("*.json"))
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "workload"
+
+
+def _conversations(path: Path, n: int, history: str = "live") -> list:
+    return build_prompts(WorkloadSpec(dataset="sessions", dataset_path=str(path), num_prompts=n, output_len=16,
+                                      chat=True, session=SessionSpec(history=history)), use_cache=False)
+
+
+@pytest.mark.parametrize("history", ["live", "recorded"])
+def test_jsonl_sessions_count_exactly_on_the_server(sim_fast, tmp_path: Path, history: str) -> None:
+    path = tmp_path / "sessions.jsonl"
+    path.write_text(
+        json.dumps({"system": "You are terse.", "turns": [
+            {"user": "What is a prefix cache?", "assistant": "It keeps the KV of shared prompt starts."},
+            {"user": "Why does it help chat?", "assistant": "Each turn repeats the conversation.", "think_s": 0.02},
+            {"user": "Thanks!", "output_len": 5}]}) + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "Hello"},
+                                   {"role": "assistant", "content": "<think>a greeting</think>Hi there."},
+                                   {"role": "user", "content": "How are you?"}]}) + "\n")
+    prompts = _conversations(path, 2, history)
+    turns = prompts[0].session.turns
+    assert [t.think_s for t in turns] == [0.0, 0.02, 0.0]
+    assert turns[2].output_len == 5 and turns[0].output_len > 0
+    out = run(_target(sim_fast), prompts, None, concurrency=2, max_model_len=8192)
+    records = _by_turn(out.records)
+    assert [(r.session, r.turn) for r in records] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    assert all(r.error is None and r.server_prompt_tokens == r.input_len for r in records)
+
+
+def test_sharegpt_sessions_take_every_turn(tok) -> None:
+    # 14 entries: one of two full turns, eleven of one, one opening with a reply, one system-only
+    prompts = _conversations(FIXTURES / "sharegpt_small.json", 12, history="recorded")
+    assert sorted(len(p.session.turns) for p in prompts) == [1] * 11 + [2]
+    with pytest.raises(WorkloadError, match="has 12 conversations but 13 sessions"):
+        _conversations(FIXTURES / "sharegpt_small.json", 13)
+    for p in prompts:
+        s = p.session
+        replies = [t.reply for t in s.turns]
+        for k, t in enumerate(s.turns):
+            assert t.input_len == len(tok.apply_chat_template(turn_messages(s, k, replies), add_generation_prompt=True))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"turns": [{"user": "hi"}, {"assistant": "no user here"}]}', "turn 2 has no user message"),
+    ('{"turns": []}', "non-empty list"),
+    ('{"messages": [{"role": "assistant", "content": "first"}]}', "does not follow a user message"),
+    ('{"prompt": "single"}', "needs a 'turns' list"),
+    ('not json', "not valid JSON"),
+    ('{"turns": [{"user": "hi", "think_s": -1}]}', "'think_s' must be"),
+])
+def test_bad_sessions_file_names_file_line_and_fix(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"turns": [{"user": "fine"}]}\n' + line + "\n")
+    with pytest.raises(WorkloadError, match=message) as err:
+        _conversations(path, 2)
+    assert f"{path}:2" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_bad_sessions_file_sends_nothing(sim_server, tmp_path: Path) -> None:
+    srv = sim_server()
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"turns": [{"user": "hi"}, {"user": ""}]}\n')
+    proc = _loadgen("--base-url", srv.base_url, "--backend", "openai-chat", "--tokenizer", "deepseek-r1",
+                    "--dataset-name", "sessions", "--dataset-path", str(path), "--num-prompts", "1",
+                    "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert f"{path}:1: turn 2 has no user message" in proc.stderr and "Traceback" not in proc.stderr
+    import urllib.request
+    stats = json.loads(urllib.request.urlopen(f"{srv.base_url}/sim/stats", timeout=10).read())
+    assert stats["requests_total"] <= 1  # the pre-flight's 2-token stream probe, no benchmark request
+    assert not list(tmp_path.glob("out/*.json"))

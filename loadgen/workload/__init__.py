@@ -94,7 +94,7 @@ def validate_spec(spec: WorkloadSpec) -> None:
         from loadgen.workload.sessions import session_dists
 
         session_dists(spec)
-    elif spec.dataset != "random" and not spec.dataset_path:
+    if spec.dataset not in ("random", "sessions") and not spec.dataset_path:
         raise WorkloadError(f"the {spec.dataset} dataset needs --dataset-path to a local file")
     if spec.dataset == "sharegpt" and not (0 <= spec.min_input_len <= spec.max_input_len <= spec.max_total_len):
         raise WorkloadError(

@@ -109,9 +109,12 @@ def reply_in_history(shape: SessionShape, reply: str) -> str:
 
 
 def build_sessions(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
-    """One :class:`Prompt` per session (its first turn), carrying the session."""
+    """One :class:`Prompt` per session (its first turn), carrying the session: synthetic,
+    or real conversations with ``--dataset-path``."""
     if not spec.chat:
         raise WorkloadError("sessions are conversations: use --backend openai-chat")
+    if spec.dataset_path:
+        return build_conversations(view, spec)
     d = session_dists(spec)
     history = (spec.session or SessionSpec()).history
     rng = np.random.default_rng([spec.seed, _SALT])
@@ -128,21 +131,68 @@ def build_sessions(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
         thinks = [0.0, *np.maximum(d["think"].draw(rng, k - 1), 0.0).tolist()]
         texts = _texts(view, users, rng)
         replies = _texts(view, outputs, rng) if history == "recorded" else [None] * k
-        turns = []
-        total = first + system_tokens + users[0]
-        for t in range(k):
-            if t:
-                total += shape.per_turn + outputs[t - 1] + users[t]
-            known = t == 0 or history == "recorded"
-            turns.append(Turn(texts[t], users[t], outputs[t], thinks[t], total if known else 0, replies[t]))
-        if not shape.additive:  # count what is known in full
-            draft = Session(sid, system, tuple(turns), shape)
-            turns = [
-                replace(turn, input_len=view.count_messages(turn_messages(draft, t, replies))) if turn.input_len else turn
-                for t, turn in enumerate(turns)
-            ]
-        session = Session(sid, system, tuple(turns), shape)
-        prompts.append(Prompt(sid, turns[0].input_len, outputs[0], messages=first_messages(session), session=session))
+        prompts.append(_assemble(view, shape, sid, system, first + system_tokens + users[0], texts, users, outputs,
+                                 thinks, replies, outputs))
+    return prompts
+
+
+def _assemble(view: TokenizerView, shape: SessionShape, sid: int, system: str | None, first_total: int,
+              texts: list[str], users: list[int], outputs: list[int], thinks: list[float],
+              replies: list[str | None], reply_lens: list[int]) -> Prompt:
+    """One session's turns with every length known before the run (the first turn's, and
+    with recorded history every turn's: the previous plus wrapper, reply and user tokens)."""
+    recorded = shape.history == "recorded"
+    turns = []
+    total = first_total
+    for t in range(len(texts)):
+        if t:
+            total += shape.per_turn + reply_lens[t - 1] + users[t]
+        turns.append(Turn(texts[t], users[t], outputs[t], thinks[t], total if (t == 0 or recorded) else 0, replies[t]))
+    if not shape.additive:  # count what is known in full
+        draft = Session(sid, system, tuple(turns), shape)
+        turns = [
+            replace(turn, input_len=view.count_messages(turn_messages(draft, t, replies))) if turn.input_len else turn
+            for t, turn in enumerate(turns)
+        ]
+    session = Session(sid, system, tuple(turns), shape)
+    return Prompt(sid, turns[0].input_len, outputs[0], messages=first_messages(session), session=session)
+
+
+def build_conversations(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
+    """Sessions from real conversations (:mod:`loadgen.workload.conversations`): each
+    turn's user message, recorded reply and think time from the file; output lengths are
+    the recorded replies' (else ``--turn-output-len``), think times the file's (else
+    ``--think-time``)."""
+    from loadgen.workload.conversations import load_conversations
+
+    d = session_dists(spec)
+    given = spec.session or SessionSpec()
+    history = given.history
+    rng = np.random.default_rng([spec.seed, _SALT])
+    convos = load_conversations(spec.dataset_path or "", spec.num_prompts, spec.seed)
+    shapes: dict[str | None, tuple[SessionShape, int]] = {}
+    prompts: list[Prompt] = []
+    for sid, c in enumerate(convos):
+        if c.system not in shapes:
+            shapes[c.system] = probe_shape(view, c.system, spec.tokenizer, history)
+        shape, _ = shapes[c.system]
+        k = len(c.turns)
+        users = [len(view.encode(t.user)) for t in c.turns]
+        drawn_out = d["output"].ints(rng, k, 1)
+        drawn_think = np.maximum(d["think"].draw(rng, k), 0.0).tolist()
+        recorded_lens = [len(view.encode(t.reply)) if t.reply else 0 for t in c.turns]
+        outputs = [t.output_len or (recorded_lens[i] if given.output_len is None and recorded_lens[i] else drawn_out[i])
+                   for i, t in enumerate(c.turns)]
+        thinks = [0.0] + [t.think_s if t.think_s is not None else drawn_think[i] for i, t in enumerate(c.turns)][1:]
+        if history == "recorded" and not all(t.reply for t in c.turns[:-1]):
+            raise WorkloadError(f"{c.where}: --history recorded needs a reply to every turn but the last; "
+                                "add the assistant replies or use --history live")
+        replies = [t.reply for t in c.turns] if history == "recorded" else [None] * k
+        reply_lens = [len(view.encode(reply_in_history(shape, r))) if r else 0 for r in replies]
+        head = [{"role": "system", "content": c.system}] if c.system else []
+        first_total = view.count_messages([*head, {"role": "user", "content": c.turns[0].user}])
+        prompts.append(_assemble(view, shape, sid, c.system, first_total, [t.user for t in c.turns], users, outputs,
+                                 thinks, replies, reply_lens))
     return prompts
 
 
