@@ -144,13 +144,7 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], offsets_s: 
 
     async def one(rec: RequestRecord, body: bytes) -> None:
         try:
-            await client.request(rec, body)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a client defect must not lose the rest of the run
-            if rec.error is None:
-                rec.error = "client_error"
-                rec.error_detail = f"{type(exc).__name__}: {exc}"[:300]
+            await send(client, rec, body)
         finally:
             inflight.now -= 1
             if gate is not None:
@@ -171,6 +165,19 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], offsets_s: 
         task = loop.create_task(one(rec, body))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+
+async def send(client: StreamClient, rec: RequestRecord, body: bytes, head: bytes | None = None) -> None:
+    """One request; a client defect is recorded on ``rec`` (``client_error``), not raised:
+    it must not lose the rest of the run."""
+    try:
+        await client.request(rec, body, head)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if rec.error is None:
+            rec.error = "client_error"
+            rec.error_detail = f"{type(exc).__name__}: {exc}"[:300]
 
 
 async def sleep_until(due_ns: int) -> None:

@@ -29,7 +29,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from loadgen.records import Prompt, RequestRecord, Session, SessionShape
-from loadgen.runner import sleep_until
+from loadgen.runner import send, sleep_until
 from loadgen.workload.sessions import reply_in_history, turn_messages
 
 COMPLETED, FAILED, CONTEXT = "completed", "failed", "context_exceeded"
@@ -125,15 +125,11 @@ async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
         if inflight.now > inflight.peak:
             inflight.peak = inflight.now
         try:
-            await client.request(rec, body, head)
+            await send(client, rec, body, head)
         except asyncio.CancelledError:
             rec.session_end = FAILED
             finished(rec)
             raise
-        except Exception as exc:  # a client defect must not lose the rest of the run
-            if rec.error is None:
-                rec.error = "client_error"
-                rec.error_detail = f"{type(exc).__name__}: {exc}"[:300]
         finally:
             inflight.now -= 1
         reply = rec.text if live else (turn.reply or "")

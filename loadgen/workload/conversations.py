@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 
 from loadgen.workload.errors import WorkloadError
+from loadgen.workload.jsonl import rows
 
 HUMAN = {"human", "user"}
 ASSISTANT = {"gpt", "assistant", "chatgpt", "bard", "model"}
@@ -63,16 +64,7 @@ def load_conversations(path: str, count: int, seed: int) -> list[Conversation]:
 
 def _jsonl(path: str, data: bytes, count: int) -> list[Conversation]:
     out: list[Conversation] = []
-    for lineno, raw in enumerate(data.splitlines(), 1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise WorkloadError(f"{where}: not valid JSON ({exc}); write one session object per line") from None
-        if not isinstance(row, dict):
-            raise WorkloadError(f"{where}: expected an object with 'turns' or 'messages'")
+    for where, row in rows(path, data.splitlines(), "an object with 'turns' or 'messages'"):
         if "turns" in row:
             out.append(_from_turns(row, where))
         elif "messages" in row:

@@ -8,6 +8,7 @@ count it, so verification works for your prompts too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +38,29 @@ def _output_len(row: dict[str, Any], spec: WorkloadSpec, where: str) -> int:
     return value
 
 
+def rows(path: str, lines: Iterable[bytes], expected: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file:line, object)`` for every non-blank line; a line that is not a JSON object is
+    a one-line :class:`WorkloadError` naming it (``expected`` says what it should hold)."""
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise WorkloadError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise WorkloadError(f"{where}: expected {expected}")
+        yield where, row
+
+
 def build_jsonl(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
     path = Path(spec.dataset_path or "").expanduser()
     if not path.is_file():
         raise WorkloadError(f"JSONL file '{spec.dataset_path}' not found: pass --dataset-path to a local .jsonl file")
     prompts: list[Prompt] = []
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            where = f"{spec.dataset_path}:{lineno}"
-            try:
-                row = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise WorkloadError(f"{where}: not valid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise WorkloadError(f"{where}: expected an object with 'prompt' or 'messages'")
+        for where, row in rows(spec.dataset_path or "", fh, "an object with 'prompt' or 'messages'"):
             output_len = _output_len(row, spec, where)
             pid = len(prompts)
             if "messages" in row:
