@@ -40,6 +40,7 @@ def session_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
         "p99_session_duration_s": duration.get("p99"),
         "first_turn_p50_ttft_ms": by_turn[0].get("p50_ttft_ms") if by_turn else None,
         "last_turn_p50_ttft_ms": by_turn[-1].get("p50_ttft_ms") if by_turn else None,
+        "sessions_by_turn": by_turn,  # for the TTFT-by-turn plot (not a summary column)
     }
 
 

@@ -141,6 +141,14 @@ def test_cli_sessions_run_writes_session_figures(sim_fast, tmp_path: Path) -> No
     rows = np.load(next(tmp_path.glob("*.requests.npy")))
     assert set(rows["session"].tolist()) == set(range(6))
     assert (rows["session_end"] == b"completed").sum() == 6
+    # the report: session columns in summary.csv and the TTFT-by-turn plot
+    report = subprocess.run([sys.executable, "-m", "analysis.cli", str(tmp_path), "--out", str(tmp_path / "report")],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert table["sessions completed"].tolist() == [6]
+    assert (tmp_path / "report" / "plots" / "ttft_by_turn.png").stat().st_size > 0
 
 
 def test_cli_sessions_need_the_chat_backend(tmp_path: Path) -> None:
