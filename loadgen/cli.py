@@ -210,11 +210,12 @@ def main(**opts: Any) -> None:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     progress_console = Console(stderr=True)
     from loadgen.sweep import PreflightError, run_all
+    from loadgen.workload.errors import WorkloadError
 
     interrupts.install()
     try:
         results = run_all(cfg, console=console, progress_console=progress_console)
-    except PreflightError as exc:
+    except (PreflightError, WorkloadError) as exc:  # WorkloadError: e.g. a session run's reply counter did not start
         raise click.UsageError(str(exc)) from None
     except interrupts.Interrupted as exc:
         written = exc.results

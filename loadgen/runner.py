@@ -340,6 +340,8 @@ async def run_async(
         handles[slot] = loop.call_later(interval, fire)
 
     try:
+        if stop.sessions is not None:
+            await stop.sessions.start()  # type: ignore[attr-defined]
         if warmup:
             warm_prompts = [prompts[i % len(prompts)] for i in range(warmup)]
             warm_tasks: set[asyncio.Task] = set()
@@ -385,13 +387,13 @@ async def run_async(
             if handle is not None:
                 handle.cancel()
         lag.stop()
-        if stop.sessions is not None:
-            stop.sessions.close()  # type: ignore[attr-defined]
         if gc_was_enabled:
             gc.enable()
         gc.unfreeze()
         _restore_signals(loop, previous)
         await client.close()
+        if stop.sessions is not None:
+            await stop.sessions.close()  # type: ignore[attr-defined]
     if on_tick is not None:
         try:
             on_tick(counters)  # the final state, so the display ends on the true totals

@@ -24,57 +24,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter_ns
 from typing import Any
 
 from loadgen.records import Prompt, RequestRecord, Session, SessionShape
 from loadgen.runner import send, sleep_until
+from loadgen.workload.errors import WorkloadError
 from loadgen.workload.sessions import reply_in_history, turn_messages
+from loadgen.workload.sidecar import ReplyCounter
 
 COMPLETED, FAILED, CONTEXT = "completed", "failed", "context_exceeded"
 
 
 class TurnCounter:
-    """Expected prompt lengths of live turns, with the tokenizer the set was built with.
+    """Expected prompt lengths of live turns, counted by the tokenizer the set was built
+    with in a process of its own (:class:`~loadgen.workload.sidecar.ReplyCounter`): the
+    client holds no tokenizer (~80 MB) and spends no encode (~0.1-0.3 ms per reply, GIL
+    held) on its event loop."""
 
-    Counting runs on a thread of its own through ``encode_batch``, which releases the
-    GIL: an encode costs ~0.1-0.3 ms, which on the event loop would delay every stream's
-    reads at thousands of sessions.
-    """
-
-    def __init__(self, shape: SessionShape, pool: ThreadPoolExecutor) -> None:
-        from loadgen.workload.tokenizer import load_tokenizer
-
+    def __init__(self, shape: SessionShape, counter: ReplyCounter) -> None:
         self.shape = shape
-        self.tok = load_tokenizer(shape.tokenizer)  # already loaded when the set was built here
-        self.backend = self.tok.backend_tokenizer
-        self.pool = pool
-
-    def _count(self, text: str) -> int:
-        return len(self.backend.encode_batch([text], add_special_tokens=False)[0].ids) if text else 0
-
-    def _full(self, session: Session, turn: int, replies: list[str]) -> int:
-        return self._count(self.tok.render_chat(turn_messages(session, turn, replies), add_generation_prompt=True))
+        self.counter = counter
 
     async def next_len(self, session: Session, turn: int, previous: int, replies: list[str]) -> int:
         """Turn ``turn``'s prompt length given turn ``turn - 1``'s and the replies so far."""
         shape = self.shape
-        loop = asyncio.get_running_loop()
         if shape.additive:
-            n = await loop.run_in_executor(self.pool, self._count, reply_in_history(shape, replies[turn - 1]))
+            n = await self.counter.count(reply_in_history(shape, replies[turn - 1]))
             return previous + shape.per_turn + n + session.turns[turn].user_len
-        return await loop.run_in_executor(self.pool, self._full, session, turn, replies)
-
-
-def counters_for(prompts: Sequence[Prompt], pool: ThreadPoolExecutor) -> dict[int, TurnCounter]:
-    """One counter per distinct shape of live-history sessions (built before the clock starts)."""
-    out: dict[int, TurnCounter] = {}
-    for p in prompts:
-        s = p.session
-        if s is not None and s.shape.history == "live" and id(s.shape) not in out:
-            out[id(s.shape)] = TurnCounter(s.shape, pool)
-    return out
+        return await self.counter.count(turn_messages(session, turn, replies))
 
 
 def session_head(head: bytes, header: str | None, session_id: int) -> bytes:
@@ -91,13 +69,24 @@ class SessionPlan:
                  max_model_len: int | None = None) -> None:
         self.header = header
         self.max_model_len = max_model_len
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loadgen-turns")
-        self.counters = counters_for(prompts, self.pool)
+        self.readers: dict[str, ReplyCounter] = {}
+        self.counters: dict[int, TurnCounter] = {}  # one per distinct shape of live-history sessions
+        for p in prompts:
+            shape = p.session.shape if p.session is not None else None
+            if shape is not None and shape.history == "live" and id(shape) not in self.counters:
+                reader = self.readers.setdefault(shape.tokenizer, ReplyCounter(shape.tokenizer))
+                self.counters[id(shape)] = TurnCounter(shape, reader)
         self.stopped = False
         self.sessions_started = 0
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    async def start(self) -> None:
+        """Start the reply counters (before the clock: loading a tokenizer takes a second)."""
+        for reader in self.readers.values():
+            await reader.start()
+
+    async def close(self) -> None:
+        for reader in self.readers.values():
+            await reader.close()
 
 
 async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
@@ -148,6 +137,10 @@ async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
                 except asyncio.CancelledError:
                     finished(rec)
                     raise
+                except WorkloadError as exc:  # the counter died: this session cannot go on exactly
+                    rec.session_end, rec.error_detail = FAILED, str(exc)
+                    finished(rec)
+                    return
             else:
                 expected = nxt.input_len
             if plan.max_model_len is not None and expected + nxt.output_len > plan.max_model_len:

@@ -226,6 +226,15 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
     """
     validate_spec(spec)
     if spec.dataset == "sessions":
+        if defer_check and tokenizer is None and loaded_tokenizer(spec.tokenizer) is None:
+            # the client never loads the tokenizer: the set is built in a fresh process
+            from loadgen.workload.sidecar import build_apart
+
+            last_build.reset()
+            started = time.perf_counter()
+            prompts, last_build.checked = build_apart(spec)
+            last_build.source, last_build.seconds = "built", time.perf_counter() - started
+            return prompts
         use_cache = defer_check = False  # sessions are built in seconds, and count replies at run time
     if defer_check and tokenizer is None:
         # loaded here already (a notebook, a second sweep): counting now costs only the encode
