@@ -257,3 +257,26 @@ def test_bench_sessions_sweep_runs_and_reports(tmp_path: Path) -> None:
     table = pd.read_csv(out / "report" / "summary.csv")
     assert sorted(table["sessions completed"]) == [4, 4]
     assert (out / "report" / "plots" / "ttft_by_turn.png").is_file()
+
+
+def test_reply_counter_counts_like_the_tokenizer_and_fails_in_one_line(tok) -> None:
+    import asyncio
+
+    from loadgen.workload.sidecar import ReplyCounter
+
+    async def counts() -> list[int]:
+        counter = ReplyCounter("deepseek-r1")
+        await counter.start()
+        try:
+            msgs = [{"role": "user", "content": "hello there"}]
+            return await asyncio.gather(counter.count(" the cat sat"), counter.count(""), counter.count(msgs))
+        finally:
+            await counter.close()
+
+    text_n, empty_n, chat_n = asyncio.run(counts())
+    assert text_n == len(tok.encode(" the cat sat", add_special_tokens=False)) and empty_n == 0
+    assert chat_n == len(tok.apply_chat_template([{"role": "user", "content": "hello there"}],
+                                                 add_generation_prompt=True))
+    with pytest.raises(WorkloadError, match="the reply counter did not start") as err:
+        asyncio.run(ReplyCounter("/no/such/tokenizer").start())
+    assert "\n" not in str(err.value)

@@ -61,9 +61,16 @@ class ReplyCounter:
             sys.executable, "-m", "loadgen.workload.sidecar", "count", self.tokenizer,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
+        except (TimeoutError, asyncio.TimeoutError):
+            line = b""
         if line != b"ready\n":
+            if self.proc.returncode is None:
+                self.proc.kill()
             err = (await self.proc.stderr.read()).decode(errors="replace").strip().splitlines() or ["no output"]
+            await self.proc.wait()
+            self.proc = None
             raise WorkloadError(f"the reply counter did not start: {err[-1]}")
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
