@@ -63,7 +63,7 @@ class ReplyCounter:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             line = b""
         if line != b"ready\n":
             if self.proc.returncode is None:
