@@ -277,6 +277,6 @@ def test_reply_counter_counts_like_the_tokenizer_and_fails_in_one_line(tok) -> N
     assert text_n == len(tok.encode(" the cat sat", add_special_tokens=False)) and empty_n == 0
     assert chat_n == len(tok.apply_chat_template([{"role": "user", "content": "hello there"}],
                                                  add_generation_prompt=True))
-    with pytest.raises(WorkloadError, match="the reply counter did not start") as err:
+    with pytest.raises(WorkloadError, match="the reply counter did not start within") as err:
         asyncio.run(ReplyCounter("/no/such/tokenizer").start())
     assert "\n" not in str(err.value)

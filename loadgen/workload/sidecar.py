@@ -21,6 +21,8 @@ import dataclasses
 import pickle
 import subprocess
 import sys
+import tempfile
+import time
 from typing import Any
 
 import orjson
@@ -55,12 +57,16 @@ class ReplyCounter:
         self.waiting: dict[int, asyncio.Future] = {}
         self.next_id = 0
         self.reader: asyncio.Task | None = None
+        self.errors: Any = None  # the counter's stderr (a temporary file)
 
     async def start(self) -> None:
+        # stderr to a file, not a pipe: nothing reads it during the run, and a full pipe would stall the counter
+        self.errors = tempfile.TemporaryFile()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "loadgen.workload.sidecar", "count", self.tokenizer,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self.errors)
+        assert self.proc.stdout is not None
+        started = time.monotonic()
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
         except TimeoutError:
@@ -68,10 +74,12 @@ class ReplyCounter:
         if line != b"ready\n":
             if self.proc.returncode is None:
                 self.proc.kill()
-            err = (await self.proc.stderr.read()).decode(errors="replace").strip().splitlines() or ["no output"]
-            await self.proc.wait()
+            code = await self.proc.wait()
             self.proc = None
-            raise WorkloadError(f"the reply counter did not start: {err[-1]}")
+            self.errors.seek(0)
+            err = self.errors.read().decode(errors="replace").strip().splitlines()
+            why = err[-1] if err else (f"exit {code}" if line == b"" else f"it said {line[:80]!r}")
+            raise WorkloadError(f"the reply counter did not start within {time.monotonic() - started:.0f} s: {why}")
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
@@ -111,6 +119,7 @@ class ReplyCounter:
             await self.proc.wait()
         if self.reader is not None:
             await asyncio.gather(self.reader, return_exceptions=True)
+        self.errors.close()
 
 
 def _build() -> None:
