@@ -100,9 +100,11 @@ async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
     replies: list[str] = []
     expected = first.input_len
     turns = session.turns
+    reply_end = 0
     for k, turn in enumerate(turns):
         if k:
-            due_ns = perf_counter_ns() + int(turn.think_s * 1e9)
+            # due at the reply's end plus think time; a count that took longer makes the turn late (queue time)
+            due_ns = reply_end + int(turn.think_s * 1e9)
             await sleep_until(due_ns)
             if plan.stopped:
                 return
@@ -121,6 +123,7 @@ async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
             raise
         finally:
             inflight.now -= 1
+        reply_end = rec.last_ns or perf_counter_ns()
         reply = rec.text if live else (turn.reply or "")
         if live and not client.save_text:
             rec.text = ""
