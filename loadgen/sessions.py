@@ -89,6 +89,17 @@ class SessionPlan:
             await reader.close()
 
 
+async def think(due_ns: int) -> None:
+    """Wait out a think time on a millisecond timer (whole milliseconds, one more for the
+    timer's own rounding), never spinning the loop: thousands of sessions wait at once, and
+    a think time is a drawn value, so ~1 ms of lateness (queue time) is no error; the exact
+    wait of :func:`~loadgen.runner.sleep_until` finishes only what the timer left."""
+    wait = due_ns - perf_counter_ns()
+    if wait > 0:
+        await asyncio.sleep((-(-wait // 1_000_000) + 1) / 1000)
+        await sleep_until(due_ns)
+
+
 async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
                    finished: Callable[[RequestRecord], None], inflight: Any, warmup: bool) -> None:
     session = first.session
@@ -105,7 +116,7 @@ async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
         if k:
             # due at the reply's end plus think time; a count that took longer makes the turn late (queue time)
             due_ns = reply_end + int(turn.think_s * 1e9)
-            await sleep_until(due_ns)
+            await think(due_ns)
             if plan.stopped:
                 return
         messages = first.messages if k == 0 else turn_messages(session, k, replies)
