@@ -6,7 +6,9 @@ users (``--concurrency`` = sessions), each one session of ``--turns`` turns with
 shared system prompt, live history (every turn carries the server's actual replies,
 counted turn by turn) and exponential think time. Prints per repeat and the median:
 peak RSS, wall time, requests completed, loop lag p99 and whether the result says the
-client was saturated. ``--baseline`` runs, alternated with it, the same number of
+client was saturated. With the default ``--session-rate inf`` all users start at once, so
+their first turns stream in lockstep (2,000 x 50 chunks/s at the start); ``--session-rate R``
+staggers the starts. ``--baseline`` runs, alternated with it, the same number of
 single random chat requests of the mean session-turn shape at the request rate the
 session run reached (what the client costs without sessions).
 
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--server-cpu", type=int, default=1)
     ap.add_argument("--history", default="live", choices=("live", "recorded"))
+    ap.add_argument("--session-rate", default="inf",
+                    help="sessions started per second (Poisson); inf: every user starts at once, in lockstep")
     ap.add_argument("--baseline", action="store_true", help="also run single requests of the same shape and rate")
     a = ap.parse_args()
     rows: dict[str, list[dict]] = {"sessions": [], "baseline": []}
@@ -53,7 +57,7 @@ def main() -> None:
     sessions = ["--dataset-name", "sessions", "--num-prompts", str(a.sessions), "--concurrency", str(a.sessions),
                 "--session-turns", str(a.turns), "--turn-input-len", str(a.turn_input_len),
                 "--turn-output-len", str(a.turn_output_len), "--system-prompt-len", str(a.system_prompt_len),
-                "--think-time", a.think, "--history", a.history]
+                "--think-time", a.think, "--history", a.history, "--rate", a.session_rate]
     mean_prompt = a.system_prompt_len + a.turn_input_len + (a.turns - 1) / 2 * (a.turn_input_len + a.turn_output_len)
     rate = None
     with spawn("--ttft-ms", str(a.ttft_ms), "--itl-ms", str(a.itl_ms), cpu=a.server_cpu) as port:
