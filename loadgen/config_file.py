@@ -36,7 +36,10 @@ FORM: dict[str, dict[str, str]] = {
     "workload": {"dataset-name": "dataset", "dataset-path": "dataset_path", "num-prompts": "num_prompts",
                  "input-len": "input_len", "output-len": "output_len", "random-range-ratio": "range_ratio",
                  "prefix-len": "prefix_len", "num-prefixes": "num_prefixes", "input-len-counts": "input_len_counts",
-                 "verify-prompts": "verify_prompts", "ignore-eos": "ignore_eos"},
+                 "verify-prompts": "verify_prompts", "ignore-eos": "ignore_eos",
+                 "session-turns": "session_turns", "turn-input-len": "turn_input_len",
+                 "turn-output-len": "turn_output_len", "system-prompt-len": "system_prompt_len",
+                 "think-time": "think_time", "history": "history", "session-header": "session_header"},
     "schedule": {"rate": "rates", "arrival": "arrival", "burstiness": "burstiness", "concurrency": "concurrencies",
                  "duration": "duration_s", "warmup": "warmup", "warmup-seconds": "warmup_s", "repeat": "repeat",
                  "grace": "grace_s", "workers": "workers", "ray-address": "ray_address"},
@@ -47,6 +50,8 @@ FORM: dict[str, dict[str, str]] = {
                   "gpu-metrics": "gpu_metrics"},
 }
 SECRETS = ("api-key", "basic-auth")
+SESSION_FIELDS = frozenset({"session_turns", "turn_input_len", "turn_output_len", "system_prompt_len", "think_time",
+                            "history", "session_header"})
 # flat fields whose file value is not the field's own type, and how to read it
 _PARSERS = {
     "rates": lambda v: parse_rates(_joined(v)),
@@ -76,6 +81,8 @@ def to_form(cfg: RunConfig) -> dict[str, Any]:
                 value = dict(value)
             if value is None or value == [] or value == {}:
                 continue
+            if name in SESSION_FIELDS and flat["dataset"] != "sessions":
+                continue  # session options only in a session run's file
             values[key] = value
         out[section] = values
     return out

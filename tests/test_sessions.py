@@ -280,3 +280,21 @@ def test_reply_counter_counts_like_the_tokenizer_and_fails_in_one_line(tok) -> N
     with pytest.raises(WorkloadError, match="the reply counter did not start within") as err:
         asyncio.run(ReplyCounter("/no/such/tokenizer").start())
     assert "\n" not in str(err.value)
+
+
+def test_a_session_result_runs_again_with_config(tmp_path: Path) -> None:
+    from loadgen import config_file
+    from loadgen.config import RunConfig
+
+    cfg = RunConfig.from_flat(backend="openai-chat", dataset="sessions", session_turns="uniform:2:6",
+                              turn_input_len="40", think_time="exponential:1.5", history="recorded",
+                              session_header="X-Session-Id")
+    form = config_file.to_form(cfg)
+    assert form["workload"]["session-turns"] == "uniform:2:6" and form["workload"]["history"] == "recorded"
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps({"run_config": form}))
+    again = RunConfig.from_flat(**config_file.read(str(path)))
+    assert again.workload.session_spec() == cfg.workload.session_spec()
+    assert again.workload.session_header == "X-Session-Id"
+    plain = config_file.to_form(RunConfig.from_flat())
+    assert "session-turns" not in plain["workload"]
