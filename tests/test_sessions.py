@@ -132,6 +132,7 @@ def test_cli_sessions_run_writes_session_figures(sim_fast, tmp_path: Path) -> No
                     "--think-time", "exponential:0.01", "--concurrency", "3", "--session-header", "X-Session-Id",
                     "--output-dir", str(tmp_path), "--no-progress")
     assert proc.returncode == 0, proc.stderr
+    assert "Sessions completed / failed / context / cut" in proc.stdout and "6 / 0 / 0 / 0" in proc.stdout
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
     sessions = result["sessions"]
     assert sessions["sessions"] == 6 and sessions["completed"] == 6
