@@ -18,6 +18,7 @@ from typing import Any
 
 from analysis.energy import energy_columns
 from analysis.prefix_cache import cache_columns
+from analysis.sessions import session_columns
 from analysis.telemetry import server_columns
 
 LOADGEN = "loadgen"
@@ -439,6 +440,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     row.update(server_columns(obj))  # server_metrics (loadgen --server-metrics)
     row.update(cache_columns(obj))  # prefix_cache (loadgen)
     row.update(energy_columns(obj))  # gpu_metrics' energy counter → J per token
+    row.update(session_columns(obj))  # sessions (loadgen --dataset-name sessions)
     return row
 
 

@@ -35,6 +35,10 @@ REPORT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 200, 256, 512, 1024)
 REPORT_LENGTHS = ((128, 128), (256, 256))
 QUICK_CONCURRENCY = (1, 4, 16, 64)
 QUICK_LENGTHS = ((128, 128),)
+# SWEEP=sessions: concurrent users, each one 4-turn conversation at a time (per-turn lengths below),
+# a shared 512-token system prompt and exponential think time (loadgen --dataset-name sessions).
+SESSIONS_CONCURRENCY = (1, 4, 16, 64)
+SESSION_ARGS = ("--session-turns", "4", "--system-prompt-len", "512", "--think-time", "exponential:1")
 RESULT_NAME = "serving_benchmark_{c}_{inp}_{out}.json"
 # How the loop reports progress (click.echo; tests pass a list's append-like collector).
 Echo = Callable[..., None]
@@ -85,6 +89,8 @@ def steady_prompts(concurrency: int, sweep: str) -> int:
     """Prompts for a steady state: 4 waves and at least 32 (report); 2 waves and at least 8 (quick)."""
     if sweep == "report":
         return max(4 * concurrency, 32)
+    if sweep == "sessions":  # sessions, not requests: two per user
+        return max(2 * concurrency, 4)
     return max(2 * concurrency, 8)
 
 
@@ -95,7 +101,7 @@ def plan_points(sweep: str, like_report: bool = False, concurrency: tuple[int, .
     ``like_report`` reproduces the field report's method: one burst of exactly
     ``concurrency`` requests per point and no warm-up.
     """
-    concs = concurrency or (REPORT_CONCURRENCY if sweep == "report" else QUICK_CONCURRENCY)
+    concs = concurrency or {"report": REPORT_CONCURRENCY, "sessions": SESSIONS_CONCURRENCY}.get(sweep, QUICK_CONCURRENCY)
     lens = lengths or (REPORT_LENGTHS if sweep == "report" else QUICK_LENGTHS)
     points = []
     for inp, out in lens:
@@ -103,7 +109,8 @@ def plan_points(sweep: str, like_report: bool = False, concurrency: tuple[int, .
             if like_report:
                 points.append(Point(c, inp, out, num_prompts=c, warmup=0))
             else:
-                points.append(Point(c, inp, out, num_prompts=steady_prompts(c, sweep), warmup=c))
+                points.append(Point(c, inp, out, num_prompts=steady_prompts(c, sweep),
+                                    warmup=0 if sweep == "sessions" else c))
     return points
 
 
@@ -208,10 +215,14 @@ def launch_facts(server: Server, engine: str) -> dict[str, str]:
 def loadgen_argv(point: Point, base_url: str, target: EngineTarget, directory: Path, like_report: bool,
                  backend: str, tokenizer: str, sweep: str) -> list[str]:
     """The loadgen command line of one point (``-P``: the working directory cannot shadow our packages)."""
+    workload = ["--dataset-name", "random", "--input-len", str(point.input_len), "--output-len", str(point.output_len)]
+    if sweep == "sessions":  # the point's lengths are per turn; sessions need the chat API
+        backend = "openai-chat"
+        workload = ["--dataset-name", "sessions", "--turn-input-len", str(point.input_len),
+                    "--turn-output-len", str(point.output_len), *SESSION_ARGS]
     argv = [
         sys.executable, "-P", "-c", "from loadgen.cli import main; main()",
-        "--base-url", base_url, "--backend", backend, "--tokenizer", tokenizer,
-        "--dataset-name", "random", "--input-len", str(point.input_len), "--output-len", str(point.output_len),
+        "--base-url", base_url, "--backend", backend, "--tokenizer", tokenizer, *workload,
         "--num-prompts", str(point.num_prompts), "--concurrency", str(point.concurrency),
         "--warmup", str(point.warmup), "--rate", "inf",
         "--output-dir", str(directory), "--result-filename", point.filename,
@@ -425,8 +436,10 @@ Examples:
 """)
 @click.version_option(package_name="loadgen", prog_name="loadgen-bench")
 @click.option("--engine", type=click.Choice(["sim", "vllm", "sglang"]), default="sim", show_default=True)
-@click.option("--sweep", type=click.Choice(["quick", "report", "capacity"]), default="quick", show_default=True,
+@click.option("--sweep", type=click.Choice(["quick", "report", "capacity", "sessions"]), default="quick",
+              show_default=True,
               help="quick: a few points in minutes; report: the field report's grid (12 concurrencies × 2 lengths); "
+                   "sessions: concurrent 4-turn conversations (1, 4, 16, 64 users; lengths per turn); "
                    "capacity: each engine's capacity under SLOs (loadgen search), side by side with intervals.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results/bench"),
               show_default=True, help="Results go to OUT/<label>/, the report to OUT/report/.")
