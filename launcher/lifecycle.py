@@ -334,10 +334,14 @@ def start_plan(
             cleanup.append(tmp)
         env.update(serve_env(work, tmp))
     argv = docker_argv or list(plan.argv)
+    # Ctrl-C or SIGTERM between the fork and the `try` below would leave a server nobody stops:
+    # held until the server is in hand, then delivered where it is stopped.
+    held = process.HeldSignals().hold()
     try:
         popen, log_offset = process.start_process([str(a) for a in argv], env, log_path,
                                                   die_with_parent=die_with_parent)
     except OSError as exc:
+        held.release()
         for path in cleanup:
             shutil.rmtree(path, ignore_errors=True)
         raise LaunchError(
@@ -358,16 +362,16 @@ def start_plan(
         _popen=popen,
     )
     spec = readiness_spec(plan)
-    if state_path is not None:
-        try:
-            _write_state(server, Path(state_path), spec.health_path, detached=not die_with_parent)
-        except OSError as exc:
-            server.stop()
-            raise LaunchError(f"cannot write the state file {state_path}: {exc.strerror or exc}; "
-                              f"give --state a file in a writable folder", signature="state") from None
-    waiter = Waiter(server.base_url, spec, log_path, popen.poll, engine=engine, on_progress=on_progress,
-                    log_offset=log_offset)
     try:
+        held.release()
+        if state_path is not None:
+            try:
+                _write_state(server, Path(state_path), spec.health_path, detached=not die_with_parent)
+            except OSError as exc:
+                raise LaunchError(f"cannot write the state file {state_path}: {exc.strerror or exc}; "
+                                  f"give --state a file in a writable folder", signature="state") from None
+        waiter = Waiter(server.base_url, spec, log_path, popen.poll, engine=engine, on_progress=on_progress,
+                        log_offset=log_offset)
         server.progress = waiter.wait(ready_timeout_s)
     except NotReady as exc:
         server.stop()

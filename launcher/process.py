@@ -17,10 +17,12 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from launcher.redact import mask_argv
 
@@ -184,6 +186,36 @@ def die_with_parent_hook() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return hook
+
+
+class HeldSignals:
+    """SIGINT and SIGTERM held over a short window (a server forked but not yet in our hands) and
+    delivered on :meth:`release`, where the caller can stop what it started. Main thread only
+    (elsewhere Python delivers no signal anyway)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        self.previous: dict[int, Any] | None = None
+
+    def hold(self) -> HeldSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
+            for sig in self.SIGNALS:
+                signal.signal(sig, lambda signum, _frame: self.pending.append(signum))
+        return self
+
+    def release(self) -> None:
+        """Restore the handlers and deliver what arrived meanwhile (idempotent)."""
+        if self.previous is None:
+            return
+        previous, self.previous = self.previous, None
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        pending, self.pending = self.pending, []
+        for sig in pending:
+            os.kill(os.getpid(), sig)
 
 
 def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
