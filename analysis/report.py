@@ -13,9 +13,8 @@ import pandas as pd
 from analysis import intervals, plots
 from analysis.checks import Issue, comparability
 from analysis.compare import Comparison, compare_labels
-from analysis.prefix_cache import ttft_plot
+from analysis.server_plots import timeline_plots, ttft_plot
 from analysis.summary import summary, write_csv
-from analysis.telemetry import timeline_plots
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 ABSENT = "—"  # a figure that was not measured (e.g. latencies of a run where nothing completed)

@@ -18,7 +18,7 @@ from launcher.sim.engine import Seq
 from launcher.sim.faults import FaultPlan
 
 if TYPE_CHECKING:
-    from launcher.sim.api import SimState
+    from launcher.sim.state import SimState
 
 DONE = b"data: [DONE]\n\n"
 
