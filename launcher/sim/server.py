@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from launcher.errors import LauncherError
 from launcher.sim.faults import FaultConfig
 from launcher.sim.profiles import ProfileError, available_profiles, load_profile
 
@@ -28,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"sim: error: {message} (see --help)\n")
 
 
-class _ArgsRefused(ValueError):
+class _ArgsRefused(LauncherError, ValueError):
     pass
 
 

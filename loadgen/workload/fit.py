@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from loadgen.errors import LoadgenError
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.pieces import PieceTable, is_space, piece_table
 
@@ -40,7 +41,7 @@ _UNSAFE_REGEX = ("(?<", "\\b", "\\B", "\\A", "\\z", "\\Z", "\\G", "^", "$")
 _SAFE_LOOKAHEAD = "(?!\\S)"
 
 
-class FitError(Exception):
+class FitError(LoadgenError):
     """One prompt could not be fitted within the iteration cap (caller words the error)."""
 
 
