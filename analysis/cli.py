@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from analysis import __version__
-from loadgen.cli_errors import OneLineErrors
+from analysis.errors import AnalysisError
+from loadgen.cli_errors import OneLineCommand
 
 EPILOG = """\b
 Examples:
@@ -24,11 +25,7 @@ else the folder name); every label is compared with the first (or --baseline).
 """
 
 
-class ReportCommand(OneLineErrors, click.Command):
-    prog = "loadgen-report"
-
-
-@click.command(cls=ReportCommand, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.command(cls=OneLineCommand, prog="loadgen-report", deliberate=(AnalysisError,), context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="loadgen-report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),

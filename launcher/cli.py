@@ -20,7 +20,9 @@ from typing import Any
 import click
 
 from launcher import __version__
+from launcher.errors import LauncherError
 from launcher.multinode_cli import multinode_options, stop_options
+from loadgen.cli_errors import OneLineGroup
 
 ENGINES = ["sim", "vllm", "sglang"]
 EPILOG = """Examples:
@@ -40,26 +42,8 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-class LaunchGroup(click.Group):
-    """Usage errors as one line (``loadgen-launch: error: ...``, exit 2), never a usage block or traceback."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        try:
-            rv = super().main(args, prog_name or "loadgen-launch", complete_var, standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            _err(f"loadgen-launch: error: {exc.format_message()}")
-            sys.exit(2)
-        except click.Abort:
-            _err("loadgen-launch: aborted")
-            sys.exit(130)
-        except click.ClickException as exc:
-            _err(f"loadgen-launch: error: {exc.format_message()}")
-            sys.exit(exc.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-@click.group(cls=LaunchGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(cls=OneLineGroup, prog="loadgen-launch", deliberate=(LauncherError,),
+             context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="loadgen-launch")
 def main() -> None:
     """Start, check, diagnose and stop inference servers (vllm, sglang, sim)."""

@@ -131,6 +131,7 @@ def _run(**opts: Any) -> None:
 
 main = LoadgenCommand(
     "search",
+    prog="loadgen-search",
     callback=_run,
     params=[*_reused_params(), *_search_params()],
     help=_run.__doc__,
