@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from analysis import __version__
 from analysis.errors import AnalysisError
 from loadgen.cli_errors import OneLineCommand
+
+if TYPE_CHECKING:
+    from analysis.report import Report
 
 EPILOG = """\b
 Examples:
@@ -98,7 +102,7 @@ def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: st
     print_summary(report, len(runs))
 
 
-def print_summary(report: object, n_runs: int) -> None:
+def print_summary(report: Report, n_runs: int) -> None:
     """Warnings first, then conclusions, then where the files are."""
     echo = click.echo
     for issue in report.issues:

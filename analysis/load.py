@@ -101,7 +101,7 @@ def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     except json.JSONDecodeError as whole:
         whole_error = whole
     lines = stripped.splitlines()
-    out = []
+    out: list[Any] = []
     for i, line in enumerate(lines):
         line = line.strip()
         if not line:

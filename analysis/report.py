@@ -88,7 +88,7 @@ def make_plots(runs: pd.DataFrame, hists: pd.DataFrame | None, plot_dir: Path) -
     return [p for p in written if p.suffix == ".png"]
 
 
-def _n(value: object) -> str:
+def _n(value: float | None) -> str:
     return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
 
 

@@ -60,8 +60,9 @@ def timeline_figure(record: Mapping[str, Any], requests: pd.DataFrame | None, ti
             ax1.plot(t, col(key), color=colour, marker=".", label=f"server {key}")
     ax1.set_ylabel("requests")
     ax1.legend(fontsize=8)
-    if col("kv_usage") is not None:
-        ax2.plot(t, col("kv_usage") * 100.0, color=PALETTE[3], marker=".", label="KV usage (%)")
+    kv_usage = col("kv_usage")
+    if kv_usage is not None:
+        ax2.plot(t, kv_usage * 100.0, color=PALETTE[3], marker=".", label="KV usage (%)")
         ax2.set_ylim(0, 105)
     ax2.set_ylabel("KV usage (%)")
     if col("preemptions") is not None:

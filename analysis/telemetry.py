@@ -43,14 +43,18 @@ def _num(value: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def server_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Run-row columns from a result's ``server_metrics`` (empty when it has none)."""
     sm = obj.get("server_metrics")
     if not isinstance(sm, Mapping) or not sm.get("scrapes"):
         return {}
-    summ = sm.get("summary") if isinstance(sm.get("summary"), Mapping) else {}
+    summ = _mapping(sm.get("summary"))
     row: dict[str, Any] = {col: _num(summ.get(key)) for col, (key, _) in SERVER_COLUMNS.items()}
-    lat = sm.get("server_latency") if isinstance(sm.get("server_latency"), Mapping) else {}
+    lat = _mapping(sm.get("server_latency"))
     ttft = _num((lat.get("ttft") or {}).get("mean_ms"))
     queue = _num((lat.get("queue") or {}).get("mean_ms"))
     row["server_mean_ttft_ms"] = ttft

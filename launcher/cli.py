@@ -127,7 +127,7 @@ def serve(engine: str, version: str | None, preset: str | None, model: str | Non
     if not quiet:
         _err(f"starting {engine}: {_shell(plan, docker_image is not None)}")
     state_path = state_path or process.default_state_path(int(plan.port))
-    stop_requested = {"sig": None}
+    stop_requested: dict[str, int | None] = {"sig": None}
 
     def on_term(signum: int, _frame: Any) -> None:
         stop_requested["sig"] = signum
@@ -374,7 +374,7 @@ def check(model: str | None, write_manifest: bool, no_manifest: bool, engine: st
         raise click.UsageError("--write-manifest and --no-manifest contradict each other; pick one")
     model_dir = Path(model).expanduser() if model else None
     if model_dir is not None and not model_dir.is_dir():
-        if engine is None or write_manifest or os.sep in model:
+        if engine is None or write_manifest or os.sep in (model or ""):
             raise click.UsageError(f"--model {model} is not a directory; give the local checkpoint folder")
         model_dir = None  # a model name: only the memory plan uses it
     if model_dir is None and engine is None:

@@ -291,7 +291,7 @@ def stats_of(values: np.ndarray, percentiles: Sequence[float]) -> Stats:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return Stats(0, None, None, None, None, None, {float(p): None for p in percentiles})
-    pct = np.percentile(v, list(percentiles)) if percentiles else []
+    pct = np.percentile(v, list(percentiles)) if percentiles else np.empty(0)
     return Stats(
         n=int(v.size),
         mean=float(v.mean()),

@@ -250,6 +250,11 @@ class Stream:
         return usage
 
 
+    def body(self) -> dict[str, Any]:
+        """The whole response of a request that did not ask to stream (each route's shape)."""
+        raise NotImplementedError
+
+
 class CompletionStream(Stream):
     kind = "completion"
 

@@ -44,6 +44,13 @@ _SAFE_LOOKAHEAD = "(?!\\S)"
 class FitError(LoadgenError):
     """One prompt could not be fitted within the iteration cap (caller words the error)."""
 
+    def __init__(self, tokens: int) -> None:
+        super().__init__(f"no prompt of {tokens} tokens fitted within the iteration cap")
+        self.tokens = tokens
+
+    def __reduce__(self) -> tuple[type[FitError], tuple[int]]:  # the same error out of a worker process
+        return FitError, (self.tokens,)
+
 
 def _strip_char_classes(pattern: str) -> str:
     """Remove ``[...]`` classes so that ``^``/``$`` inside them are not taken for anchors."""
