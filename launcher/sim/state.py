@@ -71,6 +71,7 @@ class SimState:
         self.queue_hist = m.Histogram(m.REQUEST_BUCKETS)
         self.lateness_hist = m.Histogram(m.LATENESS_BUCKETS)
         self.lateness: list[float] = []  # raw samples (bounded), for exact percentiles in /sim/stats
+        self.model_time = 0.0  # seconds of steps the timing model planned: what lateness is compared with
         self.finished: Counter[str] = Counter()
         self.faults_injected: Counter[str] = Counter()
         self.chunks_sent = 0
@@ -113,7 +114,9 @@ class SimState:
                     lateness.append(late)
                 if late > 0.25:  # hopelessly behind (machine stalled): re-anchor instead of bursting
                     next_start = now
-                deadline = next_start + engine.plan(now)
+                planned = engine.plan(now)
+                self.model_time += planned
+                deadline = next_start + planned
             for seq in emitted:
                 sink = seq.sink
                 if sink is not None:
