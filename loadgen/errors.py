@@ -12,6 +12,7 @@ or "it failed" (``RuntimeError``) still catch them::
     ├── TokenizerError (ValueError)      workload/tokenizer.py: a tokenizer that cannot be loaded
     ├── ChatTemplateError (ValueError)   workload/chat_template.py: messages the template cannot render
     ├── FitError                         workload/fit.py: one prompt not fitted (the caller words it)
+    ├── PeerFlagError (ValueError)       peer_flags.py: a vLLM/SGLang benchmark flag refused, or a bad value
     ├── SearchError (ValueError)         capacity.py: a bad search specification
     ├── PreflightError (RuntimeError)    sweep.py: the server failed a check before the run
     ├── ServerLost (RuntimeError)        search.py: the server stopped answering mid-search (exit 3)
