@@ -9,29 +9,14 @@ it, so that a comparison can print them first and qualify its conclusions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import pandas as pd
 
-LENGTH_TOLERANCE = 0.02  # measured mean within 2 % of the asked length counts as on target
+from analysis.issues import Issue
+from analysis.prefix_cache import check_cache
+from analysis.telemetry import check_server
 
-# Which figures each kind of difference distorts (used to qualify conclusions).
-AFFECTS: dict[str, tuple[str, ...]] = {
-    "ignore_eos": ("output_throughput", "tpot", "e2el", "input_throughput"),
-    "output_len": ("output_throughput", "tpot", "e2el", "input_throughput"),
-    "input_len": ("ttft", "input_throughput", "output_throughput"),
-    "dataset": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
-    "burst": ("ttft", "e2el"),
-    "engine_settings": ("output_throughput", "tpot", "itl", "ttft", "e2el", "input_throughput"),
-    "client_saturated": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
-    "prompt_mismatch": ("ttft", "input_throughput"),
-    "partial": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
-    "model": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
-    "client": ("ttft", "input_throughput"),
-    "warm_prefix_cache": ("output_throughput", "ttft", "e2el", "input_throughput"),
-    "reasoning": ("ttft", "tpot", "e2el", "output_throughput"),
-    "no_answer": ("ttfa",),
-}
+LENGTH_TOLERANCE = 0.02  # measured mean within 2 % of the asked length counts as on target
 
 _CLIENT_NAMES = {"loadgen": "loadgen", "vllm": "vLLM's benchmark_serving", "sglang": "SGLang's bench_serving"}
 
@@ -43,23 +28,6 @@ _SETTING_NAMES = {
     "engine_max_num_seqs": "max running requests",
     "engine_chunked_prefill": "chunked prefill",
 }
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One comparability problem. ``severity`` is ``warning`` (distorts figures) or ``note``."""
-
-    kind: str
-    severity: str
-    message: str
-    labels: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def affects(self) -> tuple[str, ...]:
-        return AFFECTS.get(self.kind, ())
-
-    def __str__(self) -> str:
-        return f"{self.severity.upper()}: {self.message}"
 
 
 def _labels(runs: pd.DataFrame) -> list[str]:
@@ -302,10 +270,6 @@ def comparability(runs: pd.DataFrame) -> list[Issue]:
     issues += check_engine_settings(runs)
     issues += check_client(runs)
     issues += check_reasoning(runs)
-    from analysis.telemetry import check_server  # it builds on Issue: imported here, not at the top
-
     issues += check_server(runs)
-    from analysis.prefix_cache import check_cache
-
     issues += check_cache(runs)
     return sorted(issues, key=lambda i: i.severity != "warning")

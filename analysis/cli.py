@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from analysis import __version__
-from loadgen.cli_errors import OneLineErrors
+from analysis.errors import AnalysisError
+from loadgen.cli_errors import OneLineCommand
+
+if TYPE_CHECKING:
+    from analysis.report import Report
 
 EPILOG = """\b
 Examples:
@@ -24,11 +29,7 @@ else the folder name); every label is compared with the first (or --baseline).
 """
 
 
-class ReportCommand(OneLineErrors, click.Command):
-    prog = "loadgen-report"
-
-
-@click.command(cls=ReportCommand, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.command(cls=OneLineCommand, prog="loadgen-report", deliberate=(AnalysisError,), context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="loadgen-report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -101,7 +102,7 @@ def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: st
     print_summary(report, len(runs))
 
 
-def print_summary(report: object, n_runs: int) -> None:
+def print_summary(report: Report, n_runs: int) -> None:
     """Warnings first, then conclusions, then where the files are."""
     echo = click.echo
     for issue in report.issues:

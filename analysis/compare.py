@@ -15,6 +15,7 @@ every point of its stretch; where they overlap it is "not supported by the data"
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -96,7 +97,7 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
 
-def _fmt_len(value: object) -> str:
+def _fmt_len(value: float | None) -> str:
     return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
 
 
@@ -193,7 +194,7 @@ def _overlaps(group: pd.DataFrame, col: str, first: int, last: int) -> list[int]
     return out
 
 
-def conclusions(tab: pd.DataFrame, a: str, b: str, issues: list[Issue] = (),
+def conclusions(tab: pd.DataFrame, a: str, b: str, issues: Sequence[Issue] = (),
                 ci: pd.DataFrame | None = None) -> list[Conclusion]:
     """Statements that hold over consecutive concurrencies, qualified by the issues that distort them.
 
@@ -249,7 +250,7 @@ def _ratio_phrase(ratios: list[float], concs: list[float]) -> tuple[str, str]:
 QUALIFYING_KINDS = ("engine_settings",)
 
 
-def _caveats(issues: list[Issue], family: str, labels: tuple[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _caveats(issues: Sequence[Issue], family: str, labels: tuple[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(issues that make a conclusion about ``family`` unsupported, issues that only qualify it)."""
     relevant = [i for i in issues if i.severity == "warning" and family in i.affects
                 and (not i.labels or set(labels) & set(i.labels))]

@@ -13,13 +13,15 @@ import math
 
 import pandas as pd
 
+from analysis.errors import AnalysisError
+
 SUMMARY_COLUMNS = {
     "usd_per_m_output_tokens": "$/M output tokens",
     "usd_per_m_total_tokens": "$/M total tokens",
 }
 
 
-class CostError(ValueError):
+class CostError(AnalysisError, ValueError):
     """A price or GPU count that cannot give a cost; the message says what to pass."""
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from analysis.energy import energy_columns
+from analysis.errors import AnalysisError
 from analysis.prefix_cache import cache_columns
 from analysis.sessions import session_columns
 from analysis.telemetry import server_columns
@@ -72,7 +73,7 @@ _ENGINE_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-class FormatError(ValueError):
+class FormatError(AnalysisError, ValueError):
     """A record that none of the known producers wrote; the message names the file and the fix."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.errors import AnalysisError
 from analysis.regression import (
     IMPROVEMENT,
     REGRESSION,
@@ -46,7 +47,7 @@ EXIT_USAGE = 2
 EXIT_NOT_JUDGED = 3
 
 
-class NotComparable(ValueError):
+class NotComparable(AnalysisError, ValueError):
     """BASE and NEW measured different things; the message is one line naming the difference."""
 
 

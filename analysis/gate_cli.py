@@ -15,8 +15,9 @@ from pathlib import Path
 import click
 
 from analysis import __version__
+from analysis.errors import AnalysisError
 from analysis.regression import BY_KEY, METRICS
-from loadgen.cli_errors import OneLineErrors
+from loadgen.cli_errors import OneLineCommand
 
 EPILOG = """\b
 Examples:
@@ -30,10 +31,6 @@ Exit codes: 0 pass; 1 a gated metric regressed beyond --threshold (its whole
 95 % interval lies beyond it); 2 bad input or runs not comparable;
 3 a gated metric could not be judged (no interval).
 """
-
-
-class CompareCommand(OneLineErrors, click.Command):
-    prog = "loadgen-compare"
 
 
 def parse_threshold(text: str) -> float:
@@ -57,7 +54,7 @@ def parse_metrics(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys)) or tuple(BY_KEY)
 
 
-@click.command(cls=CompareCommand, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.command(cls=OneLineCommand, prog="loadgen-compare", deliberate=(AnalysisError,), context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="loadgen-compare")
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))

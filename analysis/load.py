@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import hdr, peers
+from analysis.errors import AnalysisError
 from analysis.formats import METRICS, FormatError, json_repr, normalize
 
 PathLike = str | os.PathLike[str]
@@ -25,7 +26,7 @@ PathLike = str | os.PathLike[str]
 RUN_ORDER = ["label", "engine", "engine_version", "concurrency", "input_len", "output_len"]
 
 
-class LoadError(ValueError):
+class LoadError(AnalysisError, ValueError):
     """A path that cannot be read as results; the message names it and says what to do."""
 
 
@@ -49,7 +50,7 @@ class Skipped:
         return f"{self.path}: {self.reason}"
 
 
-class _Unusable(Exception):
+class _Unusable(AnalysisError):
     """A file that cannot be read as result records; the message is the reason."""
 
 
@@ -100,7 +101,7 @@ def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     except json.JSONDecodeError as whole:
         whole_error = whole
     lines = stripped.splitlines()
-    out = []
+    out: list[Any] = []
     for i, line in enumerate(lines):
         line = line.strip()
         if not line:

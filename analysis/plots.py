@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -25,7 +26,7 @@ INK = "#8A8A8A"  # readable on white and on near-black
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
-_RC = {
+_RC: dict[str, Any] = {
     "figure.facecolor": "none",
     "axes.facecolor": "none",
     "savefig.facecolor": "none",
@@ -57,7 +58,7 @@ def style() -> Iterator[None]:
     backend switches interactive mode on then; that switch must survive the
     block, or later figures are never shown.
     """
-    with plt.rc_context(_RC):
+    with plt.rc_context(cast("dict[Any, Any]", _RC)):  # matplotlib's stubs name every key
         yield
         interactive = matplotlib.is_interactive()
     matplotlib.interactive(interactive)
@@ -81,7 +82,7 @@ def _series(runs: pd.DataFrame) -> list[tuple[str, str, str, str, pd.DataFrame]]
     return out
 
 
-def _len(value: object) -> str:
+def _len(value: float | None) -> str:
     return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
 
 

@@ -1,5 +1,6 @@
 """Prefix-cache figures of a set of runs: the client's hit rate column, the warm-cache
-warning as a comparability issue, and TTFT against the cached fraction of each prompt.
+warning as a comparability issue, and the cached fraction of each prompt (drawn against TTFT by
+:mod:`analysis.server_plots`).
 
 A loadgen result carries ``prefix_cache`` (client and server hit rates, the warning
 for a cache-cold workload that hit a warm cache); the server's hit rate comes in
@@ -8,15 +9,13 @@ through :mod:`analysis.telemetry` like every other server figure.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.checks import Issue
+from analysis.issues import Issue
 
 CLIENT_COLUMN = "client_prefix_hit_rate"
 WARNING_COLUMN = "prefix_cache_warning"
@@ -62,45 +61,3 @@ def cached_fraction(requests: pd.DataFrame) -> pd.Series:
     cached = pd.to_numeric(requests["cached_tokens"], errors="coerce")
     prompt = pd.to_numeric(requests.get("server_prompt_tokens"), errors="coerce").fillna(requests["input_len"])
     return (cached / prompt).where(cached >= 0)
-
-
-def ttft_plot(runs: pd.DataFrame, plot_dir: Path) -> list[Path]:
-    """TTFT against the cached fraction of the prompt, every run that reported cached tokens."""
-    from analysis.load import requests_of
-    from analysis.plots import PALETTE, _new, save, style
-
-    if CLIENT_COLUMN not in runs.columns:
-        return []
-    reported = runs[runs[CLIENT_COLUMN].notna()]
-    if reported.empty:
-        return []
-    with style():
-        fig, ax = _new("TTFT vs cached fraction of the prompt")
-        drawn = 0
-        for i, row in enumerate(reported.itertuples()):
-            path = Path(str(row.path))
-            try:
-                frame = requests_of(path, json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                continue
-            frame = frame[frame.get("ok", True).astype(bool)] if "ok" in frame.columns else frame
-            frac = cached_fraction(frame)
-            keep = frac.notna() & frame["ttft_ms"].notna()
-            if not keep.any():
-                continue
-            sample = frame[keep].sample(min(int(keep.sum()), PLOT_SAMPLE), random_state=0)
-            conc = "unl." if pd.isna(row.concurrency) else int(row.concurrency)
-            ax.scatter(frac[sample.index] * 100, sample["ttft_ms"], s=6, alpha=0.5,
-                       color=PALETTE[i % len(PALETTE)], label=f"{row.label} c={conc}")
-            drawn += 1
-        if not drawn:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-            return []
-        ax.set_xlabel("cached share of the prompt (%)")
-        ax.set_ylabel("TTFT (ms)")
-        ax.set_xlim(-2, 102)
-        ax.set_ylim(bottom=0)
-        ax.legend(markerscale=2)
-    return save(fig, plot_dir, "ttft_vs_cached_fraction")

@@ -13,9 +13,8 @@ import pandas as pd
 from analysis import intervals, plots
 from analysis.checks import Issue, comparability
 from analysis.compare import Comparison, compare_labels
-from analysis.prefix_cache import ttft_plot
+from analysis.server_plots import timeline_plots, ttft_plot
 from analysis.summary import summary, write_csv
-from analysis.telemetry import timeline_plots
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 ABSENT = "—"  # a figure that was not measured (e.g. latencies of a run where nothing completed)
@@ -91,7 +90,7 @@ def make_plots(runs: pd.DataFrame, hists: pd.DataFrame | None, plot_dir: Path) -
     return [p for p in written if p.suffix == ".png"]
 
 
-def _n(value: object) -> str:
+def _n(value: float | None) -> str:
     return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
 
 

@@ -9,18 +9,13 @@ point with the client's view beside the server's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.checks import Issue
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from analysis.issues import Issue
 
 # run-row column → (where in server_metrics.summary, summary-table name)
 SERVER_COLUMNS: dict[str, tuple[str, str]] = {
@@ -48,14 +43,18 @@ def _num(value: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def server_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Run-row columns from a result's ``server_metrics`` (empty when it has none)."""
     sm = obj.get("server_metrics")
     if not isinstance(sm, Mapping) or not sm.get("scrapes"):
         return {}
-    summ = sm.get("summary") if isinstance(sm.get("summary"), Mapping) else {}
+    summ = _mapping(sm.get("summary"))
     row: dict[str, Any] = {col: _num(summ.get(key)) for col, (key, _) in SERVER_COLUMNS.items()}
-    lat = sm.get("server_latency") if isinstance(sm.get("server_latency"), Mapping) else {}
+    lat = _mapping(sm.get("server_latency"))
     ttft = _num((lat.get("ttft") or {}).get("mean_ms"))
     queue = _num((lat.get("queue") or {}).get("mean_ms"))
     row["server_mean_ttft_ms"] = ttft
@@ -119,102 +118,3 @@ def client_in_flight(requests: pd.DataFrame, t_s: np.ndarray) -> np.ndarray:
     ok = np.isfinite(sent)
     sent, last = np.sort(sent[ok]), np.sort(np.where(np.isfinite(last[ok]), last[ok], np.inf))
     return np.searchsorted(sent, t_s, side="right") - np.searchsorted(last, t_s, side="right")
-
-
-def _requests_of(path: Path, record: Mapping[str, Any]) -> pd.DataFrame | None:
-    from analysis.load import LoadError, requests_of
-
-    try:
-        frame = requests_of(path, record)
-    except LoadError:  # a damaged store: named by the loader; the timeline goes without the client's view
-        return None
-    if frame.empty or "sent_ms" not in frame.columns:
-        return None
-    if "warmup" in frame.columns:
-        frame = frame[~frame["warmup"].fillna(False).astype(bool)]
-    return frame
-
-
-def timeline_figure(record: Mapping[str, Any], requests: pd.DataFrame | None, title: str) -> Figure | None:
-    """Three panels over time: in flight vs server running/waiting; KV usage and preemptions;
-    client latencies per request vs the server's per interval. None without a timeline."""
-    from matplotlib.figure import Figure
-
-    from analysis.plots import PALETTE
-
-    tl = (record.get("server_metrics") or {}).get("timeline") or {}
-    if not tl.get("t_s"):
-        return None
-    t = np.asarray(tl["t_s"], dtype=float)
-
-    def col(key: str) -> np.ndarray | None:
-        vals = tl.get(key)
-        return None if vals is None else np.asarray([np.nan if v is None else v for v in vals], dtype=float)
-
-    fig = Figure(figsize=(8.0, 7.0))
-    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
-    fig.suptitle(title)
-    if requests is not None and "sent_ms" in requests.columns:
-        grid = np.linspace(min(t.min(), 0.0), t.max(), 400)
-        ax1.plot(grid, client_in_flight(requests, grid), color=PALETTE[0], label="client in flight")
-    elif col("client_in_flight") is not None:
-        ax1.plot(t, col("client_in_flight"), color=PALETTE[0], label="client in flight")
-    for key, colour in (("running", PALETTE[1]), ("waiting", PALETTE[2])):
-        if col(key) is not None:
-            ax1.plot(t, col(key), color=colour, marker=".", label=f"server {key}")
-    ax1.set_ylabel("requests")
-    ax1.legend(fontsize=8)
-    if col("kv_usage") is not None:
-        ax2.plot(t, col("kv_usage") * 100.0, color=PALETTE[3], marker=".", label="KV usage (%)")
-        ax2.set_ylim(0, 105)
-    ax2.set_ylabel("KV usage (%)")
-    if col("preemptions") is not None:
-        twin = ax2.twinx()
-        twin.plot(t, col("preemptions"), color=PALETTE[4], linestyle="--", label="preemptions (cumulative)")
-        twin.set_ylabel("preemptions")
-        twin.grid(False)
-        twin.legend(fontsize=8, loc="lower right")
-    ax2.legend(fontsize=8, loc="upper left")
-    if requests is not None and {"sent_ms", "ttft_ms"} <= set(requests.columns):
-        ax3.scatter(pd.to_numeric(requests["sent_ms"], errors="coerce") / 1000.0,
-                    pd.to_numeric(requests["ttft_ms"], errors="coerce"), s=4, color=PALETTE[0],
-                    alpha=0.5, label="client TTFT (at send)")
-    if col("server_ttft_ms") is not None:
-        ax3.plot(t, col("server_ttft_ms"), color=PALETTE[1], marker=".", label="server TTFT (interval mean)")
-    if col("server_itl_ms") is not None:
-        ax3.plot(t, col("server_itl_ms"), color=PALETTE[2], marker=".", label="server ITL (interval mean)")
-    ax3.set_ylabel("ms")
-    ax3.set_xlabel("seconds from the start of the point")
-    ax3.legend(fontsize=8)
-    return fig
-
-
-def timeline_plots(runs: pd.DataFrame, plot_dir: Path) -> list[Path]:
-    """One timeline figure per run that recorded server metrics; returns the files written."""
-    from analysis.plots import save, style
-
-    if "has_server_timeline" not in runs.columns:
-        return []
-    written: list[Path] = []
-    for row in runs[runs["has_server_timeline"].fillna(False).astype(bool)].itertuples():
-        path = Path(str(row.path))
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        conc = "unl." if pd.isna(row.concurrency) else int(row.concurrency)
-        title = f"{row.label}: concurrency {conc}, {_len(row.input_len)} in / {_len(row.output_len)} out"
-        with style():
-            fig = timeline_figure(record, _requests_of(path, record), title)
-            if fig is not None:
-                stem = f"timeline_{_safe(str(row.label))}_c{conc}_{_len(row.input_len)}x{_len(row.output_len)}"
-                written += save(fig, plot_dir, stem)
-    return written
-
-
-def _len(value: Any) -> str:
-    return "?" if value is None or pd.isna(value) else str(int(value))
-
-
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)

@@ -20,7 +20,9 @@ from typing import Any
 import click
 
 from launcher import __version__
+from launcher.errors import LauncherError
 from launcher.multinode_cli import multinode_options, stop_options
+from loadgen.cli_errors import OneLineGroup
 
 ENGINES = ["sim", "vllm", "sglang"]
 EPILOG = """Examples:
@@ -40,26 +42,8 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-class LaunchGroup(click.Group):
-    """Usage errors as one line (``loadgen-launch: error: ...``, exit 2), never a usage block or traceback."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        try:
-            rv = super().main(args, prog_name or "loadgen-launch", complete_var, standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            _err(f"loadgen-launch: error: {exc.format_message()}")
-            sys.exit(2)
-        except click.Abort:
-            _err("loadgen-launch: aborted")
-            sys.exit(130)
-        except click.ClickException as exc:
-            _err(f"loadgen-launch: error: {exc.format_message()}")
-            sys.exit(exc.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-@click.group(cls=LaunchGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(cls=OneLineGroup, prog="loadgen-launch", deliberate=(LauncherError,),
+             context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="loadgen-launch")
 def main() -> None:
     """Start, check, diagnose and stop inference servers (vllm, sglang, sim)."""
@@ -143,7 +127,7 @@ def serve(engine: str, version: str | None, preset: str | None, model: str | Non
     if not quiet:
         _err(f"starting {engine}: {_shell(plan, docker_image is not None)}")
     state_path = state_path or process.default_state_path(int(plan.port))
-    stop_requested = {"sig": None}
+    stop_requested: dict[str, int | None] = {"sig": None}
 
     def on_term(signum: int, _frame: Any) -> None:
         stop_requested["sig"] = signum
@@ -390,7 +374,7 @@ def check(model: str | None, write_manifest: bool, no_manifest: bool, engine: st
         raise click.UsageError("--write-manifest and --no-manifest contradict each other; pick one")
     model_dir = Path(model).expanduser() if model else None
     if model_dir is not None and not model_dir.is_dir():
-        if engine is None or write_manifest or os.sep in model:
+        if engine is None or write_manifest or os.sep in (model or ""):
             raise click.UsageError(f"--model {model} is not a directory; give the local checkpoint folder")
         model_dir = None  # a model name: only the memory plan uses it
     if model_dir is None and engine is None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from launcher import process
 from launcher.diagnose import Finding, LogScanner
+from launcher.errors import LauncherError
 from launcher.multinode import MultiNodePlan, NodeCommand
 from launcher.readiness import LogTail, Waiter
 from launcher.transport import LocalTransport, alive_script, parse_pgid, start_script, stop_script
@@ -30,7 +31,7 @@ from launcher.transport import LocalTransport, alive_script, parse_pgid, start_s
 LineSink = Callable[[str, str], Any]  # (label, line)
 
 
-class ClusterError(RuntimeError):
+class ClusterError(LauncherError, RuntimeError):
     """A multi-node start failed; the message names the node, what happened and the fix. Nothing is left running."""
 
     def __init__(self, message: str, label: str | None = None, signature: str | None = None) -> None:

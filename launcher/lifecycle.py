@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from launcher import preflight, process
 from launcher.diagnose import last_error_line
+from launcher.errors import LauncherError
 from launcher.readiness import NotReady, Progress, ReadinessSpec, Waiter
 
 if TYPE_CHECKING:
     from launcher.plan import Plan
 
 
-class LaunchError(RuntimeError):
+class LaunchError(LauncherError, RuntimeError):
     """The server did not come up. The message is one line: what, the usual fix, the reference."""
 
     def __init__(self, message: str, log_path: Path | None = None, signature: str | None = None) -> None:

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import LauncherError
+
 GIB = 1 << 30
 
 # Assumptions shared by the rules; each is printed with the plan so a reader can judge it.
@@ -49,7 +51,7 @@ _REPLICATED_MARKERS = ("q_a_proj", "kv_a_proj_with_mqa", "norm", "mlp.gate.weigh
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-class MemoryInputError(ValueError):
+class MemoryInputError(LauncherError, ValueError):
     """The inputs cannot give a memory plan; the message names what is missing and how to supply it."""
 
 

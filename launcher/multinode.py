@@ -260,9 +260,11 @@ def parallel_sizes(engine: str, mode: str, options: dict[str, Any], nodes: int, 
         if tp is None and pp is None:
             tp, pp = gpus, nodes
         elif tp is None:
-            tp = total // pp  # type: ignore[operator]
+            assert pp is not None
+            tp = total // pp
         elif pp is None:
             pp = max(1, total // tp)
+        assert tp is not None and pp is not None
         if tp * pp != total:
             raise PlanError(
                 f"tensor parallel {tp} x pipeline parallel {pp} = {tp * pp} GPUs, but {nodes} nodes x {gpus} GPUs = {total}; "
@@ -382,7 +384,7 @@ def build_multinode_plan(
     if gpus < 1:
         raise PlanError(f"--gpus-per-node {gpus}: give 1 or more")
     ports = {**multinode_data()["ports"], **(ports or {})}
-    common = dict(version=version, preset=preset, model=model, host=host, docker_image=docker_image, python=python,
+    common: dict[str, Any] = dict(version=version, preset=preset, model=model, host=host, docker_image=docker_image, python=python,
                   engine_bin=engine_bin, served_model_name=served_model_name, host_facts=("", ""))
     if engine == "sim":
         return _sim_plan(addrs, port, extra_args, common, warnings)

@@ -140,7 +140,7 @@ def serve_multinode(mn: dict, kw: dict) -> None:
         if not quiet:
             _err(f"[{label}] {line}")
 
-    stop_requested = {"sig": None}
+    stop_requested: dict[str, int | None] = {"sig": None}
 
     def on_term(signum: int, _frame: Any) -> None:
         stop_requested["sig"] = signum
@@ -271,7 +271,7 @@ def stop_options(fn: Any) -> Any:
         if state_path is not None and is_cluster_state(Path(state_path)):
             paths = [Path(state_path)]
         else:
-            paths = cluster_state_paths(port, all_)
+            paths = cluster_state_paths(port, bool(all_))
         if not paths:
             return fn(**kwargs)
         failed = False

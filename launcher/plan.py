@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from launcher import __version__ as launcher_version
 from launcher.engines import sglang as sglang_engine
@@ -26,7 +26,7 @@ from launcher.engines import sim as sim_engine
 from launcher.engines import vllm as vllm_engine
 from launcher.engines.base import ReadinessSpec, engine_data, entry_argv, readiness_for, translate
 from launcher.engines.errors import PlanError
-from launcher.engines.flags import FlagSet, ParsedOpt, load_flagset, parse_args, render_opt
+from launcher.engines.flags import FlagSet, ParsedOpt, listed, load_flagset, parse_args, render_opt
 from launcher.engines.versions import ENGINES, detect_version, known_versions, resolve_version
 from launcher.paths import project_root
 from launcher.redact import is_secret_env
@@ -45,8 +45,15 @@ __all__ = [
 ]
 
 _ENGINE_MODULES = {"vllm": vllm_engine, "sglang": sglang_engine, "sim": sim_engine}
+class _Managed(TypedDict):
+    model: tuple[str, ...]
+    host: str
+    port: str
+    served: str
+
+
 # Flags the plan sets itself from its own arguments; a preset may not fight over them.
-_MANAGED = {
+_MANAGED: dict[str, _Managed] = {
     "vllm": {"model": ("--model", "model_tag"), "host": "--host", "port": "--port", "served": "--served-model-name"},
     "sglang": {"model": ("--model-path",), "host": "--host", "port": "--port", "served": "--served-model-name"},
 }
@@ -386,7 +393,7 @@ def build_plan(
     for o in opts:
         if o.flag.kind == "append" and o.flag.name in final:
             prev = final[o.flag.name]
-            final[o.flag.name] = ParsedOpt(o.flag, [*prev.value, *o.value], o.spelled)  # type: ignore[list-item]
+            final[o.flag.name] = ParsedOpt(o.flag, [*listed(prev.value), *listed(o.value)], o.spelled)
         else:
             final.pop(o.flag.name, None)
             final[o.flag.name] = o

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.errors import LauncherError
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 MANIFEST_NAME = "checkpoint.sha256"
@@ -84,7 +86,7 @@ class CheckpointReport:
         return head + f" — {len(self.problems)} problem(s)"
 
 
-class HeaderError(ValueError):
+class HeaderError(LauncherError, ValueError):
     pass
 
 
@@ -102,7 +104,7 @@ def read_header(path: Path) -> tuple[int, dict]:
         raise HeaderError(f"header is cut short ({len(raw)} of {header_len} bytes)")
     try:
         header = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise HeaderError(f"header is not valid JSON ({exc.msg} at byte {exc.pos})") from None
     if not isinstance(header, dict):
         raise HeaderError("header is not a JSON object")
@@ -324,4 +326,4 @@ def run_preflight(
 
 def looks_like_local_checkpoint(model: str | None) -> bool:
     """Preflight applies only to a local directory (not a hub name or a path inside a container)."""
-    return bool(model) and Path(model).expanduser().is_dir()
+    return model is not None and bool(model) and Path(model).expanduser().is_dir()

@@ -22,6 +22,7 @@ from typing import Any
 
 from launcher.diagnose import Finding, LogScanner
 from launcher.engines.base import ReadinessSpec
+from launcher.errors import LauncherError
 
 __all__ = ["LogTail", "NotReady", "Progress", "ReadinessSpec", "Waiter", "http_status", "parse_progress"]
 
@@ -124,7 +125,7 @@ def http_status(url: str, timeout_s: float = 2.0) -> int | None:
         return None
 
 
-class NotReady(Exception):
+class NotReady(LauncherError):
     """The wait ended without readiness. ``reason`` is exited | fatal | timeout | interrupted."""
 
     def __init__(self, reason: str, message: str, finding: Finding | None = None, exit_code: int | None = None) -> None:

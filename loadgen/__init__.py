@@ -30,7 +30,7 @@ _LAZY = {
     "ArrivalSpec": "loadgen.schedule",
     "release_offsets": "loadgen.schedule",
     "per_request": "loadgen.metrics",
-    "summarize": "loadgen.metrics",
+    "summarize": "loadgen.aggregate",
     "load_result": "loadgen.results",
     "read_hlog": "loadgen.hdr",
     "histogram_of": "loadgen.hdr",

@@ -38,6 +38,7 @@ from loadgen.metrics import (
     Stats,
     Summary,
     good_mask,
+    max_in_flight,
     per_request,
 )
 from loadgen.records import RequestRecord
@@ -353,3 +354,25 @@ class Aggregate:
             reasoning_tokens_source=dict(self.reasoning_sources),
             unrecognised_fields=dict(self.unrecognised_fields),
         )
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    start_ns: int,
+    end_ns: int,
+    *,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    goodput_slos_ms: Mapping[str, float] | None = None,
+    lag_samples_ns: Sequence[int] = (),
+    saturation_lag_p99_ms: float = SATURATION_LAG_P99_MS,
+) -> Summary:
+    """Every aggregate of one point from records held in memory (warm-up ones are skipped).
+
+    The same arithmetic as a streamed run: one batch through :class:`Aggregate`.
+    """
+    measured = [r for r in records if not r.warmup]
+    agg = Aggregate(goodput_slos_ms=goodput_slos_ms, inline_limit=0)
+    agg.add(measured)
+    return agg.summary(start_ns, end_ns, percentiles=percentiles, lag_samples_ns=lag_samples_ns,
+                       max_concurrency_observed=max_in_flight(measured),
+                       saturation_lag_p99_ms=saturation_lag_p99_ms)

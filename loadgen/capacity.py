@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from loadgen.errors import LoadgenError
+
 OVER = ("rate", "concurrency")
 SLO_METRICS = ("ttft", "tpot", "e2el", "queue", "ttfa")
 LOG_MARGIN_CLIP = 3.0  # margins beyond e^±3 (20×) say "far off" and nothing more
@@ -43,7 +45,7 @@ _SLO = re.compile(
 )
 
 
-class SearchError(ValueError):
+class SearchError(LoadgenError, ValueError):
     """A bad search specification; the message is one line with the fix."""
 
 

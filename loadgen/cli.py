@@ -77,10 +77,6 @@ class LoadgenCommand(OneLineErrors, click.Command):
 
     def main(self, args: Any = None, *rest: Any, **extra: Any) -> Any:
         args = list(sys.argv[1:] if args is None else args)
-        if self.name != "search" and args[:1] == ["search"]:
-            from loadgen.search_cli import main as search_main  # ``loadgen search ...``: the capacity search
-
-            return search_main.main(args[1:], "loadgen search")
         plugged = plugged_command(args[0]) if args and not args[0].startswith("-") and self.name != "search" else None
         if plugged is not None:
             return plugged.main(args[1:], f"loadgen {args[0]}")
@@ -88,8 +84,9 @@ class LoadgenCommand(OneLineErrors, click.Command):
 
 
 def plugged_command(name: str) -> Any:
-    """A subcommand another installed package registers in the ``loadgen.commands`` entry-point group
-    (``loadgen compare`` comes from analysis so): loadgen names no package it must not import."""
+    """A subcommand registered in the ``loadgen.commands`` entry-point group: ``loadgen compare``
+    comes from analysis so (loadgen names no package it must not import), and ``loadgen search``
+    too, since the search command builds on this one."""
     from importlib.metadata import entry_points
 
     found = entry_points(group="loadgen.commands", name=name)
@@ -259,7 +256,7 @@ def main(**opts: Any) -> None:
     # piped output (CI logs) gets a fixed, wide layout instead of rich's 80 columns
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     progress_console = Console(stderr=True)
-    from loadgen.sweep import PreflightError, run_all
+    from loadgen.sweep import PreflightError, run_all  # late: cold start (perf/footprint.py startup)
     from loadgen.workload.errors import WorkloadError
 
     interrupts.install()

@@ -73,7 +73,7 @@ def is_cert_error(exc: BaseException | None) -> bool:
 
 def cert_error_message(url: str, exc: BaseException | None) -> str:
     """One line for a refused certificate: what failed and the two ways forward."""
-    reason = next((e.verify_message for e in _chain(exc) if getattr(e, "verify_message", None)),
+    reason = next((str(getattr(e, "verify_message", "")) for e in _chain(exc) if getattr(e, "verify_message", None)),
                   "certificate verify failed")
     return (
         f"TLS certificate verification failed for {mask_url(url)} ({reason}): trust its CA with "

@@ -1,7 +1,7 @@
 """From request records to figures: pure functions, numpy, no I/O.
 
 records ──► :func:`per_request` (one row per request, flat ITL array)
-        ──► :func:`summarize` (counts, throughputs, stats per metric, goodput,
+        ──► :func:`loadgen.aggregate.summarize` (counts, throughputs, stats per metric, goodput,
             errors by kind, prompt-token mismatches, loop lag)
 
 Definitions (ARCHITECTURE.md, "Metrics contract"):
@@ -291,7 +291,7 @@ def stats_of(values: np.ndarray, percentiles: Sequence[float]) -> Stats:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return Stats(0, None, None, None, None, None, {float(p): None for p in percentiles})
-    pct = np.percentile(v, list(percentiles)) if percentiles else []
+    pct = np.percentile(v, list(percentiles)) if percentiles else np.empty(0)
     return Stats(
         n=int(v.size),
         mean=float(v.mean()),
@@ -331,31 +331,6 @@ def max_in_flight(records: Sequence[RequestRecord]) -> int:
     ev.sort(key=lambda e: (e[0], e[1]))
     arr = np.cumsum([d for _, d in ev])
     return int(arr.max())
-
-
-def summarize(
-    records: Sequence[RequestRecord],
-    start_ns: int,
-    end_ns: int,
-    *,
-    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-    goodput_slos_ms: Mapping[str, float] | None = None,
-    lag_samples_ns: Sequence[int] = (),
-    saturation_lag_p99_ms: float = SATURATION_LAG_P99_MS,
-) -> Summary:
-    """Every aggregate of one point from records held in memory (warm-up ones are skipped).
-
-    The same arithmetic as a streamed run: one batch through
-    :class:`loadgen.aggregate.Aggregate`.
-    """
-    from loadgen.aggregate import Aggregate
-
-    measured = [r for r in records if not r.warmup]
-    agg = Aggregate(goodput_slos_ms=goodput_slos_ms, inline_limit=0)
-    agg.add(measured)
-    return agg.summary(start_ns, end_ns, percentiles=percentiles, lag_samples_ns=lag_samples_ns,
-                       max_concurrency_observed=max_in_flight(measured),
-                       saturation_lag_p99_ms=saturation_lag_p99_ms)
 
 
 def percentile_key(p: float) -> str:

@@ -39,6 +39,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from loadgen import interrupts
+from loadgen.errors import LoadgenError
 from loadgen.interrupts import SIGNALS
 from loadgen.store import StoreFiles
 from loadgen.workers import (
@@ -56,7 +57,7 @@ INSTALL_HINT = "pip install 'loadgen[ray]'"
 RAY_START_MARGIN_S = 0.25  # the start messages cross the network: more room than local pipes
 
 
-class RayMissing(RuntimeError):
+class RayMissing(LoadgenError, RuntimeError):
     pass
 
 

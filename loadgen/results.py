@@ -89,7 +89,7 @@ def sibling(result_path: Path, suffix: str) -> Path:
     return result_path.with_name(stem + suffix)
 
 
-def _stat_keys(name: str, st: Stats) -> dict[str, float]:
+def _stat_keys(name: str, st: Stats) -> dict[str, float | None]:
     keys = {
         f"mean_{name}_ms": st.mean,
         f"median_{name}_ms": st.median,
@@ -239,8 +239,8 @@ def build_result(
     if extra:
         res.update(extra)
     # vLLM writes --metadata KEY=VALUE at the top level; do the same where it clashes with nothing.
-    for key, value in cfg.output.metadata.items():
-        res.setdefault(key, value)
+    for key, text in cfg.output.metadata.items():
+        res.setdefault(key, text)
     return res
 
 

@@ -198,7 +198,8 @@ async def _drain(tasks: set[asyncio.Task], stop: _Stop, grace_s: float) -> None:
     if not stop.interrupted:
         everything = asyncio.gather(*pending, return_exceptions=True)
         interrupted = asyncio.ensure_future(stop.event.wait())
-        await asyncio.wait({everything, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future] = {everything, interrupted}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         interrupted.cancel()
         if everything.done():
             return
@@ -312,7 +313,10 @@ async def run_async(
     stop = _Stop(loop)
     previous = _install_signals(loop, stop) if handle_signals else {}
     if stop_hook is not None:
-        stop_hook(lambda signum: loop.call_soon_threadsafe(stop.interrupt, signum))
+        def interrupt_soon(signum: int) -> None:  # called from another thread
+            loop.call_soon_threadsafe(stop.interrupt, signum)
+
+        stop_hook(interrupt_soon)
     gate = asyncio.Semaphore(concurrency) if concurrency else None
     dispatch: Callable[..., Awaitable[None]] = _dispatch
     if prompts and prompts[0].session is not None:

@@ -22,6 +22,7 @@ from rich.console import Console
 from loadgen import interrupts
 from loadgen.capacity import Estimate, Probe, SearchSpec, estimate, evaluate, next_load, server_gone
 from loadgen.config import RunConfig, safe_filename_part
+from loadgen.errors import LoadgenError
 from loadgen.fileio import atomic_write
 from loadgen.records import LazyPrompts, Prompt
 
@@ -71,7 +72,7 @@ def probe_config(cfg: RunConfig, spec: SearchSpec, load: float, index: int, stem
     )
 
 
-class ServerLost(RuntimeError):
+class ServerLost(LoadgenError, RuntimeError):
     """The server stopped answering during a probe; the record of the probes before it is written."""
 
     exit_code = 3

@@ -109,7 +109,7 @@ def _run(**opts: Any) -> None:
         raise click.UsageError(str(exc)) from None
     from rich.console import Console
 
-    from loadgen.search import ServerLost, run_search
+    from loadgen.search import ServerLost, run_search  # late: cold start, as in loadgen/cli.py
     from loadgen.sweep import PreflightError
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -131,6 +131,7 @@ def _run(**opts: Any) -> None:
 
 main = LoadgenCommand(
     "search",
+    prog="loadgen-search",
     callback=_run,
     params=[*_reused_params(), *_search_params()],
     help=_run.__doc__,

@@ -28,6 +28,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from launcher.errors import LauncherError
+from loadgen.cli_errors import OneLineCommand
+from loadgen.errors import LoadgenError
+
 if TYPE_CHECKING:
     from launcher.lifecycle import Server
 
@@ -427,7 +431,8 @@ def write_bench_report(out: Path, labels: list[str], echo: Echo = click.echo,
     return len(runs)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(cls=OneLineCommand, prog="loadgen-bench", deliberate=(LoadgenError, LauncherError),
+               context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
 Examples:
   make bench                                   # sim, quick sweep, both fitted profiles, compared
   make bench SWEEP=report PROFILE=fast         # the field report's grid on the fast sim

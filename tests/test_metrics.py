@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from loadgen import hdr
-from loadgen.metrics import good_mask, per_request, percentile_key, summarize
+from loadgen.aggregate import summarize
+from loadgen.metrics import good_mask, per_request, percentile_key
 from loadgen.records import RequestRecord
 
 MS = 1_000_000

@@ -280,7 +280,7 @@ def main() -> int:
 
         json.dump({"version": version(engine), "flags": dump_flags(parser)}, sys.stdout)
         return 0
-    results = []
+    results: list[dict[str, object]] = []
     for argv in json.load(sys.stdin):
         err = io.StringIO()
         try:

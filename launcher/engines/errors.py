@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from launcher.errors import LauncherError
 
-class PlanError(ValueError):
+
+class PlanError(LauncherError, ValueError):
     """A plan cannot be built; the message is one line naming the problem and the fix.
 
     It derives from ValueError so that callers that only know "bad input" still

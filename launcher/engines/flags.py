@@ -313,12 +313,17 @@ def parse_args(flagset: FlagSet, argv: Sequence[str], *, allow_positional: bool 
     return out
 
 
+def listed(value: bool | str | list[str]) -> list[str]:
+    """The values of an ``append`` flag as a list (a single value is one item)."""
+    return value if isinstance(value, list) else [str(value)]
+
+
 def opts_to_dict(opts: Sequence[ParsedOpt]) -> dict[str, Any]:
     """Canonical name → final value (later wins, append/list values accumulate): what the engine will see."""
     out: dict[str, Any] = {}
     for o in opts:
         if o.flag.kind == "append" and o.flag.name in out:
-            out[o.flag.name] = [*out[o.flag.name], *o.value]
+            out[o.flag.name] = [*out[o.flag.name], *listed(o.value)]
         else:
             out[o.flag.name] = o.value
     return out

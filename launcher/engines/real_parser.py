@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.errors import LauncherError
+
 PROBE = Path(__file__).with_name("_real_parser_probe.py")
 
 
-class RealParserError(RuntimeError):
+class RealParserError(LauncherError, RuntimeError):
     """The engine's parser could not be built or run (missing venv, broken install)."""
 
 

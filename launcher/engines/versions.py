@@ -86,9 +86,9 @@ def _python_near(engine_bin: str) -> str | None:
     except OSError:
         pass
     for name in ("python", "python3"):
-        cand = path.parent / name
-        if cand.exists():
-            return str(cand)
+        sibling = path.parent / name
+        if sibling.exists():
+            return str(sibling)
     return None
 
 

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import LauncherError
+
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 SCHEDULES = ("mixed", "prefill-first")
 KV_ALLOCATIONS = ("reserve", "lazy")
@@ -21,7 +23,7 @@ TIMED_FIELDS = ("base_ms", "decode_seq_ms", "prefill_token_ms", "prefill_step_ms
                 "decode_doubling_ms", "eager_step_ms")
 
 
-class ProfileError(ValueError):
+class ProfileError(LauncherError, ValueError):
     """A profile could not be found or is invalid; the message names the fix."""
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from launcher.errors import LauncherError
 from launcher.sim.faults import FaultConfig
 from launcher.sim.profiles import ProfileError, available_profiles, load_profile
 
@@ -28,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"sim: error: {message} (see --help)\n")
 
 
-class _ArgsRefused(ValueError):
+class _ArgsRefused(LauncherError, ValueError):
     pass
 
 
@@ -148,7 +149,8 @@ def check_argv(argv: list[str]) -> str | None:
 
 
 def parse_config(argv: list[str], parser: argparse.ArgumentParser | None = None):  # -> SimConfig (lazy import)
-    from launcher.sim.api import SimConfig
+    # late, as every import here: --help and a refused flag stay instant
+    from launcher.sim.state import SimConfig
 
     parser = parser or build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -191,7 +193,7 @@ async def serve(cfg, tokenizer) -> None:
     """Run until SIGTERM/SIGINT, then close listeners and streams."""
     from aiohttp import web
 
-    from launcher.sim.api import build_app
+    from launcher.sim.api import build_app  # late: start-up time, as above
 
     app = build_app(cfg, tokenizer)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)

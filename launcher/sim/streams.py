@@ -18,7 +18,7 @@ from launcher.sim.engine import Seq
 from launcher.sim.faults import FaultPlan
 
 if TYPE_CHECKING:
-    from launcher.sim.api import SimState
+    from launcher.sim.state import SimState
 
 DONE = b"data: [DONE]\n\n"
 
@@ -248,6 +248,11 @@ class Stream:
         if self.cached is not None:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
         return usage
+
+
+    def body(self) -> dict[str, Any]:
+        """The whole response of a request that did not ask to stream (each route's shape)."""
+        raise NotImplementedError
 
 
 class CompletionStream(Stream):

@@ -13,18 +13,42 @@ work is two appends. The transport is anything with ``write``, ``close`` and
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from loadgen.protocols.base import WireProtocol
 from loadgen.records import RequestRecord
 from loadgen.secrets import mask_secrets
 from loadgen.sse import SSEFramer
 
-if TYPE_CHECKING:
-    from loadgen.client.pool import LiveCounters, StreamClient
-
 MAX_HEADER_BYTES = 64 * 1024
 ERROR_BODY_BYTES = 2048
+
+@dataclass
+class LiveCounters:
+    """Plain ints the client updates; the progress display reads them on a timer."""
+
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    output_tokens: int = 0
+
+
+class ConnOwner(Protocol):
+    """What a connection uses of the pool that opened it (:class:`loadgen.client.pool.StreamClient`)."""
+
+    protocol: WireProtocol
+    counters: LiveCounters | None
+    secrets: tuple[str, ...]
+    timeout_s: float
+    save_text: bool
+    fast_path: bool
+    loop: asyncio.AbstractEventLoop
+    idle: list[StreamConn]
+    all: set[StreamConn]
+
 
 _HEADERS, _CHUNKED, _LENGTH, _UNTIL_CLOSE, _DONE, _BROKEN = range(6)
 RETRY = object()  # future result: the connection died before any response byte
@@ -43,7 +67,7 @@ class StreamConn(asyncio.Protocol):
         "counted", "last_ct", "texts", "errbody", "keep", "counters", "fast_path", "broken", "lead",
     )
 
-    def __init__(self, client: StreamClient) -> None:
+    def __init__(self, client: ConnOwner) -> None:
         self.client = client
         # the one-chunk-one-event shortcut in ``received``; off only to measure what it buys
         self.fast_path = client.fast_path

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
 
-from loadgen.client.http1 import RETRY, StreamConn
+from loadgen.client.http1 import RETRY, LiveCounters, StreamConn
 from loadgen.client.stamped import NoKernelStamps, StampedSocket, kernel_stamps_available, open_stamped
 from loadgen.client.target import ClientError, Endpoint, Target, request_head
 from loadgen.connection import cert_error_message, is_cert_error
@@ -24,17 +23,6 @@ from loadgen.records import RequestRecord
 from loadgen.secrets import secret_values
 
 DEFAULT_MAX_RETRIES = 2
-
-
-@dataclass
-class LiveCounters:
-    """Plain ints the client updates; the progress display reads them on a timer."""
-
-    started: int = 0
-    completed: int = 0
-    failed: int = 0
-    in_flight: int = 0
-    output_tokens: int = 0
 
 
 class StreamClient:

@@ -14,6 +14,8 @@ import sys
 from time import perf_counter_ns, time_ns
 from typing import TYPE_CHECKING, Any
 
+from loadgen.errors import LoadgenError
+
 if TYPE_CHECKING:
     from loadgen.client.http1 import StreamConn
 
@@ -29,7 +31,7 @@ _READ_BUFFERS = [_READ_BUFFER]
 _TIMESPEC = struct.Struct("qq")
 
 
-class NoKernelStamps(Exception):
+class NoKernelStamps(LoadgenError):
     """The system refused ``SO_TIMESTAMPING``: use the ordinary transport instead."""
 
 

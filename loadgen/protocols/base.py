@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from loadgen.errors import LoadgenError
 from loadgen.records import Prompt
 
 
@@ -54,7 +55,7 @@ REASONING = 2
 UNRECOGNISED = 3
 
 
-class MalformedEvent(ValueError):
+class MalformedEvent(LoadgenError, ValueError):
     """An event whose data is not the JSON object the protocol expects."""
 
 

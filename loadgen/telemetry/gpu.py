@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadgen.errors import LoadgenError
+
 # field → (DCGM exporter name, unit) as dcgm-exporter's default counters name them
 FIELDS: dict[str, str] = {
     "util_pct": "DCGM_FI_DEV_GPU_UTIL",
@@ -30,7 +32,7 @@ _SCALE = {"energy_j": 1e-3}  # mJ → J
 GpuReading = dict[str, dict[str, float]]  # gpu id → field → value
 
 
-class GpuError(RuntimeError):
+class GpuError(LoadgenError, RuntimeError):
     """A GPU source failed to read; the message is one line."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadgen.errors import LoadgenError
 from loadgen.telemetry.vocab import CONCEPTS, HISTOGRAMS, SCALARS, WANTED, Concept
 
 # Name prefixes of the vocabulary's families (counters without ``_total``: their TYPE line may use either).
@@ -22,7 +23,7 @@ _PREFIXES = tuple(sorted({n[: -len("_total")] if n.endswith("_total") else n for
 _COMMENTS = ("# HELP ", "# TYPE ")
 
 
-class PageError(ValueError):
+class PageError(LoadgenError, ValueError):
     """The body is not Prometheus text; the message says what was received."""
 
 

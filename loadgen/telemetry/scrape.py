@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from loadgen.errors import LoadgenError
 from loadgen.telemetry.gpu import GpuError, GpuReading
 from loadgen.telemetry.page import Hist, Page, PageError, normalise, parse_page, vocabulary_lines
 from loadgen.telemetry.vocab import choose_names
@@ -34,7 +35,7 @@ MAX_PAGE_BYTES = 1 << 20  # a vLLM page is ~50 kB; at 1 MiB a scrape during the 
 FIRST_WAIT_S = 0.5  # how long the run waits for the first full read (a healthy page is milliseconds)
 
 
-class FetchError(RuntimeError):
+class FetchError(LoadgenError, RuntimeError):
     """A GET that did not return a 200 page; the message is one line."""
 
 

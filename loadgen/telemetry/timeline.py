@@ -150,7 +150,7 @@ def gpu_entry(log: ScrapeLog, source: str | None, url: str | None, start_ns: int
               message: str | None) -> dict[str, Any]:
     """The result's ``gpu_metrics`` value: per GPU and field, a column over time and a summary."""
     ticks = [t for t in log.ticks if t.gpu]
-    gpus = sorted({g for t in ticks for g in t.gpu}, key=lambda g: (len(g), g))
+    gpus = sorted({g for t in ticks for g in (t.gpu or {})}, key=lambda g: (len(g), g))
     entry: dict[str, Any] = {"source": source if ticks else None, "url": url, "message": message,
                              "gpus": gpus, "read_errors": log.gpu_errors}
     if not ticks:
@@ -159,8 +159,8 @@ def gpu_entry(log: ScrapeLog, source: str | None, url: str | None, start_ns: int
     summ: dict[str, Any] = {}
     inside = _within(ticks, start_ns, end_ns)
     for fld in GPU_FIELDS:
-        entry["timeline"][fld] = [[_r(t.gpu.get(g, {}).get(fld), 2) for g in gpus] for t in ticks]
-        vals = [t.gpu[g][fld] for t in inside for g in gpus if fld in t.gpu.get(g, {})]
+        entry["timeline"][fld] = [[_r((t.gpu or {}).get(g, {}).get(fld), 2) for g in gpus] for t in ticks]
+        vals = [(t.gpu or {})[g][fld] for t in inside for g in gpus if fld in (t.gpu or {}).get(g, {})]
         if vals and fld not in GPU_COUNTERS:
             summ[f"{fld}_mean"] = _r(sum(vals) / len(vals), 2)
             summ[f"{fld}_max"] = _r(max(vals), 2)
@@ -183,7 +183,7 @@ def energy(ticks: Sequence[Tick], gpus: Sequence[str], start_ns: int, end_ns: in
     """
     total, found = 0.0, False
     for g in gpus:
-        pts = [(t.t_ns, t.gpu[g]["energy_j"]) for t in ticks if "energy_j" in t.gpu.get(g, {})]
+        pts = [(t.t_ns, (t.gpu or {})[g]["energy_j"]) for t in ticks if "energy_j" in (t.gpu or {}).get(g, {})]
         if len(pts) < 2 or any(b[1] < a[1] for a, b in zip(pts, pts[1:], strict=False)):
             continue
         lo, hi = max(start_ns, pts[0][0]), min(end_ns, pts[-1][0])

@@ -24,11 +24,13 @@ import jinja2.nodes
 import jinja2.sandbox
 import jinja2.utils
 
+from loadgen.errors import LoadgenError
+
 # The names a message's reasoning may come under; templates read the first.
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(LoadgenError, ValueError):
     """The messages cannot be rendered by the chat template (the message says why)."""
 
 

