@@ -19,11 +19,13 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from loadgen.errors import LoadgenError
+
 # Names vLLM's --percentile-metrics accepts; loadgen reports percentiles of all of them always.
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
 
 
-class PeerFlagError(ValueError):
+class PeerFlagError(LoadgenError, ValueError):
     """A peer tool's flag loadgen refuses, or a bad value for one it accepts; ``str()`` is the one line."""
 
 

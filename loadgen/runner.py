@@ -42,6 +42,7 @@ from loadgen.client import ClientError, LiveCounters, StreamClient, Target
 from loadgen.interrupts import SIGNALS
 from loadgen.lag import LagMonitor
 from loadgen.records import Prompt, RequestRecord
+from loadgen.release import send, sleep_until
 
 __all__ = ["LiveCounters", "RunOutcome", "Target", "run", "run_async"]
 
@@ -165,29 +166,6 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], offsets_s: 
         task = loop.create_task(one(rec, body))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-
-
-async def send(client: StreamClient, rec: RequestRecord, body: bytes, head: bytes | None = None) -> None:
-    """One request; a client defect is recorded on ``rec`` (``client_error``), not raised:
-    it must not lose the rest of the run."""
-    try:
-        await client.request(rec, body, head)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        if rec.error is None:
-            rec.error = "client_error"
-            rec.error_detail = f"{type(exc).__name__}: {exc}"[:300]
-
-
-async def sleep_until(due_ns: int) -> None:
-    """Return at the ``perf_counter_ns`` instant ``due_ns`` (at once if it has passed)."""
-    wait = due_ns - perf_counter_ns()
-    while wait > 0:
-        # uvloop's timers have 1 ms resolution and may fire a little early; the
-        # last fraction of a millisecond is waited out by yielding to the loop.
-        await asyncio.sleep(wait / 1e9 if wait > 1_000_000 else 0)
-        wait = due_ns - perf_counter_ns()
 
 
 async def _drain(tasks: set[asyncio.Task], stop: _Stop, grace_s: float) -> None:
@@ -322,7 +300,10 @@ async def run_async(
     if prompts and prompts[0].session is not None:
         from functools import partial
 
-        from loadgen.sessions import SessionPlan, dispatch_sessions
+        from loadgen.sessions import (  # late: only session runs need it (cold start)
+            SessionPlan,
+            dispatch_sessions,
+        )
 
         stop.sessions = plan = SessionPlan(prompts, header=session_header, max_model_len=max_model_len)
         dispatch = partial(dispatch_sessions, plan)

@@ -28,7 +28,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from loadgen.records import Prompt, RequestRecord, Session, SessionShape
-from loadgen.runner import send, sleep_until
+from loadgen.release import send, sleep_until
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.sessions import reply_in_history, turn_messages
 from loadgen.workload.sidecar import ReplyCounter
@@ -93,7 +93,7 @@ async def think(due_ns: int) -> None:
     """Wait out a think time on a millisecond timer (whole milliseconds, one more for the
     timer's own rounding), never spinning the loop: thousands of sessions wait at once, and
     a think time is a drawn value, so ~1 ms of lateness (queue time) is no error; the exact
-    wait of :func:`~loadgen.runner.sleep_until` finishes only what the timer left."""
+    wait of :func:`~loadgen.release.sleep_until` finishes only what the timer left."""
     wait = due_ns - perf_counter_ns()
     if wait > 0:
         await asyncio.sleep((-(-wait // 1_000_000) + 1) / 1000)

@@ -4,7 +4,7 @@ A loaded tokenizer is ~80 MB of the client's memory and its encodes hold the GIL
 session run needs it twice — to build the set (fitting texts, probing the chat
 template) and, with live history, to count every reply as it ends. Both run here:
 
-* ``python -m loadgen.workload.sidecar build``: reads a :class:`WorkloadSpec` (JSON) on
+* ``python -m loadgen.workload.sidecar_build``: reads a :class:`WorkloadSpec` (JSON) on
   stdin, builds the set and writes it back pickled (or the one-line error);
 * ``python -m loadgen.workload.sidecar count TOKENIZER``: prints ``ready``, then answers
   each stdin line ``[id, text]`` (a reply: its tokens) or ``[id, messages]`` (a whole
@@ -29,14 +29,14 @@ import orjson
 
 from loadgen.records import Prompt
 from loadgen.workload.errors import WorkloadError
-from loadgen.workload.spec import SessionSpec, WorkloadSpec
+from loadgen.workload.spec import WorkloadSpec
 
 START_TIMEOUT_S = 120.0
 
 
 def build_apart(spec: WorkloadSpec) -> tuple[list[Prompt], int]:
     """The session set for ``spec`` built in a fresh process: (prompts, prompts re-counted)."""
-    proc = subprocess.run([sys.executable, "-m", "loadgen.workload.sidecar", "build"],
+    proc = subprocess.run([sys.executable, "-m", "loadgen.workload.sidecar_build"],
                           input=orjson.dumps(dataclasses.asdict(spec)), capture_output=True, check=False)
     try:
         status, *rest = pickle.loads(proc.stdout)
@@ -122,20 +122,6 @@ class ReplyCounter:
         self.errors.close()
 
 
-def _build() -> None:
-    from loadgen.workload import build_prompts, last_build
-
-    fields = orjson.loads(sys.stdin.buffer.read())
-    if fields.get("session") is not None:
-        fields["session"] = SessionSpec(**fields["session"])
-    try:
-        prompts = build_prompts(WorkloadSpec(**fields), use_cache=False)
-        out: tuple = ("ok", prompts, last_build.checked or 0)
-    except WorkloadError as exc:
-        out = ("error", str(exc))
-    sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
-
-
 def _count(tokenizer: str) -> None:
     from loadgen.workload.tokenizer import load_tokenizer
 
@@ -153,9 +139,7 @@ def _count(tokenizer: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["build"]:
-        _build()
-    elif sys.argv[1:2] == ["count"] and len(sys.argv) == 3:
+    if sys.argv[1:2] == ["count"] and len(sys.argv) == 3:
         _count(sys.argv[2])
     else:
-        sys.exit("usage: python -m loadgen.workload.sidecar build | count TOKENIZER")
+        sys.exit("usage: python -m loadgen.workload.sidecar count TOKENIZER")
