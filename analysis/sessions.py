@@ -27,8 +27,8 @@ def session_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
     s = obj.get("sessions")
     if not isinstance(s, Mapping):
         return {}
-    turns = s.get("turns_completed") if isinstance(s.get("turns_completed"), Mapping) else {}
-    duration = s.get("session_duration_s") if isinstance(s.get("session_duration_s"), Mapping) else {}
+    turns: Mapping[str, Any] = s["turns_completed"] if isinstance(s.get("turns_completed"), Mapping) else {}
+    duration: Mapping[str, Any] = s["session_duration_s"] if isinstance(s.get("session_duration_s"), Mapping) else {}
     by_turn = [t for t in s.get("by_turn") or [] if isinstance(t, Mapping)]
     return {
         "sessions": s.get("sessions"),

@@ -32,10 +32,10 @@ import gc
 import math
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
-from typing import Protocol
+from typing import Any, Protocol
 
 from loadgen import interrupts
 from loadgen.client import ClientError, LiveCounters, StreamClient, Target
@@ -296,7 +296,7 @@ async def run_async(
 
         stop_hook(interrupt_soon)
     gate = asyncio.Semaphore(concurrency) if concurrency else None
-    dispatch: Callable[..., Awaitable[None]] = _dispatch
+    dispatch: Callable[..., Coroutine[Any, Any, None]] = _dispatch
     if prompts and prompts[0].session is not None:
         from functools import partial
 

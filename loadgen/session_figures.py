@@ -101,6 +101,6 @@ def _ttft(values: np.ndarray) -> dict[str, float | None]:
     if not values.size:
         return {"mean_ttft_ms": None, **{f"p{p}_ttft_ms": None for p in PERCENTILES}}
     pct = np.percentile(values, PERCENTILES)
-    out = {"mean_ttft_ms": float(values.mean())}
+    out: dict[str, float | None] = {"mean_ttft_ms": float(values.mean())}
     out.update({f"p{p}_ttft_ms": float(v) if math.isfinite(v) else None for p, v in zip(PERCENTILES, pct, strict=True)})
     return out

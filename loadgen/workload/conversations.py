@@ -114,9 +114,10 @@ def _from_messages(messages: Any, where: str) -> Conversation:
         if role == "system" and not turns and isinstance(content, str):
             system = content
         elif role == "user":
-            if _text(content) is None:
+            user = _text(content)
+            if user is None:
                 raise WorkloadError(f"{where}: message {i} is a user message without text: give it a non-empty 'content'")
-            turns.append(RawTurn(content))
+            turns.append(RawTurn(user))
         elif role == "assistant" and turns and turns[-1].reply is None and isinstance(content, str):
             turns[-1] = RawTurn(turns[-1].user, content or None)
         else:
@@ -138,13 +139,14 @@ def _sharegpt(path: str, data: bytes, seed: int) -> list[Conversation]:
         msgs = entry.get("conversations") if isinstance(entry, dict) else None
         if not isinstance(msgs, list):
             continue
-        system, turns = None, []
+        system: str | None = None
+        turns: list[RawTurn] = []
         for m in msgs:
             who, text = (m.get("from"), m.get("value")) if isinstance(m, dict) else (None, None)
             if who == "system" and not turns and isinstance(text, str):
                 system = text or None
-            elif who in HUMAN and _text(text) is not None and (not turns or turns[-1].reply is not None):
-                turns.append(RawTurn(text))
+            elif who in HUMAN and (user := _text(text)) is not None and (not turns or turns[-1].reply is not None):
+                turns.append(RawTurn(user))
             elif who in ASSISTANT and turns and turns[-1].reply is None and _text(text) is not None:
                 turns[-1] = RawTurn(turns[-1].user, text)
             else:

@@ -15,6 +15,7 @@ conversation. A template without that shape is counted in full per turn instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -130,7 +131,7 @@ def build_sessions(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
         outputs = d["output"].ints(rng, k, 1)
         thinks = [0.0, *np.maximum(d["think"].draw(rng, k - 1), 0.0).tolist()]
         texts = _texts(view, users, rng)
-        replies = _texts(view, outputs, rng) if history == "recorded" else [None] * k
+        replies: list[str | None] = list(_texts(view, outputs, rng)) if history == "recorded" else [None] * k
         prompts.append(_assemble(view, shape, sid, system, first + system_tokens + users[0], texts, users, outputs,
                                  thinks, replies, outputs))
     return prompts
@@ -187,7 +188,7 @@ def build_conversations(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]
         if history == "recorded" and not all(t.reply for t in c.turns[:-1]):
             raise WorkloadError(f"{c.where}: --history recorded needs a reply to every turn but the last; "
                                 "add the assistant replies or use --history live")
-        replies = [t.reply for t in c.turns] if history == "recorded" else [None] * k
+        replies: list[str | None] = [t.reply for t in c.turns] if history == "recorded" else [None] * k
         reply_lens = [len(view.encode(reply_in_history(shape, r))) if r else 0 for r in replies]
         head = [{"role": "system", "content": c.system}] if c.system else []
         first_total = view.count_messages([*head, {"role": "user", "content": c.turns[0].user}])
@@ -215,7 +216,7 @@ def first_messages(session: Session) -> list[dict[str, Any]]:
     return [*head, {"role": "user", "content": session.turns[0].user}]
 
 
-def turn_messages(session: Session, upto: int, replies: list[str]) -> list[dict[str, Any]]:
+def turn_messages(session: Session, upto: int, replies: Sequence[str | None]) -> list[dict[str, Any]]:
     """Turn ``upto``'s whole conversation: system, then user/reply pairs, then its user message."""
     out = first_messages(session)
     for t in range(1, upto + 1):
