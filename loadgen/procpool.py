@@ -109,6 +109,9 @@ class PipeControl:
             await readable
         finally:
             loop.remove_reader(fd)
+            # the loop made the pipe non-blocking: a result larger than the pipe's buffer would
+            # then fail to send (EAGAIN) and the worker's whole share would be lost
+            os.set_blocking(fd, True)
         kind, value = self.conn.recv()  # EOFError: the parent is gone, and so is this run
         if kind != "start":
             raise RuntimeError(f"worker {self.index}: expected the start instant, got {kind!r}")

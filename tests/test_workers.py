@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +158,43 @@ def check_merged_like_single(merged: dict, single: dict, folder: Path) -> None:
     assert run["completed"] == N and run["mean_ttft_ms"] == pytest.approx(merged["mean_ttft_ms"])
 
 
+def test_the_workers_pipe_is_blocking_again_after_the_start() -> None:
+    """The event loop watches the pipe for the start instant and leaves it non-blocking; a result
+    larger than the pipe's buffer would then fail to send (EAGAIN) and the worker's share be lost."""
+    import asyncio
+    import multiprocessing
+
+    import uvloop
+
+    from loadgen.procpool import PipeControl
+
+    parent, child = multiprocessing.Pipe()
+    rows = multiprocessing.get_context("fork").Array("q", 8, lock=False)
+    control = PipeControl(child, rows, 0, [])
+    parent.send(("start", 123))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(control.start()) == 123
+    assert parent.recv() == ("ready", None)
+    assert os.get_blocking(child.fileno())
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(parent.recv()), daemon=True)
+    reader.start()
+    child.send(("result", b"x" * (1 << 20)))  # a megabyte: many pipe buffers, written as the reader drains them
+    reader.join(timeout=30)
+    assert got == [("result", b"x" * (1 << 20))]
+
+
+def test_a_result_larger_than_a_pipe_buffer_comes_back(sim_fast, tmp_path: Path) -> None:
+    """Each worker's result (its per-request arrays: 100 requests x 200 ITLs) is far larger than a
+    pipe's 64 KiB buffer; the pipe the event loop watched is blocking again when it is sent."""
+    r = loadgen("--base-url", sim_fast.base_url, "--tokenizer", "deepseek-r1", "--num-prompts", "200",
+                "--concurrency", "4", "--input-len", "16", "--output-len", "200", "--no-progress",
+                "--workers", "2", "--output-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    res = only_result(tmp_path)
+    assert res["completed"] == 200 and res["workers_failed"] == [] and len(res["itls"]) == 200
+
+
 def test_two_workers_measure_what_one_process_measures(sim_fast, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = loadgen("--base-url", sim_fast.base_url, *SCHEDULE, "--output-dir", str(one))
@@ -197,14 +235,26 @@ def _start(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _wait_for_workers(proc: subprocess.Popen, count: int, timeout_s: float = 60.0) -> list[int]:
+    """The forked workers' pids in the order they were forked (worker 0 first). Only forks count:
+    they share the parent's command line; the prompt re-count runs beside them as a fresh process."""
     deadline = time.monotonic() + timeout_s
+    # from the arguments, not /proc: right after exec the kernel may still show an empty command line
+    parent = b"".join(os.fsencode(a) + b"\0" for a in proc.args)
     while time.monotonic() < deadline and proc.poll() is None:
-        kids = _children(proc.pid)
+        kids = [k for k in _children(proc.pid) if _cmdline(k) == parent]
         if len(kids) >= count:
             return kids
         time.sleep(0.05)
-    raise AssertionError(f"no {count} workers appeared: {proc.stderr.read().decode() if proc.poll() is not None else ''}")
+    raise AssertionError(f"no {count} workers appeared (exit {proc.poll()}): "
+                         f"{(proc.stdout.read() + proc.stderr.read()).decode()[-2000:] if proc.poll() is not None else ''}")
 
 
 def _slow_sim(sim_server, tmp_path: Path):
