@@ -187,6 +187,14 @@ def _hit_rates(cache: Mapping[str, Any]) -> str:
     return " / ".join("not reported" if v is None else f"{v:.1%}" for v in (client, server))
 
 
+def _window_rates(cache: Mapping[str, Any]) -> str | None:
+    """A trace replay's hit rate per trace window, oldest first (``-``: nothing reported there)."""
+    windows = (cache.get("by_window") or {}).get("windows")
+    if not windows:
+        return None
+    return " ".join("-" if w["hit_rate"] is None else f"{w['hit_rate']:.0%}" for w in windows)
+
+
 def reasoning_warnings(result: Mapping[str, Any]) -> list[str]:
     """A reasoning model's requests that never answered, and output under an unknown field."""
     out = []
@@ -233,10 +241,11 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("Total token throughput (tok/s)", result.get("total_token_throughput")),
         ("Ignore EOS", result.get("ignore_eos")),
         ("Prefix cache hit rate (client / server)", _hit_rates(result.get("prefix_cache") or {})),
+        ("  by trace window (client)", _window_rates(result.get("prefix_cache") or {})),
         ("Loop lag p99 / max (ms)", f"{_fmt(result.get('loop_lag_p99_ms'))} / {_fmt(result.get('loop_lag_max_ms'))}"),
     ]
     for name, value in rows:
-        if value is None and (name.startswith("Request goodput") or name.startswith("  of which")):
+        if value is None and (name.startswith("Request goodput") or name.startswith("  ")):
             continue
         head.add_row(name, _fmt(value))
 

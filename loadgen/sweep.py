@@ -32,7 +32,7 @@ from loadgen.metrics import SATURATION_LAG_P99_MS
 from loadgen.progress import Progress, print_summary, sweep_table
 from loadgen.records import Prompt
 from loadgen.schedule import ArrivalSpec, release_offsets
-from loadgen.store import RequestStore, StoreFiles
+from loadgen.store import RequestStore, StoreFiles, read_requests
 
 
 class PreflightError(LoadgenError, RuntimeError):
@@ -351,7 +351,7 @@ def finish_point(
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     extra["prefix_cache"] = prefix_cache.section(summary, extra.get("server_metrics"), dataset=cfg.workload.dataset,
                                                  prefix_len=cfg.workload.prefix_len, reset_outcome=cache_reset,
-                                                 salt=cache_salt)
+                                                 salt=cache_salt, windows=trace_windows(trace, files.store.requests))
     result = results_mod.build_result(
         cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
     )
@@ -517,6 +517,18 @@ def trace_section(trace: Any, queue: Any) -> dict[str, Any]:
     sent): in an open-loop replay nothing else stands between the two."""
     return trace.result_section(queue.median, queue.percentiles.get(99.0), queue.max,
                                 behind_p99_ms=SATURATION_LAG_P99_MS)
+
+
+def trace_windows(trace: Any, store_path: Path) -> dict[str, Any] | None:
+    """A trace replay's hit rate per trace window, from the point's per-request store
+    (None for other workloads, or when the store cannot be read)."""
+    if trace is None or trace.times_s is None:
+        return None
+    try:
+        rows = read_requests(store_path)
+    except (OSError, ValueError):
+        return None
+    return prefix_cache.by_window(rows, trace.prompts.rows, trace.times_s)
 
 
 def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:

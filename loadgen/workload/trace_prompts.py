@@ -175,6 +175,9 @@ class TraceSet:
     prompts: TracePrompts
     release_s: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    # each sent request's time in the trace (s from the trace's first row), in ``prompts.rows``' order:
+    # the axis of the per-window figures, whatever the speed-up, gap cap or timing did to the release
+    times_s: np.ndarray | None = None
 
     def result_section(self, lag_p50_ms: float | None, lag_p99_ms: float | None, lag_max_ms: float | None,
                        behind_p99_ms: float) -> dict[str, Any]:
@@ -230,5 +233,5 @@ def build_replay(view: Any, trace: Trace, replay: ReplayOptions, *, chat: bool, 
         "skipped_too_short": selection.skipped_too_short, "shortened": selection.shortened,
         "too_long": replay.too_long, "max_model_len": max_model_len, "span_s": selection.span_s,
     }
-    return TraceSet(prompts, selection.release_s, info)
+    return TraceSet(prompts, selection.release_s, info, times_s=trace.times_s[selection.rows])
 
