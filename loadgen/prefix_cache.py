@@ -128,7 +128,7 @@ def warm_cache_warning(cold: bool, client_rate: float | None, server_rate: float
 
 
 def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset: str, prefix_len: int,
-            reset_outcome: dict[str, Any] | None, salt: str | None,
+            reset_outcome: dict[str, Any] | None, salt: str | None, salt_mode: str | None = None,
             windows: dict[str, Any] | None = None) -> dict[str, Any]:
     """The result's ``prefix_cache`` entry (``windows``: a trace replay's :func:`by_window`)."""
     client = client_figures(summary)
@@ -141,6 +141,7 @@ def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset:
         "warning": warm_cache_warning(cold, client["hit_rate"], server["hit_rate"] if server else None),
         "reset": reset_outcome,
         "cache_salt": salt,
+        "cache_salt_mode": salt_mode if salt else None,
         "by_window": windows,
     }
 

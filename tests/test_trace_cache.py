@@ -1,6 +1,6 @@
-"""The prefix cache under trace replay: hit rate per trace window, and a Mooncake replay
-against the sim whose client-side hit rate matches both what the trace's shared hash ids
-predict and the sim's own counters."""
+"""The prefix cache under trace replay and cache busting in the prompt: hit rate per trace
+window; a Mooncake replay against the sim whose client-side hit rate matches both what the
+trace's shared hash ids predict and the sim's own counters; ``--cache-salt-mode prefix``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from loadgen.cli import main
 from loadgen.prefix_cache import by_window
 from loadgen.store import REQUEST_DTYPE, read_requests
+from loadgen.workload.salt import SALT_PIECES, PieceSalt
 from tests.test_prefix_cache import get_json
 
 BLOCK = 16  # the trace's tokens per hash id, and the sim's cache block
@@ -68,7 +69,7 @@ def shared_trace() -> list[dict]:
     ids = [[1, 2, 3, 4], [1, 2, 3, 4, 5, 6], [7, 8], [1, 2, 9], [7, 8, 10, 11], [20],
            [1, 2, 3, 4, 5, 6, 12], [13, 14, 15], [7, 8, 10, 11, 16], [1, 2, 3, 4], [13, 14, 17, 18], [21, 22]]
     rows = []
-    for i, h in enumerate(ids):
+    for i, h in enumerate(ids):  # row 11's last block is partial
         n = len(h) * BLOCK - (5 if i == 11 else 0)
         rows.append({"timestamp": 1000 * i, "input_length": n, "output_length": 3, "hash_ids": h})
     return rows
@@ -90,21 +91,39 @@ def expected_cached(rows: list[dict]) -> list[int]:
     return out
 
 
-def test_mooncake_replay_hit_rate_agrees_with_the_trace_and_the_sims_counters(private_cache, tmp_path: Path,
-                                                                              sim_server) -> None:
-    rows = shared_trace()
-    trace = tmp_path / "trace.jsonl"
-    trace.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    srv = sim_server("--tokenizer", "deepseek-r1", "--block-size", str(BLOCK))
-    out = tmp_path / "out"
-    # one request at a time in the trace's order: each finds exactly what the rows before it left
-    res = CliRunner().invoke(main, [
-        "--base-url", srv.base_url, "--tokenizer", "deepseek-r1", "--dataset-name", "mooncake",
-        "--dataset-path", str(trace), "--block-size", str(BLOCK), "--trace-timing", "order", "--concurrency", "1",
-        "--output-dir", str(out), "--no-progress"], catch_exceptions=False)
+def run(out: Path, *args: str) -> tuple[dict, np.ndarray, str]:
+    """A loadgen run into ``out``: its result, its per-request store and its printed output."""
+    res = CliRunner().invoke(main, [*args, "--tokenizer", "deepseek-r1", "--output-dir", str(out), "--no-progress"],
+                             catch_exceptions=False)
     assert res.exit_code == 0, res.output
     (path,) = out.glob("*.json")
     result = json.loads(path.read_text())
+    return result, read_requests(out / result["files"]["requests"]), res.output
+
+
+def replay(srv, trace: Path, out: Path, *args: str) -> tuple[dict, np.ndarray, str]:
+    """One request at a time in the trace's order: each finds exactly what the rows before it left."""
+    return run(out, "--base-url", srv.base_url, "--dataset-name", "mooncake", "--dataset-path", str(trace),
+               "--block-size", str(BLOCK), "--trace-timing", "order", "--concurrency", "1", *args)
+
+
+def cached_by_row(store: np.ndarray) -> list[int]:
+    by_row = dict(zip(store["prompt_id"].tolist(), store["cached_tokens"].tolist(), strict=True))
+    return [by_row[i] for i in range(len(by_row))]
+
+
+@pytest.fixture
+def trace_file(tmp_path: Path) -> Path:
+    path = tmp_path / "trace.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in shared_trace()))
+    return path
+
+
+def test_mooncake_replay_hit_rate_agrees_with_the_trace_and_the_sims_counters(private_cache, tmp_path: Path,
+                                                                              sim_server, trace_file) -> None:
+    rows = shared_trace()
+    srv = sim_server("--tokenizer", "deepseek-r1", "--block-size", str(BLOCK))
+    result, store, output = replay(srv, trace_file, tmp_path / "out")
     assert result["completed"] == len(rows) and result["prompt_token_mismatches"] == 0
     want = expected_cached(rows)
     prompt = sum(r["input_length"] for r in rows)
@@ -116,10 +135,8 @@ def test_mooncake_replay_hit_rate_agrees_with_the_trace_and_the_sims_counters(pr
     # the sim's counters also hold pre-flight's probe (a few tokens, no hit)
     assert abs(client["hit_rate"] - stats["hits"] / stats["queries"]) < 0.01
     assert abs(client["hit_rate"] - cache["server"]["hit_rate"]) < 0.01
+    assert cached_by_row(store) == want
 
-    store = read_requests(out / result["files"]["requests"])
-    by_row = dict(zip(store["prompt_id"].tolist(), store["cached_tokens"].tolist(), strict=True))
-    assert [by_row[i] for i in range(len(rows))] == want
     # 12 rows one trace-second apart over 10 windows of 1.1 s: rows 0-1 in the first, one row
     # in each window after that but the last, which also takes the row at 11 s
     windows = cache["by_window"]["windows"]
@@ -129,4 +146,66 @@ def test_mooncake_replay_hit_rate_agrees_with_the_trace_and_the_sims_counters(pr
         assert w["requests"] == len(g)
         assert w["cached_tokens"] == sum(want[i] for i in g)
         assert w["hit_rate"] == pytest.approx(sum(want[i] for i in g) / sum(rows[i]["input_length"] for i in g))
-    assert "by trace window (client)" in res.output
+    assert "by trace window (client)" in output
+
+
+# ---------------------------------------------------------------- --cache-salt-mode prefix
+
+
+def test_piece_salt_keeps_lengths_and_the_sharing_structure() -> None:
+    pieces = [f" w{i}" for i in range(1000)]
+    a = PieceSalt(pieces, "one")
+    shared, other = " a b c d e f", " a b x d e f"
+    assert a(shared).split(" ")[SALT_PIECES + 1:] == shared.split(" ")[SALT_PIECES + 1:]
+    assert len(a(shared).split(" ")) == len(shared.split(" ")) and len(a(" a b").split(" ")) == 3
+    assert a(shared + " g") == a(shared) + " g"  # a shared prefix stays shared
+    # prompts that differ from the third piece on differ from the third piece on
+    assert a(shared).split(" ")[:3] == a(other).split(" ")[:3] and a(shared).split(" ")[3] != a(other).split(" ")[3]
+    assert PieceSalt(pieces, "two")(shared).split(" ")[1] != a(shared).split(" ")[1]  # no chance of a match here
+    with pytest.raises(Exception, match="cache-salt-mode body"):
+        a("not pieces")
+
+
+@pytest.mark.parametrize("backend", ["openai", "openai-chat", "sglang"])
+def test_prefix_salt_rerun_misses_the_warm_cache_at_exact_lengths(private_cache, tmp_path: Path, sim_server,
+                                                                  backend: str) -> None:
+    srv = sim_server("--tokenizer", "deepseek-r1")
+    args = ["--base-url", srv.base_url, "--backend", backend, "--num-prompts", "24", "--concurrency", "4",
+            "--input-len", "160", "--output-len", "4", "--seed", "7"]
+    first, _, _ = run(tmp_path / "a", *args)
+    again, _, _ = run(tmp_path / "b", *args)
+    assert again["prefix_cache"]["client"]["hit_rate"] > 0.5  # the same prompts: a warm cache
+    salted, _, output = run(tmp_path / "c", *args, "--cache-salt", "auto",
+                            *(["--cache-salt-mode", "prefix"] if backend != "sglang" else []))
+    cache = salted["prefix_cache"]
+    assert cache["cache_salt_mode"] == "prefix" and cache["cache_salt"]
+    assert cache["client"]["hit_rate"] < 0.01 and cache["server"]["hit_rate"] < 0.01
+    assert cache["warning"] is None and "WARM PREFIX CACHE" not in output
+    # the salt is part of the prompt's exact length: the server counts what was built
+    assert salted["completed"] == salted["prompt_tokens_checked"] == 24
+    assert salted["prompt_token_mismatches"] == 0
+    assert cache["client"]["prompt_tokens"] == first["prefix_cache"]["client"]["prompt_tokens"] == 24 * 160
+
+
+def test_prefix_salt_keeps_a_trace_replays_own_sharing(private_cache, tmp_path: Path, sim_server,
+                                                       trace_file) -> None:
+    """A salted rerun of a replay finds nothing of the first run, and exactly the hits the trace
+    shares within itself."""
+    want = expected_cached(shared_trace())
+    srv = sim_server("--tokenizer", "deepseek-r1", "--block-size", str(BLOCK))
+    _, first, _ = replay(srv, trace_file, tmp_path / "a")
+    result, salted, _ = replay(srv, trace_file, tmp_path / "b", "--cache-salt", "auto", "--cache-salt-mode", "prefix")
+    assert cached_by_row(first) == cached_by_row(salted) == want
+    assert result["prompt_token_mismatches"] == 0
+    assert result["prefix_cache"]["cache_salt_mode"] == "prefix"
+
+
+def test_prefix_salt_refused_for_dataset_rows(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "hello there"}\n')
+    res = CliRunner().invoke(main, ["--base-url", "http://127.0.0.1:9", "--dataset-name", "jsonl", "--dataset-path",
+                                    str(rows), "--cache-salt", "auto", "--cache-salt-mode", "prefix"])
+    assert res.exit_code == 2
+    assert "--cache-salt-mode prefix" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["--base-url", "http://127.0.0.1:9", "--cache-salt-mode", "prefix"])
+    assert res.exit_code == 2 and "needs --cache-salt" in res.output
