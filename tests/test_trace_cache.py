@@ -155,15 +155,24 @@ def test_mooncake_replay_hit_rate_agrees_with_the_trace_and_the_sims_counters(pr
 def test_piece_salt_keeps_lengths_and_the_sharing_structure() -> None:
     pieces = [f" w{i}" for i in range(1000)]
     a = PieceSalt(pieces, "one")
-    shared, other = " a b c d e f", " a b x d e f"
-    assert a(shared).split(" ")[SALT_PIECES + 1:] == shared.split(" ")[SALT_PIECES + 1:]
-    assert len(a(shared).split(" ")) == len(shared.split(" ")) and len(a(" a b").split(" ")) == 3
-    assert a(shared + " g") == a(shared) + " g"  # a shared prefix stays shared
+
+    def text(*ids: int) -> str:
+        return "".join(pieces[i] for i in ids)
+
+    shared, other = text(1, 2, 3, 4, 5, 6), text(1, 2, 9, 4, 5, 6)
+    words = a(shared).split(" ")
+    assert len(words) == len(shared.split(" ")) and all(" " + w in pieces for w in words[1:])
+    assert words[SALT_PIECES + 1:] == shared.split(" ")[SALT_PIECES + 1:]  # past the salted head: as built
+    assert len(a(text(1, 2)).split(" ")) == 3  # shorter than the head
+    assert a(shared + pieces[7]) == a(shared) + pieces[7]  # a shared prefix stays shared
     # prompts that differ from the third piece on differ from the third piece on
     assert a(shared).split(" ")[:3] == a(other).split(" ")[:3] and a(shared).split(" ")[3] != a(other).split(" ")[3]
-    assert PieceSalt(pieces, "two")(shared).split(" ")[1] != a(shared).split(" ")[1]  # no chance of a match here
+    assert a(shared) == PieceSalt(pieces, "one")(shared)  # the salt alone decides (every worker alike)
+    assert PieceSalt(pieces, "two")(shared) != a(shared)
     with pytest.raises(Exception, match="cache-salt-mode body"):
         a("not pieces")
+    with pytest.raises(Exception, match="cache-salt-mode body"):
+        a(" unknown w1")
 
 
 @pytest.mark.parametrize("backend", ["openai", "openai-chat", "sglang"])
