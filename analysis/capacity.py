@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import plots
+from analysis.formats import engine_settings
 from analysis.intervals import separated
 
 SCHEMA = "loadgen-capacity/1"
@@ -79,6 +80,7 @@ def row(rec: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
         "search seconds": rec.get("seconds"),
         "engine": meta.get("engine") or server.get("engine"),
         "profile": meta.get("profile") or server.get("profile"),
+        "gpus": engine_settings([meta]).get("tensor_parallel"),  # from the launch plan (loadgen-bench's metadata)
         "path": str(path) if path else None,
     }
 
@@ -93,7 +95,7 @@ def load_capacities(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
             continue
         if isinstance(rec, dict) and rec.get("schema") == SCHEMA:
             rows.append(row(rec, path))
-    return pd.DataFrame(rows, columns=[*COLUMNS, "path"])
+    return pd.DataFrame(rows, columns=[*COLUMNS, "gpus", "path"])
 
 
 def _fmt(x: Any) -> str:

@@ -61,14 +61,21 @@ def annotate(runs: pd.DataFrame, price_per_gpu_hour: float, gpus: int | None = N
     return out
 
 
-def capacity_cost(table: pd.DataFrame, price_per_gpu_hour: float, gpus: int) -> pd.DataFrame:
+def capacity_cost(table: pd.DataFrame, price_per_gpu_hour: float, gpus: int | None = None) -> pd.DataFrame:
     """The capacity table (``analysis.capacity.load_capacities``) plus ``$/M output tokens at SLO``:
-    at a rate capacity, output tokens/s = requests/s × output length. Concurrency capacities get none."""
+    at a rate capacity, output tokens/s = requests/s × output length. Concurrency capacities get none.
+    The GPU count: ``gpus``, else each record's launch plan (its tensor parallel size); raises
+    :class:`CostError` when neither says."""
     out = table.copy()
+    out["gpus"] = _gpus(out, gpus) if gpus is not None else pd.to_numeric(out.get("gpus"), errors="coerce")
+    unknown = out["gpus"].isna()
+    if unknown.any():
+        raise CostError(f"the GPU count of '{out['label'][unknown].iloc[0]}' is not recorded (no launch plan); "
+                        "pass --gpus N")
     costs = []
     for _, row in out.iterrows():
         rate = pd.to_numeric(row.get("capacity"), errors="coerce") if row.get("over") == "rate" else math.nan
         length = pd.to_numeric(row.get("output_len"), errors="coerce")
-        costs.append(per_million(price_per_gpu_hour, gpus, float(rate) * float(length)))
+        costs.append(per_million(price_per_gpu_hour, row["gpus"], float(rate) * float(length)))
     out["$/M output tokens at SLO"] = costs
     return out

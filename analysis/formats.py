@@ -18,6 +18,7 @@ from typing import Any
 
 from analysis.energy import energy_columns
 from analysis.prefix_cache import cache_columns
+from analysis.sessions import session_columns
 from analysis.telemetry import server_columns
 
 LOADGEN = "loadgen"
@@ -256,7 +257,7 @@ def _stats_from_lists(obj: Mapping[str, Any]) -> dict[str, float]:
     return result
 
 
-def _settings(mappings: list[Mapping[str, Any]]) -> dict[str, Any]:
+def engine_settings(mappings: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Engine settings from launch metadata, including flags found in a recorded server command line."""
     found: dict[str, Any] = {}
     for key, names in _ENGINE_SETTINGS.items():
@@ -431,7 +432,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     for key in ("loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms", "warmup_requests", "good_completed"):
         if key in obj:
             row[key] = _num(obj[key])
-    row.update({f"engine_{k}": v for k, v in _settings(views).items()})
+    row.update({f"engine_{k}": v for k, v in engine_settings(views).items()})
     row["metadata"] = dict(metadata) if metadata else {
         k: v for k, v in obj.items() if k not in _KNOWN_KEYS and isinstance(v, str)
     }
@@ -439,6 +440,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     row.update(server_columns(obj))  # server_metrics (loadgen --server-metrics)
     row.update(cache_columns(obj))  # prefix_cache (loadgen)
     row.update(energy_columns(obj))  # gpu_metrics' energy counter → J per token
+    row.update(session_columns(obj))  # sessions (loadgen --dataset-name sessions)
     return row
 
 

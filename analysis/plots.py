@@ -197,6 +197,27 @@ def reasoning_answer(runs: pd.DataFrame) -> Figure:
     return fig
 
 
+def ttft_by_turn(runs: pd.DataFrame) -> Figure:
+    """Session runs: p50 and p99 TTFT against the turn index, one line per run — how
+    latency grows as conversations do (``loadgen --dataset-name sessions``)."""
+    with style():
+        fig, ax = _new("TTFT by turn (sessions)")
+        rows = runs[runs["sessions_by_turn"].map(lambda v: isinstance(v, list) and bool(v))]
+        for i, r in enumerate(rows.itertuples()):
+            turns = pd.DataFrame(r.sessions_by_turn)
+            conc = "unl." if r.concurrency is None or math.isnan(r.concurrency) else int(r.concurrency)
+            name = f"{r.label} c={conc}"
+            colour = PALETTE[i % len(PALETTE)]
+            for j, pct in enumerate(("p50", "p99")):
+                ax.plot(turns["turn"], turns[f"{pct}_ttft_ms"], LINESTYLES[j % len(LINESTYLES)],
+                        marker=MARKERS[j % len(MARKERS)], color=colour, label=f"{name} {pct}")
+        ax.set_xlabel("turn index")
+        ax.set_ylabel("TTFT (ms)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
 def _readable(column: str) -> str:
     """``p99_ttft_ms`` → ``p99 TTFT``."""
     stat, _, rest = column.removesuffix("_ms").partition("_")

@@ -85,6 +85,8 @@ def make_plots(runs: pd.DataFrame, hists: pd.DataFrame | None, plot_dir: Path) -
                     title = f"{metric.upper()} percentile distribution ({_n(inp)} in / {_n(outl)} out)"
                     written += plots.save(plots.hdr_curves(sub, metric, title), plot_dir, f"hdr_{metric}{suffix}")
     written += ttft_plot(runs, plot_dir)
+    if "sessions_by_turn" in runs and runs["sessions_by_turn"].map(lambda v: isinstance(v, list) and bool(v)).any():
+        written += plots.save(plots.ttft_by_turn(runs), plot_dir, "ttft_by_turn")
     written += timeline_plots(runs, plot_dir)
     return [p for p in written if p.suffix == ".png"]
 

@@ -60,11 +60,11 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     Rows are ordered by label, then asked lengths, then concurrency, which is
     the order a reader scans a sweep in.
     """
-    from analysis import prefix_cache
+    from analysis import prefix_cache, sessions
     from analysis.telemetry import summary_columns
 
     wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **reasoning_columns(runs), **summary_columns(runs),
-              **prefix_cache.summary_columns(runs)}
+              **prefix_cache.summary_columns(runs), **sessions.summary_columns(runs)}
     wanted.update({k: v for k, v in {**ENERGY_COLUMNS, **COST_COLUMNS}.items() if k in runs.columns})
     frame = pd.DataFrame(index=runs.index)
     for src, name in wanted.items():

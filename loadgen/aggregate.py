@@ -41,6 +41,7 @@ from loadgen.metrics import (
     per_request,
 )
 from loadgen.records import RequestRecord
+from loadgen.session_figures import SessionFigures
 
 ALL_METRICS = METRICS + EXTRA_METRICS + REASONING_METRICS
 # Metrics kept as histograms in result files and interval logs (the CO-corrected
@@ -184,6 +185,7 @@ class Aggregate:
         self.reasoning_sources: Counter[str] = Counter()
         self.unrecognised_fields: Counter[str] = Counter()
         self.inline: list[InlineRequest] | None = [] if inline_limit > 0 else None
+        self.sessions: SessionFigures | None = None  # a session point's figures (loadgen.session_figures)
 
     # -- updating ------------------------------------------------------------
 
@@ -223,6 +225,9 @@ class Aggregate:
                 if diff:
                     self.prompt_token_mismatches += 1
                     self.prompt_token_max_diff = max(self.prompt_token_max_diff, diff)
+        if self.sessions is not None or records[0].session >= 0:
+            self.sessions = self.sessions or SessionFigures()
+            self.sessions.add(records, fig.records, fig.ttft_ms)
         self._keep_inline(records, fig)
 
     def _add_reasoning(self, fig) -> None:  # noqa: ANN001 - RequestFigures
@@ -274,6 +279,9 @@ class Aggregate:
         self.sources.update(other.sources)
         self.reasoning_sources.update(other.reasoning_sources)
         self.unrecognised_fields.update(other.unrecognised_fields)
+        if other.sessions is not None:
+            self.sessions = self.sessions or SessionFigures()
+            self.sessions.merge(other.sessions)
         if self.inline is not None and other.inline is not None \
                 and self.num_requests <= self.inline_limit:
             self.inline.extend(other.inline)

@@ -155,6 +155,17 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
       help="Before the run, have the server's /tokenize count a sample of prompts; stop on a disagreement. "
            "[default: when the server has /tokenize]")
 @_opt("--num-prompts", type=int, default=None, help="Requests per point. [default: 1000, or rate x --duration]")
+# sessions (--dataset-name sessions): each a value or a distribution, e.g. 8, uniform:4:12, lognormal:2:1
+@_opt("--session-turns", default="4", show_default=True, help="Sessions: turns per session (value or distribution).")
+@_opt("--turn-input-len", default=None, help="Sessions: new user tokens per turn. [default: --input-len]")
+@_opt("--turn-output-len", default=None, help="Sessions: output tokens per turn. [default: --output-len]")
+@_opt("--system-prompt-len", default="0", show_default=True, help="Sessions: tokens of the system prompt all sessions share.")
+@_opt("--think-time", default="0", show_default=True,
+      help="Sessions: seconds between a reply's end and the next turn: S, exponential:MEAN, lognormal:MEAN:STD, ...")
+@_opt("--history", type=click.Choice(["live", "recorded"]), default="live", show_default=True,
+      help="Sessions: earlier turns carry the server's actual replies (live) or replies built beforehand (recorded).")
+@_opt("--session-header", default=None, metavar="NAME",
+      help="Sessions: send every turn with the header NAME: <session id> (routers keep a conversation on one replica).")
 # load shape
 @_opt("--duration", "duration_s", type=float, default=None, help="Stop releasing after this many seconds per point.")
 @_opt("--rate", "--request-rate", "rate", default="inf", show_default=True,
@@ -251,11 +262,12 @@ def main(**opts: Any) -> None:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     progress_console = Console(stderr=True)
     from loadgen.sweep import PreflightError, run_all
+    from loadgen.workload.errors import WorkloadError
 
     interrupts.install()
     try:
         results = run_all(cfg, console=console, progress_console=progress_console)
-    except PreflightError as exc:
+    except (PreflightError, WorkloadError) as exc:  # WorkloadError: e.g. a session run's reply counter did not start
         raise click.UsageError(str(exc)) from None
     except interrupts.Interrupted as exc:
         written = exc.results
@@ -326,6 +338,8 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         dataset=opts["dataset"],
         dataset_path=opts["dataset_path"],
         num_prompts=opts["num_prompts"],
+        **{k: opts[k] for k in ("session_turns", "turn_input_len", "turn_output_len", "system_prompt_len",
+                                "think_time", "history", "session_header")},
         input_len=opts["input_len"],
         output_len=opts["output_len"],
         output_len_fixed=opts.get("output_len_fixed", False),

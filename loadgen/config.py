@@ -27,7 +27,7 @@ from loadgen.schedule import ARRIVALS
 from loadgen.secrets import MASK, mask_url, split_credentials
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.replay import ReplayOptions
-from loadgen.workload.spec import DATASETS, TRACE_DATASETS, WorkloadSpec
+from loadgen.workload.spec import DATASETS, TRACE_DATASETS, SessionSpec, WorkloadSpec
 
 DEFAULT_RESULT_FILENAME = "{backend}-c{concurrency}-r{rate}-i{input_len}-o{output_len}-{date}.json"
 FILENAME_FIELDS = (
@@ -289,11 +289,21 @@ class WorkloadConfig:
     trace_max_gap_s: float | None = None
     trace_timing: str = "trace"  # trace: open loop at the trace's times; order: under the concurrency cap
     trace_too_long: str = "skip"  # requests beyond the server's context: skip | shorten
+    # sessions (--dataset-name sessions): values or distributions (loadgen.workload.dist)
+    session_turns: str = "4"
+    turn_input_len: str | None = None  # None: --input-len
+    turn_output_len: str | None = None  # None: --output-len
+    system_prompt_len: str = "0"
+    think_time: str = "0"
+    history: str = "live"
+    session_header: str | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"--dataset-name '{self.dataset}' is unknown; use one of {', '.join(DATASETS)}")
-        if self.dataset != "random" and not self.dataset_path:
+        if self.session_header is not None and not _is_token(self.session_header):
+            raise ConfigError(f"--session-header '{self.session_header}' is not an HTTP header name; use e.g. X-Session-Id")
+        if self.dataset not in ("random", "sessions") and not self.dataset_path:
             raise ConfigError(f"--dataset-name {self.dataset} needs --dataset-path FILE")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ConfigError(f"--num-prompts must be >= 1, got {self.num_prompts}")
@@ -332,7 +342,7 @@ class WorkloadConfig:
     @property
     def effective_ignore_eos(self) -> bool:
         # a trace's output lengths are what production generated: ask for exactly those
-        return (self.dataset == "random" or self.is_trace) if self.ignore_eos is None else self.ignore_eos
+        return (self.dataset in ("random", "sessions") or self.is_trace) if self.ignore_eos is None else self.ignore_eos
 
     def spec(self, *, num_prompts: int, chat: bool, seed: int, tokenizer: str) -> WorkloadSpec:
         """The prompt set to build, once the tokenizer and the prompt count are known."""
@@ -341,7 +351,14 @@ class WorkloadConfig:
             range_ratio=self.range_ratio, dataset_path=self.dataset_path, prefix_len=self.prefix_len,
             num_prefixes=self.num_prefixes, chat=chat, input_len_counts=self.input_len_counts, seed=seed,
             tokenizer=tokenizer, block_size=self.block_size, output_len_fixed=self.output_len_fixed,
+            session=self.session_spec(),
         )
+
+    def session_spec(self) -> SessionSpec | None:
+        if self.dataset != "sessions":
+            return None
+        return SessionSpec(turns=self.session_turns, user_len=self.turn_input_len, output_len=self.turn_output_len,
+                           system_len=self.system_prompt_len, think_s=self.think_time, history=self.history)
 
 
 def arrival_for(arrival: str, burstiness: float) -> str:
@@ -490,6 +507,8 @@ class RunConfig:
         if self.target.salt_mode == "prefix" and self.workload.dataset not in ("random", *TRACE_DATASETS):
             raise ConfigError(f"--cache-salt-mode prefix salts prompts built from pieces (random prompts, traces), not "
                               f"'{self.workload.dataset}' rows; use --cache-salt-mode body (vLLM) or --reset-prefix-cache")
+        if self.workload.dataset == "sessions" and not self.target.chat:
+            raise ConfigError("--dataset-name sessions sends conversations: add --backend openai-chat")
 
     @classmethod
     def from_flat(cls, **flat: Any) -> RunConfig:
@@ -602,6 +621,11 @@ def template_fields(template: str) -> set[str]:
             f"available: {', '.join('{' + f + '}' for f in FILENAME_FIELDS)}"
         )
     return names
+
+
+def _is_token(text: str) -> bool:
+    """An HTTP header name (RFC 9110 token)."""
+    return bool(text) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in text) and text.isascii()
 
 
 def _is_url(text: str) -> bool:

@@ -43,7 +43,10 @@ FORM: dict[str, dict[str, str]] = {
                  "verify-prompts": "verify_prompts", "ignore-eos": "ignore_eos",
                  "block-size": "block_size", "trace-speedup": "trace_speedup", "trace-start": "trace_start_s",
                  "trace-end": "trace_end_s", "trace-max-gap": "trace_max_gap_s", "trace-timing": "trace_timing",
-                 "trace-too-long": "trace_too_long"},
+                 "trace-too-long": "trace_too_long",
+                 "session-turns": "session_turns", "turn-input-len": "turn_input_len",
+                 "turn-output-len": "turn_output_len", "system-prompt-len": "system_prompt_len",
+                 "think-time": "think_time", "history": "history", "session-header": "session_header"},
     "schedule": {"rate": "rates", "arrival": "arrival", "burstiness": "burstiness", "concurrency": "concurrencies",
                  "duration": "duration_s", "warmup": "warmup", "warmup-seconds": "warmup_s", "repeat": "repeat",
                  "repeat-width": "repeat_width", "repeat-metric": "repeat_metrics",
@@ -55,6 +58,8 @@ FORM: dict[str, dict[str, str]] = {
                   "gpu-metrics": "gpu_metrics"},
 }
 SECRETS = ("api-key", "basic-auth")
+SESSION_FIELDS = frozenset({"session_turns", "turn_input_len", "turn_output_len", "system_prompt_len", "think_time",
+                            "history", "session_header"})
 # flat fields whose file value is not the field's own type, and how to read it
 _PARSERS = {
     "rates": lambda v: parse_rates(_joined(v)),
@@ -87,6 +92,8 @@ def to_form(cfg: RunConfig) -> dict[str, Any]:
                 value = dict(value)
             if value is None or value == [] or value == {}:
                 continue
+            if name in SESSION_FIELDS and flat["dataset"] != "sessions":
+                continue  # session options only in a session run's file
             values[key] = value
         out[section] = values
     return out

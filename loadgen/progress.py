@@ -244,6 +244,17 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("  by trace window (client)", _window_rates(result.get("prefix_cache") or {})),
         ("Loop lag p99 / max (ms)", f"{_fmt(result.get('loop_lag_p99_ms'))} / {_fmt(result.get('loop_lag_max_ms'))}"),
     ]
+    sessions = result.get("sessions")
+    if sessions:  # --dataset-name sessions: how the sessions ended, and TTFT from the first turn to the last
+        by_turn = sessions.get("by_turn") or [{}]
+        rows += [
+            ("Sessions completed / failed / context / cut",
+             " / ".join(str(sessions.get(k)) for k in ("completed", "failed", "context_exceeded", "cut"))),
+            ("Turns per session (mean)", (sessions.get("turns_completed") or {}).get("mean")),
+            ("Session duration p50 (s)", (sessions.get("session_duration_s") or {}).get("p50")),
+            (f"TTFT p50 first / last turn (ms, turn {by_turn[-1].get('turn')})",
+             f"{_fmt(by_turn[0].get('p50_ttft_ms'))} / {_fmt(by_turn[-1].get('p50_ttft_ms'))}"),
+        ]
     for name, value in rows:
         if value is None and (name.startswith("Request goodput") or name.startswith("  ")):
             continue

@@ -27,6 +27,7 @@ class Prompt:
     output_len: int
     text: str | None = None
     messages: list[dict[str, Any]] | None = None
+    session: Session | None = None  # the first turn of a session carries the session (loadgen.sessions)
 
 
 class LazyPrompts(Sequence[Prompt]):
@@ -97,6 +98,10 @@ class RequestRecord:
     unrecognised_field: str | None = None
     text: str = ""
     warmup: bool = False
+    session: int = -1  # session id and turn index of a session's turn (-1: not a session)
+    turn: int = -1
+    session_end: str = ""  # on a session's last record: completed | failed | context_exceeded
+    keep_text: bool = False  # keep the reply's text (a live-history session needs it for the next turn)
 
     @property
     def ok(self) -> bool:
@@ -110,3 +115,47 @@ class RequestRecord:
         if n is None or (n == 0 and (self.reasoning_chunk_tokens or self.unrecognised_tokens)):
             return None
         return n
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One turn of a session: the user's new message and what the server is asked for.
+
+    ``think_s`` is the pause between the end of the previous reply and this turn's
+    release. ``input_len`` is the whole prompt's length as the server counts it when it
+    is known before the run (the first turn; every turn with recorded history);
+    ``reply`` is the recorded reply, sent as history with ``--history recorded``.
+    """
+
+    user: str
+    user_len: int
+    output_len: int
+    think_s: float = 0.0
+    input_len: int = 0
+    reply: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionShape:
+    """How a set's prompts grow turn by turn, as the chat template counts them.
+
+    With ``additive`` (the template appends every turn fenced by special tokens), turn
+    k's length is turn k-1's plus ``per_turn`` plus the reply's own tokens (after
+    ``drops_thinking``: text up to the last ``</think>`` is dropped, as DeepSeek-R1's
+    template does) plus the new user tokens. Otherwise each turn is counted in full.
+    """
+
+    tokenizer: str
+    history: str  # live | recorded
+    per_turn: int
+    additive: bool
+    drops_thinking: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An ordered list of turns; its first turn is the :class:`Prompt` that carries it."""
+
+    id: int
+    system: str | None
+    turns: tuple[Turn, ...]
+    shape: SessionShape

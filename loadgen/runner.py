@@ -85,9 +85,12 @@ class _Stop:
         self.event = asyncio.Event()
         self.dispatcher: asyncio.Task | None = None
         self.loop = loop
+        self.sessions: object | None = None  # a SessionPlan: its sessions start no further turn
 
     def stop_releasing(self) -> None:
         self.requested = True
+        if self.sessions is not None:
+            self.sessions.stopped = True  # type: ignore[attr-defined]
         if self.dispatcher is not None and not self.dispatcher.done():
             self.dispatcher.cancel()
 
@@ -141,13 +144,7 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], offsets_s: 
 
     async def one(rec: RequestRecord, body: bytes) -> None:
         try:
-            await client.request(rec, body)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a client defect must not lose the rest of the run
-            if rec.error is None:
-                rec.error = "client_error"
-                rec.error_detail = f"{type(exc).__name__}: {exc}"[:300]
+            await send(client, rec, body)
         finally:
             inflight.now -= 1
             if gate is not None:
@@ -157,12 +154,7 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], offsets_s: 
     for i, prompt in enumerate(prompts):
         due = start_ns + (int(offsets_s[i] * 1e9) if offsets_s is not None else 0)
         body = build_body(prompt)  # while waiting, not after
-        wait = due - perf_counter_ns()
-        while wait > 0:
-            # uvloop's timers have 1 ms resolution and may fire a little early; the
-            # last fraction of a millisecond is waited out by yielding to the loop.
-            await asyncio.sleep(wait / 1e9 if wait > 1_000_000 else 0)
-            wait = due - perf_counter_ns()
+        await sleep_until(due)
         if gate is not None:
             await gate.acquire()
         rec = RequestRecord(prompt_id=prompt.id, input_len=prompt.input_len, output_len=prompt.output_len,
@@ -173,6 +165,29 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], offsets_s: 
         task = loop.create_task(one(rec, body))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+
+async def send(client: StreamClient, rec: RequestRecord, body: bytes, head: bytes | None = None) -> None:
+    """One request; a client defect is recorded on ``rec`` (``client_error``), not raised:
+    it must not lose the rest of the run."""
+    try:
+        await client.request(rec, body, head)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if rec.error is None:
+            rec.error = "client_error"
+            rec.error_detail = f"{type(exc).__name__}: {exc}"[:300]
+
+
+async def sleep_until(due_ns: int) -> None:
+    """Return at the ``perf_counter_ns`` instant ``due_ns`` (at once if it has passed)."""
+    wait = due_ns - perf_counter_ns()
+    while wait > 0:
+        # uvloop's timers have 1 ms resolution and may fire a little early; the
+        # last fraction of a millisecond is waited out by yielding to the loop.
+        await asyncio.sleep(wait / 1e9 if wait > 1_000_000 else 0)
+        wait = due_ns - perf_counter_ns()
 
 
 async def _drain(tasks: set[asyncio.Task], stop: _Stop, grace_s: float) -> None:
@@ -263,6 +278,8 @@ async def run_async(
     fast_path: bool = True,
     clock_start: Callable[[], Awaitable[int]] | None = None,
     stop_hook: Callable[[Callable[[int], None]], None] | None = None,
+    session_header: str | None = None,
+    max_model_len: int | None = None,
 ) -> RunOutcome:
     """The body of :func:`run`, for callers that already run an event loop.
 
@@ -278,6 +295,9 @@ async def run_async(
 
     ``warm_prompts``: the ``warmup`` requests' own prompts. Without them the warm-up re-sends the
     first measured prompts, and a server with a prefix cache then serves those from it.
+    Prompts that carry sessions are released as sessions (:mod:`loadgen.sessions`):
+    ``session_header`` names the header carrying a session's id, and a turn that would
+    not fit ``max_model_len`` ends its session instead of being sent.
     """
     _validate(prompts, offsets_s, concurrency, warmup, duration_s, tick_s, grace_s)
     loop = asyncio.get_running_loop()
@@ -294,6 +314,14 @@ async def run_async(
     if stop_hook is not None:
         stop_hook(lambda signum: loop.call_soon_threadsafe(stop.interrupt, signum))
     gate = asyncio.Semaphore(concurrency) if concurrency else None
+    dispatch: Callable[..., Awaitable[None]] = _dispatch
+    if prompts and prompts[0].session is not None:
+        from functools import partial
+
+        from loadgen.sessions import SessionPlan, dispatch_sessions
+
+        stop.sessions = plan = SessionPlan(prompts, header=session_header, max_model_len=max_model_len)
+        dispatch = partial(dispatch_sessions, plan)
     warm_records: list[RequestRecord] = []
     records: list[RequestRecord] = []
     tasks: set[asyncio.Task] = set()
@@ -315,6 +343,8 @@ async def run_async(
         handles[slot] = loop.call_later(interval, fire)
 
     try:
+        if stop.sessions is not None:
+            await stop.sessions.start()  # type: ignore[attr-defined]
         if warmup:
             source = warm_prompts or prompts
             warm = [source[i % len(source)] for i in range(warmup)]
@@ -350,7 +380,7 @@ async def run_async(
             if on_tick is not None:
                 every(0, tick_s, lambda: on_tick(counters))
             stop.dispatcher = loop.create_task(
-                _dispatch(client, prompts, offsets, gate, start_ns,
+                dispatch(client, prompts, offsets, gate, start_ns,
                           sink.push if sink is not None else records.append, tasks, False, inflight))
             if duration_s is not None:
                 handles[2] = loop.call_later(duration_s, stop.stop_releasing)
@@ -366,6 +396,8 @@ async def run_async(
         gc.unfreeze()
         _restore_signals(loop, previous)
         await client.close()
+        if stop.sessions is not None:
+            await stop.sessions.close()  # type: ignore[attr-defined]
     if on_tick is not None:
         try:
             on_tick(counters)  # the final state, so the display ends on the true totals

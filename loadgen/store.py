@@ -60,6 +60,9 @@ REQUEST_DTYPE = np.dtype([
     ("cached_tokens", "<i4"),  # prompt tokens from the prefix cache; -1: the server did not say
     ("answer_ms", "<f8"),  # first answer chunk (reasoning models); NaN: none came, or none was told apart
     ("reasoning_tokens", "<i4"),  # the server's count where given, else the reasoning chunks'
+    ("session", "<i4"),  # sessions: the session's id and the turn's index (-1: not a session)
+    ("turn", "<i2"),
+    ("session_end", "S16"),  # on a session's last turn: completed | failed | context_exceeded
 ])
 CHUNK_DTYPE = np.dtype([
     ("prompt_id", "<i8"),
@@ -137,6 +140,9 @@ def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
     rows["answer_ms"] = _rel_ms(col(lambda r: r.answer_ns, np.int64), start_ns)
     rows["reasoning_tokens"] = col(
         lambda r: r.reasoning_chunk_tokens if (c := r.server_reasoning_tokens) is None else c, np.int32)
+    rows["session"] = col(lambda r: r.session, np.int32)
+    rows["turn"] = col(lambda r: r.turn, np.int16)
+    rows["session_end"] = [r.session_end.encode()[:16] for r in records]
     return rows
 
 

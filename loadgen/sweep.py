@@ -346,6 +346,8 @@ def finish_point(
         extra["warmup_seconds"] = cfg.schedule.warmup_s
     if trace is not None:
         extra["trace"] = trace_section(trace, summary.stats["queue"])
+    if agg.sessions is not None:
+        extra["sessions"] = agg.sessions.summary()
     extra.update(extra_fields or {})
     info.warmup_requests = collector.warmup_requests
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
@@ -480,6 +482,8 @@ def _run_point_here(
                 on_tick=prog.tick,
                 grace_s=cfg.schedule.grace_s,
                 sink=collector,
+                session_header=cfg.workload.session_header,
+                max_model_len=pre.max_model_len,
             )
     except BaseException:
         collector.close(0)

@@ -111,6 +111,8 @@ class WorkerTask:
     warmup_s: float = 0.0  # --warmup-seconds: requests sent before start + warmup_s count as warm-up
     warm_prompts: list[Prompt] | None = None  # the warm-up's own prompts (else it re-sends the first ones)
     in_thread: bool = False  # a Ray actor runs it in a thread of a shared process: count that thread's CPU
+    session_header: str | None = None  # sessions: each stays on one worker (a prompt carries its session)
+    max_model_len: int | None = None
 
 
 @dataclass
@@ -218,6 +220,7 @@ def run_worker(task: WorkerTask, control: Control) -> WorkerResult:
             duration_s=task.duration_s,
             counters=counters, on_tick=control.publish, grace_s=task.grace_s, sink=collector,
             clock_start=clock_start, stop_hook=control.on_stop,
+            session_header=task.session_header, max_model_len=task.max_model_len,
         )
     finally:
         collector.close(perf_counter_ns())
@@ -293,6 +296,7 @@ def plan_tasks(
             inline_limit=cfg.output.inline_requests,
             warmup_s=cfg.schedule.warmup_s,
             warm_prompts=[warm_prompts[i % len(warm_prompts)] for i in warm_shares[k]] if warm_prompts else None,
+            session_header=cfg.workload.session_header,
         )
         for k, idx in enumerate(shares)
     ]
@@ -479,6 +483,8 @@ def run_point_workers(
 
         tasks = plan_tasks(cfg, target, prompts, offsets, concurrency, files.store, cfg.schedule.workers,
                            pre.warm_prompts)
+    for task in tasks:
+        task.max_model_len = pre.max_model_len  # a session turn that would not fit ends its session
     counters = SummedCounters(len(tasks))
     title = f"{setup.title} ({len(tasks)} {'actors' if cfg.schedule.ray_address else 'workers'})"
     telemetry = point_telemetry(cfg, files, counters, console)

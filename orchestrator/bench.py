@@ -35,6 +35,10 @@ REPORT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 200, 256, 512, 1024)
 REPORT_LENGTHS = ((128, 128), (256, 256))
 QUICK_CONCURRENCY = (1, 4, 16, 64)
 QUICK_LENGTHS = ((128, 128),)
+# SWEEP=sessions: concurrent users, each one 4-turn conversation at a time (per-turn lengths below),
+# a shared 512-token system prompt and exponential think time (loadgen --dataset-name sessions).
+SESSIONS_CONCURRENCY = (1, 4, 16, 64)
+SESSION_ARGS = ("--session-turns", "4", "--system-prompt-len", "512", "--think-time", "exponential:1")
 RESULT_NAME = "serving_benchmark_{c}_{inp}_{out}.json"
 # How the loop reports progress (click.echo; tests pass a list's append-like collector).
 Echo = Callable[..., None]
@@ -85,6 +89,8 @@ def steady_prompts(concurrency: int, sweep: str) -> int:
     """Prompts for a steady state: 4 waves and at least 32 (report); 2 waves and at least 8 (quick)."""
     if sweep == "report":
         return max(4 * concurrency, 32)
+    if sweep == "sessions":  # sessions, not requests: two per user
+        return max(2 * concurrency, 4)
     return max(2 * concurrency, 8)
 
 
@@ -95,7 +101,7 @@ def plan_points(sweep: str, like_report: bool = False, concurrency: tuple[int, .
     ``like_report`` reproduces the field report's method: one burst of exactly
     ``concurrency`` requests per point and no warm-up.
     """
-    concs = concurrency or (REPORT_CONCURRENCY if sweep == "report" else QUICK_CONCURRENCY)
+    concs = concurrency or {"report": REPORT_CONCURRENCY, "sessions": SESSIONS_CONCURRENCY}.get(sweep, QUICK_CONCURRENCY)
     lens = lengths or (REPORT_LENGTHS if sweep == "report" else QUICK_LENGTHS)
     points = []
     for inp, out in lens:
@@ -103,7 +109,8 @@ def plan_points(sweep: str, like_report: bool = False, concurrency: tuple[int, .
             if like_report:
                 points.append(Point(c, inp, out, num_prompts=c, warmup=0))
             else:
-                points.append(Point(c, inp, out, num_prompts=steady_prompts(c, sweep), warmup=c))
+                points.append(Point(c, inp, out, num_prompts=steady_prompts(c, sweep),
+                                    warmup=0 if sweep == "sessions" else c))
     return points
 
 
@@ -140,6 +147,8 @@ def _profile_facts(name: str) -> dict[str, str]:
         facts["enforce_eager"] = "false"
     if "max_num_seqs" in data:
         facts["max_num_seqs"] = str(data["max_num_seqs"])
+    if "tensor_parallel" in data:
+        facts["tensor_parallel_size"] = str(data["tensor_parallel"])
     if "chunked_prefill" in data:
         facts["enable_chunked_prefill"] = str(bool(data["chunked_prefill"])).lower()
     if "mem_fraction" in flags:
@@ -206,10 +215,14 @@ def launch_facts(server: Server, engine: str) -> dict[str, str]:
 def loadgen_argv(point: Point, base_url: str, target: EngineTarget, directory: Path, like_report: bool,
                  backend: str, tokenizer: str, sweep: str) -> list[str]:
     """The loadgen command line of one point (``-P``: the working directory cannot shadow our packages)."""
+    workload = ["--dataset-name", "random", "--input-len", str(point.input_len), "--output-len", str(point.output_len)]
+    if sweep == "sessions":  # the point's lengths are per turn; sessions need the chat API
+        backend = "openai-chat"
+        workload = ["--dataset-name", "sessions", "--turn-input-len", str(point.input_len),
+                    "--turn-output-len", str(point.output_len), *SESSION_ARGS]
     argv = [
         sys.executable, "-P", "-c", "from loadgen.cli import main; main()",
-        "--base-url", base_url, "--backend", backend, "--tokenizer", tokenizer,
-        "--dataset-name", "random", "--input-len", str(point.input_len), "--output-len", str(point.output_len),
+        "--base-url", base_url, "--backend", backend, "--tokenizer", tokenizer, *workload,
         "--num-prompts", str(point.num_prompts), "--concurrency", str(point.concurrency),
         "--warmup", str(point.warmup), "--rate", "inf",
         "--output-dir", str(directory), "--result-filename", point.filename,
@@ -367,7 +380,7 @@ def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click
     """summary.csv, comparison.md and report.html of capacities, side by side with intervals
     (with ``price`` = (USD per GPU-hour, GPUs): the cost per million output tokens at the SLO)."""
     from analysis.capacity import load_capacities, write_capacity_report
-    from analysis.cost import capacity_cost
+    from analysis.cost import CostError, capacity_cost
 
     table = load_capacities([out / label for label in labels if (out / label).is_dir()])
     if table.empty:
@@ -376,7 +389,10 @@ def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click
     order = {label: i for i, label in enumerate(labels)}
     table = table.sort_values("label", key=lambda s: s.map(order)).reset_index(drop=True)
     if price is not None:
-        table = capacity_cost(table, price[0], price[1] or 1)
+        try:
+            table = capacity_cost(table, *price)
+        except CostError as exc:
+            echo(f"no cost at the SLO: {exc}")
     files = write_capacity_report(table, out / "report", baseline=labels[0], title=f"loadgen capacity — {out.name}")
     echo("")
     echo(files["comparison_md"].read_text(encoding="utf-8"))
@@ -420,8 +436,10 @@ Examples:
 """)
 @click.version_option(package_name="loadgen", prog_name="loadgen-bench")
 @click.option("--engine", type=click.Choice(["sim", "vllm", "sglang"]), default="sim", show_default=True)
-@click.option("--sweep", type=click.Choice(["quick", "report", "capacity"]), default="quick", show_default=True,
+@click.option("--sweep", type=click.Choice(["quick", "report", "capacity", "sessions"]), default="quick",
+              show_default=True,
               help="quick: a few points in minutes; report: the field report's grid (12 concurrencies × 2 lengths); "
+                   "sessions: concurrent 4-turn conversations (1, 4, 16, 64 users; lengths per turn); "
                    "capacity: each engine's capacity under SLOs (loadgen search), side by side with intervals.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results/bench"),
               show_default=True, help="Results go to OUT/<label>/, the report to OUT/report/.")
@@ -446,7 +464,7 @@ Examples:
 @click.option("--gpu-hour-price", type=float, default=None, metavar="USD",
               help="Price of one GPU-hour: $ per million tokens per point (at the SLO with SWEEP=capacity).")
 @click.option("--gpus", type=int, default=None, metavar="N",
-              help="GPUs per deployment for --gpu-hour-price [default: recorded by the runs; 1 for capacity]")
+              help="GPUs per deployment for --gpu-hour-price [default: the launch plan's tensor parallel size]")
 def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str | None, profile: str | None,
          like_report: bool, concurrency: str | None, lengths: str | None, tokenizer: str,
          ready_timeout_s: float, dry_run: bool, time_scale: float | None, slos: tuple[str, ...],

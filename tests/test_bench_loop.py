@@ -65,6 +65,7 @@ def test_default_sim_targets_are_both_fitted_profiles_vllm_first():
     assert "vllm" in targets[0].profile and "sglang" in targets[1].profile
     assert [t.label for t in targets] == [f"sim-{t.profile}" for t in targets]  # dotted versions kept whole
     assert targets[0].metadata["enforce_eager"] == "true" and targets[1].metadata["enforce_eager"] == "false"
+    assert [t.metadata["tensor_parallel_size"] for t in targets] == ["8", "8"]  # the GPUs a cost is per
     assert [t.label for t in targets_for("sim", "fast", None, None, like_report=True)] == ["sim-fast-like-report"]
 
 

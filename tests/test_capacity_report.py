@@ -94,4 +94,11 @@ def test_the_bench_states_the_cost_at_the_slo(tmp_path):
     assert write_capacity_bench_report(tmp_path, ["r"], echo=lambda _: None, price=(2.0, 8)) == 1
     table = pd.read_csv(tmp_path / "report" / "summary.csv")
     assert table["$/M output tokens at SLO"][0] == pytest.approx(16 / 18.432, rel=1e-3)
+    # without --gpus the record's launch plan says how many GPUs the price is for
+    rec = record("r", 400.0, (400.0, 440.0), scale=10.0, over="rate")
+    rec["metadata"] = {"tensor_parallel_size": "8"}
+    write(tmp_path / "r", rec)
+    assert write_capacity_bench_report(tmp_path, ["r"], echo=lambda _: None, price=(2.0, None)) == 1
+    table = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert table["$/M output tokens at SLO"][0] == pytest.approx(16 / 18.432, rel=1e-3)
     assert "$/M output tokens at SLO" in (tmp_path / "report" / "report.html").read_text()

@@ -104,6 +104,10 @@ def test_cost_per_million_tokens_and_its_one_line_errors(tmp_path):
                           "output_len": [400, 400]})
     at_slo = capacity_cost(table, 2.0, 8)["$/M output tokens at SLO"]
     assert at_slo[0] == pytest.approx(16 / 14.4) and at_slo.isna()[1]
+    # without --gpus: each record's launch plan (its tensor parallel size), or a one-line refusal
+    assert capacity_cost(table.assign(gpus=[8, 8]), 2.0)["$/M output tokens at SLO"][0] == pytest.approx(16 / 14.4)
+    with pytest.raises(CostError, match="pass --gpus N"):
+        capacity_cost(table.assign(gpus=[8, None]), 2.0)
 
 
 def test_report_without_a_gpu_count_says_pass_gpus(tmp_path):

@@ -350,3 +350,25 @@ def test_a_shared_prefix_run_agrees_with_the_servers_counters(server, tmp_path: 
     assert cache["client"]["requests_reported"] == 24 and cache["client"]["hit_rate"] > 0.3
     assert cache["server"] is not None
     assert abs(cache["client"]["hit_rate"] - cache["server"]["hit_rate"]) < 0.01
+
+
+@pytest.mark.parametrize("history", ["live", "recorded"])
+def test_three_turn_sessions_count_exactly(server, tmp_path: Path, history: str) -> None:
+    """Every turn of a session carries the conversation so far (live: the tiny model's own
+    replies); the server's usage.prompt_tokens equals the length loadgen expected for each."""
+    argv = [sys.executable, "-c", "from loadgen.cli import main; main()", "--base-url", server.base_url,
+            "--backend", "openai-chat", "--model", SERVED, "--tokenizer", str(MODEL_DIR),
+            "--dataset-name", "sessions", "--num-prompts", "3", "--session-turns", "3",
+            "--turn-input-len", "24", "--turn-output-len", "12", "--system-prompt-len", "32",
+            "--history", history, "--concurrency", "3", "--session-header", "X-Session-Id",
+            "--output-dir", str(tmp_path), "--no-progress"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (path,) = tmp_path.glob("*.json")
+    result = json.loads(path.read_text())
+    assert result["completed"] == 9 and result["sessions"]["completed"] == 3
+    rows = read_requests(tmp_path / result["per_request"]["requests"])
+    assert sorted(zip(rows["session"].tolist(), rows["turn"].tolist(), strict=True)) == \
+        [(s, t) for s in range(3) for t in range(3)]
+    assert (rows["server_prompt_tokens"] == rows["input_len"]).all(), rows[["turn", "input_len", "server_prompt_tokens"]]
+    assert result["prompt_token_mismatches"] == 0

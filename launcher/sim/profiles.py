@@ -67,6 +67,7 @@ class Profile:
     prefill_token_exp: float = 1.0
     graph_batch_sizes: tuple[int, ...] = ()
     eager_step_ms: float = 0.0
+    tensor_parallel: int = 1  # the GPUs of the deployment it emulates (launch metadata: cost per GPU-hour)
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -369,6 +369,8 @@ class StreamConn(asyncio.Protocol):
 
     def begin(self, rec: RequestRecord, fut: asyncio.Future, timeout_s: float) -> None:
         self._reset()
+        if rec.keep_text and self.texts is None:
+            self.texts = []
         self.rec = rec
         self.fut = fut
         self.counters = self.client.counters

@@ -151,14 +151,15 @@ class StreamClient:
             self.all.discard(conn)
         return await self._connect(), False
 
-    async def request(self, rec: RequestRecord, body: bytes) -> RequestRecord:
+    async def request(self, rec: RequestRecord, body: bytes, head: bytes | None = None) -> RequestRecord:
         """Send one request and read its stream into ``rec``; never raises for
-        server or network trouble (the record's ``error`` says what happened)."""
+        server or network trouble (the record's ``error`` says what happened).
+        ``head``: a request head of its own (a session's header), else the client's."""
         counters = self.counters
         if counters is not None:
             counters.started += 1
             counters.in_flight += 1
-        data = self.head + b"%d\r\n\r\n" % len(body) + body
+        data = (head or self.head) + b"%d\r\n\r\n" % len(body) + body
         fresh = False
         conn: StreamConn | None = None
         try:

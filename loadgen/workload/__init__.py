@@ -94,7 +94,11 @@ def validate_spec(spec: WorkloadSpec) -> None:
         raise WorkloadError("--num-prefixes needs --prefix-len K (the shared prefix length in tokens)")
     if spec.prefix_len and spec.dataset != "random":
         raise WorkloadError("--prefix-len applies to the random dataset only")
-    if spec.dataset != "random" and not spec.dataset_path:
+    if spec.dataset == "sessions":
+        from loadgen.workload.sessions import session_dists
+
+        session_dists(spec)
+    if spec.dataset not in ("random", "sessions") and not spec.dataset_path:
         raise WorkloadError(f"the {spec.dataset} dataset needs --dataset-path to a local file")
     if spec.dataset in TRACE_DATASETS and spec.block_size < 1:
         raise WorkloadError(f"--block-size must be at least 1 token, got {spec.block_size}")
@@ -166,6 +170,12 @@ last_build = BuildInfo()
 
 
 def _build(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
+    if spec.dataset == "sessions":
+        from loadgen.workload.sessions import build_sessions, check_sessions
+
+        prompts = build_sessions(view, spec)
+        last_build.checked = check_sessions(view, prompts, check_lengths)
+        return prompts
     if spec.dataset == "sharegpt":
         from loadgen.workload.sharegpt import build_sharegpt
 
@@ -225,6 +235,17 @@ def build_prompts(spec: WorkloadSpec, tokenizer: Any = None, *, use_cache: bool 
         from loadgen.workload.replay import ReplayOptions
 
         return list(build_trace(spec, ReplayOptions(limit=spec.num_prompts), tokenizer).prompts)
+    if spec.dataset == "sessions":
+        if defer_check and tokenizer is None and loaded_tokenizer(spec.tokenizer) is None:
+            # the client never loads the tokenizer: the set is built in a fresh process
+            from loadgen.workload.sidecar import build_apart
+
+            last_build.reset()
+            started = time.perf_counter()
+            prompts, last_build.checked = build_apart(spec)
+            last_build.source, last_build.seconds = "built", time.perf_counter() - started
+            return prompts
+        use_cache = defer_check = False  # sessions are built in seconds, and count replies at run time
     if defer_check and tokenizer is None:
         # loaded here already (a notebook, a second sweep): counting now costs only the encode
         tokenizer = loaded_tokenizer(spec.tokenizer)

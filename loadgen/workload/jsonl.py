@@ -10,7 +10,7 @@ count it, so verification works for your prompts too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,29 +41,33 @@ def _output_len(row: dict[str, Any], spec: WorkloadSpec, where: str) -> int:
     return value
 
 
-def json_objects(path: Path, shown: str, expect: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """Each non-blank line of a JSON-lines file as ``(line, "FILE:LINE", object)``; a line that is
+def json_objects(lines: Iterable[bytes], shown: str, expect: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Each non-blank line of JSON-lines input as ``(line, "FILE:LINE", object)``; a line that is
     not a JSON object is a one-line error naming it (``expect``: what the object holds)."""
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            where = f"{shown}:{lineno}"
-            try:
-                row = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise WorkloadError(f"{where}: not valid JSON ({exc}); write one JSON object a line") from None
-            if not isinstance(row, dict):
-                raise WorkloadError(f"{where}: expected an object with {expect}")
-            yield lineno, where, row
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{shown}:{lineno}"
+        try:
+            row = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise WorkloadError(f"{where}: not valid JSON ({exc}); write one JSON object a line") from None
+        if not isinstance(row, dict):
+            raise WorkloadError(f"{where}: expected an object with {expect}")
+        yield lineno, where, row
 
 
 def build_jsonl(view: TokenizerView, spec: WorkloadSpec) -> list[Prompt]:
     path = Path(spec.dataset_path or "").expanduser()
     if not readable_source(str(path)):
         raise WorkloadError(f"JSONL file '{spec.dataset_path}' not found: pass --dataset-path to a local .jsonl file")
+    with path.open("rb") as fh:
+        return _prompts(view, spec, json_objects(fh, spec.dataset_path or "", "'prompt' or 'messages'"))
+
+
+def _prompts(view: TokenizerView, spec: WorkloadSpec, objects: Iterator[tuple[int, str, dict[str, Any]]]) -> list[Prompt]:
     prompts: list[Prompt] = []
-    for _, where, row in json_objects(path, spec.dataset_path or "", "'prompt' or 'messages'"):
+    for _, where, row in objects:
         output_len = _output_len(row, spec, where)
         pid = len(prompts)
         if "messages" in row:

@@ -8,6 +8,21 @@ from dataclasses import dataclass
 DATASETS = ("random", "sharegpt", "jsonl", "mooncake", "azure", "burstgpt")
 # The request traces among them: replayed at their own times (loadgen.workload.traces).
 TRACE_DATASETS = ("mooncake", "azure", "burstgpt")
+DATASETS = ("random", "sharegpt", "jsonl", "sessions")
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Synthetic multi-turn sessions (``--dataset-name sessions``); each field is a value or
+    a distribution (:mod:`loadgen.workload.dist`). ``user_len``/``output_len`` of None take
+    ``--input-len``/``--output-len``."""
+
+    turns: str = "4"
+    user_len: str | None = None
+    output_len: str | None = None
+    system_len: str = "0"
+    think_s: str = "0"
+    history: str = "live"  # live | recorded
 
 
 @dataclass(frozen=True)
@@ -36,3 +51,4 @@ class WorkloadSpec:
     max_input_len: int = 1024
     max_total_len: int = 2048
     block_size: int = 512  # traces: tokens per hash id (Mooncake's --block-size)
+    session: SessionSpec | None = None  # sessions dataset

@@ -140,26 +140,27 @@ def _count(value: Any, name: str, where: str, minimum: int) -> int:
 
 
 def _mooncake_rows(file: Path, path: str, block_size: int) -> Iterator[Row]:
-    for line, where, row in json_objects(file, path, "timestamp, input_length, output_length, hash_ids"):
-        missing = [k for k in ("timestamp", "input_length", "output_length", "hash_ids") if k not in row]
-        if missing:
-            raise WorkloadError(f"{where}: missing {', '.join(missing)}; every Mooncake row needs timestamp (ms), "
-                                "input_length, output_length and hash_ids")
-        t = row["timestamp"]
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
-            raise WorkloadError(f"{where}: timestamp must be a number of ms >= 0, got {t!r}; fix the row")
-        n_in = _count(row["input_length"], "input_length", where, 1)
-        n_out = _count(row["output_length"], "output_length", where, 1)
-        ids = row["hash_ids"]
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                                for i in ids):
-            raise WorkloadError(f"{where}: hash_ids must be a list of integers >= 0; fix the row")
-        need = -(-n_in // block_size)
-        if len(ids) != need:
-            raise WorkloadError(
-                f"{where}: {len(ids)} hash_ids do not fit input_length {n_in} at a block size of {block_size} "
-                f"tokens (it needs {need}); pass the --block-size the trace was made with, or fix the row")
-        yield line, t / 1000.0, n_in, n_out, ids
+    with file.open("rb") as fh:
+        for line, where, row in json_objects(fh, path, "timestamp, input_length, output_length, hash_ids"):
+            missing = [k for k in ("timestamp", "input_length", "output_length", "hash_ids") if k not in row]
+            if missing:
+                raise WorkloadError(f"{where}: missing {', '.join(missing)}; every Mooncake row needs timestamp (ms), "
+                                    "input_length, output_length and hash_ids")
+            t = row["timestamp"]
+            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+                raise WorkloadError(f"{where}: timestamp must be a number of ms >= 0, got {t!r}; fix the row")
+            n_in = _count(row["input_length"], "input_length", where, 1)
+            n_out = _count(row["output_length"], "output_length", where, 1)
+            ids = row["hash_ids"]
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                    for i in ids):
+                raise WorkloadError(f"{where}: hash_ids must be a list of integers >= 0; fix the row")
+            need = -(-n_in // block_size)
+            if len(ids) != need:
+                raise WorkloadError(
+                    f"{where}: {len(ids)} hash_ids do not fit input_length {n_in} at a block size of {block_size} "
+                    f"tokens (it needs {need}); pass the --block-size the trace was made with, or fix the row")
+            yield line, t / 1000.0, n_in, n_out, ids
 
 
 def _csv_rows(file: Path, path: str, fmt: str) -> Iterator[Row]:
