@@ -129,8 +129,9 @@ def warm_cache_warning(cold: bool, client_rate: float | None, server_rate: float
 
 def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset: str, prefix_len: int,
             reset_outcome: dict[str, Any] | None, salt: str | None, salt_mode: str | None = None,
-            windows: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The result's ``prefix_cache`` entry (``windows``: a trace replay's :func:`by_window`)."""
+            windows: dict[str, Any] | None = None, turns: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The result's ``prefix_cache`` entry (``windows``: a trace replay's :func:`by_window`;
+    ``turns``: a sessions run's :func:`by_turn`)."""
     client = client_figures(summary)
     server = server_figures(server_metrics)
     cold = cold_workload(dataset, prefix_len)
@@ -143,6 +144,7 @@ def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset:
         "cache_salt": salt,
         "cache_salt_mode": salt_mode if salt else None,
         "by_window": windows,
+        "by_turn": turns,
     }
 
 
@@ -184,3 +186,10 @@ def by_window(rows: np.ndarray, sent_rows: np.ndarray, sent_times_s: np.ndarray,
         "windows": [{"start_s": t0 + k * width, "end_s": t0 + (k + 1) * width if span > 0 else t0,
                      **_token_sums(kept[index == k])} for k in range(n)],
     }
+
+
+def by_turn(rows: np.ndarray) -> list[dict[str, Any]]:
+    """A sessions run's client-side hit rate per turn index (0: the first turn): the history a
+    turn resends is what a prefix cache is there for, so the rate should climb with the turn."""
+    kept = rows[rows["ok"] & ~rows["warmup"] & (rows["turn"] >= 0)]
+    return [{"turn": int(t), **_token_sums(kept[kept["turn"] == t])} for t in np.unique(kept["turn"])]

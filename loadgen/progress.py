@@ -187,12 +187,12 @@ def _hit_rates(cache: Mapping[str, Any]) -> str:
     return " / ".join("not reported" if v is None else f"{v:.1%}" for v in (client, server))
 
 
-def _window_rates(cache: Mapping[str, Any]) -> str | None:
-    """A trace replay's hit rate per trace window, oldest first (``-``: nothing reported there)."""
-    windows = (cache.get("by_window") or {}).get("windows")
-    if not windows:
+def _rates(groups: list[dict[str, Any]] | None, most: int = 12) -> str | None:
+    """Hit rates of a trace's windows or a session's turns, in order (``-``: nothing reported there)."""
+    if not groups:
         return None
-    return " ".join("-" if w["hit_rate"] is None else f"{w['hit_rate']:.0%}" for w in windows)
+    shown = " ".join("-" if g["hit_rate"] is None else f"{g['hit_rate']:.0%}" for g in groups[:most])
+    return shown + (" …" if len(groups) > most else "")
 
 
 def reasoning_warnings(result: Mapping[str, Any]) -> list[str]:
@@ -241,7 +241,8 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("Total token throughput (tok/s)", result.get("total_token_throughput")),
         ("Ignore EOS", result.get("ignore_eos")),
         ("Prefix cache hit rate (client / server)", _hit_rates(result.get("prefix_cache") or {})),
-        ("  by trace window (client)", _window_rates(result.get("prefix_cache") or {})),
+        ("  by trace window (client)", _rates(((result.get("prefix_cache") or {}).get("by_window") or {}).get("windows"))),
+        ("  by session turn (client)", _rates((result.get("prefix_cache") or {}).get("by_turn"))),
         ("Loop lag p99 / max (ms)", f"{_fmt(result.get('loop_lag_p99_ms'))} / {_fmt(result.get('loop_lag_max_ms'))}"),
     ]
     sessions = result.get("sessions")

@@ -353,7 +353,8 @@ def finish_point(
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     extra["prefix_cache"] = prefix_cache.section(summary, extra.get("server_metrics"), dataset=cfg.workload.dataset,
                                                  prefix_len=cfg.workload.prefix_len, reset_outcome=cache_reset,
-                                                 salt=cache_salt, salt_mode=cfg.target.salt_mode, windows=trace_windows(trace, files.store.requests))
+                                                 salt=cache_salt, salt_mode=cfg.target.salt_mode,
+                                                 **store_cache_figures(cfg, trace, files.store.requests))
     result = results_mod.build_result(
         cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
     )
@@ -523,16 +524,19 @@ def trace_section(trace: Any, queue: Any) -> dict[str, Any]:
                                 behind_p99_ms=SATURATION_LAG_P99_MS)
 
 
-def trace_windows(trace: Any, store_path: Path) -> dict[str, Any] | None:
-    """A trace replay's hit rate per trace window, from the point's per-request store
-    (None for other workloads, or when the store cannot be read)."""
-    if trace is None or trace.times_s is None:
-        return None
+def store_cache_figures(cfg: RunConfig, trace: Any, store_path: Path) -> dict[str, Any]:
+    """The hit rate per trace window (a replay) or per session turn, from the point's per-request
+    store; nothing for other workloads, or when the store cannot be read."""
+    sessions = cfg.workload.dataset == "sessions"
+    if not sessions and (trace is None or trace.times_s is None):
+        return {}
     try:
         rows = read_requests(store_path)
     except (OSError, ValueError):
-        return None
-    return prefix_cache.by_window(rows, trace.prompts.rows, trace.times_s)
+        return {}
+    if sessions:
+        return {"turns": prefix_cache.by_turn(rows)}
+    return {"windows": prefix_cache.by_window(rows, trace.prompts.rows, trace.times_s)}
 
 
 def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:

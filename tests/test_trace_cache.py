@@ -218,3 +218,29 @@ def test_prefix_salt_refused_for_dataset_rows(tmp_path: Path) -> None:
     assert "--cache-salt-mode prefix" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, ["--base-url", "http://127.0.0.1:9", "--cache-salt-mode", "prefix"])
     assert res.exit_code == 2 and "needs --cache-salt" in res.output
+
+
+# ---------------------------------------------------------------- sessions: hit rate per turn
+
+
+def test_sessions_hit_rate_by_turn_against_the_sim(private_cache, tmp_path: Path, sim_server) -> None:
+    """Each turn resends the conversation so far: from the second turn on the cache serves the
+    history; the first turns share only the system prompt. The turns add up to the point and
+    the point agrees with the sim's counters."""
+    srv = sim_server("--tokenizer", "deepseek-r1")
+    result, store, output = run(tmp_path / "out", "--base-url", srv.base_url, "--backend", "openai-chat",
+                                "--dataset-name", "sessions", "--num-prompts", "6", "--session-turns", "3",
+                                "--turn-input-len", "40", "--turn-output-len", "16", "--system-prompt-len", "64",
+                                "--concurrency", "2")
+    assert result["completed"] == 18 and result["prompt_token_mismatches"] == 0
+    cache = result["prefix_cache"]
+    turns = cache["by_turn"]
+    assert [t["turn"] for t in turns] == [0, 1, 2] and all(t["requests"] == 6 for t in turns)
+    for key in ("requests_reported", "cached_tokens", "prompt_tokens"):
+        assert sum(t[key] for t in turns) == cache["client"][key]
+    assert turns[1]["hit_rate"] > turns[0]["hit_rate"] and turns[2]["hit_rate"] > turns[0]["hit_rate"]
+    assert turns[2]["hit_rate"] > 0.5  # two turns of history cached
+    stats = get_json(f"{srv.base_url}/sim/stats")["prefix_cache"]
+    assert abs(cache["client"]["hit_rate"] - stats["hits"] / stats["queries"]) < 0.01
+    assert cache["by_window"] is None
+    assert "by session turn (client)" in output
