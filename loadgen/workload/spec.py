@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The prompt sources loadgen.workload can build (the --dataset-name choices).
-DATASETS = ("random", "sharegpt", "jsonl", "mooncake", "azure", "burstgpt")
+DATASETS = ("random", "sharegpt", "jsonl", "sessions", "mooncake", "azure", "burstgpt")
 # The request traces among them: replayed at their own times (loadgen.workload.traces).
 TRACE_DATASETS = ("mooncake", "azure", "burstgpt")
-DATASETS = ("random", "sharegpt", "jsonl", "sessions")
 
 
 @dataclass(frozen=True)
