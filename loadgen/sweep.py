@@ -555,7 +555,7 @@ def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     if cfg.target.salt_mode == "prefix" and pre.cache_salt:
         from loadgen.workload.salt import PieceSalt
 
-        pre.trace.prompts.salt = PieceSalt(pre.trace.prompts.blocks.table.texts, pre.cache_salt)
+        pre.trace.prompts.salt = PieceSalt(pre.trace.prompts.blocks.table.texts.tolist(), pre.cache_salt)
     return pre.trace.prompts
 
 
@@ -604,6 +604,7 @@ def salted(prompts: list[Prompt], pre: Preflight, fingerprint: str | None) -> li
     from loadgen.workload.tokenizer import TokenizerError, load_tokenizer
 
     found = pieces.cached(fingerprint) if fingerprint else None
+    table: pieces.PieceTable | None = None
     try:
         if found is not None:
             table = found[0]
@@ -614,7 +615,7 @@ def salted(prompts: list[Prompt], pre: Preflight, fingerprint: str | None) -> li
         if table is None:
             raise WorkloadError("--cache-salt-mode prefix needs prompts built from the tokenizer's pieces, and this "
                                 "tokenizer has no piece table; use --cache-salt-mode body (vLLM) or --reset-prefix-cache")
-        return salt_prompts(prompts, PieceSalt(table.texts, pre.cache_salt or ""))
+        return salt_prompts(prompts, PieceSalt(table.texts.tolist(), pre.cache_salt or ""))
     except (WorkloadError, TokenizerError) as exc:
         raise PreflightError(str(exc)) from None
 
