@@ -194,8 +194,10 @@ def _opt(*names: str, **kw: Any):  # noqa: ANN202 - click decorator
       help="Empty the server's prefix cache before each point (vLLM POST /reset_prefix_cache, SGLang POST "
            "/flush_cache); a refusal or a hang is one line and recorded, the point still runs.")
 @_opt("--cache-salt", default=None, metavar="SALT|auto",
-      help="Send this salt as the body's cache_salt (vLLM) so no earlier run's prefix cache is reused; "
-           "'auto': a new salt per run (recorded).")
+      help="Salt every request so no earlier run's prefix cache is reused; 'auto': a new salt per run (recorded).")
+@_opt("--cache-salt-mode", type=click.Choice(["body", "prefix"]), default=None,
+      help="body: vLLM's cache_salt field; prefix: the prompt's leading pieces, same length (random prompts, "
+           "traces). [default: body, prefix for --backend sglang]")
 @_opt("--chat-template-kwargs", default=None,
       help="JSON object sent as chat_template_kwargs (--backend openai-chat), e.g. '{\"enable_thinking\": false}' "
            "to turn a reasoning model's thinking off; recorded in the result.")
@@ -357,6 +359,7 @@ def flat_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         extra_body=parse_extra_body(opts["extra_body"]),
         reset_prefix_cache=opts.get("reset_prefix_cache", False),
         cache_salt=opts.get("cache_salt"),
+        cache_salt_mode=opts.get("cache_salt_mode"),
         chat_template_kwargs=parse_chat_template_kwargs(opts["chat_template_kwargs"]),
         timeout_s=opts["timeout_s"],
         goodput_slos_ms=parse_goodput(opts["goodput"]),

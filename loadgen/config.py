@@ -34,6 +34,7 @@ FILENAME_FIELDS = (
     "backend", "model", "concurrency", "rate", "input_len", "output_len", "num_prompts",
     "dataset", "label", "date", "seed", "arrival", "repeat",
 )
+SALT_MODES = ("body", "prefix")  # --cache-salt-mode
 
 
 class ConfigError(LoadgenError, ValueError):
@@ -192,6 +193,7 @@ class TargetConfig:
     extra_body: dict[str, Any] | None = None
     reset_prefix_cache: bool = False  # reset the server's prefix cache before each point
     cache_salt: str | None = None  # "auto" (a new salt per run) or a fixed salt sent as the body's cache_salt
+    cache_salt_mode: str | None = None  # body | prefix (the prompt's leading pieces); None: body, prefix for sglang
     chat_template_kwargs: dict[str, Any] | None = None  # sent as the chat body's chat_template_kwargs
 
     def __post_init__(self) -> None:
@@ -219,9 +221,21 @@ class TargetConfig:
             raise ConfigError(f"--endpoint '{self.endpoint}' must be a path starting with '/', e.g. /v1/completions")
         if self.cache_salt is not None and not self.cache_salt.strip():
             raise ConfigError("--cache-salt must not be empty; give a salt, or 'auto' for a new one per run")
-        if self.cache_salt is not None and self.backend == "sglang":
-            raise ConfigError("--cache-salt is sent as the body's cache_salt, which SGLang's /generate does not "
-                              "take; use --backend openai or openai-chat, or --reset-prefix-cache")
+        if self.cache_salt_mode is not None and self.cache_salt is None:
+            raise ConfigError("--cache-salt-mode needs --cache-salt (e.g. --cache-salt auto)")
+        if self.cache_salt_mode not in (None, *SALT_MODES):
+            raise ConfigError(f"--cache-salt-mode must be one of {', '.join(SALT_MODES)}, got '{self.cache_salt_mode}'")
+        if self.salt_mode == "body" and self.backend == "sglang":
+            raise ConfigError("--cache-salt-mode body sends the body's cache_salt, which SGLang's /generate does not "
+                              "take; use --cache-salt-mode prefix (the default for sglang)")
+
+    @property
+    def salt_mode(self) -> str | None:
+        """How ``--cache-salt`` is sent: the body's ``cache_salt`` field (vLLM), or written into
+        the prompt's leading pieces (``prefix``, the default where the field is not taken)."""
+        if self.cache_salt is None:
+            return None
+        return self.cache_salt_mode or ("prefix" if self.backend == "sglang" else "body")
 
     @property
     def chat(self) -> bool:
@@ -490,6 +504,9 @@ class RunConfig:
                 raise ConfigError("a rate sweep writes one file per point: add {rate} to --result-filename")
         if self.workload.is_trace:
             _check_trace_schedule(self.workload, s)
+        if self.target.salt_mode == "prefix" and self.workload.dataset not in ("random", *TRACE_DATASETS):
+            raise ConfigError(f"--cache-salt-mode prefix salts prompts built from pieces (random prompts, traces), not "
+                              f"'{self.workload.dataset}' rows; use --cache-salt-mode body (vLLM) or --reset-prefix-cache")
         if self.workload.dataset == "sessions" and not self.target.chat:
             raise ConfigError("--dataset-name sessions sends conversations: add --backend openai-chat")
 

@@ -34,6 +34,7 @@ FORM: dict[str, dict[str, str]] = {
     "target": {"base-url": "base_url", "endpoint": "endpoint", "backend": "backend", "model": "model",
                "tokenizer": "tokenizer", "ca-cert": "ca_cert", "insecure": "insecure", "timeout": "timeout_s",
                "extra-body": "extra_body", "reset-prefix-cache": "reset_prefix_cache", "cache-salt": "cache_salt",
+               "cache-salt-mode": "cache_salt_mode",
                "chat-template-kwargs": "chat_template_kwargs"},
     "workload": {"dataset-name": "dataset", "dataset-path": "dataset_path", "num-prompts": "num_prompts",
                  "input-len": "input_len", "output-len": "output_len",

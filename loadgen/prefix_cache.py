@@ -18,6 +18,8 @@ import json
 import uuid
 from typing import Any
 
+import numpy as np
+
 from loadgen import control
 from loadgen.connection import Connection
 from loadgen.metrics import Summary
@@ -27,6 +29,9 @@ COLD_HIT_LIMIT = 0.01
 RESET_TIMEOUT_S = 10.0
 # in the order tried: vLLM's (a dev-mode route), then SGLang's
 RESET_ROUTES = ("/reset_prefix_cache", "/flush_cache")
+# a trace replay's hit rate is also given per window of the trace's time: this many equal windows
+# over the span of the rows sent (a fixed count reads the same for a 10-second slice and a day)
+TRACE_WINDOWS = 10
 
 
 def run_salt(option: str | None) -> str | None:
@@ -123,8 +128,10 @@ def warm_cache_warning(cold: bool, client_rate: float | None, server_rate: float
 
 
 def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset: str, prefix_len: int,
-            reset_outcome: dict[str, Any] | None, salt: str | None) -> dict[str, Any]:
-    """The result's ``prefix_cache`` entry."""
+            reset_outcome: dict[str, Any] | None, salt: str | None, salt_mode: str | None = None,
+            windows: dict[str, Any] | None = None, turns: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The result's ``prefix_cache`` entry (``windows``: a trace replay's :func:`by_window`;
+    ``turns``: a sessions run's :func:`by_turn`)."""
     client = client_figures(summary)
     server = server_figures(server_metrics)
     cold = cold_workload(dataset, prefix_len)
@@ -135,4 +142,54 @@ def section(summary: Summary, server_metrics: dict[str, Any] | None, *, dataset:
         "warning": warm_cache_warning(cold, client["hit_rate"], server["hit_rate"] if server else None),
         "reset": reset_outcome,
         "cache_salt": salt,
+        "cache_salt_mode": salt_mode if salt else None,
+        "by_window": windows,
+        "by_turn": turns,
     }
+
+
+def _token_sums(rows: np.ndarray) -> dict[str, Any]:
+    """Hit-rate figures of store rows (successful, measured): over those that reported cached tokens
+    (``-1`` = not reported), prompt tokens being the server's count where it gave one."""
+    told = rows[rows["cached_tokens"] >= 0]
+    prompt = np.where(told["server_prompt_tokens"] >= 0, told["server_prompt_tokens"], told["input_len"])
+    cached, total = int(told["cached_tokens"].sum()), int(prompt.sum())
+    return {"requests": int(rows.size), "requests_reported": int(told.size),
+            "cached_tokens": cached if told.size else None, "prompt_tokens": total if told.size else None,
+            "hit_rate": cached / total if told.size and total else None}
+
+
+def by_window(rows: np.ndarray, sent_rows: np.ndarray, sent_times_s: np.ndarray,
+              windows: int = TRACE_WINDOWS) -> dict[str, Any]:
+    """A trace replay's client-side hit rate per window of the trace's own time.
+
+    ``rows`` are the point's per-request store rows (their ``prompt_id`` is the trace row);
+    ``sent_rows`` (ascending) and ``sent_times_s`` say when in the trace each sent row came.
+    The windows split ``[first, last]`` of those times into ``windows`` equal parts (one
+    window when all came at once); a window's figures are those of the point's
+    (:func:`client_figures`: successful, measured requests, cached over prompt tokens of
+    those that reported), so a window where nothing reported has ``hit_rate`` null.
+    """
+    t0 = float(sent_times_s[0]) if sent_times_s.size else 0.0
+    span = float(sent_times_s[-1]) - t0 if sent_times_s.size else 0.0
+    n = windows if span > 0 else 1
+    width = span / n if span > 0 else 0.0
+    kept = rows[rows["ok"] & ~rows["warmup"]]
+    at = np.searchsorted(sent_rows, kept["prompt_id"]).clip(0, max(sent_rows.size - 1, 0))
+    sent = sent_rows[at] == kept["prompt_id"] if sent_rows.size else np.zeros(kept.size, bool)
+    kept, at = kept[sent], at[sent]
+    index = (np.minimum(((sent_times_s[at] - t0) / width).astype(np.int64), n - 1) if width
+             else np.zeros(at.size, np.int64))
+    return {
+        "axis": "trace time (s from the trace's first row)",
+        "window_s": width if span > 0 else None,
+        "windows": [{"start_s": t0 + k * width, "end_s": t0 + (k + 1) * width if span > 0 else t0,
+                     **_token_sums(kept[index == k])} for k in range(n)],
+    }
+
+
+def by_turn(rows: np.ndarray) -> list[dict[str, Any]]:
+    """A sessions run's client-side hit rate per turn index (0: the first turn): the history a
+    turn resends is what a prefix cache is there for, so the rate should climb with the turn."""
+    kept = rows[rows["ok"] & ~rows["warmup"] & (rows["turn"] >= 0)]
+    return [{"turn": int(t), **_token_sums(kept[kept["turn"] == t])} for t in np.unique(kept["turn"])]

@@ -187,6 +187,14 @@ def _hit_rates(cache: Mapping[str, Any]) -> str:
     return " / ".join("not reported" if v is None else f"{v:.1%}" for v in (client, server))
 
 
+def _rates(groups: list[dict[str, Any]] | None, most: int = 12) -> str | None:
+    """Hit rates of a trace's windows or a session's turns, in order (``-``: nothing reported there)."""
+    if not groups:
+        return None
+    shown = " ".join("-" if g["hit_rate"] is None else f"{g['hit_rate']:.0%}" for g in groups[:most])
+    return shown + (" …" if len(groups) > most else "")
+
+
 def reasoning_warnings(result: Mapping[str, Any]) -> list[str]:
     """A reasoning model's requests that never answered, and output under an unknown field."""
     out = []
@@ -233,6 +241,8 @@ def summary_table(result: Mapping[str, Any]) -> Table:
         ("Total token throughput (tok/s)", result.get("total_token_throughput")),
         ("Ignore EOS", result.get("ignore_eos")),
         ("Prefix cache hit rate (client / server)", _hit_rates(result.get("prefix_cache") or {})),
+        ("  by trace window (client)", _rates(((result.get("prefix_cache") or {}).get("by_window") or {}).get("windows"))),
+        ("  by session turn (client)", _rates((result.get("prefix_cache") or {}).get("by_turn"))),
         ("Loop lag p99 / max (ms)", f"{_fmt(result.get('loop_lag_p99_ms'))} / {_fmt(result.get('loop_lag_max_ms'))}"),
     ]
     sessions = result.get("sessions")
@@ -247,7 +257,7 @@ def summary_table(result: Mapping[str, Any]) -> Table:
              f"{_fmt(by_turn[0].get('p50_ttft_ms'))} / {_fmt(by_turn[-1].get('p50_ttft_ms'))}"),
         ]
     for name, value in rows:
-        if value is None and (name.startswith("Request goodput") or name.startswith("  of which")):
+        if value is None and (name.startswith("Request goodput") or name.startswith("  ")):
             continue
         head.add_row(name, _fmt(value))
 

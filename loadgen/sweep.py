@@ -32,7 +32,7 @@ from loadgen.metrics import SATURATION_LAG_P99_MS
 from loadgen.progress import Progress, print_summary, sweep_table
 from loadgen.records import Prompt
 from loadgen.schedule import ArrivalSpec, release_offsets
-from loadgen.store import RequestStore, StoreFiles
+from loadgen.store import RequestStore, StoreFiles, read_requests
 
 
 class PreflightError(LoadgenError, RuntimeError):
@@ -128,7 +128,7 @@ def _target(cfg: RunConfig, model: str, salt: str | None = None) -> Any:
 
     t = cfg.target
     extra_body = t.body_extra()
-    if salt:
+    if salt and t.salt_mode == "body":
         extra_body = {"cache_salt": salt, **(extra_body or {})}
     return Target(
         base_url=t.base_url,
@@ -213,7 +213,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     from loadgen.prefix_cache import run_salt
 
     salt = run_salt(cfg.target.cache_salt)
-    probe_stream(cfg, model, salt)
+    probe_stream(cfg, model, salt if cfg.target.salt_mode == "body" else None)
     version, facts = server_facts(cfg)
     return Preflight(
         model=model,
@@ -353,7 +353,8 @@ def finish_point(
     extra.update(telemetry or {})  # server_metrics, gpu_metrics (loadgen.telemetry)
     extra["prefix_cache"] = prefix_cache.section(summary, extra.get("server_metrics"), dataset=cfg.workload.dataset,
                                                  prefix_len=cfg.workload.prefix_len, reset_outcome=cache_reset,
-                                                 salt=cache_salt)
+                                                 salt=cache_salt, salt_mode=cfg.target.salt_mode,
+                                                 **store_cache_figures(cfg, trace, files.store.requests))
     result = results_mod.build_result(
         cfg, info, summary, agg.inline_rows(), hists, server_version=server_version, extra=extra
     )
@@ -523,6 +524,21 @@ def trace_section(trace: Any, queue: Any) -> dict[str, Any]:
                                 behind_p99_ms=SATURATION_LAG_P99_MS)
 
 
+def store_cache_figures(cfg: RunConfig, trace: Any, store_path: Path) -> dict[str, Any]:
+    """The hit rate per trace window (a replay) or per session turn, from the point's per-request
+    store; nothing for other workloads, or when the store cannot be read."""
+    sessions = cfg.workload.dataset == "sessions"
+    if not sessions and (trace is None or trace.times_s is None):
+        return {}
+    try:
+        rows = read_requests(store_path)
+    except (OSError, ValueError):
+        return {}
+    if sessions:
+        return {"turns": prefix_cache.by_turn(rows)}
+    return {"windows": prefix_cache.by_window(rows, trace.prompts.rows, trace.times_s)}
+
+
 def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     """A trace replay's prompts (built as they are released) and, in ``pre.trace``, its timeline."""
     from loadgen import workload
@@ -536,6 +552,10 @@ def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     except WorkloadError as exc:
         raise PreflightError(str(exc)) from None
     pre.local_check = {"checked": workload.last_build.checked, "ok": True, "background": False}
+    if cfg.target.salt_mode == "prefix" and pre.cache_salt:
+        from loadgen.workload.salt import PieceSalt
+
+        pre.trace.prompts.salt = PieceSalt(pre.trace.prompts.blocks.table.texts.tolist(), pre.cache_salt)
     return pre.trace.prompts
 
 
@@ -560,6 +580,8 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     except WorkloadError as exc:
         raise PreflightError(str(exc)) from None
     built = workload.last_build
+    if cfg.target.salt_mode == "prefix" and pre.cache_salt:
+        prompts = salted(prompts, pre, built.fingerprint)
     if built.deferred:
         from loadgen.workload.recount import Recount
 
@@ -572,6 +594,30 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     if warm and len(prompts) > needed:
         pre.warm_prompts, prompts = prompts[needed:], prompts[:needed]
     return prompts
+
+
+def salted(prompts: list[Prompt], pre: Preflight, fingerprint: str | None) -> list[Prompt]:
+    """``--cache-salt-mode prefix``: a random set with its leading pieces salted (same lengths)."""
+    from loadgen.workload import pieces
+    from loadgen.workload.errors import WorkloadError
+    from loadgen.workload.salt import PieceSalt, salt_prompts
+    from loadgen.workload.tokenizer import TokenizerError, load_tokenizer
+
+    found = pieces.cached(fingerprint) if fingerprint else None
+    table: pieces.PieceTable | None = None
+    try:
+        if found is not None:
+            table = found[0]
+        else:  # the table is not on disk (a set built in this process): the tokenizer has it
+            from loadgen.workload.fit import view_of
+
+            table = view_of(load_tokenizer(pre.tokenizer_id)).pieces
+        if table is None:
+            raise WorkloadError("--cache-salt-mode prefix needs prompts built from the tokenizer's pieces, and this "
+                                "tokenizer has no piece table; use --cache-salt-mode body (vLLM) or --reset-prefix-cache")
+        return salt_prompts(prompts, PieceSalt(table.texts.tolist(), pre.cache_salt or ""))
+    except (WorkloadError, TokenizerError) as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def verify_prompts(cfg: RunConfig, pre: Preflight, prompts: Sequence[Prompt], console: Console) -> None:

@@ -23,7 +23,7 @@ the pool of random pieces every block is a slice of (:class:`BlockText`).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,12 +126,13 @@ class TracePrompts(LazyPrompts):
     input_lens: np.ndarray
     output_lens: np.ndarray
     chat: bool
+    salt: Callable[[str], str] | None = None  # --cache-salt-mode prefix (loadgen.workload.salt.PieceSalt)
 
     def subset(self, indices: Sequence[int]) -> TracePrompts:
         """The prompts at ``indices``, still built on demand (one worker's share of a replay)."""
         pick = np.asarray(indices, dtype=np.int64)
         return TracePrompts(self.blocks, self.frame, self.hash_ids, self.id_from[pick], self.id_to[pick],
-                            self.rows[pick], self.input_lens[pick], self.output_lens[pick], self.chat)
+                            self.rows[pick], self.input_lens[pick], self.output_lens[pick], self.chat, self.salt)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -152,7 +153,8 @@ class TracePrompts(LazyPrompts):
         size = self.blocks.block_size
         counts = block_counts(n_in, -(-n_in // size), self.frame, size)
         text = self.blocks.text
-        return "".join([text(b, c) for b, c in zip(self.block_ids(i), counts, strict=False) if c])
+        joined = "".join([text(b, c) for b, c in zip(self.block_ids(i), counts, strict=False) if c])
+        return joined if self.salt is None else self.salt(joined)
 
 
 class Lengths(LazyPrompts):
@@ -175,6 +177,9 @@ class TraceSet:
     prompts: TracePrompts
     release_s: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    # each sent request's time in the trace (s from the trace's first row), in ``prompts.rows``' order:
+    # the axis of the per-window figures, whatever the speed-up, gap cap or timing did to the release
+    times_s: np.ndarray | None = None
 
     def result_section(self, lag_p50_ms: float | None, lag_p99_ms: float | None, lag_max_ms: float | None,
                        behind_p99_ms: float) -> dict[str, Any]:
@@ -230,5 +235,5 @@ def build_replay(view: Any, trace: Trace, replay: ReplayOptions, *, chat: bool, 
         "skipped_too_short": selection.skipped_too_short, "shortened": selection.shortened,
         "too_long": replay.too_long, "max_model_len": max_model_len, "span_s": selection.span_s,
     }
-    return TraceSet(prompts, selection.release_s, info)
+    return TraceSet(prompts, selection.release_s, info, times_s=trace.times_s[selection.rows])
 
