@@ -25,6 +25,7 @@ from loadgen.sse import SSEFramer
 MAX_HEADER_BYTES = 64 * 1024
 ERROR_BODY_BYTES = 2048
 
+
 @dataclass
 class LiveCounters:
     """Plain ints the client updates; the progress display reads them on a timer."""
