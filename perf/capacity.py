@@ -4,7 +4,7 @@
 
 Profile: a fixed step of ``step-ms`` (÷ time scale), ``slots`` sequences, no prefill
 cost; each request holds its slot for exactly ``output-len`` steps, so the capacity
-is slots ÷ (output-len × step) requests/s (tests/test_capacity_sim.py derives it).
+is slots ÷ (output-len × step) requests/s (tests/loadgen/test_capacity_sim.py derives it).
 Prints, per run: the analytic capacity, the found capacity, the interval, the
 number of probes and the wall time.
 """

@@ -27,6 +27,7 @@ import pytest
 from launcher.process import free_port, stop_tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 START_TIMEOUT_S = 30.0
 
 
@@ -219,7 +220,7 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory):
     """One real vLLM (CPU build, tiny-cpu preset) for the tests that need one: a start costs a minute
-    or more of Python imports on two cores. They live in one file (tests/test_vllm_real.py), which
+    or more of Python imports on two cores. They live in one file (tests/loadgen/test_vllm_real.py), which
     ``make test`` hands to one process (``--dist loadfile``).
 
     Launched from a deep log folder, as a benchmark's results tree gives (vLLM's ipc:// socket paths

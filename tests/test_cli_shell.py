@@ -16,15 +16,15 @@ from click.testing import CliRunner
 from launcher.errors import LauncherError
 from loadgen.cli_errors import OneLineCommand
 from loadgen.config import ConfigError
+from tests.conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
 def console_scripts() -> list[str]:
     """Every console script setup.cfg installs, so that a new one is checked too."""
     cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
+    cfg.read(REPO_ROOT / "setup.cfg")
     lines = cfg["options.entry_points"]["console_scripts"].strip().splitlines()
     return [line.split("=")[0].strip() for line in lines if line.strip()]
 

@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO_ROOT
 
 
-def lint_imports(root: Path = REPO) -> subprocess.CompletedProcess:
+def lint_imports(root: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     """``lint-imports`` over the packages under ``root``, with the contracts of its setup.cfg."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
@@ -32,8 +32,8 @@ def test_every_layering_contract_is_kept():
 def test_a_forbidden_import_is_caught(tmp_path):
     # The same contracts over a copy where analysis imports the launcher: the checker must see it.
     for name in ("loadgen", "launcher", "analysis", "orchestrator"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.json", "*.ipynb"))
-    shutil.copy(REPO / "setup.cfg", tmp_path / "setup.cfg")
+        shutil.copytree(REPO_ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.json", "*.ipynb"))
+    shutil.copy(REPO_ROOT / "setup.cfg", tmp_path / "setup.cfg")
     (tmp_path / "analysis" / "sneaky.py").write_text("def f():\n    from launcher.plan import build_plan\n")
     proc = lint_imports(tmp_path)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
