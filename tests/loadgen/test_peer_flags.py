@@ -69,8 +69,9 @@ def peer_lists() -> list:
     lists = [pytest.param(lambda: json.loads(STORED.read_text())["flags"], id="vllm-0.8.2-benchmark_serving")]
     venv = vllm_cpu.default_venv()
     version = vllm_cpu.installed_version(venv, "vllm") if venv.exists() else None
-    lists.append(pytest.param(lambda: vllm_flags(venv), id=f"vllm-{version}-bench-serve", marks=pytest.mark.skipif(
-        version is None, reason="no vLLM side venv: run `make vllm-cpu`")))
+    # importing real vLLM takes half a minute: with the other real-vLLM tests (`make test`, not `make test-fast`)
+    lists.append(pytest.param(lambda: vllm_flags(venv), id=f"vllm-{version}-bench-serve", marks=[pytest.mark.vllm,
+        pytest.mark.skipif(version is None, reason="no vLLM side venv: run `make vllm-cpu`")]))
     sglang = [v for v in sorted(sglang_parser.project_root().glob(".venv-sglang*")) if sglang_parser.installed_version(v)]
     for v in sglang:
         lists.append(pytest.param(lambda v=v: sglang_flags(v), id=f"sglang-{sglang_parser.installed_version(v)}"))
