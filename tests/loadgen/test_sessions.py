@@ -247,18 +247,20 @@ def test_cli_bad_sessions_file_sends_nothing(sim_server, tmp_path: Path) -> None
 def test_bench_sessions_sweep_runs_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     argv = [sys.executable, "-m", "orchestrator.bench", "--engine", "sim", "--profile", "fast", "--sweep", "sessions",
-            "--concurrency", "1,2", "--lengths", "32x16", "--out", str(out)]
+            "--concurrency", "2", "--lengths", "32x16", "--out", str(out)]
     proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=360)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = sorted((out / "sim-fast").glob("serving_benchmark_*.json"))
-    assert [p.name for p in results] == ["serving_benchmark_1_32_16.json", "serving_benchmark_2_32_16.json"]
+    # one point: the sweep's think time (1 s mean) is real time whatever the sim's speed, and the loop over
+    # points is test_bench_loop's; this is the sessions wiring (chat backend, per-turn lengths, report)
+    assert [p.name for p in results] == ["serving_benchmark_2_32_16.json"]
     for path in results:
         data = json.loads(path.read_text())
         assert data["sessions"]["completed"] == data["sessions"]["sessions"] >= 4
         assert data["prompt_token_mismatches"] == 0
     import pandas as pd
     table = pd.read_csv(out / "report" / "summary.csv")
-    assert sorted(table["sessions completed"]) == [4, 4]
+    assert table["sessions completed"].tolist() == [4]
     assert (out / "report" / "plots" / "ttft_by_turn.png").is_file()
 
 
