@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 
-from launcher.sim.fit import (
+from launcher.sim.profile_fit import (
     FITTED,
     SEED_DIR,
     Row,
