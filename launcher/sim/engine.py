@@ -83,7 +83,8 @@ class Engine:
         self.lazy = profile.kv_allocation == "lazy"
         self.preemptions = 0
         self.steps = 0
-        self.prompt_tokens_total = 0
+        self.prompt_tokens_total = 0  # every prompt token of each request once, cached or not (vLLM's counter)
+        self.prefill_tokens_total = 0  # prompt tokens computed: cache hits excluded, recomputation included
         self.generation_tokens_total = 0
         self.cost = StepCost(profile)
         self._batch: tuple[list[Seq], list[Seq]] | None = None
@@ -244,7 +245,7 @@ class Engine:
         context = sum(seq.prompt_len + seq.generated for seq in decode) if self.cost.needs_context else 0
         duration = self.cost.seconds(len(decode), context, prefill_tokens)
         self.steps += 1
-        self.prompt_tokens_total += prefill_tokens
+        self.prefill_tokens_total += prefill_tokens
         self._batch = (decode, completes_prefill)
         return duration
 
@@ -279,6 +280,8 @@ class Engine:
                     finished = True
         emitted = decode
         for seq in completes_prefill:
+            if seq.generated == 0:  # a first prefill, not the recomputation of a preempted request
+                self.prompt_tokens_total += seq.prompt_len
             seq.generated += 1
             seq.pending += 1
             produced += 1

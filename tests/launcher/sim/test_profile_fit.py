@@ -114,9 +114,9 @@ def test_engine_step_is_the_timing_equation(name):
     for _ in range(60):
         decoders = [s for s in engine.running if s.prefilled >= s.prefill_target]
         context = sum(s.prompt_len + s.generated for s in decoders)
-        before = engine.prompt_tokens_total
+        before = engine.prefill_tokens_total
         duration = engine.plan()
-        prefilled = engine.prompt_tokens_total - before
+        prefilled = engine.prefill_tokens_total - before
         n_decode = 0 if prefilled and profile.schedule == "prefill-first" else len(decoders)
         assert duration == pytest.approx(cost.seconds(n_decode, context if n_decode else 0, prefilled))
         seen_prefill |= prefilled > 0
