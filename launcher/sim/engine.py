@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from launcher.sim.profiles import Profile
 from launcher.sim.timing import StepCost
 
+# SGLang's constants for its admission estimate: outputs are counted up to this many
+# tokens, and a retraction leaves room for this many more decode steps.
+CLIP_MAX_NEW_TOKENS = 4096
+RETRACT_DECODE_STEPS = 20
+
 
 class Seq:
     """One request inside the engine. Mutable and slotted: the step loop touches
@@ -80,7 +85,12 @@ class Engine:
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
         self.kv_used = 0
-        self.lazy = profile.kv_allocation == "lazy"
+        # KV grows with every token for "lazy" (vLLM) and "ratio" (SGLang); "ratio" also
+        # admits against a decaying estimate of the outputs still to come
+        self.ratio_admission = profile.kv_allocation == "ratio"
+        self.lazy = profile.kv_allocation == "lazy" or self.ratio_admission
+        self.new_token_ratio = profile.new_token_ratio_init
+        self._ratio_decay = (profile.new_token_ratio_init - profile.new_token_ratio_min) / profile.new_token_ratio_decay_steps
         self.preemptions = 0
         self.steps = 0
         self.prompt_tokens_total = 0  # every prompt token of each request once, cached or not (vLLM's counter)
@@ -113,6 +123,9 @@ class Engine:
         p = self.profile
         running = self.running
         waiting = self.waiting
+        # SGLang: what is free, minus the share of every running output still to come
+        room = (p.kv_tokens - self.kv_used - self.new_token_ratio * sum(
+            min(s.max_out - s.generated, CLIP_MAX_NEW_TOKENS) for s in running)) if self.ratio_admission and waiting else 0.0
         while waiting:
             seq = waiting[0]
             if seq.cancelled:
@@ -124,6 +137,11 @@ class Engine:
             need = seq.prefill_target + 1 if self.lazy else seq.prompt_len + seq.max_out
             if self.kv_used + need > p.kv_tokens:
                 return
+            if self.ratio_admission:  # a new request is charged its whole (clipped) output
+                charge = seq.prefill_target + min(seq.max_out - seq.generated, CLIP_MAX_NEW_TOKENS)
+                if charge >= room:
+                    return
+                room -= charge
             if limit_tokens is not None and limit_tokens <= 0:
                 return
             waiting.popleft()
@@ -133,6 +151,15 @@ class Engine:
             running.append(seq)
             if limit_tokens is not None:
                 limit_tokens -= seq.prefill_target
+
+    def _after_retraction(self) -> None:
+        """SGLang's estimate after a retraction: the share of the remaining requests'
+        outputs decoded so far plus some steps of headroom, so that admission pauses."""
+        running = self.running
+        total = sum(min(s.max_out, CLIP_MAX_NEW_TOKENS) for s in running)
+        if total:
+            decoded = sum(s.generated for s in running)
+            self.new_token_ratio = min(1.0, (decoded + RETRACT_DECODE_STEPS * len(running)) / total)
 
     def _preempt(self, seq: Seq) -> None:
         """Free a running sequence's KV and queue it first, to recompute what it had."""
@@ -210,8 +237,14 @@ class Engine:
         if dropped:
             self.running = running = keep
         if self.lazy and decode:
+            before = self.preemptions
             decode = self._grow(decode)
             running = self.running
+            if self.ratio_admission:
+                if self.preemptions > before:
+                    self._after_retraction()
+                else:
+                    self.new_token_ratio = max(self.profile.new_token_ratio_min, self.new_token_ratio - self._ratio_decay)
 
         prefill_only = False
         if p.schedule == "prefill-first":
