@@ -139,7 +139,7 @@ class Engine:
                 return
             if self.ratio_admission:  # a new request is charged its whole (clipped) output
                 charge = seq.prefill_target + min(seq.max_out - seq.generated, CLIP_MAX_NEW_TOKENS)
-                if charge >= room:
+                if charge >= room and running:  # an idle engine takes whatever fits its KV
                     return
                 room -= charge
             if limit_tokens is not None and limit_tokens <= 0:

@@ -185,6 +185,10 @@ def test_ratio_decays_per_decode_step_and_a_retraction_raises_it():
         one.plan()
         one.finish()
     assert one.new_token_ratio == pytest.approx(0.1)  # floor reached after 10 decode steps, no retraction
+    whole = Engine(p)  # a request as large as the whole cache still runs on an idle engine
+    whole.submit(Seq(0, 500, 1000, 1000))
+    whole.plan()
+    assert len(whole.running) == 1
 
 
 def test_lazy_kv_admits_more_than_reserve_and_reserve_never_preempts():
