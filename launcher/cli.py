@@ -243,8 +243,7 @@ def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) 
             process.docker_stop(state.container, timeout)
         ok = process.stop_tree(state.pgid, state.pid, timeout)
         if ok:
-            for folder in state.cleanup:
-                shutil.rmtree(folder, ignore_errors=True)
+            process.remove_paths([Path(p) for p in state.cleanup])
             if was_alive:
                 click.echo(f"stopped {state.engine} on port {state.port} (pid {state.pid})")
             else:
@@ -322,8 +321,11 @@ def plan_cmd(engine: str, version: str | None, preset: str | None, model: str | 
     docker_argv = mask_argv(plan.docker_argv) if getattr(plan, "docker_argv", None) else None
     if as_json:
         click.echo(json.dumps({"argv": mask_argv(plan.argv), "env": env, "docker_argv": docker_argv,
+                               "secret_files": list(getattr(plan, "secret_files", None) or ()),
                                "warnings": list(getattr(plan, "warnings", ()) or ())}, indent=1))
         return
+    for path in getattr(plan, "secret_files", None) or ():
+        click.echo(f"# {path} holds the api-key (serve writes it with mode 0600 and removes it at stop)")
     env_prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
     click.echo("# native")
     click.echo((env_prefix + " " if env_prefix else "") + shlex.join(mask_argv(plan.argv)))

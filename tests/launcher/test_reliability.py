@@ -343,3 +343,101 @@ def test_bench_vllm_on_a_gpu_machine_names_presets_and_model(tmp_path: Path) -> 
     assert "MODEL=" in last and "PRESET=" in last and "Traceback" not in res.stderr
     for name in ("tiny-cpu", "deepseek-r1-fp8-tp8-h20"):
         assert name in last
+
+
+# --- an engine's --api-key: off its command line where the release allows, masked in its log --------
+
+# A stand-in for `python -m sglang.launch_server`: reads `--config FILE` (SGLang's YAML form) and echoes its
+# arguments at start as SGLang does (`server_args=ServerArgs(..., api_key='...')`), then serves /health_generate.
+FAKE_SGLANG = textwrap.dedent(
+    """
+    import http.server, json, os, sys, threading, time
+    args = sys.argv[3:]  # after -m sglang.launch_server
+    def value(flag):
+        return args[args.index(flag) + 1] if flag in args else None
+    key = value("--api-key")
+    if value("--config"):
+        for line in open(value("--config")):
+            name, _, raw = line.partition(": ")
+            if name == "api-key":
+                key = json.loads(raw)
+    port = int(value("--port"))
+    open(os.environ["FAKE_PID_FILE"], "w").write(str(os.getpid()))
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+        def log_message(self, *a): pass
+    srv = http.server.HTTPServer(("127.0.0.1", port), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    print(f"server_args=ServerArgs(model_path={value('--model-path')!r}, api_key={key!r}, port={port})", flush=True)
+    sys.stderr.write("The server is fired up and ready to roll!\\n"); sys.stderr.flush()
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def test_sglang_api_key_goes_by_config_file_where_the_release_reads_one(tmp_path: Path) -> None:
+    from launcher.plan import build_plan
+
+    secret = "sk-sglang-secret-0815"
+    new = build_plan("sglang", version="0.5.23", model="/m", port=31000, extra_args=("--api-key", secret),
+                     docker_image="img", host_facts=("", ""))
+    assert secret not in " ".join(new.argv) + " ".join(new.docker_argv or [])
+    (path, content), = new.secret_files.items()
+    assert new.argv[-2:] == ["--config", path] and content == f'api-key: "{secret}"\n'
+    assert f"{path}:{path}:ro" in new.docker_argv and secret in new.secret_values()
+    assert secret not in json.dumps(new.to_dict())
+    # 0.4.5 has no --config: the key stays a flag, and the plan says so.
+    old = build_plan("sglang", version="0.4.5", model="/m", port=31000, extra_args=("--api-key", secret),
+                     host_facts=("", ""))
+    assert old.argv[-2:] == ["--api-key", secret] and not old.secret_files
+    assert any("only on its command line" in w for w in old.warnings)
+
+
+@pytest.mark.parametrize("version", ["0.5.23", "0.4.5"])
+def test_sglang_api_key_never_lands_in_the_log_in_clear(tmp_path: Path, version: str) -> None:
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\n{FAKE_SGLANG}")
+    fake.chmod(0o755)
+    port = process.free_port()
+    log = tmp_path / "sglang.log"
+    pid_file = tmp_path / "engine.pid"
+    secret = "sk-sglang-secret-4711"
+    env = {**cli_env(tmp_path), "FAKE_PID_FILE": str(pid_file)}
+    res = subprocess.run([sys.executable, "-m", "launcher.cli", "serve", "--engine", "sglang", "--engine-version", version,
+                          "--python", str(fake), "--model", "/m", "--host", "127.0.0.1", "--port", str(port),
+                          "--log", str(log), "--no-preflight", "--detach", "--ready-timeout", "60", "--api-key", secret],
+                         capture_output=True, text=True, timeout=90, cwd=ROOT, env=env)
+    state_file = tmp_path / "state" / f"{port}.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else None
+    key_file = tmp_path / "secrets" / f"sglang-{port}.yaml"
+    try:
+        assert res.returncode == 0, res.stderr
+        assert secret not in res.stdout + res.stderr
+        text = log.read_text()
+        assert "api_key='***'" in text and secret not in text, text  # the engine's echo, masked on its way in
+        assert secret not in state_file.read_text()
+        cmdline = Path(f"/proc/{pid_file.read_text()}/cmdline").read_bytes()
+        if version == "0.5.23":
+            assert secret.encode() not in cmdline and b"--config" in cmdline
+            assert key_file.stat().st_mode & 0o777 == 0o600 and secret in key_file.read_text()
+        else:
+            assert secret.encode() in cmdline and not key_file.exists()  # no other way on this release
+        res = run_cli(tmp_path, "stop", "--port", str(port), "--timeout", "5")
+        assert res.returncode == 0, res.stderr
+        assert not key_file.exists(), "the key file goes with the server"
+        assert wait_gone(int(pid_file.read_text()), 20)
+    finally:
+        if state:
+            kill_group(state["pid"])
+
+
+def test_what_the_launcher_reads_back_from_a_log_is_masked(tmp_path: Path) -> None:
+    from launcher.diagnose import last_error_line
+
+    log = tmp_path / "old.log"
+    log.write_text("server_args=ServerArgs(api_key='sk-plain-9', tokenizer='t')\nValueError: bad --api-key sk-plain-9\n")
+    line = last_error_line(log) or ""
+    assert "sk-plain-9" not in line and "--api-key ***" in line
