@@ -21,7 +21,7 @@ import click
 
 from launcher import __version__
 from launcher.errors import LauncherError
-from launcher.multinode_cli import multinode_options, stop_options
+from launcher.multinode_cli import multinode_options, status_options, stop_options
 from loadgen.cli_errors import OneLineGroup
 
 ENGINES = ["sim", "vllm", "sglang"]
@@ -261,6 +261,7 @@ def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) 
 @click.option("--port", type=int, default=None)
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of text.")
+@status_options
 def status(port: int | None, state_path: Path | None, as_json: bool) -> None:
     """Show recorded servers (detached and foreground): alive or not, and their live health. Exit 1 if any is down."""
     from launcher import process

@@ -169,6 +169,11 @@ def _alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (this machine)."""
+    return _alive(pid)
+
+
 def die_with_parent_hook() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child receive SIGTERM when the thread that started it dies.
 
