@@ -393,6 +393,48 @@ def test_a_stopped_worker_is_killed_and_named_and_the_point_finishes(sim_server,
     assert not _children(proc.pid)
 
 
+class _StallingPrompts(list):
+    """A worker's prompts whose item ``at`` blocks the event loop (a blocking call inside the loop) while
+    the process, and its heartbeat thread, run on: the fault only the loop's own heartbeat can see."""
+
+    def __init__(self, prompts: list, at: int) -> None:
+        super().__init__(prompts)
+        self.at = at
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        if isinstance(i, int) and i == self.at:
+            time.sleep(3600)  # killed long before: the parent's loop watch ends it
+        return super().__getitem__(i)
+
+    def __iter__(self):  # noqa: ANN204
+        return (self[i] for i in range(len(self)))
+
+
+def test_a_worker_whose_event_loop_is_stuck_is_killed_and_named(sim_fast, tmp_path: Path) -> None:
+    from loadgen.client.target import Target
+    from loadgen.records import Prompt
+    from loadgen.scale import procpool
+    from loadgen.scale.worker import SummedCounters, WorkerTask
+    from loadgen.store import StoreFiles
+
+    target = Target(sim_fast.base_url, "openai", "deepseek-r1")
+    tasks = []
+    for k in range(2):
+        prompts = [Prompt(id=2 * i + k, input_len=8, output_len=4, text="hello there") for i in range(40)]
+        tasks.append(WorkerTask(
+            index=k, target=target, prompts=prompts if k == 0 else _StallingPrompts(prompts, 5),
+            offsets_s=[0.0] * 40, concurrency=2, warmup=0, duration_s=None, grace_s=1.0,
+            store=StoreFiles(tmp_path / f"w{k}.requests.npy", None, tmp_path / f"w{k}.details.jsonl")))
+    t0 = time.monotonic()
+    outcomes = procpool.run_tasks(tasks, counters=SummedCounters(2), on_tick=lambda: None)
+    took = time.monotonic() - t0
+    assert outcomes[1].result is None and "event loop made no progress" in (outcomes[1].error or "")
+    done0 = aggregate_from_wire(outcomes[0].result.aggregate) if outcomes[0].result is not None else None
+    assert done0 is not None and done0.completed == 40, done0 and dict(done0.errors)
+    # found by the loop's deadline, not by anything else (the stall itself lasts an hour)
+    assert took < procpool.LOOP_SILENT_AFTER_S + 60
+
+
 def test_sigterm_ends_the_parent_in_bounded_time_with_a_stopped_worker(sim_server, tmp_path: Path) -> None:
     def stop_one_then_term(proc: subprocess.Popen, workers: list[int]) -> None:
         os.kill(workers[1], signal.SIGSTOP)
