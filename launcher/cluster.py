@@ -26,6 +26,7 @@ from launcher.diagnose import Finding, LogScanner
 from launcher.errors import LauncherError
 from launcher.multinode import MultiNodePlan, NodeCommand
 from launcher.readiness import LogTail, Waiter
+from launcher.redact import secret_values
 from launcher.transport import LocalTransport, alive_script, parse_pgid, start_script, stop_script
 
 LineSink = Callable[[str, str], Any]  # (label, line)
@@ -89,7 +90,7 @@ class Cluster:
         log_path = self.log_dir / f"node{cmd.rank}-{cmd.role}.log"
         try:
             popen, offset = process.start_process(self.transport.argv(cmd.node.target, script), _local_env(), log_path,
-                                                  die_with_parent=self.tied)
+                                                  die_with_parent=self.tied, secrets=secret_values(argv, env))
         except OSError as exc:
             raise ClusterError(f"cannot start the {self.transport.name} transport for {cmd.label}: {exc.strerror or exc}",
                                cmd.label, "exec") from None

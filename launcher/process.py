@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import logmask
-from launcher.redact import mask_argv
+from launcher.redact import mask_argv, mask_text
 
 STATE_DIR_ENV = "LOADGEN_STATE_DIR"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -250,7 +250,8 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Pat
         env = {**env, logmask.SECRETS_ENV: json.dumps(list(secrets))}
     with open(log_path, "ab", buffering=0) as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"=== loadgen-launch {stamp}: {' '.join(mask_argv(argv))}\n".encode())
+        # a node's command is one shell script argument: its values are masked by value, not by flag
+        log.write(f"=== loadgen-launch {stamp}: {mask_text(' '.join(mask_argv(argv)), secrets)}\n".encode())
         offset = log.tell()
         return subprocess.Popen(
             run,

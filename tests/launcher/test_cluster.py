@@ -110,6 +110,26 @@ def test_two_sim_nodes_start_in_order_stream_logs_and_stop_leaving_nothing(tmp_p
     assert_nothing_left(cluster, [port, port + 1])
 
 
+def test_a_node_given_a_secret_never_writes_it_to_its_log(tmp_path):
+    """A node's command is one script argument: the key in it, and the node echoing it, are masked in the log."""
+    import dataclasses
+
+    port = free_port_run(2)
+    secret = "hf-node-secret-5150"
+    plan = sim_plan(port)
+    echo = ["sh", "-c", 'echo "hf token $HF_TOKEN"; exec "$@"', "sh"]  # an engine that prints its token at start
+    plan.commands = [dataclasses.replace(c, argv=[*echo, *c.argv], env={**c.env, "HF_TOKEN": secret})
+                     for c in plan.commands]
+    cluster = start_cluster(plan, log_dir=tmp_path, ready_timeout_s=120)
+    try:
+        logs = [p.read_text() for p in sorted(tmp_path.glob("node*.log"))]
+        assert len(logs) == 2 and all("hf token ***" in text for text in logs), logs
+        assert not any(secret in text for text in logs)
+    finally:
+        assert cluster.stop(timeout_s=10) == []
+    assert_nothing_left(cluster, [port, port + 1])
+
+
 def test_address_in_use_on_a_worker_fails_the_start_naming_the_worker(tmp_path):
     import socket
 
