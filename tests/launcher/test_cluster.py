@@ -164,6 +164,11 @@ def _serve_two_sims(tmp_path: Path, port: int) -> subprocess.Popen:
     )
 
 
+def _await_ready(proc: subprocess.Popen, port: int) -> None:
+    ready = proc.stdout.readline()
+    assert ready.startswith(f"ready: http://127.0.0.1:{port}"), ready + proc.stderr.read()
+
+
 def _launch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(project_root()), "LOADGEN_STATE_DIR": str(tmp_path / "servers")}
     return subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True, timeout=120,
@@ -174,8 +179,7 @@ def test_a_foreground_multinode_serve_is_listed_by_status_and_stopped_by_stop(tm
     port = free_port_run(2)
     proc = _serve_two_sims(tmp_path, port)
     try:
-        ready = proc.stdout.readline()
-        assert ready.startswith(f"ready: http://127.0.0.1:{port}"), ready + proc.stderr.read()
+        _await_ready(proc, port)
         listed = _launch(tmp_path, "status", "--json")
         assert listed.returncode == 0, listed.stdout + listed.stderr
         st = json.loads(listed.stdout.splitlines()[0])
@@ -198,8 +202,7 @@ def test_cli_serve_nodes_runs_locally_until_ctrl_c_and_stops_every_node(tmp_path
     port = free_port_run(2)
     proc = _serve_two_sims(tmp_path, port)
     try:
-        ready = proc.stdout.readline()
-        assert ready.startswith(f"ready: http://127.0.0.1:{port}"), ready + proc.stderr.read()
+        _await_ready(proc, port)
         assert http_status(f"http://127.0.0.1:{port + 1}/health") == 200
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -281,8 +284,7 @@ def test_sigkill_of_a_foreground_multinode_serve_leaves_no_node_running(tmp_path
     proc = _serve_two_sims(tmp_path, port)
     groups: list[int] = []
     try:
-        ready = proc.stdout.readline()
-        assert ready.startswith(f"ready: http://127.0.0.1:{port}"), ready + proc.stderr.read()
+        _await_ready(proc, port)
         for log in sorted((tmp_path / "logs").glob("node*.log")):
             groups += [g for g in map(parse_pgid, log.read_text().splitlines()) if g is not None]
         assert len(groups) == 2 and all(process.live_tree(g) for g in groups)

@@ -23,6 +23,16 @@ import pytest
 from launcher import process
 from tests.launcher.test_cli import ROOT, cli_env, kill_group, read_until, run_cli, start_cli, stop_cli
 
+# Both stand-in engines answer 200 on every GET (their health and readiness paths) on 127.0.0.1:port.
+HEALTH_SERVER = """
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+srv = http.server.HTTPServer(("127.0.0.1", port), H)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+"""
+
 FAKE_VLLM = textwrap.dedent(
     """
     import http.server, os, signal, sys, threading, time
@@ -30,12 +40,9 @@ FAKE_VLLM = textwrap.dedent(
     port = int(args[args.index("--port") + 1])
     if os.environ.get("FAKE_ENGINE_IGNORE_TERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-        def log_message(self, *a): pass
-    srv = http.server.HTTPServer(("127.0.0.1", port), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    """
+) + HEALTH_SERVER + textwrap.dedent(
+    """
     print("Starting vLLM API server on http://127.0.0.1:%d" % port, flush=True)
     while True:
         time.sleep(1)
@@ -363,12 +370,9 @@ FAKE_SGLANG = textwrap.dedent(
                 key = json.loads(raw)
     port = int(value("--port"))
     open(os.environ["FAKE_PID_FILE"], "w").write(str(os.getpid()))
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-        def log_message(self, *a): pass
-    srv = http.server.HTTPServer(("127.0.0.1", port), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    """
+) + HEALTH_SERVER + textwrap.dedent(
+    """
     print(f"server_args=ServerArgs(model_path={value('--model-path')!r}, api_key={key!r}, port={port})", flush=True)
     sys.stderr.write("The server is fired up and ready to roll!\\n"); sys.stderr.flush()
     while True:
