@@ -370,12 +370,12 @@ def cluster_status(path: Path) -> dict[str, Any]:
         else:
             alive = bool(process.live_tree(int(c["pid"]), int(c["pid"])))
         nodes.append({"label": c["label"], "target": c["target"], "pgid": c.get("pgid"), "alive": alive})
-    launcher = state.get("launcher_pid")
+    launcher = int(state["launcher_pid"]) if state.get("launcher_pid") else None
     alive = all(n["alive"] for n in nodes)
     return {
         "state": str(path), "kind": "cluster", "engine": state.get("engine"), "port": state.get("port"),
         "base_url": state.get("base_url"), "detached": state.get("detached", True), "launcher_pid": launcher,
-        "launcher_alive": bool(launcher) and process.pid_alive(int(launcher)), "alive": alive, "nodes": nodes,
+        "launcher_alive": launcher is not None and process.pid_alive(launcher), "alive": alive, "nodes": nodes,
         "health": http_status(f"{state.get('base_url')}/health", timeout_s=3) if any(n["alive"] for n in nodes) else None,
         "log_dir": state.get("log_dir"), "uptime_s": round(time.time() - float(state.get("started_at", time.time())), 1),
     }
