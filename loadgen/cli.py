@@ -23,9 +23,6 @@ from loadgen.connection import INSECURE_WARNING
 # by signal N (130 Ctrl-C, 143 SIGTERM) after writing every point that ran.
 EXIT_NOTHING_MEASURED = 3
 
-# Options that take several space-separated values, as in vLLM (argparse nargs="+").
-_MULTI_VALUE = ("--goodput", "--metadata")
-
 
 def normalize_argv(args: list[str]) -> list[str]:
     """``--goodput ttft:500 tpot:50`` → ``--goodput ttft:500 --goodput tpot:50`` (click repeats options)."""
@@ -35,7 +32,7 @@ def normalize_argv(args: list[str]) -> list[str]:
         arg = args[i]
         out.append(arg)
         i += 1
-        if arg in _MULTI_VALUE:
+        if arg in options.WORDS:
             first = True
             while i < len(args) and not args[i].startswith("-"):
                 if not first:

@@ -79,6 +79,7 @@ class Option:
     negation: str | None = None  # "--no-progress" for an on/off pair
     is_flag: bool = False
     multiple: bool = False
+    words: bool = False  # several space-separated values after one flag, as vLLM's nargs="+"
     metavar: str | None = None
     envvar: str | None = None
     hidden: bool = False
@@ -279,7 +280,7 @@ OPTIONS: tuple[Option, ...] = (
            show_default=True),
     # figures and files
     Option("--goodput", "SLOs for goodput, vLLM style: --goodput ttft:500 tpot:50 e2el:20000 (ms).", OUTPUT,
-           field="goodput_slos_ms", multiple=True, parse=parse_goodput, file_shape=_pairs("goodput", ":")),
+           field="goodput_slos_ms", multiple=True, words=True, parse=parse_goodput, file_shape=_pairs("goodput", ":")),
     Option("--percentiles", "Percentiles to report, comma-separated.", OUTPUT, aliases=("--metric-percentiles",),
            default="50,90,95,99", show_default=True, parse=parse_percentiles, file_shape=_joined),
     Option("--output-dir", "Folder for result files.", OUTPUT, aliases=("--result-dir",), default="results",
@@ -298,7 +299,7 @@ OPTIONS: tuple[Option, ...] = (
            is_flag=True, default=False, hidden=True),
     Option("--label", "A name for this run, stored in results and usable as {label}.", OUTPUT),
     Option("--metadata", "KEY=VALUE pairs stored in every result: --metadata gpu=H20 tp=8.", OUTPUT, multiple=True,
-           parse=parse_metadata, file_shape=_pairs("metadata", "=")),
+           words=True, parse=parse_metadata, file_shape=_pairs("metadata", "=")),
     Option("--progress", "Live progress while running.", OUTPUT, negation="--no-progress", default=True,
            show_default=True),
     Option("--grace", "Seconds in-flight requests get to finish after Ctrl-C or --duration.", LOAD, dest="grace_s",
@@ -332,9 +333,8 @@ def click_params(skip: frozenset[str] = frozenset(), **changed: dict[str, Any]) 
     return [replace(o, **changed.get(o.name, {})).click_option() for o in OPTIONS if o.name not in skip]
 
 
-def takes_value_flags() -> set[str]:
-    """Every spelling of the options that take a value (their values are never read as flags)."""
-    return {name for o in OPTIONS if o.takes_value for name in (o.flag, *o.aliases)}
+# Options that take several space-separated values (click repeats the option instead).
+WORDS = tuple(name for o in OPTIONS if o.words for name in (o.flag, *o.aliases))
 
 
 # ---------------------------------------------------------------- fields several options decide
