@@ -16,7 +16,7 @@ from loadgen.cli import config_from_options, explicit_options, main
 from loadgen.config import ConfigError, OutputConfig, RunConfig, ScheduleConfig, TargetConfig, WorkloadConfig
 from loadgen.config_file import flat_from_form, to_form
 from loadgen.errors import LoadgenError
-from loadgen.sweep import PreflightError, check_files
+from loadgen.server_checks import PreflightError, check_files
 from tests.conftest import REPO_ROOT
 
 

@@ -21,8 +21,8 @@ from loadgen import options
 from loadgen.cli import config_from_options, explicit_options, main
 from loadgen.config import PART_OF, PARTS, RunConfig
 from loadgen.config_file import flat_from_form, read, to_form
-from loadgen.search_cli import CHOSEN_BY_SEARCH
-from loadgen.search_cli import main as search_main
+from loadgen.search.cli import CHOSEN_BY_SEARCH
+from loadgen.search.cli import main as search_main
 from tests.conftest import REPO_ROOT
 
 OWN = ("version", "help")  # click's own, on every command

@@ -400,7 +400,7 @@ def test_replay_over_two_workers_keeps_prompts_lazy(private_cache, tmp_path: Pat
 
 
 def test_search_refuses_a_trace() -> None:
-    from loadgen.search_cli import main as search_main
+    from loadgen.search.cli import main as search_main
 
     res = CliRunner().invoke(search_main, ["--slo", "ttft:p99=2000", "--dataset-name", "azure",
                                            "--dataset-path", str(AZURE)])
