@@ -154,7 +154,7 @@ def _comma_tuple(text: str) -> tuple[str, ...]:
 # Help sections, in the order ``loadgen --help`` shows them.
 TARGET, WORKLOAD, TRACE, SESSIONS, LOAD, OUTPUT, TELEMETRY, SCALE = (
     "Target", "Workload", "Trace replay (docs/workloads.md#trace-replay)",
-    "Sessions (--dataset-name sessions): a value or a distribution, e.g. 8, uniform:4:12, lognormal:2:1",
+    "Sessions (--dataset-name sessions; each a value or a distribution: 8, uniform:4:12, lognormal:2:1)",
     "Load shape", "Figures and files", "Telemetry", "Scale")
 GENERAL = "Options"
 GROUPS = (GENERAL, TARGET, WORKLOAD, TRACE, SESSIONS, LOAD, OUTPUT, TELEMETRY, SCALE)
