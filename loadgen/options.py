@@ -103,10 +103,6 @@ class Option:
     def field_name(self) -> str | None:
         return self.name if self.field == "" else self.field
 
-    @property
-    def takes_value(self) -> bool:
-        return not (self.is_flag or self.negation)
-
     def click_option(self) -> click.Option:
         import click  # here: result files read the form below without loading click
 
