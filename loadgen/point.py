@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -27,6 +27,13 @@ from loadgen.records import Prompt
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.server_checks import Preflight, stream_target
 from loadgen.store import RequestStore, StoreFiles, read_requests
+
+if TYPE_CHECKING:  # annotations only: the runner, client and telemetry are imported when a point runs
+    import numpy as np
+
+    from loadgen.client import Target
+    from loadgen.telemetry import PointTelemetry
+    from loadgen.workload.trace_prompts import TraceSet
 
 # ---------------------------------------------------------------- one point
 
@@ -138,8 +145,8 @@ class PointSetup:
     """What every way of running a point starts from (here, or over workers)."""
 
     files: PointFiles
-    offsets: Any  # numpy array of release offsets, seconds
-    target: Any  # loadgen.client.Target
+    offsets: np.ndarray  # release offsets, seconds
+    target: Target
     title: str
 
 
@@ -156,7 +163,7 @@ def point_setup(cfg: RunConfig, pre: Preflight, n_prompts: int, concurrency: int
     return PointSetup(files, offsets, stream_target(cfg, pre.model, pre.cache_salt), title)
 
 
-def point_telemetry(cfg: RunConfig, files: PointFiles, counters: Any, console: Console) -> Any:
+def point_telemetry(cfg: RunConfig, files: PointFiles, counters: Any, console: Console) -> PointTelemetry:
     """The point's server/GPU telemetry (a context manager around the run), notes to ``console``."""
     from loadgen.telemetry import PointTelemetry
 
@@ -250,7 +257,7 @@ def trace_section(trace: Any, queue: Any) -> dict[str, Any]:
                                 behind_p99_ms=SATURATION_LAG_P99_MS)
 
 
-def store_cache_figures(cfg: RunConfig, trace: Any, store_path: Path) -> dict[str, Any]:
+def store_cache_figures(cfg: RunConfig, trace: TraceSet | None, store_path: Path) -> dict[str, Any]:
     """The hit rate per trace window (a replay) or per session turn, from the point's per-request
     store; nothing for other workloads, or when the store cannot be read."""
     sessions = cfg.workload.dataset == "sessions"
@@ -262,4 +269,5 @@ def store_cache_figures(cfg: RunConfig, trace: Any, store_path: Path) -> dict[st
         return {}
     if sessions:
         return {"turns": prefix_cache.by_turn(rows)}
+    assert trace is not None and trace.times_s is not None  # checked above, before the store was read
     return {"windows": prefix_cache.by_window(rows, trace.prompts.rows, trace.times_s)}

@@ -15,13 +15,19 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadgen import control
 from loadgen import results as results_mod
 from loadgen.config import RunConfig
 from loadgen.errors import LoadgenError, is_transient
 from loadgen.records import Prompt
+
+if TYPE_CHECKING:  # annotations only: the client and the workload are imported when the checks need them
+    from loadgen.client import Target
+    from loadgen.workload.recount import Recount
+    from loadgen.workload.trace_prompts import TraceSet
+    from loadgen.workload.traces import Trace
 
 
 class PreflightError(LoadgenError, RuntimeError):
@@ -42,12 +48,12 @@ class Preflight:
     verification: dict[str, Any] | None = None  # set by verify_prompts
     server: dict[str, Any] | None = None  # what /version states beyond the version (sim: time_scale)
     local_check: dict[str, Any] | None = None  # the set's re-count by the tokenizer, when built before the run
-    recount: Any = None  # loadgen.workload.recount.Recount of a set built without its tokenizer
+    recount: Recount | None = None  # the re-count of a set built without its tokenizer
     cache_salt: str | None = None  # this run's --cache-salt
     cache_reset: dict[str, Any] | None = None  # the last --reset-prefix-cache outcome (loadgen.prefix_cache.reset)
-    trace: Any = None  # loadgen.workload.trace_prompts.TraceSet of a trace replay: its release times
+    trace: TraceSet | None = None  # a trace replay's prompts and release times
     warm_prompts: list[Prompt] | None = None  # --warmup's own prompts (a random set: built beside the measured ones)
-    trace_file: Any = None  # loadgen.workload.traces.Trace, read and checked before the server is asked anything
+    trace_file: Trace | None = None  # read and checked before the server is asked anything
 
     def point_verification(self) -> dict[str, Any] | None:
         """The prompt checks a point's result records: the server's (``verify_prompts``)
@@ -112,7 +118,7 @@ def probe_stream(cfg: RunConfig, model: str, salt: str | None = None) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
-def stream_target(cfg: RunConfig, model: str, salt: str | None = None) -> Any:
+def stream_target(cfg: RunConfig, model: str, salt: str | None = None) -> Target:
     from loadgen.runner import Target
 
     t = cfg.target
@@ -213,7 +219,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     )
 
 
-def read_trace_file(cfg: RunConfig) -> Any:
+def read_trace_file(cfg: RunConfig) -> Trace | None:
     """A trace dataset's file, read whole and checked before anything is sent (None for other datasets)."""
     if not cfg.workload.is_trace:
         return None
