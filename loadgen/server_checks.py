@@ -187,15 +187,12 @@ def preflight(cfg: RunConfig) -> Preflight:
     if cfg.workload.dataset == "random":
         check_context(cfg.max_input_len(), cfg.max_output_len(), max_model_len, model)
 
-    tokenizer_id = cfg.target.tokenizer
+    tokenizer_id = cfg.workload.tokenizer_for(model)
     if tokenizer_id is None:
-        if Path(model).expanduser().is_dir():
-            tokenizer_id = model
-        else:
-            raise PreflightError(
-                f"model '{model}' is not a local folder, so its tokenizer cannot be found offline; "
-                "pass --tokenizer PATH (a folder with tokenizer.json) or --tokenizer deepseek-r1"
-            )
+        raise PreflightError(
+            f"model '{model}' is not a local folder, so its tokenizer cannot be found offline; "
+            "pass --tokenizer PATH (a folder with tokenizer.json) or --tokenizer deepseek-r1"
+        )
 
     try:
         resolve_tokenizer_path(tokenizer_id)  # found now; loaded only if the prompt set is not cached
