@@ -414,7 +414,7 @@ def test_sglang_api_key_never_lands_in_the_log_in_clear(tmp_path: Path, version:
     res = subprocess.run([sys.executable, "-m", "launcher.cli", "serve", "--engine", "sglang", "--engine-version", version,
                           "--python", str(fake), "--model", "/m", "--host", "127.0.0.1", "--port", str(port),
                           "--log", str(log), "--no-preflight", "--detach", "--ready-timeout", "60", "--api-key", secret],
-                         capture_output=True, text=True, timeout=90, cwd=ROOT, env=env)
+                         capture_output=True, text=True, timeout=90, cwd=REPO_ROOT, env=env)
     state_file = tmp_path / "state" / f"{port}.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else None
     key_file = tmp_path / "secrets" / f"sglang-{port}.yaml"
