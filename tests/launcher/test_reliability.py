@@ -439,6 +439,26 @@ def test_sglang_api_key_never_lands_in_the_log_in_clear(tmp_path: Path, version:
             kill_group(state["pid"])
 
 
+def test_an_engine_behind_the_log_filter_still_dies_with_its_launcher(tmp_path: Path) -> None:
+    """With a key the engine runs under the masking filter: SIGKILL of a foreground launcher still ends both."""
+    exe = fake_vllm(tmp_path)
+    port = process.free_port()
+    proc = start_cli(tmp_path, "serve", "--engine", "vllm", "--engine-version", "0.33.0", "--engine-bin", str(exe),
+                     "--model", "/m", "--host", "127.0.0.1", "--port", str(port), "--log", str(tmp_path / "vllm.log"),
+                     "--no-preflight", "-q", "--api-key", "sk-foreground-2024")
+    server_pid = None
+    try:
+        server_pid = ready_pid(proc)
+        tree = process.live_tree(server_pid, server_pid)
+        assert len(tree) == 2, tree  # the filter and the engine, in one session
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_gone(server_pid, 20), "neither the filter nor the engine outlives a SIGKILLed launcher"
+        assert not process.port_in_use(port, "127.0.0.1")
+    finally:
+        stop_cli(proc, server_pid)
+
+
 def test_what_the_launcher_reads_back_from_a_log_is_masked(tmp_path: Path) -> None:
     from launcher.diagnose import last_error_line
 
