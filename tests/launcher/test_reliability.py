@@ -171,15 +171,20 @@ def test_engine_api_key_is_masked_on_screen_in_log_and_state(tmp_path: Path) -> 
 # --- a foreground serve killed with SIGKILL --------------------------------------------
 
 
+def serve_sim(tmp_path: Path) -> tuple[int, subprocess.Popen]:
+    """A foreground ``serve --engine sim`` on a free port: the port and the launcher's process."""
+    port = process.free_port()
+    return port, start_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
+                           "--log", str(tmp_path / "sim.log"), "-q")
+
+
 def ready_pid(proc: subprocess.Popen) -> int:
     """Wait for a foreground serve's ready line; the engine's pid it names."""
     return int(re.search(r"pid (\d+)", read_until(proc, r"ready: .*\(pid \d+", 60)).group(1))
 
 
 def test_sigkill_of_foreground_serve_leaves_no_hidden_server(tmp_path: Path) -> None:
-    port = process.free_port()
-    proc = start_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
-                     "--log", str(tmp_path / "sim.log"), "-q")
+    port, proc = serve_sim(tmp_path)
     server_pid = None
     try:
         server_pid = ready_pid(proc)
@@ -225,9 +230,7 @@ def test_orphan_that_ignores_sigterm_is_found_and_stopped(tmp_path: Path) -> Non
 
 
 def test_stop_of_a_foreground_server_ends_its_launcher_cleanly(tmp_path: Path) -> None:
-    port = process.free_port()
-    proc = start_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
-                     "--log", str(tmp_path / "sim.log"), "-q")
+    port, proc = serve_sim(tmp_path)
     server_pid = None
     try:
         server_pid = ready_pid(proc)
