@@ -243,7 +243,7 @@ def test_mooncake_replay_shares_exactly_the_shared_blocks(server, tokenizer, tmp
     max_model_len is skipped, and vLLM's own tokenizer finds exactly the shared blocks shared."""
     from loadgen.workload import WorkloadSpec, build_trace
     from loadgen.workload.replay import ReplayOptions
-    from tests.loadgen.test_traces import shared_leading
+    from tests.loadgen.conftest import shared_leading
 
     block = 64
     rows = [([1, 2, 3], 180), ([1, 2, 4, 5], 250), ([1, 6], 100), ([9, 10], 128), ([1, 2, 3, 11], 200),
