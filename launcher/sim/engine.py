@@ -77,6 +77,8 @@ class Engine:
     token as in vLLM: when a step's decodes do not fit, the most recently admitted
     running request is preempted (its KV freed, back to the front of the queue) and
     later recomputes its prompt and the output so far, as vLLM's recompute does.
+    ``"ratio"`` grows KV the same way but admits as SGLang does, against a decaying
+    estimate of the outputs the running requests still produce (docs/sim.md).
     """
 
     def __init__(self, profile: Profile, tokens_per_step: int = 1) -> None:
