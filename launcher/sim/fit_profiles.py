@@ -4,6 +4,7 @@
                                                    # the profiles and fit-residuals.md (minutes)
     python -m launcher.sim.fit_profiles --check    # residuals and pass/fail of the shipped profiles
     python -m launcher.sim.fit_profiles --report   # rewrite fit-residuals.md without refitting
+    python -m launcher.sim.fit_profiles --profile sglang-h20x8-r1   # refit one profile (both ways)
 
 Exit codes: 0 every criterion of the shipped profiles holds, 1 at least one fails.
 The capacities (slots, per-step token budget, schedule, CUDA-graph sizes) come from
