@@ -12,8 +12,9 @@ import math
 import os
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -184,7 +185,6 @@ class TargetConfig:
     endpoint: str | None = None
     backend: str = "openai"
     model: str | None = None
-    tokenizer: str | None = None
     api_key: str | None = None
     basic_auth: tuple[str, str] | None = None  # credentials taken out of --base-url
     ca_cert: str | None = None  # a PEM CA bundle to trust for https (--ca-cert)
@@ -268,9 +268,11 @@ MAX_NUM_PROMPTS = 1_000_000_000  # every prompt is built before the run: beyond 
 
 @dataclass(frozen=True)
 class WorkloadConfig:
-    """What to send: the prompt source and lengths (resolved into a WorkloadSpec in pre-flight)."""
+    """What to send: the prompt source and lengths, and the tokenizer that counts them (resolved into a
+    WorkloadSpec in pre-flight)."""
 
     dataset: str = "random"
+    tokenizer: str | None = None  # None: the model, when it is a local folder (tokenizer_for)
     dataset_path: str | None = None
     num_prompts: int | None = None  # None: 1000, or rate × duration
     input_len: int = 1024
@@ -353,6 +355,13 @@ class WorkloadConfig:
             tokenizer=tokenizer, block_size=self.block_size, output_len_fixed=self.output_len_fixed,
             session=self.session_spec(),
         )
+
+    def tokenizer_for(self, model: str) -> str | None:
+        """The tokenizer to load once the served model is known: ``--tokenizer``, else the model
+        when it names a local folder (a checkpoint holds its tokenizer); None: none can be found offline."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        return model if Path(model).expanduser().is_dir() else None
 
     def session_spec(self) -> SessionSpec | None:
         if self.dataset != "sessions":
@@ -479,6 +488,14 @@ PARTS = {"target": TargetConfig, "workload": WorkloadConfig, "schedule": Schedul
 PART_OF = {f.name: part for part, cls in PARTS.items() for f in fields(cls)}
 
 
+def _timed_prompts(rates: Sequence[float], duration_s: float | None) -> float | None:
+    """Requests a duration-bounded sweep of finite rates sends at its fastest rate (None: not such a sweep)."""
+    finite = [r for r in rates if not math.isinf(r)]
+    if duration_s is None or not finite or len(finite) != len(rates):
+        return None
+    return max(finite) * duration_s
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One invocation: a target, a workload, a load shape, outputs and telemetry, and one seed
@@ -509,6 +526,11 @@ class RunConfig:
                               f"'{self.workload.dataset}' rows; use --cache-salt-mode body (vLLM) or --reset-prefix-cache")
         if self.workload.dataset == "sessions" and not self.target.chat:
             raise ConfigError("--dataset-name sessions sends conversations: add --backend openai-chat")
+        wanted = _timed_prompts(s.rates, s.duration_s)
+        if not self.workload.is_trace and self.workload.num_prompts is None and wanted is not None \
+                and not wanted <= MAX_NUM_PROMPTS:
+            raise ConfigError(f"--rate {max(s.rates):g} for --duration {s.duration_s:g} s is {wanted:,.3g} requests, more "
+                              f"than one run can hold (at most {MAX_NUM_PROMPTS:,}): lower --rate or --duration")
 
     @classmethod
     def from_flat(cls, **flat: Any) -> RunConfig:
@@ -565,12 +587,8 @@ class RunConfig:
         """
         if self.workload.num_prompts is not None:
             return self.workload.num_prompts
-        rates, duration_s = self.schedule.rates, self.schedule.duration_s
-        if duration_s is not None:
-            finite = [r for r in rates if not math.isinf(r)]
-            if finite and len(finite) == len(rates):
-                return max(1, math.ceil(max(finite) * duration_s))
-        return 1000
+        wanted = _timed_prompts(self.schedule.rates, self.schedule.duration_s)
+        return max(1, math.ceil(wanted)) if wanted is not None else 1000
 
     def max_input_len(self) -> int:
         """The longest random prompt this configuration can draw (vLLM's range rule)."""

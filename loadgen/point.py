@@ -14,19 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from loadgen import interrupts, prefix_cache
 from loadgen import results as results_mod
 from loadgen.aggregate import Aggregate
+from loadgen.client import Target
 from loadgen.collect import PointCollector
 from loadgen.config import RunConfig, rate_label
 from loadgen.metrics import SATURATION_LAG_P99_MS
 from loadgen.progress import Progress, print_summary
 from loadgen.records import Prompt
+from loadgen.runner import LiveCounters, run
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.server_checks import Preflight, stream_target
 from loadgen.store import RequestStore, StoreFiles, read_requests
+from loadgen.telemetry import PointTelemetry
+from loadgen.workload.trace_prompts import TraceSet
 
 # ---------------------------------------------------------------- one point
 
@@ -138,8 +143,8 @@ class PointSetup:
     """What every way of running a point starts from (here, or over workers)."""
 
     files: PointFiles
-    offsets: Any  # numpy array of release offsets, seconds
-    target: Any  # loadgen.client.Target
+    offsets: np.ndarray  # release offsets, seconds
+    target: Target
     title: str
 
 
@@ -156,9 +161,8 @@ def point_setup(cfg: RunConfig, pre: Preflight, n_prompts: int, concurrency: int
     return PointSetup(files, offsets, stream_target(cfg, pre.model, pre.cache_salt), title)
 
 
-def point_telemetry(cfg: RunConfig, files: PointFiles, counters: Any, console: Console) -> Any:
+def point_telemetry(cfg: RunConfig, files: PointFiles, counters: Any, console: Console) -> PointTelemetry:
     """The point's server/GPU telemetry (a context manager around the run), notes to ``console``."""
-    from loadgen.telemetry import PointTelemetry
 
     return PointTelemetry(cfg, files.result, counters,
                           note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
@@ -186,7 +190,6 @@ def run_point_here(
     repeat: int = 1,
 ) -> dict[str, Any]:
     """:func:`run_point` in this process."""
-    from loadgen.runner import LiveCounters, run
 
     setup = point_setup(cfg, pre, len(prompts), concurrency, rate, date, repeat)
     files, offsets, target, title = setup.files, setup.offsets, setup.target, setup.title
@@ -250,7 +253,7 @@ def trace_section(trace: Any, queue: Any) -> dict[str, Any]:
                                 behind_p99_ms=SATURATION_LAG_P99_MS)
 
 
-def store_cache_figures(cfg: RunConfig, trace: Any, store_path: Path) -> dict[str, Any]:
+def store_cache_figures(cfg: RunConfig, trace: TraceSet | None, store_path: Path) -> dict[str, Any]:
     """The hit rate per trace window (a replay) or per session turn, from the point's per-request
     store; nothing for other workloads, or when the store cannot be read."""
     sessions = cfg.workload.dataset == "sessions"
@@ -262,4 +265,5 @@ def store_cache_figures(cfg: RunConfig, trace: Any, store_path: Path) -> dict[st
         return {}
     if sessions:
         return {"turns": prefix_cache.by_turn(rows)}
+    assert trace is not None and trace.times_s is not None  # checked above, before the store was read
     return {"windows": prefix_cache.by_window(rows, trace.prompts.rows, trace.times_s)}
