@@ -117,11 +117,6 @@ class Recount:
         on: the caller is idle, waiting)."""
         if self._verdict is not None:
             return self._verdict
-        if self._pid is not None:
-            try:
-                os.sched_setscheduler(self._pid, os.SCHED_OTHER, os.sched_param(0))
-            except (AttributeError, OSError):
-                pass  # stays idle; it still finishes when the CPU is free
         body = self._read_body(timeout_s)
         self._finish()
         if "error" in body:
@@ -134,13 +129,27 @@ class Recount:
                 self._forget()
         return self._verdict
 
+    def _to_normal_priority(self) -> None:
+        if self._pid is not None:
+            try:
+                os.sched_setscheduler(self._pid, os.SCHED_OTHER, os.sched_param(0))
+            except (AttributeError, OSError):
+                pass  # stays idle; it still finishes when the CPU is free
+
     def _read_body(self, timeout_s: float) -> dict[str, Any]:
+        """The child's answer, its priority raised again every quarter second until it answers:
+        a child that had not yet reached :func:`main` when first raised lowers itself there, and
+        then waits behind every busy process of the machine (a minute and more, seen)."""
         deadline = time.monotonic() + timeout_s
         chunks = []
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+            if left <= 0:
                 return {"error": f"not finished after {timeout_s:.0f} s"}
+            if not chunks:
+                self._to_normal_priority()
+            if not select.select([self._read], [], [], min(left, 0.25))[0]:
+                continue
             data = os.read(self._read, 1 << 16)
             if not data:
                 break
