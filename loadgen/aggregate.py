@@ -259,11 +259,11 @@ class Aggregate:
             if i is None:
                 kind = r.error or "no_output"
                 self.inline.append(InlineRequest(r.prompt_id, r.input_len, 0, 0.0, np.zeros(0),
-                                                 f"{kind}: {r.error_detail}" if r.error_detail else kind, r.text))
+                                                 f"{kind}: {r.error_detail}" if r.error_detail else kind, r.output_text))
             else:
                 self.inline.append(InlineRequest(r.prompt_id, r.input_len, int(r.output_tokens),
                                                  float(fig.ttft_ms[i]) / 1000.0,
-                                                 fig.itls_of(i) / 1000.0, "", r.text))
+                                                 fig.itls_of(i) / 1000.0, "", r.output_text))
 
     def merge(self, other: Aggregate) -> None:
         """Add another aggregate of a disjoint set of requests (another worker's)."""

@@ -163,6 +163,12 @@ def chunk_rows(records: Sequence[RequestRecord]) -> np.ndarray:
     return rows
 
 
+def _texts(r: RequestRecord) -> dict[str, str]:
+    """A request's texts in its details line: ``text`` the answer, ``reasoning_text`` the
+    reasoning (only when there was some)."""
+    return {"text": r.text, "reasoning_text": r.reasoning_text} if r.reasoning_text else {"text": r.text}
+
+
 @dataclass
 class StoreFiles:
     requests: Path
@@ -201,8 +207,8 @@ class RequestStore:
                 self._chunks.append(chunk_rows(records))
             lines = [
                 orjson.dumps({"prompt_id": r.prompt_id, "error": r.error, "error_detail": r.error_detail or None,
-                              **({"text": r.text} if self.save_text else {})}) + b"\n"
-                for r in records if r.error_detail or (self.save_text and r.text)
+                              **(_texts(r) if self.save_text else {})}) + b"\n"
+                for r in records if r.error_detail or (self.save_text and (r.text or r.reasoning_text))
             ]
             if lines:
                 if self._details is None:

@@ -57,6 +57,28 @@ def test_live_history_every_turn_counts_exactly(sim_fast, tok) -> None:
             assert b.sent_ns >= a.last_ns + int(think * 1e9)
 
 
+def test_live_history_carries_back_the_answer_only_not_the_reasoning(sim_server, tok) -> None:
+    """Behind a reasoning parser the reply streams as reasoning_content, then content: the
+    next turn carries only the content, as a chat client sends back, and the server's count
+    of that prompt agrees."""
+    srv = sim_server("--reasoning-fraction", "0.5")
+    prompts = _sessions(2, turns="3", output="24")
+    target = Target(base_url=srv.base_url, backend="openai-chat", model="deepseek-r1", save_text=True)
+    out = run(target, prompts, None, concurrency=2, max_model_len=8192)
+    records = _by_turn(out.records)
+    assert len(records) == 6 and all(r.error is None for r in records)
+    shape = prompts[0].session.shape
+    for a, b in zip(records, records[1:], strict=False):
+        if a.session != b.session:
+            continue
+        assert a.reasoning_text and a.text and a.reasoning_text not in a.text  # both parts came, apart
+        answer = len(tok.encode(reply_in_history(shape, a.text), add_special_tokens=False))
+        user = prompts[b.session].session.turns[b.turn].user_len
+        assert b.input_len == a.input_len + shape.per_turn + answer + user  # the answer alone grew the prompt
+        assert b.server_prompt_tokens == b.input_len  # and the server received exactly that
+    assert all(r.output_text == r.reasoning_text + r.text for r in records)  # --save-text keeps both
+
+
 def test_recorded_history_counts_known_before_the_run(tok) -> None:
     prompts = _sessions(3, turns="4", history="recorded")
     for p in prompts:
