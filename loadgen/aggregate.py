@@ -34,6 +34,7 @@ from loadgen.metrics import (
     METRICS,
     NS_PER_MS,
     REASONING_METRICS,
+    RELEASE_METRICS,
     SATURATION_LAG_P99_MS,
     Stats,
     Summary,
@@ -44,7 +45,7 @@ from loadgen.metrics import (
 from loadgen.records import RequestRecord
 from loadgen.session_figures import SessionFigures
 
-ALL_METRICS = METRICS + EXTRA_METRICS + REASONING_METRICS
+ALL_METRICS = METRICS + EXTRA_METRICS + REASONING_METRICS + RELEASE_METRICS
 # Metrics kept as histograms in result files and interval logs (the CO-corrected
 # variants are reported as statistics only).
 HISTOGRAM_TAGS = ("ttft", "tpot", "itl", "e2el", "queue")

@@ -70,6 +70,9 @@ class RequestRecord:
     input_len: int
     output_len: int
     intended_ns: int = 0
+    # the moment the release loop let the request go (0: not stamped): released − intended is
+    # the schedule's own lateness; sent_ns comes after the connection and the write
+    released_ns: int = 0
     sent_ns: int = 0
     first_ns: int = 0
     last_ns: int = 0

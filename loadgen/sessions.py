@@ -123,7 +123,8 @@ async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
         messages = first.messages if k == 0 else turn_messages(session, k, replies)
         body = client.build_body(Prompt(first.id, expected, turn.output_len, messages=messages))
         rec = RequestRecord(prompt_id=first.id, input_len=expected, output_len=turn.output_len,
-                            intended_ns=due_ns, warmup=warmup, session=session.id, turn=k, keep_text=live)
+                            intended_ns=due_ns, released_ns=perf_counter_ns(), warmup=warmup, session=session.id,
+                            turn=k, keep_text=live)
         inflight.now += 1
         if inflight.now > inflight.peak:
             inflight.peak = inflight.now

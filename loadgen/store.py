@@ -63,6 +63,7 @@ REQUEST_DTYPE = np.dtype([
     ("session", "<i4"),  # sessions: the session's id and the turn's index (-1: not a session)
     ("turn", "<i2"),
     ("session_end", "S16"),  # on a session's last turn: completed | failed | context_exceeded
+    ("released_ms", "<f8"),  # when the release loop let it go (sent_ms adds connect + write); NaN: not stamped
 ])
 CHUNK_DTYPE = np.dtype([
     ("prompt_id", "<i8"),
@@ -143,6 +144,7 @@ def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
     rows["session"] = col(lambda r: r.session, np.int32)
     rows["turn"] = col(lambda r: r.turn, np.int16)
     rows["session_end"] = [r.session_end.encode()[:16] for r in records]
+    rows["released_ms"] = _rel_ms(col(lambda r: r.released_ns, np.int64), start_ns)
     return rows
 
 
