@@ -129,7 +129,8 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 METHOD_COLUMNS = ("label", "format", "engine", "engine_version", "input_len", "output_len", "concurrency",
-                  "num_prompts", "warmup_requests", "ignore_eos", "burst", "client_saturated", "partial",
+                  "num_prompts", "warmup_requests", "ignore_eos", "burst", "client_saturated", "trace_behind",
+                  "trace_lag_p99_ms", "partial",
                   "error_rate", "engine_eager", "engine_context_length", "engine_max_num_seqs", "time_scale",
                   "repeats")
 

@@ -157,7 +157,11 @@ def test_cli_sessions_run_writes_session_figures(sim_fast, tmp_path: Path) -> No
                     "--output-dir", str(tmp_path), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "Sessions completed / failed / context / cut" in proc.stdout and "6 / 0 / 0 / 0" in proc.stdout
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    (path,) = tmp_path.glob("*.json")
+    # named by turns and per-turn lengths; vLLM's per-request length keys claim nothing
+    assert path.name.startswith("openai-chat-c3-rinf-sessions-tuniform_2_4-i30-o16-")
+    result = json.loads(path.read_text())
+    assert result["random_input_len"] is None
     sessions = result["sessions"]
     assert sessions["sessions"] == 6 and sessions["completed"] == 6
     assert result["prompt_token_mismatches"] == 0 and result["prompt_tokens_checked"] == result["completed"]

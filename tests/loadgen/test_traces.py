@@ -319,6 +319,9 @@ def test_azure_replay_at_trace_times_against_sim(private_cache, tmp_path: Path, 
     assert res.exit_code == 0, res.output
     result, path = result_of(tmp_path)
     trace = result["trace"]
+    # named by the trace and its speed-up; no --input-len default claimed, in the name or vLLM's keys
+    assert path.name.startswith(f"openai-cinf-azure-{AZURE.stem}-x40-") and "-i1024" not in path.name
+    assert result["random_input_len"] is None and result["random_output_len"] is None
     assert trace["skipped_too_long"] == len(rows) - len(kept)
     assert result["completed"] == len(kept)
     assert result["prompt_token_mismatches"] == 0  # the sim counted every prompt as built
