@@ -35,7 +35,9 @@ class PointCollector:
         self.store = store
         # --warmup-seconds: requests released before start + warmup_s count as warm-up
         # (stored, flagged, left out of the figures), so a time-based point measures its steady state.
+        # A session is warm-up whole when its first turn was: the figures hold whole sessions.
         self.warmup_ns = int(warmup_s * 1e9)
+        self.warm_sessions: set[int] = set()
         self.start_ns: int | None = None
         self.pending: list[RequestRecord] = []
         self.warmup_requests = 0
@@ -60,10 +62,17 @@ class PointCollector:
         batch, self.pending = self.pending[:n], self.pending[n:]
         if self.warmup_ns:
             cut = self.start_ns + self.warmup_ns
+            warm_sessions = self.warm_sessions
             for r in batch:
+                if r.session >= 0 and r.turn > 0:
+                    # a session's turns end in order, so its first turn was judged already
+                    if r.session in warm_sessions:
+                        r.warmup = True
                 # released = sent through the concurrency gate (closed loop: every intended time is 0)
-                if (r.sent_ns or r.intended_ns) < cut:
+                elif (r.sent_ns or r.intended_ns) < cut:
                     r.warmup = True
+                    if r.session >= 0:
+                        warm_sessions.add(r.session)
         measured = [r for r in batch if not r.warmup]
         self.warmup_requests += len(batch) - len(measured)
         self.aggregate.add(measured)

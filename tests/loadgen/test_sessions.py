@@ -180,6 +180,33 @@ def test_cli_sessions_run_writes_session_figures(sim_fast, tmp_path: Path) -> No
     assert (tmp_path / "report" / "plots" / "ttft_by_turn.png").stat().st_size > 0
 
 
+def test_warmup_seconds_leaves_out_whole_sessions(sim_fast, tmp_path: Path) -> None:
+    """--warmup-seconds with sessions: a session whose first turn was released in the warm-up
+    window is warm-up in every turn, so the figures hold whole sessions only."""
+    proc = _loadgen("--base-url", sim_fast.base_url, "--backend", "openai-chat", "--tokenizer", "deepseek-r1",
+                    "--dataset-name", "sessions", "--num-prompts", "400", "--session-turns", "3",
+                    "--turn-input-len", "20", "--turn-output-len", "8", "--think-time", "0.2", "--concurrency", "4",
+                    "--duration", "3", "--warmup-seconds", "1", "--output-dir", str(tmp_path), "--no-progress",
+                    "--server-metrics", "off")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = np.load(next(tmp_path.glob("*.requests.npy")))
+    rows = rows[rows["session"] >= 0]
+    warm, measured = set(), set()
+    for s in set(rows["session"].tolist()):
+        mine = rows[rows["session"] == s]
+        flags = set(mine["warmup"].tolist())
+        assert len(flags) == 1, f"session {s} is split between warm-up and measured turns"
+        first = mine[mine["turn"] == 0]
+        assert len(first) == 1
+        assert bool(first["sent_ms"][0] < 1000.0) is flags.pop()  # judged by its first turn's release
+        (warm if first["sent_ms"][0] < 1000.0 else measured).add(s)
+    assert warm and measured  # 4 users, 0.2 s think: sessions start in both windows
+    assert result["sessions"]["sessions"] == len(measured)
+    assert result["warmup_requests"] == int(rows["warmup"].sum())
+    assert result["completed"] + result["failed"] == int((~rows["warmup"]).sum())
+
+
 def test_cli_sessions_need_the_chat_backend(tmp_path: Path) -> None:
     proc = _loadgen("--dataset-name", "sessions", "--output-dir", str(tmp_path))
     assert proc.returncode == 2
