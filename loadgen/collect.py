@@ -73,6 +73,8 @@ class PointCollector:
                     r.warmup = True
                     if r.session >= 0:
                         warm_sessions.add(r.session)
+                elif r.session >= 0:
+                    warm_sessions.discard(r.session)  # an id used again (a cycled set) starts afresh
         measured = [r for r in batch if not r.warmup]
         self.warmup_requests += len(batch) - len(measured)
         self.aggregate.add(measured)

@@ -207,6 +207,35 @@ def test_warmup_seconds_leaves_out_whole_sessions(sim_fast, tmp_path: Path) -> N
     assert result["completed"] + result["failed"] == int((~rows["warmup"]).sum())
 
 
+def test_search_over_concurrent_users(sim_fast, tmp_path: Path) -> None:
+    """`loadgen search --over concurrency` with sessions: each probe's load is users holding a
+    slot for whole sessions, and the record says so."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen.cli", "search", "--base-url", sim_fast.base_url, "--backend", "openai-chat",
+         "--tokenizer", "deepseek-r1", "--dataset-name", "sessions", "--base-prompts", "20", "--session-turns", "3",
+         "--turn-input-len", "20", "--turn-output-len", "8", "--think-time", "0.05", "--over", "concurrency",
+         "--slo", "ttft:p99<=60000", "--duration", "1.5", "--warmup-seconds", "0.3", "--max", "4",
+         "--max-probes", "3", "--label", "users", "--no-progress", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "concurrent users" in proc.stdout and "concurrent requests" not in proc.stdout
+    rec = json.loads((out / "users.capacity.json").read_text())
+    assert rec["unit"] == "concurrent users" and rec["over"] == "concurrency"
+    assert rec["input_len"] == "20" and rec["output_len"] == "8"  # per turn
+    assert 1 <= len(rec["probes"]) <= 3 and all(p["passed"] for p in rec["probes"])
+    for p in rec["probes"]:
+        result = json.loads((out / p["file"]).read_text())
+        assert result["sessions"]["sessions"] >= 1 and result["prompt_token_mismatches"] == 0
+        rows = np.load(out / p["file"].replace(".json", ".requests.npy"))
+        rows = rows[rows["session"] >= 0]
+        # sessions are whole on either side of the warm-up line, ids unique however often the set was reused
+        for s in set(rows["session"].tolist()):
+            mine = rows[rows["session"] == s]
+            assert len(set(mine["warmup"].tolist())) == 1 and sorted(mine["turn"].tolist()) == list(range(len(mine)))
+        assert result["max_concurrency"] == p["load"]  # users, each a session at a time
+
+
 def test_cli_sessions_need_the_chat_backend(tmp_path: Path) -> None:
     proc = _loadgen("--dataset-name", "sessions", "--output-dir", str(tmp_path))
     assert proc.returncode == 2
