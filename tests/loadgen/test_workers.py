@@ -513,3 +513,46 @@ def test_a_lost_ray_actor_leaves_a_partial_result_naming_it(sim_server, ray_clus
     assert dead["error"] and alive["error"] is None and alive["completed"] == 20
     assert res["completed"] == 20 and res["per_request"]["rows"] == 20
     assert f"worker {k}" in res["per_request"]["error"]
+
+
+# --- sessions over workers ------------------------------------------------------------------
+
+SESSIONS = ["--backend", "openai-chat", "--tokenizer", "deepseek-r1", "--dataset-name", "sessions",
+            "--num-prompts", "8", "--session-turns", "3", "--turn-input-len", "20", "--turn-output-len", "8",
+            "--think-time", "0.02", "--concurrency", "4", "--session-header", "X-Session-Id", "--no-progress",
+            "--server-metrics", "off"]
+
+
+def check_sessions_stay_on_one_worker(folder: Path) -> None:
+    """Every turn of a session in one worker's part of the merged store; all of them exact."""
+    merged = only_result(folder)
+    assert merged["workers"] == 2 and merged["workers_failed"] == []
+    assert merged["sessions"]["sessions"] == 8 and merged["sessions"]["completed"] == 8
+    assert merged["completed"] == 24 and merged["prompt_token_mismatches"] == 0
+    rows = read_requests(next(folder.glob("*.requests.npy")))
+    # the merged store is the workers' stores one after the other, in worker order
+    bounds = np.cumsum([0, *(w["store_rows"] for w in merged["per_worker"])])
+    assert bounds[-1] == len(rows)
+    owner: dict[int, int] = {}
+    for k in range(2):
+        part = rows[bounds[k]:bounds[k + 1]]
+        assert len(part) > 0  # both workers had sessions to run
+        for s in set(part["session"].tolist()):
+            assert owner.setdefault(s, k) == k, f"session {s} ran on workers {owner[s]} and {k}"
+            assert sorted(part["turn"][part["session"] == s].tolist()) == [0, 1, 2]
+    assert sorted(owner) == list(range(8))
+
+
+def test_sessions_stay_on_one_local_worker(sim_fast, tmp_path: Path) -> None:
+    proc = loadgen("--base-url", sim_fast.base_url, *SESSIONS, "--workers", "2", "--output-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    check_sessions_stay_on_one_worker(tmp_path)
+
+
+def test_sessions_stay_on_one_ray_actor(sim_fast, ray_cluster, tmp_path: Path) -> None:
+    address, env, _, _ = ray_cluster
+    proc = loadgen("--base-url", sim_fast.base_url, *SESSIONS, "--workers", "2", "--ray-address", address,
+                   "--output-dir", str(tmp_path), env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert only_result(tmp_path)["worker_mode"] == "ray"
+    check_sessions_stay_on_one_worker(tmp_path)
