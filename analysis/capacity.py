@@ -27,6 +27,7 @@ import pandas as pd
 from analysis import plots
 from analysis.formats import engine_settings
 from analysis.intervals import separated
+from analysis.page import image, page_start, table_html
 
 SCHEMA = "loadgen-capacity/1"
 COLUMNS = ("label", "over", "capacity", "interval low", "interval high", "boundary", "unit", "status", "SLOs",
@@ -165,8 +166,6 @@ def figure(table: pd.DataFrame):  # -> matplotlib Figure
 def write_capacity_report(table: pd.DataFrame, out_dir: str | Path, baseline: str | None = None,
                           title: str = "loadgen capacity") -> dict[str, Path]:
     """summary.csv (one row per label), comparison.md, plots/capacity.png and report.html."""
-    from analysis.report import _CSS, _img, _table
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = table[list(COLUMNS) + [c for c in table.columns if c.startswith("$/")]]  # + analysis.cost's
@@ -175,8 +174,7 @@ def write_capacity_report(table: pd.DataFrame, out_dir: str | Path, baseline: st
     md = out / "comparison.md"
     md.write_text(markdown(table, baseline), encoding="utf-8")
     pngs = [p for p in plots.save(figure(table), out / "plots", "capacity") if p.suffix == ".png"] if len(table) else []
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [page_start(title)]
     concl = conclusions(table, baseline)
     parts.append("<h2>Conclusions the data supports</h2><ul>")
     parts += [f"<li class='ok'>{html.escape(t)}</li>" for ok, t in concl if ok] or ["<li class='muted'>none</li>"]
@@ -185,8 +183,8 @@ def write_capacity_report(table: pd.DataFrame, out_dir: str | Path, baseline: st
         parts.append("<h2>Differences the data does not support</h2><ul>")
         parts += [f"<li class='warning'>{html.escape(t)}</li>" for ok, t in concl if not ok]
         parts.append("</ul>")
-    parts.append("<h2>Capacity per label</h2>" + _table(table))
-    parts += [_img(p) for p in pngs]
+    parts.append("<h2>Capacity per label</h2>" + table_html(table))
+    parts += [image(p) for p in pngs]
     parts.append("<p class='muted'>Capacity: the highest load at which every probe met every SLO. Interval: where "
                  "the SLOs stop holding (bootstrap over repeated probes, widened to the search's final bracket). "
                  "See docs/capacity.md.</p></body></html>")

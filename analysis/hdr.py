@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-from loadgen.hdr import HIGHEST_US, LOWEST_US, histogram_of, new_histogram
+from loadgen.hdr_record import HIGHEST_US, LOWEST_US, histogram_of, new_histogram
 
 PERCENTILE_TICKS = (50.0, 90.0, 99.0, 99.9, 99.99, 99.999)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from dataclasses import dataclass, field
@@ -13,11 +12,11 @@ import pandas as pd
 from analysis import intervals, plots
 from analysis.checks import Issue, comparability
 from analysis.compare import Comparison, compare_labels
+from analysis.page import image, page_start, table_html
 from analysis.server_plots import timeline_plots, ttft_plot
 from analysis.summary import summary, write_csv
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
-ABSENT = "—"  # a figure that was not measured (e.g. latencies of a run where nothing completed)
 
 
 @dataclass
@@ -106,26 +105,6 @@ def comparison_markdown(issues: list[Issue], comps: list[Comparison], labels: li
     return "\n".join(lines) + "\n"
 
 
-_CSS = """
-:root { color-scheme: light dark; --ink:#222; --bg:#fff; --muted:#666; --warn:#b35c00; --ok:#2f7d4f; --line:#ddd; }
-@media (prefers-color-scheme: dark) { :root { --ink:#e6e6e6; --bg:#16181c; --muted:#9a9a9a; --warn:#f0a050; --ok:#6fcf97; --line:#333; } }
-body { font: 14px/1.45 system-ui, sans-serif; color: var(--ink); background: var(--bg); margin: 2rem auto; max-width: 1200px; padding: 0 1rem; }
-h1, h2, h3 { font-weight: 600; } .muted { color: var(--muted); }
-li.warning { color: var(--warn); } li.note { color: var(--muted); } li.ok { color: var(--ok); }
-table { border-collapse: collapse; font-size: 12px; margin: .5rem 0 1.5rem; display: block; overflow-x: auto; }
-th, td { border-bottom: 1px solid var(--line); padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { position: sticky; top: 0; background: var(--bg); }
-img { max-width: 100%; display: block; margin: .5rem 0 1.5rem; }
-"""
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
-
-
-def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:,.2f}", na_rep=ABSENT, border=0)
 
 
 METHOD_COLUMNS = ("label", "format", "engine", "engine_version", "input_len", "output_len", "concurrency",
@@ -143,8 +122,7 @@ def method_table(runs: pd.DataFrame) -> pd.DataFrame:
 def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: list[Comparison], pngs: list[Path],
                 method: pd.DataFrame | None = None) -> str:
     """One HTML page with everything inline (styles, tables, images): attachable to a ticket as is."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [page_start(title)]
     parts.append("<h2>Comparability</h2><ul>")
     parts += [f"<li class='{i.severity}'><b>{i.severity}</b>: {html.escape(i.message)}</li>" for i in issues]
     if not issues:
@@ -159,17 +137,17 @@ def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: lis
             parts += [f"<li class='warning'>{html.escape(c.text)} — {html.escape(c.reason)}</li>"
                       for c in comp.unsupported]
             parts.append("</ul>")
-        parts.append("<details><summary>side by side, per concurrency</summary>" + _table(comp.table) + "</details>")
-    parts.append("<h2>Summary</h2>" + _table(table))
+        parts.append("<details><summary>side by side, per concurrency</summary>" + table_html(comp.table) + "</details>")
+    parts.append("<h2>Summary</h2>" + table_html(table))
     if method is not None and not method.empty:
-        parts.append("<details><summary>how each run was measured</summary>" + _table(method) + "</details>")
+        parts.append("<details><summary>how each run was measured</summary>" + table_html(method) + "</details>")
     parts.append("<h2>Plots</h2>")
-    parts += [_img(p) for p in pngs if not p.name.startswith("timeline_")]
+    parts += [image(p) for p in pngs if not p.name.startswith("timeline_")]
     timelines = [p for p in pngs if p.name.startswith("timeline_")]
     if timelines:  # one per point: folded, so a long sweep does not bury the other plots
         parts.append(f"<h2>Server timelines</h2><details><summary>client and server over time, one per point "
                      f"({len(timelines)})</summary>")
-        parts += [_img(p) for p in timelines]
+        parts += [image(p) for p in timelines]
         parts.append("</details>")
     parts.append("<p class='muted'>Written by loadgen-report.</p></body></html>")
     return "\n".join(parts)

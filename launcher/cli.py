@@ -1,6 +1,6 @@
 """The ``loadgen-launch`` command: serve, stop, status, plan, check, diagnose.
 
-Thin glue over :mod:`launcher.lifecycle`, :mod:`launcher.preflight`,
+Thin glue over :mod:`launcher.lifecycle`, :mod:`launcher.checkpoint_checks`,
 :mod:`launcher.diagnose` and the plan/memory modules. Every bad input ends in
 one line naming the problem and the fix (exit code 2 for usage errors, 1 for a
 failed start or a failed check), never in a traceback.
@@ -368,7 +368,7 @@ def check(model: str | None, write_manifest: bool, no_manifest: bool, engine: st
 
     A failed memory plan (e.g. SGLang's KV pool below zero) also exits 1.
     """
-    from launcher import preflight
+    from launcher import checkpoint_checks
 
     if write_manifest and no_manifest:
         raise click.UsageError("--write-manifest and --no-manifest contradict each other; pick one")
@@ -382,8 +382,8 @@ def check(model: str | None, write_manifest: bool, no_manifest: bool, engine: st
     ok = True
     if model_dir is not None:
         mode = "write" if write_manifest else "skip" if no_manifest else "verify"
-        hashing = write_manifest or (mode == "verify" and (model_dir / preflight.MANIFEST_NAME).exists())
-        report = preflight.run_preflight(model_dir, manifest=mode,
+        hashing = write_manifest or (mode == "verify" and (model_dir / checkpoint_checks.MANIFEST_NAME).exists())
+        report = checkpoint_checks.run_preflight(model_dir, manifest=mode,
                                          on_file=(lambda n: _err(f"hashing {n}")) if hashing else None)
         ok = report.ok
         if as_json:

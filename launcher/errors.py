@@ -8,7 +8,7 @@ Several keep a standard base beside it, so that callers that only know "bad inpu
     LauncherError
     ├── PlanError (ValueError)          engines/errors.py: no plan for these flags
     ├── MemoryInputError (ValueError)   memory.py: inputs that give no memory plan
-    ├── HeaderError (ValueError)        preflight.py: a safetensors header that cannot be read
+    ├── HeaderError (ValueError)        checkpoint_checks.py: a safetensors header that cannot be read
     ├── ProfileError (ValueError)       sim/profiles.py: a sim profile not found or invalid
     ├── LaunchError (RuntimeError)      lifecycle.py: the server did not come up
     ├── ClusterError (RuntimeError)     cluster.py: a multi-node start failed

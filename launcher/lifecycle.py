@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher import preflight, process
+from launcher import checkpoint_checks, process
 from launcher.diagnose import last_error_line
 from launcher.errors import LauncherError
 from launcher.readiness import NotReady, Progress, ReadinessSpec, Waiter
@@ -162,11 +162,11 @@ def _plan_model(plan: Any, model: str | None) -> str | None:
     return None
 
 
-def check_checkpoint_or_raise(model_dir: str | None) -> preflight.CheckpointReport | None:
+def check_checkpoint_or_raise(model_dir: str | None) -> checkpoint_checks.CheckpointReport | None:
     """Header-level integrity check before a start; raises LaunchError naming the broken file."""
-    if model_dir is None or not preflight.looks_like_local_checkpoint(model_dir):
+    if model_dir is None or not checkpoint_checks.looks_like_local_checkpoint(model_dir):
         return None
-    report = preflight.run_preflight(Path(model_dir).expanduser(), manifest="skip")
+    report = checkpoint_checks.run_preflight(Path(model_dir).expanduser(), manifest="skip")
     if report.layout and not report.ok:
         first = report.problems[0]
         more = f" (+{len(report.problems) - 1} more; run `loadgen-launch check --model {model_dir}`)" if len(report.problems) > 1 else ""

@@ -32,8 +32,8 @@ _LAZY = {
     "per_request": "loadgen.metrics",
     "summarize": "loadgen.aggregate",
     "load_result": "loadgen.results",
-    "read_hlog": "loadgen.hdr",
-    "histogram_of": "loadgen.hdr",
+    "read_hlog": "loadgen.hdr_record",
+    "histogram_of": "loadgen.hdr_record",
     "run_all": "loadgen.sweep",
 }
 

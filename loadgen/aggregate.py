@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loadgen import hdr
+from loadgen import hdr_record
 from loadgen.metrics import (
     DEFAULT_PERCENTILES,
     EXTRA_METRICS,
@@ -105,7 +105,7 @@ class MetricAggregate:
 
     def histogram(self) -> object:
         if self.hist is None:
-            self.hist = hdr.new_histogram()
+            self.hist = hdr_record.new_histogram()
         return self.hist
 
     def add(self, values_ms: np.ndarray) -> None:
@@ -113,7 +113,7 @@ class MetricAggregate:
         if not values_ms.size:
             return
         self.moments.add(values_ms)
-        self.clipped += hdr.record_array(self.histogram(), np.rint(values_ms * 1000.0))
+        self.clipped += hdr_record.record_array(self.histogram(), np.rint(values_ms * 1000.0))
 
     def merge(self, other: MetricAggregate) -> None:
         self.moments.merge(other.moments)

@@ -258,7 +258,8 @@ def main(**opts: Any) -> None:
     # piped output (CI logs) gets a fixed, wide layout instead of rich's 80 columns
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     progress_console = Console(stderr=True)
-    from loadgen.sweep import PreflightError, run_all  # late: cold start (perf/footprint.py startup)
+    from loadgen.server_checks import PreflightError  # late: cold start (perf/footprint.py startup)
+    from loadgen.sweep import run_all
     from loadgen.workload.errors import WorkloadError
 
     interrupts.install()

@@ -23,8 +23,8 @@ from loadgen.errors import LoadgenError
 from loadgen.metrics import DEFAULT_PERCENTILES, GOODPUT_METRICS
 from loadgen.protocols import BACKENDS
 from loadgen.protocols.base import merge_body
+from loadgen.redaction import MASK, mask_url, split_credentials
 from loadgen.schedule import ARRIVALS
-from loadgen.secrets import MASK, mask_url, split_credentials
 from loadgen.workload.errors import WorkloadError
 from loadgen.workload.replay import ReplayOptions
 from loadgen.workload.spec import DATASETS, TRACE_DATASETS, SessionSpec, WorkloadSpec
@@ -177,7 +177,7 @@ def _split_list(text: str, option: str) -> list[str]:
 # A run is five frozen parts, each validated once when it is built. Validation is
 # pure: it reads no file and changes nothing (normalisation, such as taking the
 # credentials out of --base-url, happens before construction and returns new
-# values); files named by options are checked in pre-flight (loadgen.sweep).
+# values); files named by options are checked in pre-flight (loadgen.server_checks).
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from loadgen.secrets import basic_token, mask_url
+from loadgen.redaction import basic_token, mask_url
 
 INSECURE_WARNING = (
     "loadgen: WARNING: --insecure: TLS certificates are NOT verified; anyone on the path can read "

@@ -27,7 +27,7 @@ from typing import Any
 from loadgen.connection import DEFAULT as DEFAULT_CONNECTION
 from loadgen.connection import Connection, cert_error_message, is_cert_error
 from loadgen.errors import LoadgenError
-from loadgen.secrets import mask_url
+from loadgen.redaction import mask_url
 
 READ_LIMIT = 1 << 20
 

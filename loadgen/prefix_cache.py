@@ -118,7 +118,7 @@ def cold_workload(dataset: str, prefix_len: int) -> bool:
 
 def warm_cache_warning(cold: bool, client_rate: float | None, server_rate: float | None) -> str | None:
     """The comparability warning, or ``None``. A random set's ``--warmup`` requests have prompts of
-    their own (``sweep.build_prompts``), so a hit here came from outside the point."""
+    their own (``prompt_set.build_prompts``), so a hit here came from outside the point."""
     rates = [r for r in (client_rate, server_rate) if r is not None]
     if not cold or not rates or max(rates) <= COLD_HIT_LIMIT:
         return None

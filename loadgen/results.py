@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from loadgen import hdr
+from loadgen import hdr_record
 from loadgen.aggregate import InlineRequest
 from loadgen.config import (
     DEFAULT_RESULT_FILENAME,
@@ -250,8 +250,8 @@ def build_result(
             "versions": versions(server_version),
             "hdr_histograms": {
                 "unit": "us",
-                "significant_digits": hdr.SIGNIFICANT_DIGITS,
-                **{tag: hdr.encode(h) for tag, h in hists.items()},
+                "significant_digits": hdr_record.SIGNIFICANT_DIGITS,
+                **{tag: hdr_record.encode(h) for tag, h in hists.items()},
             },
         }
     )
@@ -284,7 +284,7 @@ def write_hlog(path: Path, hists: Mapping[str, Any], point: PointInfo, cfg: RunC
         f"loadgen {cfg.target.backend} model={point.model} concurrency={point.concurrency} "
         f"rate={rate_label(point.rate)} unit=us"
     )
-    hdr.write_hlog(path, hists, point.start_epoch_s, point.end_epoch_s, comment=comment)
+    hdr_record.write_hlog(path, hists, point.start_epoch_s, point.end_epoch_s, comment=comment)
 
 
 def load_result(path: str | Path) -> dict[str, Any]:

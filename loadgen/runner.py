@@ -262,7 +262,7 @@ async def run_async(
 ) -> RunOutcome:
     """The body of :func:`run`, for callers that already run an event loop.
 
-    ``clock_start`` (worker processes, :mod:`loadgen.workers`) is awaited once the
+    ``clock_start`` (worker processes, :mod:`loadgen.scale`) is awaited once the
     first wave's connections are open and returns the ``perf_counter_ns`` instant the
     measured phase starts at, shared by every worker. ``stop_hook`` receives a
     thread-safe function that stops the run as a signal would (a Ray actor's stop).

@@ -80,7 +80,7 @@ def _header(dtype: np.dtype, rows: int) -> bytes:
     return _MAGIC + (HEADER_BYTES - len(_MAGIC) - 4).to_bytes(4, "little") + body + b" " * pad + b"\n"
 
 
-class _NpyAppender:
+class NpyAppender:
     """An ``.npy`` file of one structured dtype, grown by appends."""
 
     def __init__(self, path: Path, dtype: np.dtype) -> None:
@@ -186,13 +186,13 @@ class RequestStore:
         self.save_text = save_text
         self.rows = 0
         self.error: str | None = None  # why the store stopped being written
-        self._requests: _NpyAppender | None = None
-        self._chunks: _NpyAppender | None = None
+        self._requests: NpyAppender | None = None
+        self._chunks: NpyAppender | None = None
         self._details: BinaryIO | None = None
         try:
-            self._requests = _NpyAppender(files.requests, REQUEST_DTYPE)
+            self._requests = NpyAppender(files.requests, REQUEST_DTYPE)
             if files.chunks is not None:
-                self._chunks = _NpyAppender(files.chunks, CHUNK_DTYPE)
+                self._chunks = NpyAppender(files.chunks, CHUNK_DTYPE)
         except OSError as exc:
             self._fail(exc)
 

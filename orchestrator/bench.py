@@ -321,12 +321,12 @@ def search_argv(base_url: str, target: EngineTarget, directory: Path, backend: s
     """The ``loadgen search`` command line of one target: over concurrency, SLO limits at the
     target's time scale (a sim ``--time-scale X`` answers X times faster, so limits shrink by X)."""
     scale = float(target.metadata.get("time_scale", 1.0))
-    from loadgen.capacity import parse_slo
+    from loadgen.search.method import parse_slo
 
     scaled = [f"{s.metric}:{s.stat}<={s.limit_ms / scale:g}" for s in map(parse_slo, slos)]
     inp, outl = CAPACITY_LENGTHS
     argv = [
-        sys.executable, "-c", "from loadgen.search_cli import main; main()",
+        sys.executable, "-c", "from loadgen.search.cli import main; main()",
         "--base-url", base_url, "--backend", backend, "--tokenizer", tokenizer,
         "--dataset-name", "random", "--input-len", str(inp), "--output-len", str(outl), "--ignore-eos",
         "--over", "concurrency", "--start", str(CAPACITY_START), "--duration", f"{probe_s:g}",
@@ -552,7 +552,7 @@ def gpu_present() -> bool:
 def _capacity_main(targets: list[EngineTarget], out_dir: Path, tokenizer: str, ready_timeout_s: float,
                    slos: tuple[str, ...], probe_s: float, dry_run: bool,
                    price: tuple[float, int | None] | None = None) -> None:
-    from loadgen.capacity import SearchError, parse_slo
+    from loadgen.search.method import SearchError, parse_slo
 
     try:
         for s in slos:

@@ -23,9 +23,9 @@ from pathlib import Path
 from rich.console import Console
 
 from launcher.process import free_port, stop_tree
-from loadgen.capacity import SearchSpec, parse_slo
 from loadgen.config import RunConfig
-from loadgen.search import run_search
+from loadgen.search.method import SearchSpec, parse_slo
+from loadgen.search.probes import run_search
 
 
 def main() -> None:

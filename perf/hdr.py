@@ -1,6 +1,6 @@
 """How fast samples go into an HDR histogram: per-value ``record_value`` vs loadgen's bulk path.
 
-Run: ``.venv/bin/python perf/hdr.py [--samples N] [--records N --chunks N]``.
+Run: ``.venv/bin/python perf/hdr_record.py [--samples N] [--records N --chunks N]``.
 Prints samples/s for both and checks that they built the same histogram. The target
 for the bulk path is >= 1M samples/s (a long run has millions of ITL samples).
 It also times the whole post-run path on synthetic records: records → per-request
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from loadgen import hdr
+from loadgen import hdr_record
 from loadgen.aggregate import Aggregate
 from loadgen.metrics import per_request
 from loadgen.records import RequestRecord
@@ -48,26 +48,26 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     # ITL-like µs values: mostly tens of ms, a long tail over several decades
-    values = np.clip(rng.lognormal(np.log(20_000), 1.0, args.samples), 0, hdr.HIGHEST_US).astype(np.int64)
+    values = np.clip(rng.lognormal(np.log(20_000), 1.0, args.samples), 0, hdr_record.HIGHEST_US).astype(np.int64)
 
     best = float("inf")
     for _ in range(args.repeat):
-        h = hdr.new_histogram()
+        h = hdr_record.new_histogram()
         t0 = time.perf_counter()
-        hdr.record_array(h, values)
+        hdr_record.record_array(h, values)
         best = min(best, time.perf_counter() - t0)
     bulk_rate = args.samples / best
 
     few = values[: args.per_value_samples]
-    ref = hdr.new_histogram()
+    ref = hdr_record.new_histogram()
     t0 = time.perf_counter()
     for v in few.tolist():
         ref.record_value(v)
     per_value_s = time.perf_counter() - t0
     per_value_rate = len(few) / per_value_s
 
-    check = hdr.new_histogram()
-    hdr.record_array(check, few)
+    check = hdr_record.new_histogram()
+    hdr_record.record_array(check, few)
     same = list(check.counts) == list(ref.counts) and check.encode() == ref.encode()
 
     print(f"per-value record_value : {per_value_rate / 1e6:8.3f} M samples/s ({per_value_s / len(few) * 1e6:.2f} µs/sample, n={len(few):,})")

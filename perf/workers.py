@@ -42,20 +42,17 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from client import http_json, pct, truth_figures  # noqa: E402
 
-from loadgen import procpool  # noqa: E402
 from loadgen.aggregate import Aggregate  # noqa: E402
 from loadgen.collect import PointCollector  # noqa: E402
 from loadgen.config import RunConfig  # noqa: E402
 from loadgen.metrics import SATURATION_LAG_P99_MS  # noqa: E402
 from loadgen.records import Prompt  # noqa: E402
 from loadgen.runner import Target, run  # noqa: E402
+from loadgen.scale import procpool  # noqa: E402
+from loadgen.scale.merge import merge_outcomes  # noqa: E402
+from loadgen.scale.split import plan_tasks  # noqa: E402
+from loadgen.scale.worker import SummedCounters, aggregate_from_wire  # noqa: E402
 from loadgen.store import RequestStore, StoreFiles  # noqa: E402
-from loadgen.workers import (  # noqa: E402
-    SummedCounters,
-    aggregate_from_wire,
-    merge_outcomes,
-    plan_tasks,
-)
 from tests.servers.stream_server import spawn  # noqa: E402
 
 MODES = ("inproc", "w1", "w2")

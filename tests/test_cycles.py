@@ -17,13 +17,7 @@ PACKAGES = ("loadgen", "launcher", "analysis", "orchestrator")
 
 # Cycles still standing, each with why; the test below fails once one is gone, so the list
 # only shrinks.
-KNOWN: dict[frozenset[str], str] = {
-    frozenset({"loadgen.sweep", "loadgen.workers", "loadgen.procpool", "loadgen.ray_workers"}):
-        "workers.run_point_workers (the parent side of a many-process point) uses sweep's point set-up "
-        "and finish, and picks procpool or ray_workers, which run workers' worker side; it goes when "
-        "sweep.py is split by job (one point's set-up/finish below the sweep loop, the transports in "
-        "their own package)",
-}
+KNOWN: dict[frozenset[str], str] = {}
 
 
 def cycles(graph: grimp.ImportGraph) -> list[list[str]]:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from loadgen.protocols.base import WireProtocol
 from loadgen.records import RequestRecord
-from loadgen.secrets import mask_secrets
+from loadgen.redaction import mask_secrets
 from loadgen.sse import SSEFramer
 
 MAX_HEADER_BYTES = 64 * 1024

@@ -20,7 +20,7 @@ from loadgen.connection import cert_error_message, is_cert_error
 from loadgen.protocols import get_protocol
 from loadgen.protocols.base import WireProtocol
 from loadgen.records import RequestRecord
-from loadgen.secrets import secret_values
+from loadgen.redaction import secret_values
 
 DEFAULT_MAX_RETRIES = 2
 

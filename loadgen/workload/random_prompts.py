@@ -39,7 +39,7 @@ _SALT_CONTENT, _SALT_PREFIX, _SALT_INPUT_LENS, _SALT_OUTPUT_LENS, _SALT_PIECES =
 
 
 @dataclass(frozen=True)
-class Plan:
+class PromptRecipe:
     """Everything a worker needs besides the tokenizer; small and picklable."""
 
     seed: int
@@ -62,12 +62,12 @@ class Built:
     key: tuple[int, ...]
 
 
-def _fit(view: TokenizerView, plan: Plan, n: int, rng: np.random.Generator) -> tuple[str, list[int]]:
+def _fit(view: TokenizerView, plan: PromptRecipe, n: int, rng: np.random.Generator) -> tuple[str, list[int]]:
     return view.fit_classic(n, rng) if plan.general else view.fit(n, rng)
 
 
 def _content(
-    view: TokenizerView, plan: Plan, n: int, group: int, rng: np.random.Generator
+    view: TokenizerView, plan: PromptRecipe, n: int, group: int, rng: np.random.Generator
 ) -> tuple[str, tuple[int, ...]]:
     """Content of exactly ``n`` tokens and the ids that must be unique (its start)."""
     if not plan.prefix_ids:
@@ -85,7 +85,7 @@ def _content(
     raise FitError(n)
 
 
-def _server_count(view: TokenizerView, plan: Plan, text: str, n: int) -> int:
+def _server_count(view: TokenizerView, plan: PromptRecipe, text: str, n: int) -> int:
     """The prompt's length as the server counts it, for content of ``n`` tokens."""
     if not plan.chat:
         return view.count_text(text) if plan.general else view.bos + n
@@ -96,7 +96,7 @@ def _server_count(view: TokenizerView, plan: Plan, text: str, n: int) -> int:
     return view.count_messages(messages)
 
 
-def build_one(view: TokenizerView, plan: Plan, index: int, target: int, attempt: int) -> Built:
+def build_one(view: TokenizerView, plan: PromptRecipe, index: int, target: int, attempt: int) -> Built:
     """One prompt of ``target`` tokens (the whole prompt, or its content)."""
     rng = np.random.default_rng([plan.seed, index, attempt, _SALT_CONTENT])
     group = index % len(plan.prefix_ids) if plan.prefix_ids else 0
@@ -115,7 +115,7 @@ def build_one(view: TokenizerView, plan: Plan, index: int, target: int, attempt:
 
 
 # --- running many builds, in a pool when it pays -------------------------------------
-_STATE: tuple[TokenizerView, Plan] | None = None
+_STATE: tuple[TokenizerView, PromptRecipe] | None = None
 
 
 def _run_chunk(jobs: list[tuple[int, int, int]]) -> list[Built | tuple[int, int]]:
@@ -136,7 +136,7 @@ def _workers(total_tokens: int) -> int:
     return max(0, min(os.cpu_count() or 1, 8))
 
 
-def run_jobs(view: TokenizerView, plan: Plan, jobs: list[tuple[int, int, int]], workers: int) -> list[Built | tuple[int, int]]:
+def run_jobs(view: TokenizerView, plan: PromptRecipe, jobs: list[tuple[int, int, int]], workers: int) -> list[Built | tuple[int, int]]:
     """Build every job; forked workers inherit the loaded tokenizer (no reload)."""
     global _STATE
     _STATE = (view, plan)
@@ -162,7 +162,7 @@ def run_jobs(view: TokenizerView, plan: Plan, jobs: list[tuple[int, int, int]], 
         _STATE = None
 
 
-def _fit_error(target: int, plan: Plan) -> WorkloadError:
+def _fit_error(target: int, plan: PromptRecipe) -> WorkloadError:
     what = "content tokens" if plan.chat and plan.counts_content else "tokens"
     return WorkloadError(
         f"could not fit a random prompt to exactly {target} {what} after {MAX_ATTEMPTS} attempts "
@@ -171,7 +171,7 @@ def _fit_error(target: int, plan: Plan) -> WorkloadError:
 
 
 def build_unique(
-    view: TokenizerView, plan: Plan, targets: list[int], workers: int | None = None
+    view: TokenizerView, plan: PromptRecipe, targets: list[int], workers: int | None = None
 ) -> list[Built]:
     """Build every prompt, rebuilding later duplicates until each start is unique."""
     if workers is None:
@@ -266,12 +266,12 @@ def _targets(spec: WorkloadSpec, bos: int, chat_overhead: int) -> list[int]:
     return targets
 
 
-def plan_for(view: TokenizerView, spec: WorkloadSpec, general: bool = False) -> Plan:
+def plan_for(view: TokenizerView, spec: WorkloadSpec, general: bool = False) -> PromptRecipe:
     texts: tuple[str, ...] = ()
     ids: tuple[tuple[int, ...], ...] = ()
     if spec.prefix_len:
         texts, ids = _prefixes(view, spec)
-    return Plan(spec.seed, spec.chat, spec.input_len_counts == "content", texts, ids, general)
+    return PromptRecipe(spec.seed, spec.chat, spec.input_len_counts == "content", texts, ids, general)
 
 
 def input_lengths(spec: WorkloadSpec) -> list[int]:

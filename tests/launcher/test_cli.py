@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -17,56 +16,9 @@ import pytest
 
 from launcher import process
 from tests.conftest import REPO_ROOT
+from tests.launcher.conftest import kill_group, read_until, run_cli, start_cli, stop_cli
 
 ROOT = REPO_ROOT
-
-
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["LOADGEN_STATE_DIR"] = str(tmp_path / "state")
-    return env
-
-
-def run_cli(tmp_path: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=cli_env(tmp_path))
-
-
-def start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
-    """``loadgen-launch ARGS`` in the background, its output piped (see :func:`read_until`)."""
-    return subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(tmp_path))
-
-
-def stop_cli(proc: subprocess.Popen, server_pid: int | None = None) -> None:
-    """Test cleanup: the CLI if it still runs, then the server it started (once its pid is known)."""
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if server_pid:
-        kill_group(server_pid)
-
-
-def kill_group(pid: int) -> None:
-    """Test cleanup for a server whose pid we learned; harmless when it is already gone."""
-    process.stop_tree(pid, pid, timeout_s=2)
-
-
-def read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            seen += line
-            if re.search(pattern, seen):
-                return seen
-        elif proc.poll() is not None:
-            break
-    raise AssertionError(f"no {pattern!r} within {timeout}s; got {seen!r}")
 
 
 def test_foreground_serve_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -16,34 +16,7 @@ import pytest
 from launcher.engines.errors import PlanError
 from launcher.engines.flags import flag_files, load_flagset, parse_args, render_opt
 from launcher.engines.versions import known_versions
-
-PROBES = {
-    ("vllm", "0.33.0"): (
-        "-tp 8 --tp 8 --tensor_parallel_size 8 --tensor-parallel 8 --no-enable-chunked-prefill "
-        "--disable-chunked-prefill --enable-prefix-caching --no-enable-prefix-caching --max-seq-len-to-capture 100 "
-        "--kv-cache-dtype fp8 --enable-expert-parallel --data-parallel-size 2 --disable-log-requests "
-        "--gpu-memory-utilization 0.95 --max-model-len 4k "
-        """--speculative-config '{"method":"deepseek_mtp","num_speculative_tokens":1}' --num-speculative-tokens 1 """
-        """--compilation-config '{"cudagraph_capture_sizes":[1,2]}' --reasoning-parser deepseek_r1""",
-        {"--tp", "--max-seq-len-to-capture", "--num-speculative-tokens"},
-    ),
-    ("sglang", "0.4.5"): (
-        "--tp 8 --tp-size 8 --tensor_parallel_size 8 --mem_fraction_static 0.9 --model /x --model-path /x "
-        "--enable-dp-attention --dp 8 --dp-size 8 --ep-size 8 --enable-ep-moe --kv-cache-dtype fp8_e4m3 "
-        "--speculative-algorithm EAGLE --speculative-algorithm NEXTN --nnodes 2 --node-rank 0 "
-        "--dist-init-addr 10.0.0.1:5000 --disable-cuda-graph --cuda-graph-max-bs 64 --enable-torch-compile "
-        "--attention-backend flashinfer --max-running-requests 64",
-        {"--tensor_parallel_size", "--mem_fraction_static"},
-    ),
-    ("sglang", "0.5.23"): (
-        "--tp 8 --tp-size 8 --tensor_parallel_size 8 --mem_fraction_static 0.9 --model /x --model-path /x "
-        "--enable-dp-attention --dp 8 --dp-size 8 --ep-size 8 --enable-ep-moe --kv-cache-dtype fp8_e4m3 "
-        "--speculative-algorithm EAGLE --speculative-algorithm NEXTN --nnodes 2 --node-rank 0 "
-        "--dist-init-addr 10.0.0.1:5000 --disable-cuda-graph --cuda-graph-max-bs 64 --enable-torch-compile "
-        "--attention-backend flashinfer --max-running-requests 64",
-        {"--tensor_parallel_size", "--mem_fraction_static", "--enable-ep-moe", "--cuda-graph-max-bs"},
-    ),
-}
+from tests.launcher.conftest import PROBES, chunks
 
 # The field report's vLLM flags: accepted whole by 0.7.2 and 0.8.2 (their real parsers said so).
 FIELD_VLLM_FLAGS = (
@@ -57,16 +30,6 @@ FIELD_SGLANG_FLAGS = (
     "--tokenizer-mode auto --mem-fraction-static 0.90 --context-length 65536 --quantization fp8 "
     "--reasoning-parser deepseek-r1 --chunked-prefill-size 4096"
 )
-
-
-def chunks(line: str) -> list[list[str]]:
-    out: list[list[str]] = []
-    for tok in shlex.split(line):
-        if tok.startswith("-") and not tok.lstrip("-").isdigit():
-            out.append([tok])
-        else:
-            out[-1].append(tok)
-    return out
 
 
 @pytest.mark.parametrize("engine, version", sorted(PROBES))

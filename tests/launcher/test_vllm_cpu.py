@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from launcher import preflight, vllm_cpu
+from launcher import checkpoint_checks, vllm_cpu
 from loadgen.workload.tokenizer import load_tokenizer
 
 
@@ -16,7 +16,7 @@ def test_tiny_model_is_a_valid_checkpoint_with_the_r1_tokenizer(tmp_path: Path) 
     dest = vllm_cpu.build_model(tmp_path / "tiny")
     config = json.loads((dest / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["vocab_size"] == 129280
-    assert preflight.check_checkpoint(dest).ok
+    assert checkpoint_checks.check_checkpoint(dest).ok
     weights = load_file(str(dest / "model.safetensors"))
     assert weights["model.embed_tokens.weight"].shape == (129280, 128)
     assert weights["model.layers.1.self_attn.k_proj.weight"].shape == (64, 128)  # 1 KV head x head_dim 64
@@ -34,7 +34,7 @@ def test_tiny_model_is_a_valid_checkpoint_with_the_r1_tokenizer(tmp_path: Path) 
 def test_build_is_deterministic_and_idempotent(tmp_path: Path) -> None:
     a = vllm_cpu.build_model(tmp_path / "a")
     b = vllm_cpu.build_model(tmp_path / "b")
-    assert preflight.sha256_file(a / "model.safetensors") == preflight.sha256_file(b / "model.safetensors")
+    assert checkpoint_checks.sha256_file(a / "model.safetensors") == checkpoint_checks.sha256_file(b / "model.safetensors")
     before = (a / "model.safetensors").stat().st_mtime_ns
     vllm_cpu.build_model(tmp_path / "a")
     assert (a / "model.safetensors").stat().st_mtime_ns == before

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from loadgen.capacity import (
+from loadgen.search.method import (
     Probe,
     SearchError,
     SearchSpec,

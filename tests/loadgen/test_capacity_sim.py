@@ -32,11 +32,14 @@ from rich.console import Console
 
 from launcher.sim.engine import SimRequest, simulate
 from launcher.sim.profiles import load_profile
-from loadgen.capacity import SearchSpec, evaluate, parse_slo
 from loadgen.config import RunConfig
-from loadgen.search import Cycled, run_search
+from loadgen.point import point_paths
+from loadgen.prompt_set import build_prompts
+from loadgen.search.method import SearchSpec, evaluate, parse_slo
+from loadgen.search.probes import Cycled, run_search
+from loadgen.server_checks import preflight
 from loadgen.store import read_requests
-from loadgen.sweep import build_prompts, point_paths, preflight, run_point
+from loadgen.sweep import run_point
 from tests.conftest import REPO_ROOT
 
 B, L, BASE_MS, SCALE = 4, 10, 100.0, 10.0

@@ -14,25 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
 from launcher.process import free_port
-from loadgen.cli import main
 from loadgen.store import read_requests
 from tests.conftest import REPO_ROOT, wait_for_rows
+from tests.loadgen.conftest import invoke, results_in, write_profile
 
 SMALL = ["--num-prompts", "32", "--concurrency", "8", "--input-len", "32", "--output-len", "16",
          "--tokenizer", "deepseek-r1", "--no-progress"]
-
-
-def invoke(args: list[str]):
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-def results_in(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
 def signal_and_wait(proc: subprocess.Popen, sig: int) -> str:
@@ -45,15 +36,6 @@ def signal_and_wait(proc: subprocess.Popen, sig: int) -> str:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return proc.stderr.read().decode()
-
-
-def write_profile(folder: Path, **values: float) -> Path:
-    """A sim timing profile where every step lasts exactly ``base_ms``."""
-    profile = {"base_ms": 20.0, "decode_seq_ms": 0.0, "prefill_token_ms": 0.0, "prefill_step_ms": 0.0,
-               "max_num_seqs": 64, "max_batched_tokens": 65536, "kv_tokens": 10_000_000, **values}
-    path = folder / "steady.json"
-    path.write_text(json.dumps(profile))
-    return path
 
 
 def test_canonical_command_writes_every_result_form(sim_fast, tmp_path: Path) -> None:

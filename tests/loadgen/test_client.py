@@ -8,52 +8,19 @@ a keep-alive-closing mode) is started as a subprocess; the sim (``sim_server`` /
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import sys
-import urllib.request
 from collections.abc import Callable
 
 import pytest
 
 from loadgen.client import ClientError, LiveCounters, StreamClient, Target, check_stream
 from loadgen.control import ControlError, models
-from loadgen.records import Prompt, RequestRecord
+from loadgen.records import RequestRecord
+from tests.loadgen.conftest import prompt, send_all, server_json
 
 # stream_server(*args): tests/servers/stream_server.py on a free port, yields the port, always stopped afterwards
 from tests.servers.stream_server import spawn as stream_server
-
-
-def server_json(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def prompt(i: int = 0, out: int = 8, chat: bool = False) -> Prompt:
-    if chat:
-        return Prompt(i, 4, out, messages=[{"role": "user", "content": f"id={i} hi"}])
-    return Prompt(i, 4, out, text=f"id={i} hello")
-
-
-def send_all(target: Target, prompts: list[Prompt], *, limit: int = 8,
-             counters: LiveCounters | None = None, **client_kw) -> list[RequestRecord]:
-    """Send prompts through one StreamClient, at most ``limit`` at a time."""
-
-    async def main() -> list[RequestRecord]:
-        client = StreamClient(target, counters=counters, **client_kw)
-        gate = asyncio.Semaphore(limit)
-
-        async def one(p: Prompt) -> RequestRecord:
-            async with gate:
-                rec = RequestRecord(p.id, p.input_len, p.output_len)
-                return await client.request(rec, client.build_body(p))
-
-        try:
-            return await asyncio.wait_for(asyncio.gather(*(one(p) for p in prompts)), 60)
-        finally:
-            await client.close()
-
-    return asyncio.run(main())
 
 
 def ms(ns: int) -> float:

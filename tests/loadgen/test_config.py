@@ -12,18 +12,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from loadgen.cli import config_from_options, explicit_options, main
+from loadgen.cli import main
 from loadgen.config import ConfigError, OutputConfig, RunConfig, ScheduleConfig, TargetConfig, WorkloadConfig
 from loadgen.config_file import flat_from_form, to_form
 from loadgen.errors import LoadgenError
-from loadgen.sweep import PreflightError, check_files
+from loadgen.server_checks import PreflightError, check_files
 from tests.conftest import REPO_ROOT
-
-
-def parsed(args: list[str]) -> RunConfig:
-    """The configuration the ``loadgen`` command builds from ``args`` (no run)."""
-    ctx = main.make_context("loadgen", list(args))
-    return config_from_options(ctx.params, explicit_options(ctx))
+from tests.loadgen.conftest import parsed
 
 
 def test_parts_are_frozen_and_validated_when_built() -> None:

@@ -19,10 +19,10 @@ from loadgen.config import ConfigError, RunConfig
 from loadgen.connection import Connection
 from loadgen.control import ControlError, models
 from loadgen.records import Prompt
-from loadgen.secrets import mask_secrets, mask_url, secret_values, split_credentials
+from loadgen.redaction import mask_secrets, mask_url, secret_values, split_credentials
 from loadgen.workload.verify import verify_with_server
 from tests.conftest import REPO_ROOT
-from tests.loadgen.test_client import send_all
+from tests.loadgen.conftest import send_all
 from tests.servers.misbehaving import MODEL, MisbehavingServer
 
 

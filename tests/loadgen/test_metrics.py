@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from loadgen import hdr
+from loadgen import hdr_record
 from loadgen.aggregate import summarize
 from loadgen.metrics import good_mask, per_request, percentile_key
 from loadgen.records import RequestRecord
@@ -107,23 +107,23 @@ def test_bulk_hdr_equals_per_value_recording() -> None:
     values = np.concatenate([
         rng.lognormal(8, 2.5, 50_000).astype(np.int64),  # µs across many decades
         rng.integers(0, 5000, 5_000),  # the linear first buckets, zeros included
-        np.array([0, 1, 2047, 2048, 2049, hdr.HIGHEST_US]),
+        np.array([0, 1, 2047, 2048, 2049, hdr_record.HIGHEST_US]),
     ])
-    values = np.clip(values, 0, hdr.HIGHEST_US)
-    one_by_one = hdr.new_histogram()
+    values = np.clip(values, 0, hdr_record.HIGHEST_US)
+    one_by_one = hdr_record.new_histogram()
     for v in values.tolist():
         assert one_by_one.record_value(v)
-    bulk = hdr.new_histogram()
-    assert hdr.record_array(bulk, values) == 0
+    bulk = hdr_record.new_histogram()
+    assert hdr_record.record_array(bulk, values) == 0
     assert list(bulk.counts) == list(one_by_one.counts)
     assert (bulk.total_count, bulk.min_value, bulk.max_value) == (one_by_one.total_count, one_by_one.min_value, one_by_one.max_value)
     for p in (50, 90, 99, 99.9, 100):
         assert bulk.get_value_at_percentile(p) == one_by_one.get_value_at_percentile(p)
-    assert hdr.encode(bulk) == hdr.encode(one_by_one)
+    assert hdr_record.encode(bulk) == hdr_record.encode(one_by_one)
 
 
 def test_bulk_hdr_clips_and_counts_out_of_range() -> None:
-    h = hdr.new_histogram()
-    assert hdr.record_array(h, np.array([-5, 10, hdr.HIGHEST_US * 2])) == 2
+    h = hdr_record.new_histogram()
+    assert hdr_record.record_array(h, np.array([-5, 10, hdr_record.HIGHEST_US * 2])) == 2
     assert h.total_count == 3 and h.get_count_at_value(0) == 1
-    assert h.get_max_value() == h.get_highest_equivalent_value(hdr.HIGHEST_US)
+    assert h.get_max_value() == h.get_highest_equivalent_value(hdr_record.HIGHEST_US)

@@ -19,6 +19,7 @@ from loadgen.aggregate import Aggregate
 from loadgen.cli import main
 from loadgen.records import RequestRecord
 from loadgen.store import read_requests
+from tests.loadgen.conftest import get_json
 
 SMALL = ["--num-prompts", "40", "--concurrency", "4", "--input-len", "96", "--output-len", "4",
          "--tokenizer", "deepseek-r1", "--no-progress", "--metrics-interval", "0.1"]
@@ -31,11 +32,6 @@ def invoke(args: list[str]):
 def only_result(folder: Path) -> dict:
     (path,) = sorted(folder.glob("*.json"))
     return json.loads(path.read_text())
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def stream(base_url: str, body: dict) -> list[dict]:

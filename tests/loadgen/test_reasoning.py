@@ -21,14 +21,13 @@ from analysis.checks import comparability
 from analysis.report import write_report
 from launcher.sim.profiles import Profile, ProfileError
 from launcher.sim.server import check_argv
-from loadgen import capacity
 from loadgen.aggregate import Aggregate
 from loadgen.config import ConfigError, parse_chat_template_kwargs, parse_goodput, target_from
 from loadgen.metrics import good_mask, per_request
 from loadgen.records import RequestRecord
+from loadgen.search import method as search_method
 from loadgen.store import figures, read_requests, request_rows
-from tests.loadgen.test_cli import invoke, results_in, write_profile
-from tests.loadgen.test_config import parsed
+from tests.loadgen.conftest import invoke, parsed, results_in, write_profile
 
 MS = 1_000_000
 T0 = 10_000 * MS
@@ -113,8 +112,8 @@ def test_ttfa_objectives_fail_a_request_that_never_answered() -> None:
     assert parse_goodput(["ttfa:100"]) == {"ttfa": 100.0}
     # loadgen search judges from the store: the same request is infinitely slow there
     rows = request_rows([fast, never], T0)
-    assert capacity.parse_slo("ttfa:p99=100").metric == "ttfa"
-    assert list(capacity.per_request(rows)["ttfa"]) == [pytest.approx(20), np.inf]
+    assert search_method.parse_slo("ttfa:p99=100").metric == "ttfa"
+    assert list(search_method.per_request(rows)["ttfa"]) == [pytest.approx(20), np.inf]
 
 
 def test_chat_template_kwargs_parse_and_target() -> None:

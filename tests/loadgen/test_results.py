@@ -11,12 +11,12 @@ import pytest
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
-from loadgen import hdr
+from loadgen import hdr_record
 from loadgen.config import ConfigError, RunConfig
+from loadgen.point import PointFiles, finish_point, new_collector
 from loadgen.records import RequestRecord
 from loadgen.results import PointInfo, load_result, render_filename
 from loadgen.store import StoreFiles, read_requests
-from loadgen.sweep import PointFiles, finish_point, new_collector
 
 MS = 1_000_000
 T0 = 5 * 10**12
@@ -115,7 +115,7 @@ def test_result_values(written: tuple[dict, PointFiles, RunConfig]) -> None:
 
 def test_hlog_reads_back_with_hdr_tools(written: tuple[dict, PointFiles, RunConfig]) -> None:
     res, files, _ = written
-    reader = HistogramLogReader(str(files.hlog), HdrHistogram(1, hdr.HIGHEST_US, 3))
+    reader = HistogramLogReader(str(files.hlog), HdrHistogram(1, hdr_record.HIGHEST_US, 3))
     tags = {}
     while (h := reader.get_next_interval_histogram()) is not None:
         tags[h.get_tag()] = h
@@ -124,7 +124,7 @@ def test_hlog_reads_back_with_hdr_tools(written: tuple[dict, PointFiles, RunConf
     assert tags["itl"].get_total_count() == 36
     assert tags["ttft"].get_value_at_percentile(50) == pytest.approx(50_000, rel=0.001)  # µs
     # the same histograms are embedded in the result JSON
-    embedded = hdr.decode(res["hdr_histograms"]["itl"])
+    embedded = hdr_record.decode(res["hdr_histograms"]["itl"])
     assert embedded.get_total_count() == 36 and res["hdr_histograms"]["unit"] == "us"
 
 

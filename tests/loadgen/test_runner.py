@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from loadgen.runner import LiveCounters, Target, run
-from tests.loadgen.test_client import prompt, server_json, stream_server
+from tests.loadgen.conftest import prompt, server_json
+from tests.servers.stream_server import spawn as stream_server
 
 
 def overlap_max(recs) -> int:

@@ -6,7 +6,6 @@ by both, and ids, rendered chat prompts and decoded text must be identical.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from loadgen.workload.chat_template import ChatTemplateError
-from loadgen.workload.tokenizer import Tokenizer, TokenizerError, bundled_tokenizer_dir, load_tokenizer
+from loadgen.workload.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from tests.conftest import REPO_ROOT, load_hf_tokenizer
+from tests.loadgen.conftest import BOS_POST_PROCESSOR, copy_tokenizer
 
 TEXTS = [
     "hello world",
@@ -81,34 +81,6 @@ def test_decode_vocabulary_and_token_names_agree(tok, hf) -> None:
     assert tok.bos_count == len(hf.encode("x")) - len(hf.encode("x", add_special_tokens=False))
 
 
-BOS_POST_PROCESSOR = {
-    "type": "TemplateProcessing",
-    "single": [{"SpecialToken": {"id": "<｜begin▁of▁sentence｜>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-    "pair": [{"SpecialToken": {"id": "<｜begin▁of▁sentence｜>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-             {"Sequence": {"id": "B", "type_id": 1}}],
-    "special_tokens": {"<｜begin▁of▁sentence｜>": {"id": "<｜begin▁of▁sentence｜>", "ids": [0],
-                                                   "tokens": ["<｜begin▁of▁sentence｜>"]}},
-}
-
-
-def _copy(tmp_path: Path, name: str, post_processor: dict | None = None, **config_changes) -> Path:
-    src = bundled_tokenizer_dir()
-    folder = tmp_path / name
-    folder.mkdir()
-    spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
-    if post_processor is not None:
-        spec["post_processor"] = post_processor
-    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
-    for key, value in config_changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-    return folder
-
-
 @pytest.mark.parametrize(
     "changes",
     [
@@ -123,7 +95,7 @@ def _copy(tmp_path: Path, name: str, post_processor: dict | None = None, **confi
     ],
 )
 def test_bos_and_special_token_rules_follow_the_config(tmp_path: Path, changes: dict) -> None:
-    folder = _copy(tmp_path, "tok", **changes)
+    folder = copy_tokenizer(tmp_path, "tok", **changes)
     ours, theirs = Tokenizer(folder), load_hf_tokenizer(str(folder))
     assert ours.bos_count == (1 if "post_processor" in changes else 0)
     for text in ("hello", TEXTS[1], ""):
@@ -146,7 +118,7 @@ def test_template_features_match_transformers(tmp_path: Path) -> None:
         "{% endfor %}{{ ns.n }}{% if add_generation_prompt %}<bot>{% endif %}"
         "{% if messages[-1]['role'] == 'system' %}{{ raise_exception('system last') }}{% endif %}"
     )
-    folder = _copy(tmp_path, "tpl")
+    folder = copy_tokenizer(tmp_path, "tpl")
     (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
     ours, theirs = Tokenizer(folder), load_hf_tokenizer(str(folder))
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "a <b> & \"c\" é"},
@@ -166,11 +138,11 @@ def test_missing_files_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(TokenizerError) as err:
         load_tokenizer(str(only_config))
     assert "no tokenizer.json" in str(err.value) and "\n" not in str(err.value)
-    broken = _copy(tmp_path, "broken")
+    broken = copy_tokenizer(tmp_path, "broken")
     (broken / "tokenizer_config.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(TokenizerError, match="cannot read"):
         Tokenizer(broken)
-    no_template = _copy(tmp_path, "no-template", chat_template=None)
+    no_template = copy_tokenizer(tmp_path, "no-template", chat_template=None)
     with pytest.raises(ChatTemplateError, match="no chat template"):
         Tokenizer(no_template).apply_chat_template(CHATS[0])
 

@@ -16,7 +16,7 @@ from loadgen.cli import main
 from loadgen.prefix_cache import by_window
 from loadgen.store import REQUEST_DTYPE, read_requests
 from loadgen.workload.salt import SALT_PIECES, PieceSalt
-from tests.loadgen.test_prefix_cache import get_json
+from tests.loadgen.conftest import get_json
 
 BLOCK = 16  # the trace's tokens per hash id, and the sim's cache block
 

@@ -23,6 +23,7 @@ from loadgen.workload import WorkloadError, WorkloadSpec, build_trace
 from loadgen.workload.replay import ReplayOptions, select
 from loadgen.workload.traces import Trace, read_trace
 from tests.conftest import FIXTURES
+from tests.loadgen.conftest import shared_leading
 from tests.servers.stream_server import spawn as stream_server
 
 FIX = FIXTURES / "workload"
@@ -38,13 +39,6 @@ def mooncake_rows(path: Path = MOONCAKE) -> list[dict]:
 def azure_rows() -> list[tuple[np.datetime64, int, int]]:
     lines = AZURE.read_text().splitlines()[1:]
     return [(np.datetime64(t.replace(" ", "T"), "ns"), int(c), int(g)) for t, c, g in (x.split(",") for x in lines)]
-
-
-def shared_leading(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 # ---------------------------------------------------------------- reading
@@ -406,7 +400,7 @@ def test_replay_over_two_workers_keeps_prompts_lazy(private_cache, tmp_path: Pat
 
 
 def test_search_refuses_a_trace() -> None:
-    from loadgen.search_cli import main as search_main
+    from loadgen.search.cli import main as search_main
 
     res = CliRunner().invoke(search_main, ["--slo", "ttft:p99=2000", "--dataset-name", "azure",
                                            "--dataset-path", str(AZURE)])

@@ -216,9 +216,9 @@ def test_real_capacity_search_answers_with_an_interval(server, tmp_path: Path) -
 
     from rich.console import Console
 
-    from loadgen.capacity import SearchSpec, parse_slo
     from loadgen.config import RunConfig
-    from loadgen.search import run_search
+    from loadgen.search.method import SearchSpec, parse_slo
+    from loadgen.search.probes import run_search
 
     cfg = RunConfig.from_flat(base_url=server.base_url, tokenizer="deepseek-r1", input_len=32, output_len=24, duration_s=4.0,
                     warmup_s=1.0, output_dir=str(tmp_path), num_prompts=64, progress=False, label="vllm-cpu")
@@ -243,7 +243,7 @@ def test_mooncake_replay_shares_exactly_the_shared_blocks(server, tokenizer, tmp
     max_model_len is skipped, and vLLM's own tokenizer finds exactly the shared blocks shared."""
     from loadgen.workload import WorkloadSpec, build_trace
     from loadgen.workload.replay import ReplayOptions
-    from tests.loadgen.test_traces import shared_leading
+    from tests.loadgen.conftest import shared_leading
 
     block = 64
     rows = [([1, 2, 3], 180), ([1, 2, 4, 5], 250), ([1, 6], 100), ([9, 10], 128), ([1, 2, 3, 11], 200),

@@ -23,16 +23,10 @@ import pytest
 import analysis
 from launcher.process import free_port, live_tree, stop_tree
 from loadgen.aggregate import Aggregate
+from loadgen.scale.split import effective_workers, partition, plan_tasks, split_limit
+from loadgen.scale.worker import aggregate_from_wire, aggregate_to_wire
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.store import read_requests
-from loadgen.workers import (
-    aggregate_from_wire,
-    aggregate_to_wire,
-    effective_workers,
-    partition,
-    plan_tasks,
-    split_limit,
-)
 from tests.conftest import REPO_ROOT, wait_for_rows
 
 N, IN, OUT, CONC, RATE = 60, 32, 16, 8, 40.0
@@ -165,7 +159,7 @@ def test_the_workers_pipe_is_blocking_again_after_the_start() -> None:
 
     import uvloop
 
-    from loadgen.procpool import PipeControl
+    from loadgen.scale.procpool import PipeControl
 
     parent, child = multiprocessing.Pipe()
     rows = multiprocessing.get_context("fork").Array("q", 8, lock=False)
@@ -457,7 +451,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ray_actors_measure_what_one_process_measures(sim_fast, ray_cluster, tmp_path: Path) -> None:
-    from loadgen.ray_workers import reachability_problem
+    from loadgen.scale.ray_pool import reachability_problem
 
     address, env, _, _ = ray_cluster
     assert reachability_problem(address) is None  # a real GCS passes the quick check

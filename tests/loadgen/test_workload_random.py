@@ -414,9 +414,9 @@ def test_a_wrongly_trusted_fast_cut_is_caught_and_rebuilt(prepend_tok, monkeypat
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_a_tokenizer_that_adds_bos_gets_exact_prompts(tmp_path: Path, chat: bool) -> None:
-    from tests.loadgen.test_tokenizer import BOS_POST_PROCESSOR, _copy
+    from tests.loadgen.conftest import BOS_POST_PROCESSOR, copy_tokenizer
 
-    folder = _copy(tmp_path, "bos-tok", post_processor=BOS_POST_PROCESSOR)
+    folder = copy_tokenizer(tmp_path, "bos-tok", post_processor=BOS_POST_PROCESSOR)
     spec = WorkloadSpec(num_prompts=10, input_len=50, chat=chat, tokenizer=str(folder), seed=4)
     prompts = build_prompts(spec, use_cache=False)
     assert workload.last_build.fitter == "pieces" and not workload.last_build.rebuilt

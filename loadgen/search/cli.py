@@ -15,10 +15,10 @@ from typing import Any
 import click
 
 from loadgen import interrupts
-from loadgen.capacity import OVER, SearchError, SearchSpec, parse_slo
 from loadgen.cli import LoadgenCommand, config_from_options
 from loadgen.cli import main as loadgen_main
 from loadgen.config import ConfigError
+from loadgen.search.method import OVER, SearchError, SearchSpec, parse_slo
 
 # Options of ``loadgen`` the search sets itself.
 CHOSEN_BY_SEARCH = ("rate", "concurrency", "repeat", "num_prompts", "repeat_width", "repeat_metrics", "repeat_max")
@@ -109,8 +109,8 @@ def _run(**opts: Any) -> None:
         raise click.UsageError(str(exc)) from None
     from rich.console import Console
 
-    from loadgen.search import ServerLost, run_search  # late: cold start, as in loadgen/cli.py
-    from loadgen.sweep import PreflightError
+    from loadgen.search.probes import ServerLost, run_search  # late: cold start, as in loadgen/cli.py
+    from loadgen.server_checks import PreflightError
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     interrupts.install()

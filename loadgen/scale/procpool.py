@@ -47,7 +47,14 @@ from typing import Any
 
 from loadgen import interrupts
 from loadgen.interrupts import SIGNALS
-from loadgen.workers import START_MARGIN_S, SummedCounters, WorkerOutcome, WorkerTask, run_worker, tick_if_due
+from loadgen.scale.worker import (
+    START_MARGIN_S,
+    SummedCounters,
+    WorkerOutcome,
+    WorkerTask,
+    run_worker,
+    tick_if_due,
+)
 
 JOIN_TIMEOUT_S = 10.0
 HEARTBEAT_S = 0.2

@@ -1,7 +1,7 @@
 """Run a capacity search against a server: probes through the sweep machinery, the record at the end.
 
-The decisions are :mod:`loadgen.capacity`'s (pure); this module only runs what
-they ask for: pre-flight and prompts once (:mod:`loadgen.sweep`), then each probe
+The decisions are :mod:`loadgen.search.method`'s (pure); this module only runs what
+they ask for: pre-flight and prompts once (:mod:`loadgen.server_checks`, :mod:`loadgen.prompt_set`), then each probe
 as one time-based load point (``run_point``, with ``--warmup-seconds`` trimming
 its start), whose per-request store is read back and judged. Every probe leaves
 its ordinary result files; the search leaves one capacity record beside them
@@ -20,11 +20,16 @@ from typing import Any
 from rich.console import Console
 
 from loadgen import interrupts
-from loadgen.capacity import Estimate, Probe, SearchSpec, estimate, evaluate, next_load, server_gone
 from loadgen.config import RunConfig, safe_filename_part
 from loadgen.errors import LoadgenError
 from loadgen.fileio import atomic_write
+from loadgen.point import point_paths
+from loadgen.prompt_set import build_prompts, verify_prompts
 from loadgen.records import LazyPrompts, Prompt
+from loadgen.search.method import Estimate, Probe, SearchSpec, estimate, evaluate, next_load, server_gone
+from loadgen.server_checks import PreflightError, preflight
+from loadgen.store import read_requests
+from loadgen.sweep import run_point
 
 CAPACITY_SCHEMA = "loadgen-capacity/1"
 MAX_PROMPTS = 1_000_000  # a probe's prompt list is a cycling view, but its release timeline is an array
@@ -181,14 +186,12 @@ def run_search(
     progress_console: Console | None = None,
     name: str | None = None,
 ) -> SearchOutcome:
-    """Pre-flight, prompts, probes until :func:`~loadgen.capacity.next_load` says stop, then the record.
+    """Pre-flight, prompts, probes until :func:`~loadgen.search.method.next_load` says stop, then the record.
 
     ``cfg.schedule.duration_s`` is every probe's length and ``cfg.schedule.warmup_s`` the part of it
     left out. A stop signal ends the probe in flight (its files are written), then
     the record of what was measured, then :class:`~loadgen.interrupts.Interrupted`.
     """
-    from loadgen.store import read_requests
-    from loadgen.sweep import PreflightError, build_prompts, point_paths, preflight, run_point, verify_prompts
 
     if cfg.schedule.duration_s is None:
         raise PreflightError("a capacity search needs time-based probes: give --duration SECONDS")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from launcher import preflight
+from launcher import checkpoint_checks
 
 
 def make_checkpoint(root: Path, shards: int = 3, per_shard: int = 2) -> Path:
@@ -28,12 +28,12 @@ def make_checkpoint(root: Path, shards: int = 3, per_shard: int = 2) -> Path:
             weight_map[key] = name
             total += arr.nbytes
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (root / preflight.INDEX_NAME).write_text(json.dumps(index))
+    (root / checkpoint_checks.INDEX_NAME).write_text(json.dumps(index))
     (root / "config.json").write_text("{}")
     return root
 
 
-def only_problem_file(report: preflight.CheckpointReport) -> str:
+def only_problem_file(report: checkpoint_checks.CheckpointReport) -> str:
     assert not report.ok
     files = {p.file for p in report.problems}
     assert len(files) == 1, report.problems
@@ -41,7 +41,7 @@ def only_problem_file(report: preflight.CheckpointReport) -> str:
 
 
 def test_clean_checkpoint_passes(tmp_path: Path) -> None:
-    report = preflight.check_checkpoint(make_checkpoint(tmp_path / "ck"))
+    report = checkpoint_checks.check_checkpoint(make_checkpoint(tmp_path / "ck"))
     assert report.ok, report.problems
     assert report.layout == "sharded" and len(report.shards) == 3 and report.tensor_count == 6
     assert "OK" in report.summary()
@@ -50,7 +50,7 @@ def test_clean_checkpoint_passes(tmp_path: Path) -> None:
 def test_missing_shard_is_named(tmp_path: Path) -> None:
     ck = make_checkpoint(tmp_path / "ck")
     (ck / "model-00002-of-00003.safetensors").unlink()
-    report = preflight.check_checkpoint(ck)
+    report = checkpoint_checks.check_checkpoint(ck)
     assert only_problem_file(report) == "model-00002-of-00003.safetensors"
     assert "missing" in report.problems[0].message
 
@@ -59,7 +59,7 @@ def test_truncated_shard_is_named(tmp_path: Path) -> None:
     ck = make_checkpoint(tmp_path / "ck")
     path = ck / "model-00003-of-00003.safetensors"
     path.write_bytes(path.read_bytes()[:-10])
-    report = preflight.check_checkpoint(ck)
+    report = checkpoint_checks.check_checkpoint(ck)
     assert only_problem_file(report) == path.name
     assert "truncated" in report.problems[0].message
 
@@ -67,7 +67,7 @@ def test_truncated_shard_is_named(tmp_path: Path) -> None:
 def test_stray_shard_is_named(tmp_path: Path) -> None:
     ck = make_checkpoint(tmp_path / "ck")
     save_file({"x": np.zeros(3, np.float32)}, str(ck / "model-00004-of-00004.safetensors"))
-    report = preflight.check_checkpoint(ck)
+    report = checkpoint_checks.check_checkpoint(ck)
     assert only_problem_file(report) == "model-00004-of-00004.safetensors"
     assert "stray" in report.problems[0].message
 
@@ -85,7 +85,7 @@ def test_corrupt_header_is_named(tmp_path: Path, damage: str) -> None:
     else:
         raw = raw[:5]
     path.write_bytes(raw)
-    report = preflight.check_checkpoint(ck)
+    report = checkpoint_checks.check_checkpoint(ck)
     assert only_problem_file(report) == path.name
     assert "header" in report.problems[0].message
 
@@ -95,7 +95,7 @@ def test_tensor_names_must_match_the_index(tmp_path: Path) -> None:
     # Same file name, different content: a shard from another revision.
     save_file({"layers.1.other": np.zeros((4, 8), np.float32), "layers.1.w1": np.zeros((4, 9), np.float32)},
               str(ck / "model-00002-of-00003.safetensors"))
-    report = preflight.check_checkpoint(ck)
+    report = checkpoint_checks.check_checkpoint(ck)
     assert "model-00002-of-00003.safetensors" in {p.file for p in report.problems}
     msg = next(p.message for p in report.problems if p.file == "model-00002-of-00003.safetensors")
     assert "layers.1.w0" in msg and "layers.1.other" in msg
@@ -103,51 +103,51 @@ def test_tensor_names_must_match_the_index(tmp_path: Path) -> None:
 
 def test_total_size_mismatch_names_the_index(tmp_path: Path) -> None:
     ck = make_checkpoint(tmp_path / "ck")
-    index = json.loads((ck / preflight.INDEX_NAME).read_text())
+    index = json.loads((ck / checkpoint_checks.INDEX_NAME).read_text())
     index["metadata"]["total_size"] += 4
-    (ck / preflight.INDEX_NAME).write_text(json.dumps(index))
-    assert only_problem_file(preflight.check_checkpoint(ck)) == preflight.INDEX_NAME
+    (ck / checkpoint_checks.INDEX_NAME).write_text(json.dumps(index))
+    assert only_problem_file(checkpoint_checks.check_checkpoint(ck)) == checkpoint_checks.INDEX_NAME
 
 
 def test_single_file_checkpoint(tmp_path: Path) -> None:
     ck = tmp_path / "single"
     ck.mkdir()
     save_file({"w": np.ones((16, 16), np.float32)}, str(ck / "model.safetensors"))
-    assert preflight.check_checkpoint(ck).ok
+    assert checkpoint_checks.check_checkpoint(ck).ok
     path = ck / "model.safetensors"
     path.write_bytes(path.read_bytes() + b"\0" * 7)
-    report = preflight.check_checkpoint(ck)
+    report = checkpoint_checks.check_checkpoint(ck)
     assert only_problem_file(report) == "model.safetensors" and "longer" in report.problems[0].message
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:
-    report = preflight.check_checkpoint(tmp_path)
+    report = checkpoint_checks.check_checkpoint(tmp_path)
     assert not report.ok and not report.layout and "model.safetensors.index.json" in report.summary()
 
 
 def test_manifest_round_trip_and_mismatch(tmp_path: Path) -> None:
     ck = make_checkpoint(tmp_path / "ck")
-    report = preflight.run_preflight(ck, manifest="write")
+    report = checkpoint_checks.run_preflight(ck, manifest="write")
     assert report.ok and report.manifest == "written"
-    lines = (ck / preflight.MANIFEST_NAME).read_text().splitlines()
+    lines = (ck / checkpoint_checks.MANIFEST_NAME).read_text().splitlines()
     assert any(line.endswith("  model-00001-of-00003.safetensors") for line in lines)
-    assert preflight.run_preflight(ck).manifest == "verified"
+    assert checkpoint_checks.run_preflight(ck).manifest == "verified"
     # Same size, same header, one data byte flipped: only the hash can see it.
     path = ck / "model-00002-of-00003.safetensors"
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
     path.write_bytes(bytes(raw))
-    assert preflight.check_checkpoint(ck).ok
-    report = preflight.run_preflight(ck)
+    assert checkpoint_checks.check_checkpoint(ck).ok
+    report = checkpoint_checks.run_preflight(ck)
     assert report.manifest == "mismatch"
     assert only_problem_file(report) == path.name and "sha256" in report.problems[0].message
-    assert preflight.run_preflight(ck, manifest="skip").ok
+    assert checkpoint_checks.run_preflight(ck, manifest="skip").ok
 
 
 def test_manifest_is_sha256sum_compatible(tmp_path: Path) -> None:
     ck = make_checkpoint(tmp_path / "ck", shards=1)
-    preflight.write_manifest(ck)
-    res = subprocess.run(["sha256sum", "-c", preflight.MANIFEST_NAME], cwd=ck, capture_output=True, text=True)
+    checkpoint_checks.write_manifest(ck)
+    res = subprocess.run(["sha256sum", "-c", checkpoint_checks.MANIFEST_NAME], cwd=ck, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -172,6 +172,6 @@ def test_cli_write_manifest(tmp_path: Path) -> None:
     ck = make_checkpoint(tmp_path / "ck", shards=2)
     res = _check("--model", str(ck), "--write-manifest")
     assert res.returncode == 0, res.stderr
-    assert (ck / preflight.MANIFEST_NAME).exists()
+    assert (ck / checkpoint_checks.MANIFEST_NAME).exists()
     res = _check("--model", str(ck), "--json")
     assert json.loads(res.stdout)["manifest"] == "verified"

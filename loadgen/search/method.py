@@ -1,7 +1,7 @@
 """Capacity under SLOs: the criteria, the bracket-then-bisect search, the estimate and its interval.
 
 Everything here is a pure function of plain values, so the search can be checked
-without a server (``tests/loadgen/test_capacity.py``); :mod:`loadgen.search` runs the
+without a server (``tests/loadgen/test_capacity.py``); :mod:`loadgen.search.probes` runs the
 probes and feeds their per-request rows back in.
 
 The method, in short (``docs/capacity.md`` has the long form):

@@ -1,6 +1,6 @@
 """Workers as Ray actors spread over a cluster's nodes (``--ray-address``).
 
-Each actor runs :func:`loadgen.workers.run_worker` — the same worker as a local
+Each actor runs :func:`loadgen.scale.worker.run_worker` — the same worker as a local
 process — on its own uvloop loop in an actor thread; Ray only carries the task in,
 the start signal, progress polls and the result out. Nothing Ray does is on the hot
 path.
@@ -41,17 +41,16 @@ from typing import Any
 from loadgen import interrupts
 from loadgen.errors import LoadgenError
 from loadgen.interrupts import SIGNALS
-from loadgen.store import StoreFiles
-from loadgen.workers import (
+from loadgen.scale.merge import read_blobs, write_blobs
+from loadgen.scale.worker import (
     SummedCounters,
     WorkerOutcome,
     WorkerResult,
     WorkerTask,
-    read_blobs,
     run_worker,
     tick_if_due,
-    write_blobs,
 )
+from loadgen.store import StoreFiles
 
 INSTALL_HINT = "pip install 'loadgen[ray]'"
 RAY_START_MARGIN_S = 0.25  # the start messages cross the network: more room than local pipes
