@@ -14,6 +14,7 @@ import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -188,7 +189,6 @@ class TargetConfig:
     endpoint: str | None = None
     backend: str = "openai"
     model: str | None = None
-    tokenizer: str | None = None
     api_key: str | None = None
     basic_auth: tuple[str, str] | None = None  # credentials taken out of --base-url
     ca_cert: str | None = None  # a PEM CA bundle to trust for https (--ca-cert)
@@ -272,9 +272,11 @@ MAX_NUM_PROMPTS = 1_000_000_000  # every prompt is built before the run: beyond 
 
 @dataclass(frozen=True)
 class WorkloadConfig:
-    """What to send: the prompt source and lengths (resolved into a WorkloadSpec in pre-flight)."""
+    """What to send: the prompt source and lengths, and the tokenizer that counts them (resolved into a
+    WorkloadSpec in pre-flight)."""
 
     dataset: str = "random"
+    tokenizer: str | None = None  # None: the model, when it is a local folder (tokenizer_for)
     dataset_path: str | None = None
     num_prompts: int | None = None  # None: 1000, or rate × duration
     input_len: int = 1024
@@ -367,6 +369,13 @@ class WorkloadConfig:
             tokenizer=tokenizer, block_size=self.block_size, output_len_fixed=self.output_len_fixed,
             session=self.session_spec(),
         )
+
+    def tokenizer_for(self, model: str) -> str | None:
+        """The tokenizer to load once the served model is known: ``--tokenizer``, else the model
+        when it names a local folder (a checkpoint holds its tokenizer); None: none can be found offline."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        return model if Path(model).expanduser().is_dir() else None
 
     def session_spec(self) -> SessionSpec | None:
         if self.dataset != "sessions":

@@ -12,84 +12,24 @@ for them again through ``--api-key``/``$OPENAI_API_KEY`` or ``--base-url``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from loadgen.config import (
-    PARTS,
-    ConfigError,
-    RunConfig,
-    parse_chat_template_kwargs,
-    parse_concurrencies,
-    parse_extra_body,
-    parse_goodput,
-    parse_metadata,
-    parse_percentiles,
-    parse_rates,
-)
+from loadgen.config import PARTS, ConfigError, RunConfig
+from loadgen.options import BY_FIELD, FORM, MOVED, SECRETS, SESSIONS, TOP_LEVEL
 
-# section → {option name (the file's key): flat RunConfig field}
-FORM: dict[str, dict[str, str]] = {
-    "target": {"base-url": "base_url", "endpoint": "endpoint", "backend": "backend", "model": "model",
-               "tokenizer": "tokenizer", "ca-cert": "ca_cert", "insecure": "insecure", "timeout": "timeout_s",
-               "extra-body": "extra_body", "reset-prefix-cache": "reset_prefix_cache", "cache-salt": "cache_salt",
-               "cache-salt-mode": "cache_salt_mode",
-               "chat-template-kwargs": "chat_template_kwargs"},
-    "workload": {"dataset-name": "dataset", "dataset-path": "dataset_path", "num-prompts": "num_prompts",
-                 "input-len": "input_len", "output-len": "output_len",
-                 "fixed-output-len": "output_len_fixed", "random-range-ratio": "range_ratio",
-                 "prefix-len": "prefix_len", "num-prefixes": "num_prefixes", "input-len-counts": "input_len_counts",
-                 "verify-prompts": "verify_prompts", "ignore-eos": "ignore_eos",
-                 "block-size": "block_size", "trace-speedup": "trace_speedup", "trace-start": "trace_start_s",
-                 "trace-end": "trace_end_s", "trace-max-gap": "trace_max_gap_s", "trace-timing": "trace_timing",
-                 "trace-too-long": "trace_too_long",
-                 "session-turns": "session_turns", "turn-input-len": "turn_input_len",
-                 "turn-output-len": "turn_output_len", "system-prompt-len": "system_prompt_len",
-                 "think-time": "think_time", "history": "history", "session-header": "session_header"},
-    "schedule": {"rate": "rates", "arrival": "arrival", "burstiness": "burstiness", "concurrency": "concurrencies",
-                 "duration": "duration_s", "warmup": "warmup", "warmup-seconds": "warmup_s", "repeat": "repeat",
-                 "repeat-width": "repeat_width", "repeat-metric": "repeat_metrics",
-                 "grace": "grace_s", "workers": "workers", "ray-address": "ray_address"},
-    "output": {"output-dir": "output_dir", "result-filename": "result_filename", "save-requests": "save_requests",
-               "save-text": "save_text", "max-inline-requests": "inline_requests", "percentiles": "percentiles",
-               "goodput": "goodput_slos_ms", "label": "label", "metadata": "metadata", "progress": "progress"},
-    "telemetry": {"server-metrics": "server_metrics", "metrics-interval": "metrics_interval_s",
-                  "gpu-metrics": "gpu_metrics"},
-}
-SECRETS = ("api-key", "basic-auth")
-SESSION_FIELDS = frozenset({"session_turns", "turn_input_len", "turn_output_len", "system_prompt_len", "think_time",
-                            "history", "session_header"})
-# flat fields whose file value is not the field's own type, and how to read it
-_PARSERS = {
-    "rates": lambda v: parse_rates(_joined(v)),
-    "concurrencies": lambda v: parse_concurrencies(_joined(v)),
-    "percentiles": lambda v: parse_percentiles(_joined(v)),
-    "repeat_metrics": lambda v: tuple(_joined(v).split(",")),
-    "goodput_slos_ms": lambda v: parse_goodput([f"{k}:{x}" for k, x in _table(v, "goodput").items()]),
-    "metadata": lambda v: parse_metadata([f"{k}={x}" for k, x in _table(v, "metadata").items()]),
-    "extra_body": lambda v: parse_extra_body(v if isinstance(v, str) else json.dumps(_table(v, "extra-body"))),
-    "chat_template_kwargs": lambda v: parse_chat_template_kwargs(
-        v if isinstance(v, str) else json.dumps(_table(v, "chat-template-kwargs"))),
-}
+# Session options are written only in a session run's file.
+SESSION_FIELDS = frozenset(field for field, o in BY_FIELD.items() if o.group == SESSIONS)
 
 
 def to_form(cfg: RunConfig) -> dict[str, Any]:
     """The configuration in its file form (no secrets; unset options left out)."""
     flat = cfg.flat()
-    out: dict[str, Any] = {"seed": cfg.seed}
+    out: dict[str, Any] = {key: flat[name] for key, name in TOP_LEVEL.items()}
     for section, keys in FORM.items():
         values: dict[str, Any] = {}
         for key, name in keys.items():
-            value = flat[name]
-            if name == "rates":
-                value = ["inf" if math.isinf(r) else r for r in value]
-            elif name == "concurrencies":
-                value = [c for c in value if c is not None]
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, dict):
-                value = dict(value)
+            value = _file_value(name, flat[name])
             if value is None or value == [] or value == {}:
                 continue
             if name in SESSION_FIELDS and flat["dataset"] != "sessions":
@@ -99,36 +39,41 @@ def to_form(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+def _file_value(name: str, value: Any) -> Any:
+    to_file = BY_FIELD[name].to_file
+    if to_file is not None:
+        return to_file(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
 def flat_from_form(form: Any, source: str) -> dict[str, Any]:
     """A file form → flat RunConfig fields, every key and type checked (one-line ConfigError)."""
     if not isinstance(form, dict):
         raise ConfigError(f"--config {source}: not a table of sections; see docs/loadgen.md for the form")
     flat: dict[str, Any] = {}
     for section, values in form.items():
-        if section == "seed":
-            flat["seed"] = _typed(values, int, f"--config {source}: seed")
+        if section in TOP_LEVEL:
+            flat[TOP_LEVEL[section]] = _read_value(TOP_LEVEL[section], values, f"--config {source}: {section}")
             continue
         if section in SECRETS:
             raise ConfigError(_secret_message(source, section))
         if section not in FORM:
             raise ConfigError(f"--config {source}: unknown section or key '{section}'; "
-                              f"use seed and [{'], ['.join(FORM)}]")
+                              f"use {', '.join(TOP_LEVEL)} and [{'], ['.join(FORM)}]")
         if not isinstance(values, dict):
             raise ConfigError(f"--config {source}: '{section}' must be a table ([{section}])")
         for key, value in values.items():
             where = f"--config {source}: [{section}] {key}"
             if key in SECRETS:
                 raise ConfigError(_secret_message(source, key))
-            name = FORM[section].get(key)
+            name = FORM[section].get(key) or MOVED.get((section, key))
             if name is None:
                 raise ConfigError(f"{where} is unknown; [{section}] takes {', '.join(FORM[section])}")
-            if name in _PARSERS:
-                try:
-                    flat[name] = _PARSERS[name](value)
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
-            else:
-                flat[name] = _typed(value, _FIELD_TYPES[name], where)
+            flat[name] = _read_value(name, value, where)
     return flat
 
 
@@ -157,24 +102,25 @@ def read(path: str) -> dict[str, Any]:
     return flat_from_form(form, path)
 
 
+def _read_value(name: str, value: Any, where: str) -> Any:
+    """A file value → the field's: through the option's parser when the file's shape differs
+    (lists, tables), else checked against the field's type."""
+    option = BY_FIELD[name]
+    if option.file_shape is None:
+        return _typed(value, _FIELD_TYPES[name], where)
+    try:
+        shaped = option.file_shape(value)
+        return option.parse(shaped) if option.parse is not None else shaped
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _secret_message(source: str, key: str) -> str:
     return (f"--config {source}: '{key}' is a secret and is never read from a file; pass --api-key "
             "(or set $OPENAI_API_KEY), or put the credentials in --base-url")
 
 
-def _joined(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join("none" if v is None else str(v) for v in value)
-    return str(value)
-
-
-def _table(value: Any, key: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key} must be a table, e.g. {{ ttft = 500 }}")
-    return value
-
-
-_FIELD_TYPES: dict[str, type] = {}
+_FIELD_TYPES: dict[str, type] = {"seed": int}
 for _cls in PARTS.values():
     for _name, _annotation in _cls.__annotations__.items():
         _text = str(_annotation)

@@ -12,28 +12,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from loadgen import interrupts, prefix_cache
 from loadgen import results as results_mod
 from loadgen.aggregate import Aggregate
+from loadgen.client import Target
 from loadgen.collect import PointCollector
 from loadgen.config import RunConfig, rate_label
 from loadgen.metrics import SATURATION_LAG_P99_MS
 from loadgen.progress import Progress, print_summary
 from loadgen.records import Prompt
+from loadgen.runner import LiveCounters, run
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.server_checks import Preflight, stream_target
 from loadgen.store import RequestStore, StoreFiles, read_requests
-
-if TYPE_CHECKING:  # annotations only: the runner, client and telemetry are imported when a point runs
-    import numpy as np
-
-    from loadgen.client import Target
-    from loadgen.telemetry import PointTelemetry
-    from loadgen.workload.trace_prompts import TraceSet
+from loadgen.telemetry import PointTelemetry
+from loadgen.workload.trace_prompts import TraceSet
 
 # ---------------------------------------------------------------- one point
 
@@ -165,7 +163,6 @@ def point_setup(cfg: RunConfig, pre: Preflight, n_prompts: int, concurrency: int
 
 def point_telemetry(cfg: RunConfig, files: PointFiles, counters: Any, console: Console) -> PointTelemetry:
     """The point's server/GPU telemetry (a context manager around the run), notes to ``console``."""
-    from loadgen.telemetry import PointTelemetry
 
     return PointTelemetry(cfg, files.result, counters,
                           note=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True))
@@ -193,7 +190,6 @@ def run_point_here(
     repeat: int = 1,
 ) -> dict[str, Any]:
     """:func:`run_point` in this process."""
-    from loadgen.runner import LiveCounters, run
 
     setup = point_setup(cfg, pre, len(prompts), concurrency, rate, date, repeat)
     files, offsets, target, title = setup.files, setup.offsets, setup.target, setup.title

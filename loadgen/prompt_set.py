@@ -11,15 +11,20 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from loadgen import budget, workload
 from loadgen.config import RunConfig
 from loadgen.records import Prompt
 from loadgen.server_checks import Preflight, PreflightError, check_context
+from loadgen.workload import pieces, verify_with_server
+from loadgen.workload.errors import WorkloadError
+from loadgen.workload.fit import view_of
+from loadgen.workload.recount import Recount
+from loadgen.workload.salt import PieceSalt, salt_prompts
+from loadgen.workload.tokenizer import TokenizerError, load_tokenizer
 
 
 def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     """A trace replay's prompts (built as they are released) and, in ``pre.trace``, its timeline."""
-    from loadgen import workload
-    from loadgen.workload.errors import WorkloadError
 
     spec = cfg.workload.spec(num_prompts=cfg.workload.num_prompts or 1, chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
@@ -30,8 +35,6 @@ def build_trace(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
         raise PreflightError(str(exc)) from None
     pre.local_check = {"checked": workload.last_build.checked, "ok": True, "background": False}
     if cfg.target.salt_mode == "prefix" and pre.cache_salt:
-        from loadgen.workload.salt import PieceSalt
-
         pre.trace.prompts.salt = PieceSalt(pre.trace.prompts.blocks.table.texts.tolist(), pre.cache_salt)
     return pre.trace.prompts
 
@@ -40,7 +43,6 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     """The prompt set shared by every point (built once, before the clock starts)."""
     if cfg.workload.is_trace:
         return build_trace(cfg, pre)
-    from loadgen import budget, workload
     problem = budget.too_many_prompts(cfg.prompts_needed(), cfg.max_input_len(), budget.available_bytes())
     if problem is not None:
         raise PreflightError(problem)
@@ -50,7 +52,6 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     warm = cfg.schedule.warmup if cfg.workload.dataset == "random" else 0
     spec = cfg.workload.spec(num_prompts=needed + warm, chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
-    from loadgen.workload.errors import WorkloadError
 
     try:
         prompts = list(workload.build_prompts(spec, defer_check=True))
@@ -60,8 +61,6 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     if cfg.target.salt_mode == "prefix" and pre.cache_salt:
         prompts = salted(prompts, pre, built.fingerprint)
     if built.deferred:
-        from loadgen.workload.recount import Recount
-
         pre.recount = Recount(pre.tokenizer_id, prompts, fingerprint=built.fingerprint, cache_file=built.cache_file)
     elif built.checked:
         pre.local_check = {"checked": built.checked, "ok": True, "background": False}
@@ -75,10 +74,6 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
 
 def salted(prompts: list[Prompt], pre: Preflight, fingerprint: str | None) -> list[Prompt]:
     """``--cache-salt-mode prefix``: a random set with its leading pieces salted (same lengths)."""
-    from loadgen.workload import pieces
-    from loadgen.workload.errors import WorkloadError
-    from loadgen.workload.salt import PieceSalt, salt_prompts
-    from loadgen.workload.tokenizer import TokenizerError, load_tokenizer
 
     found = pieces.cached(fingerprint) if fingerprint else None
     table: pieces.PieceTable | None = None
@@ -86,7 +81,6 @@ def salted(prompts: list[Prompt], pre: Preflight, fingerprint: str | None) -> li
         if found is not None:
             table = found[0]
         else:  # the table is not on disk (a set built in this process): the tokenizer has it
-            from loadgen.workload.fit import view_of
 
             table = view_of(load_tokenizer(pre.tokenizer_id)).pieces
         if table is None:
@@ -105,7 +99,6 @@ def verify_prompts(cfg: RunConfig, pre: Preflight, prompts: Sequence[Prompt], co
     """
     if cfg.workload.verify_prompts is False:
         return
-    from loadgen.workload import verify_with_server
 
     res = verify_with_server(cfg.target.base_url, pre.model, prompts, api_key=cfg.target.api_key, timeout_s=min(cfg.target.timeout_s, 30.0),
                              connection=cfg.connection())

@@ -15,19 +15,21 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loadgen import control
 from loadgen import results as results_mod
+from loadgen.client import ClientError, Target, check_stream
 from loadgen.config import RunConfig
 from loadgen.errors import LoadgenError, is_transient
+from loadgen.prefix_cache import run_salt
 from loadgen.records import Prompt
-
-if TYPE_CHECKING:  # annotations only: the client and the workload are imported when the checks need them
-    from loadgen.client import Target
-    from loadgen.workload.recount import Recount
-    from loadgen.workload.trace_prompts import TraceSet
-    from loadgen.workload.traces import Trace
+from loadgen.workload.cache import readable_source
+from loadgen.workload.errors import WorkloadError
+from loadgen.workload.recount import Recount
+from loadgen.workload.tokenizer import TokenizerError, resolve_tokenizer_path
+from loadgen.workload.trace_prompts import TraceSet
+from loadgen.workload.traces import Trace, read_trace
 
 
 class PreflightError(LoadgenError, RuntimeError):
@@ -100,7 +102,6 @@ def server_facts(cfg: RunConfig) -> tuple[str | None, dict[str, Any]]:
 
 def probe_stream(cfg: RunConfig, model: str, salt: str | None = None) -> None:
     """One tiny real streaming request; fails now if the answer is not an SSE stream."""
-    from loadgen.client import ClientError, check_stream
 
     prompt = (
         Prompt(id=-1, input_len=1, output_len=2, messages=[{"role": "user", "content": "hello"}])
@@ -119,8 +120,6 @@ def probe_stream(cfg: RunConfig, model: str, salt: str | None = None) -> None:
 
 
 def stream_target(cfg: RunConfig, model: str, salt: str | None = None) -> Target:
-    from loadgen.runner import Target
-
     t = cfg.target
     extra_body = t.body_extra()
     if salt and t.salt_mode == "body":
@@ -144,7 +143,6 @@ def stream_target(cfg: RunConfig, model: str, salt: str | None = None) -> Target
 
 def check_files(cfg: RunConfig) -> None:
     """The files the options name exist and load (before anything is created)."""
-    from loadgen.workload.cache import readable_source
 
     path = cfg.workload.dataset_path
     if path and not readable_source(path):
@@ -189,24 +187,17 @@ def preflight(cfg: RunConfig) -> Preflight:
     if cfg.workload.dataset == "random":
         check_context(cfg.max_input_len(), cfg.max_output_len(), max_model_len, model)
 
-    tokenizer_id = cfg.target.tokenizer
+    tokenizer_id = cfg.workload.tokenizer_for(model)
     if tokenizer_id is None:
-        if Path(model).expanduser().is_dir():
-            tokenizer_id = model
-        else:
-            raise PreflightError(
-                f"model '{model}' is not a local folder, so its tokenizer cannot be found offline; "
-                "pass --tokenizer PATH (a folder with tokenizer.json) or --tokenizer deepseek-r1"
-            )
-    from loadgen.workload.tokenizer import TokenizerError, resolve_tokenizer_path
+        raise PreflightError(
+            f"model '{model}' is not a local folder, so its tokenizer cannot be found offline; "
+            "pass --tokenizer PATH (a folder with tokenizer.json) or --tokenizer deepseek-r1"
+        )
 
     try:
         resolve_tokenizer_path(tokenizer_id)  # found now; loaded only if the prompt set is not cached
     except TokenizerError as exc:
         raise PreflightError(str(exc)) from None
-
-    from loadgen.prefix_cache import run_salt
-
     salt = run_salt(cfg.target.cache_salt)
     probe_stream(cfg, model, salt if cfg.target.salt_mode == "body" else None)
     version, facts = server_facts(cfg)
@@ -226,8 +217,6 @@ def read_trace_file(cfg: RunConfig) -> Trace | None:
     """A trace dataset's file, read whole and checked before anything is sent (None for other datasets)."""
     if not cfg.workload.is_trace:
         return None
-    from loadgen.workload.errors import WorkloadError
-    from loadgen.workload.traces import read_trace
 
     try:
         return read_trace(cfg.workload.dataset_path or "", cfg.workload.dataset, cfg.workload.block_size)

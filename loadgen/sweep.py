@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from loadgen import interrupts
+from loadgen import convergence, interrupts
 from loadgen.config import RunConfig
 from loadgen.point import point_paths, reset_cache, run_point_here
 from loadgen.progress import sweep_table
@@ -70,7 +70,6 @@ def run_point(
 
 def repeats_done(cfg: RunConfig, runs: list[dict[str, Any]], console: Console) -> bool:
     """--repeat auto: say where the point's intervals stand; True once they are narrow enough."""
-    from loadgen import convergence
 
     width, metrics = cfg.schedule.repeat_width or 0.0, cfg.schedule.repeat_metrics
     console.print(convergence.describe(runs, metrics, width), highlight=False, soft_wrap=True)

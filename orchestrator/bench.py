@@ -131,34 +131,31 @@ def fitted_profiles() -> list[str]:
 def _profile_facts(name: str) -> dict[str, str]:
     """Engine settings a sim profile emulates, as launch metadata for the comparability checks.
 
-    A fitted profile states the real deployment's flags in its description
-    (e.g. ``--enforce-eager``, ``--mem-fraction-static 0.90``) and carries its
-    batch limits as fields; both are turned into the keys the checks read.
+    A fitted profile stores the real deployment's command-line flags as data
+    (``engine_args``: ``--enforce-eager``, ``--mem-fraction-static 0.90`` ...), read
+    with the parser that reads a recorded server command line; where they are
+    silent, the profile's own batch limits stand in.
     """
     from analysis.formats import parse_server_flags
-    from launcher.sim.profiles import PROFILE_DIR
+    from launcher.sim.profiles import ProfileError, load_profile
 
     try:
-        data = json.loads((PROFILE_DIR / f"{name}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        profile = load_profile(name)
+    except ProfileError:
         return {}
-    description = str(data.get("description", ""))
-    flags = parse_server_flags(" ".join(tok.rstrip(".,;:)") for tok in description.split()))
+    flags = parse_server_flags(" ".join(profile.engine_args))
     facts: dict[str, str] = {}
-    if flags.get("eager") or "eager" in name.split("-"):
-        facts["enforce_eager"] = "true"
-    elif "cuda graph" in description.lower():
+    if "eager" in flags:
+        facts["enforce_eager"] = str(bool(flags["eager"])).lower()
+    elif profile.graph_batch_sizes:
         facts["enforce_eager"] = "false"
-    if "max_num_seqs" in data:
-        facts["max_num_seqs"] = str(data["max_num_seqs"])
-    if "tensor_parallel" in data:
-        facts["tensor_parallel_size"] = str(data["tensor_parallel"])
-    if "chunked_prefill" in data:
-        facts["enable_chunked_prefill"] = str(bool(data["chunked_prefill"])).lower()
-    if "mem_fraction" in flags:
-        facts["mem_fraction_static"] = str(flags["mem_fraction"])
-    if "context_length" in flags:
-        facts["context_length"] = str(flags["context_length"])
+    facts["max_num_seqs"] = str(flags.get("max_num_seqs", profile.max_num_seqs))
+    if "tensor_parallel" in flags or profile.tensor_parallel > 1:
+        facts["tensor_parallel_size"] = str(flags.get("tensor_parallel", profile.tensor_parallel))
+    facts["enable_chunked_prefill"] = str(flags.get("chunked_prefill", str(profile.chunked_prefill).lower()))
+    for key, meta_key in (("mem_fraction", "mem_fraction_static"), ("context_length", "context_length")):
+        if key in flags:
+            facts[meta_key] = str(flags[key])
     return facts
 
 

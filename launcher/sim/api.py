@@ -18,7 +18,7 @@ from aiohttp import web
 
 from launcher import __version__
 from launcher.errors import LauncherError
-from launcher.sim import metrics as m
+from launcher.sim import exposition as prom
 from launcher.sim.engine import Seq, natural_length
 from launcher.sim.faults import plan_faults
 from launcher.sim.state import SimConfig, SimState
@@ -402,7 +402,7 @@ class Api:
     async def stats_reset(self, request: web.Request) -> web.Response:
         """Start a fresh lateness window (benchmarks skip their ramp-up with it)."""
         self.state.lateness.clear()
-        self.state.lateness_hist = m.Histogram(m.LATENESS_BUCKETS)
+        self.state.lateness_hist = prom.Histogram(prom.LATENESS_BUCKETS)
         self.state.chunks_at_reset = self.state.chunks_sent
         self.state.steps_at_reset = self.state.engine.steps
         return web.json_response(stats(self.state))
@@ -446,14 +446,14 @@ def render_metrics(state: SimState) -> str:
     labels = {"model_name": state.model}
     eng = state.engine
     parts = [
-        m.render_gauge("vllm:num_requests_running", "Number of requests in the running batch.", len(eng.running), labels),
-        m.render_gauge("vllm:num_requests_waiting", "Number of requests waiting to be scheduled.", len(eng.waiting), labels),
-        m.render_gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 1 means 100 percent.", eng.kv_usage, labels),
-        m.render_gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (older name), 1 means 100 percent.", eng.kv_usage, labels),
-        m.render_counter("vllm:num_preemptions", "Requests preempted (KV freed, recomputed later).",
+        prom.render_gauge("vllm:num_requests_running", "Number of requests in the running batch.", len(eng.running), labels),
+        prom.render_gauge("vllm:num_requests_waiting", "Number of requests waiting to be scheduled.", len(eng.waiting), labels),
+        prom.render_gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 1 means 100 percent.", eng.kv_usage, labels),
+        prom.render_gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (older name), 1 means 100 percent.", eng.kv_usage, labels),
+        prom.render_counter("vllm:num_preemptions", "Requests preempted (KV freed, recomputed later).",
                          eng.preemptions, labels),
-        m.render_counter("vllm:prompt_tokens", "Prefill tokens processed.", eng.prompt_tokens_total, labels),
-        m.render_counter("vllm:generation_tokens", "Generation tokens produced.", eng.generation_tokens_total, labels),
+        prom.render_counter("vllm:prompt_tokens", "Prefill tokens processed.", eng.prompt_tokens_total, labels),
+        prom.render_counter("vllm:generation_tokens", "Generation tokens produced.", eng.generation_tokens_total, labels),
     ]
     lines = ["# HELP vllm:request_success_total Finished requests by finish reason.",
              "# TYPE vllm:request_success_total counter"]
@@ -462,23 +462,23 @@ def render_metrics(state: SimState) -> str:
                      f"{state.finished.get(reason, 0)}")
     parts.append("\n".join(lines) + "\n")
     parts += [
-        m.render_histogram("vllm:time_to_first_token_seconds", "Time to first token.", state.ttft_hist, labels),
-        m.render_histogram("vllm:inter_token_latency_seconds", "Inter-token latency.", state.itl_hist, labels),
-        m.render_histogram("vllm:time_per_output_token_seconds", "Time per output token (older name).",
+        prom.render_histogram("vllm:time_to_first_token_seconds", "Time to first token.", state.ttft_hist, labels),
+        prom.render_histogram("vllm:inter_token_latency_seconds", "Inter-token latency.", state.itl_hist, labels),
+        prom.render_histogram("vllm:time_per_output_token_seconds", "Time per output token (older name).",
                            state.itl_hist, labels),
-        m.render_histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.", state.e2e_hist, labels),
-        m.render_histogram("vllm:request_queue_time_seconds", "Time spent waiting for a slot.", state.queue_hist, labels),
-        m.render_histogram("sim:step_lateness_seconds",
+        prom.render_histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.", state.e2e_hist, labels),
+        prom.render_histogram("vllm:request_queue_time_seconds", "Time spent waiting for a slot.", state.queue_hist, labels),
+        prom.render_histogram("sim:step_lateness_seconds",
                            "Event-loop lag: engine step start minus its planned start.", state.lateness_hist, labels),
-        m.render_counter("sim:model_time_seconds", "Engine step time planned by the timing model.",
+        prom.render_counter("sim:model_time_seconds", "Engine step time planned by the timing model.",
                          state.model_time, labels),
-        m.render_counter("sim:steps", "Engine steps run.", eng.steps, labels),
+        prom.render_counter("sim:steps", "Engine steps run.", eng.steps, labels),
     ]
     if state.cache is not None:
         parts += [
-            m.render_counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+            prom.render_counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                              state.cache.queries, labels),
-            m.render_counter("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+            prom.render_counter("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
                              state.cache.hits, labels),
         ]
     lines = ["# HELP sim:faults_injected_total Faults injected by kind.",

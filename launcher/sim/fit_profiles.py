@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 
-from launcher.sim.fit import (
+from launcher.sim.profile_fit import (
     FITTED,
     SEED_DIR,
     Row,
@@ -42,6 +42,15 @@ REVERSE_DIR = PROFILE_DIR / "fit-reverse"
 NATURAL = {"natural_len_median": 1440.0, "natural_len_sigma": 2.1}
 # SGLang's default CUDA-graph batch sizes at the report's commit: 1, 2, 4, then every 8 up to 160.
 SGLANG_GRAPHS = (1, 2, 4, *range(8, 161, 8))
+# The performance-relevant flags of the report's two server command lines, kept in each profile as data.
+ENGINE_ARGS = {
+    "sglang-h20x8-r1": ("--tensor-parallel-size", "8", "--quantization", "fp8", "--mem-fraction-static", "0.90",
+                        "--context-length", "65536", "--chunked-prefill-size", "4096"),
+    "vllm-0.8.2-h20x8-r1-eager": ("--tensor-parallel-size", "8", "--gpu-memory-utilization", "0.95",
+                                  "--max-num-seqs", "256", "--max-num-batched-tokens", "16384",
+                                  "--max-model-len", "4096", "--max-seq-len-to-capture", "16384",
+                                  "--enable-chunked-prefill=False", "--enforce-eager"),
+}
 
 # Starting points and what each fit searches. vLLM's base cost is not fitted: it is
 # SGLang's (same GPUs, model and TP degree), so what vLLM's steps cost on top of it
@@ -56,7 +65,8 @@ STARTS = {
         base_ms=38.0, decode_seq_ms=0.05, decode_doubling_ms=15.0, decode_knee=4.0, decode_ctx_ms=0.3,
         eager_step_ms=30.0, prefill_token_ms=2.0, prefill_token_exp=0.7, prefill_step_ms=120.0,
         max_num_seqs=1024, max_batched_tokens=4096, kv_tokens=55000, graph_batch_sizes=SGLANG_GRAPHS,
-        schedule="prefill-first", chunked_prefill=True, **NATURAL,
+        schedule="prefill-first", chunked_prefill=True, tensor_parallel=8,
+        engine_args=ENGINE_ARGS["sglang-h20x8-r1"], **NATURAL,
     ),
     "vllm-0.8.2-h20x8-r1-eager": Profile(
         name="vllm-0.8.2-h20x8-r1-eager",
@@ -67,7 +77,8 @@ STARTS = {
         base_ms=38.0, eager_step_ms=72.0, decode_seq_ms=0.01, decode_doubling_ms=2.0, decode_knee=4.0,
         decode_ctx_ms=0.3, prefill_token_ms=0.06, prefill_step_ms=20.0,
         max_num_seqs=256, max_batched_tokens=16384, kv_tokens=30000,
-        schedule="mixed", chunked_prefill=True, **NATURAL,
+        schedule="mixed", chunked_prefill=True, tensor_parallel=8,
+        engine_args=ENGINE_ARGS["vllm-0.8.2-h20x8-r1-eager"], **NATURAL,
     ),
 }
 _COMMON = ("decode_seq_ms", "decode_doubling_ms", "decode_knee", "decode_ctx_ms", "eager_step_ms",

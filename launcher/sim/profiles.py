@@ -70,6 +70,9 @@ class Profile:
     graph_batch_sizes: tuple[int, ...] = ()
     eager_step_ms: float = 0.0
     tensor_parallel: int = 1  # the GPUs of the deployment it emulates (launch metadata: cost per GPU-hour)
+    # the real server's command-line flags this profile stands for, as typed (e.g. "--enforce-eager"):
+    # launch metadata for the comparability checks, parsed like a recorded server command line
+    engine_args: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -82,6 +85,11 @@ class Profile:
             object.__setattr__(self, "graph_batch_sizes", sizes := tuple(sizes))
         if not isinstance(sizes, tuple) or not all(isinstance(b, int) and b >= 1 for b in sizes):
             problems.append("graph_batch_sizes must be a list of batch sizes >= 1")
+        args = self.engine_args
+        if isinstance(args, list):  # from JSON
+            object.__setattr__(self, "engine_args", args := tuple(args))
+        if not isinstance(args, tuple) or not all(isinstance(a, str) for a in args):
+            problems.append('engine_args must be a list of command-line strings, e.g. ["--max-num-seqs", "256"]')
         for key in ("max_num_seqs", "max_batched_tokens", "kv_tokens"):
             if int(getattr(self, key)) < 1:
                 problems.append(f"{key} must be >= 1")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from launcher.sim import metrics as m
+from launcher.sim import exposition as prom
 from launcher.sim.engine import Engine
 from launcher.sim.faults import FaultConfig
 from launcher.sim.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache
@@ -65,11 +65,11 @@ class SimState:
         self.created = int(time.time())  # OpenAI's `created`: Unix seconds
         self.ready_at = self.started + cfg.faults.startup_delay
         self._wake: asyncio.Event | None = None
-        self.ttft_hist = m.Histogram(m.TTFT_BUCKETS)
-        self.itl_hist = m.Histogram(m.ITL_BUCKETS)
-        self.e2e_hist = m.Histogram(m.REQUEST_BUCKETS)
-        self.queue_hist = m.Histogram(m.REQUEST_BUCKETS)
-        self.lateness_hist = m.Histogram(m.LATENESS_BUCKETS)
+        self.ttft_hist = prom.Histogram(prom.TTFT_BUCKETS)
+        self.itl_hist = prom.Histogram(prom.ITL_BUCKETS)
+        self.e2e_hist = prom.Histogram(prom.REQUEST_BUCKETS)
+        self.queue_hist = prom.Histogram(prom.REQUEST_BUCKETS)
+        self.lateness_hist = prom.Histogram(prom.LATENESS_BUCKETS)
         self.lateness: list[float] = []  # raw samples (bounded), for exact percentiles in /sim/stats
         self.model_time = 0.0  # seconds of steps the timing model planned: what lateness is compared with
         self.finished: Counter[str] = Counter()

@@ -44,8 +44,10 @@ import numpy as np
 
 from loadgen import hdr_record
 from loadgen.aggregate import Aggregate
+from loadgen.collect import PointCollector
 from loadgen.records import Prompt
-from loadgen.store import StoreFiles
+from loadgen.runner import LiveCounters, run
+from loadgen.store import RequestStore, StoreFiles
 
 if TYPE_CHECKING:
     pass
@@ -159,9 +161,6 @@ async def wait_until(t_ns: int) -> None:
 
 def run_worker(task: WorkerTask, control: Control) -> WorkerResult:
     """One worker's share of a point: the runner, its collector and its own store."""
-    from loadgen.collect import PointCollector
-    from loadgen.runner import LiveCounters, run
-    from loadgen.store import RequestStore
 
     collector = PointCollector(
         Aggregate(goodput_slos_ms=task.goodput_slos_ms or None, inline_limit=task.inline_limit),

@@ -1,20 +1,19 @@
 """``loadgen search`` (also ``loadgen-search``): the highest load that meets every SLO.
 
 It takes every option of ``loadgen`` that describes the target and the workload
-(the very same option objects, so spellings and checks cannot drift apart), minus
+(built from the same table, loadgen/options.py, so spellings and checks cannot drift apart), minus
 the load itself (``--rate``, ``--concurrency``, ``--repeat``), which the search
 chooses, plus its own: what to search over, the SLOs, the bracket's tolerance.
 """
 
 from __future__ import annotations
 
-import copy
 import sys
 from typing import Any
 
 import click
 
-from loadgen import interrupts
+from loadgen import interrupts, options
 from loadgen.cli import LoadgenCommand, config_from_options
 from loadgen.cli import main as loadgen_main
 from loadgen.config import ConfigError
@@ -27,23 +26,16 @@ DEFAULT_WARMUP_SHARE = 0.2
 
 
 def _reused_params() -> list[click.Parameter]:
-    out = []
-    for param in loadgen_main.params:
-        if param.name in CHOSEN_BY_SEARCH or param.name == "config_file":
-            continue
-        if param.name == "duration_s":
-            param = copy.copy(param)
-            param.default = DEFAULT_DURATION_S
-            param.help = f"Length of every probe in seconds, warm-up included. [default: {DEFAULT_DURATION_S:g}]"
-        elif param.name == "warmup_s":
-            param = copy.copy(param)
-            param.default = None
-            param.help = (f"Seconds at the start of every probe left out as warm-up. "
-                          f"[default: {DEFAULT_WARMUP_SHARE:.0%} of --duration]")
-        elif param.name == "result_filename":
-            continue  # probes are named after --label (or 'capacity') and their index
-        out.append(param)
-    return out
+    """loadgen's options (loadgen/options.py) but the load, which the search chooses; each probe's
+    duration and warm-up mean a probe's."""
+    version = [p for p in loadgen_main.params if p.name == "version"]
+    return [*version, *options.click_params(
+        skip=frozenset({*CHOSEN_BY_SEARCH, "config_file", "result_filename"}),  # probes: named after --label
+        duration_s={"default": DEFAULT_DURATION_S,
+                    "help": f"Length of every probe in seconds, warm-up included. [default: {DEFAULT_DURATION_S:g}]"},
+        warmup_s={"default": None, "help": "Seconds at the start of every probe left out as warm-up. "
+                                            f"[default: {DEFAULT_WARMUP_SHARE:.0%} of --duration]"},
+    )]
 
 
 def _search_params() -> list[click.Parameter]:

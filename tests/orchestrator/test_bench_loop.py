@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from launcher.sim.profiles import ProfileError, load_profile
 from orchestrator.bench import (
     REPORT_CONCURRENCY,
     EngineTarget,
@@ -66,6 +67,28 @@ def test_default_sim_targets_are_both_fitted_profiles_vllm_first():
     assert targets[0].metadata["enforce_eager"] == "true" and targets[1].metadata["enforce_eager"] == "false"
     assert [t.metadata["tensor_parallel_size"] for t in targets] == ["8", "8"]  # the GPUs a cost is per
     assert [t.label for t in targets_for("sim", "fast", None, None, like_report=True)] == ["sim-fast-like-report"]
+
+
+def test_sim_launch_facts_come_from_the_profiles_engine_args_not_its_prose(tmp_path):
+    vllm, sglang = (t.metadata for t in targets_for("sim", None, None, None, like_report=False))
+    assert (vllm["mem_fraction_static"], vllm["context_length"], vllm["max_num_seqs"]) == ("0.95", "4096", "256")
+    assert vllm["enable_chunked_prefill"] == "False"  # as the report typed it
+    assert (sglang["mem_fraction_static"], sglang["context_length"], sglang["enable_chunked_prefill"]) == (
+        "0.90", "65536", "4096")
+    profile = tmp_path / "mine.json"
+    profile.write_text(json.dumps({
+        "description": "says --enforce-eager --mem-fraction-static 0.5 in prose only",
+        "base_ms": 1.0, "decode_seq_ms": 0.1, "prefill_token_ms": 0.01, "max_num_seqs": 64,
+        "engine_args": ["--tp", "4", "--context-length=8192"],
+    }), encoding="utf-8")
+    meta = targets_for("sim", str(profile), None, None, like_report=False)[0].metadata
+    assert meta["tensor_parallel_size"] == "4" and meta["context_length"] == "8192"
+    assert meta["max_num_seqs"] == "64"  # the flags are silent: the profile's own limit
+    assert "enforce_eager" not in meta and "mem_fraction_static" not in meta
+    profile.write_text(json.dumps({"base_ms": 1.0, "decode_seq_ms": 0.1, "prefill_token_ms": 0.01,
+                                   "engine_args": "--tp 4"}), encoding="utf-8")
+    with pytest.raises(ProfileError, match="engine_args must be a list"):
+        load_profile(str(profile))
 
 
 def test_quick_sweep_reaches_past_one_wave():

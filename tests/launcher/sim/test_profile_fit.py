@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from launcher.sim.engine import Engine, Seq
-from launcher.sim.fit import (
+from launcher.sim.fit_profiles import FIT_ON
+from launcher.sim.profile_fit import (
     FITTED,
     SEED_DIR,
     burst,
@@ -21,7 +22,6 @@ from launcher.sim.fit import (
     predict,
     residual_table,
 )
-from launcher.sim.fit_profiles import FIT_ON
 from launcher.sim.profiles import Profile, load_profile
 from launcher.sim.timing import StepCost
 from tests.conftest import REPO_ROOT
