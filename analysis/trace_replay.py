@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.sections import section, shown_if_any, sub
+
 # run column -> summary.csv name; only runs replayed at a trace's times fill the lag columns
 SUMMARY_COLUMNS = {
     "trace_lag_p50_ms": "trace lag p50(ms)",
@@ -21,10 +23,10 @@ SUMMARY_COLUMNS = {
 
 def trace_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Flat columns from a result's ``trace`` object; none for a run that replayed no trace."""
-    trace = obj.get("trace")
-    if not isinstance(trace, Mapping):
+    trace = section(obj, "trace")
+    if trace is None:
         return {}
-    lag: Mapping[str, Any] = trace["lag_ms"] if isinstance(trace.get("lag_ms"), Mapping) else {}
+    lag = sub(trace, "lag_ms")
     behind = trace.get("behind")
     return {
         "trace_format": trace.get("format"),
@@ -38,6 +40,4 @@ def trace_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def summary_columns(runs: pd.DataFrame) -> dict[str, str]:
     """The replay columns to show: all of them when any run replayed a trace, else none."""
-    if "trace_format" not in runs.columns or not runs["trace_format"].notna().any():
-        return {}
-    return SUMMARY_COLUMNS
+    return shown_if_any(runs, "trace_format", SUMMARY_COLUMNS)
