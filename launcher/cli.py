@@ -21,7 +21,7 @@ import click
 
 from launcher import __version__
 from launcher.errors import LauncherError
-from launcher.multinode_cli import multinode_options, stop_options
+from launcher.multinode_cli import multinode_options, status_options, stop_options
 from loadgen.cli_errors import OneLineGroup
 
 ENGINES = ["sim", "vllm", "sglang"]
@@ -243,8 +243,7 @@ def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) 
             process.docker_stop(state.container, timeout)
         ok = process.stop_tree(state.pgid, state.pid, timeout)
         if ok:
-            for folder in state.cleanup:
-                shutil.rmtree(folder, ignore_errors=True)
+            process.remove_paths([Path(p) for p in state.cleanup])
             if was_alive:
                 click.echo(f"stopped {state.engine} on port {state.port} (pid {state.pid})")
             else:
@@ -262,6 +261,7 @@ def stop(port: int | None, state_path: Path | None, all_: bool, timeout: float) 
 @click.option("--port", type=int, default=None)
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of text.")
+@status_options
 def status(port: int | None, state_path: Path | None, as_json: bool) -> None:
     """Show recorded servers (detached and foreground): alive or not, and their live health. Exit 1 if any is down."""
     from launcher import process
@@ -322,8 +322,11 @@ def plan_cmd(engine: str, version: str | None, preset: str | None, model: str | 
     docker_argv = mask_argv(plan.docker_argv) if getattr(plan, "docker_argv", None) else None
     if as_json:
         click.echo(json.dumps({"argv": mask_argv(plan.argv), "env": env, "docker_argv": docker_argv,
+                               "secret_files": list(getattr(plan, "secret_files", None) or ()),
                                "warnings": list(getattr(plan, "warnings", ()) or ())}, indent=1))
         return
+    for path in getattr(plan, "secret_files", None) or ():
+        click.echo(f"# {path} holds the api-key (serve writes it with mode 0600 and removes it at stop)")
     env_prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
     click.echo("# native")
     click.echo((env_prefix + " " if env_prefix else "") + shlex.join(mask_argv(plan.argv)))

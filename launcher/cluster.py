@@ -26,6 +26,7 @@ from launcher.diagnose import Finding, LogScanner
 from launcher.errors import LauncherError
 from launcher.multinode import MultiNodePlan, NodeCommand
 from launcher.readiness import LogTail, Waiter
+from launcher.redact import secret_values
 from launcher.transport import LocalTransport, alive_script, parse_pgid, start_script, stop_script
 
 LineSink = Callable[[str, str], Any]  # (label, line)
@@ -89,7 +90,7 @@ class Cluster:
         log_path = self.log_dir / f"node{cmd.rank}-{cmd.role}.log"
         try:
             popen, offset = process.start_process(self.transport.argv(cmd.node.target, script), _local_env(), log_path,
-                                                  die_with_parent=self.tied)
+                                                  die_with_parent=self.tied, secrets=secret_values(argv, env))
         except OSError as exc:
             raise ClusterError(f"cannot start the {self.transport.name} transport for {cmd.label}: {exc.strerror or exc}",
                                cmd.label, "exec") from None
@@ -274,14 +275,20 @@ def clusters_dir() -> Path:
     return process.state_dir().parent / "clusters"
 
 
-def write_cluster_state(cluster: Cluster, path: Path | str | None = None) -> Path:
-    """What ``stop`` needs to stop every node of a detached cluster: transport, node, group id, cleanup."""
+def write_cluster_state(cluster: Cluster, path: Path | str | None = None, detached: bool = True) -> Path:
+    """What ``status``/``stop`` need to see and stop every node: transport, node, group id, cleanup.
+
+    Written for a foreground serve too (``detached`` False, with the launcher's pid):
+    a launcher killed with SIGKILL cannot stop remote nodes itself, and a node whose
+    tie to it did not hold (an ssh session that stayed up) must still be findable."""
     import json
+    import os
 
     t = cluster.transport
     state = {
         "kind": "loadgen-cluster", "engine": cluster.plan.engine, "port": cluster.plan.port, "base_url": cluster.base_url,
-        "log_dir": str(cluster.log_dir.absolute()), "started_at": time.time(),
+        "log_dir": str(cluster.log_dir.absolute()), "started_at": time.time(), "detached": detached,
+        "launcher_pid": os.getpid(),
         "transport": {"name": t.name, "ssh": getattr(t, "ssh", None), "options": list(getattr(t, "options", ()))},
         "commands": [
             {"label": rc.label, "target": rc.cmd.node.target, "pgid": rc.pgid, "pid": rc.popen.pid,
@@ -314,8 +321,8 @@ def cluster_state_paths(port: int | None, all_: bool) -> list[Path]:
     return sorted(root.glob("*.json")) if all_ and root.is_dir() else []
 
 
-def stop_cluster_state(path: Path, timeout_s: float = 15.0) -> tuple[list[str], str]:
-    """Stop every command recorded in a cluster state file, last started first; remove the file when clean."""
+def _read_cluster_state(path: Path) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
+    """(the state, its transport, its commands); ValueError (one line) when the file is unreadable."""
     import json
 
     from launcher.transport import SshTransport
@@ -324,9 +331,17 @@ def stop_cluster_state(path: Path, timeout_s: float = 15.0) -> tuple[list[str], 
         state = json.loads(Path(path).read_text(encoding="utf-8"))
         t = state["transport"]
         transport = SshTransport(t["ssh"] or "ssh", tuple(t["options"])) if t["name"] == "ssh" else LocalTransport()
-        commands = state["commands"]
+        return state, transport, list(state["commands"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"cluster state file {path} is unreadable ({exc}); stop the nodes by hand") from None
+
+
+def stop_cluster_state(path: Path, timeout_s: float = 15.0) -> tuple[list[str], str]:
+    """Stop every command recorded in a cluster state file, last started first; remove the file when clean."""
+    import json
+
+    state, transport, commands = _read_cluster_state(path)
+    Path(path).unlink(missing_ok=True)  # first: a foreground serve owning it then knows the stop was asked for
     problems = []
     for c in reversed(commands):
         if c.get("pgid") is not None:
@@ -337,6 +352,30 @@ def stop_cluster_state(path: Path, timeout_s: float = 15.0) -> tuple[list[str], 
         pid = int(c["pid"])
         if not process.stop_tree(pid, pid, timeout_s):
             problems.append(f"{c['label']}: the local {transport.name} process {pid} survived SIGKILL")
-    if not problems:
-        Path(path).unlink(missing_ok=True)
+    if problems:  # kept for another try
+        Path(path).write_text(json.dumps(state, indent=1), encoding="utf-8")
     return problems, f"{state.get('engine')} on {len({c['target'] for c in commands})} node(s), port {state.get('port')}"
+
+
+def cluster_status(path: Path) -> dict[str, Any]:
+    """A recorded cluster as ``status`` shows it: each node's process group alive or not, the head's health."""
+    from launcher.readiness import http_status
+
+    state, transport, commands = _read_cluster_state(path)
+    nodes = []
+    for c in commands:
+        if c.get("pgid") is not None:
+            done = _run(transport.argv(c["target"], alive_script(int(c["pgid"]))), 30)
+            alive = done is not None and done.returncode == 0
+        else:
+            alive = bool(process.live_tree(int(c["pid"]), int(c["pid"])))
+        nodes.append({"label": c["label"], "target": c["target"], "pgid": c.get("pgid"), "alive": alive})
+    launcher = int(state["launcher_pid"]) if state.get("launcher_pid") else None
+    alive = all(n["alive"] for n in nodes)
+    return {
+        "state": str(path), "kind": "cluster", "engine": state.get("engine"), "port": state.get("port"),
+        "base_url": state.get("base_url"), "detached": state.get("detached", True), "launcher_pid": launcher,
+        "launcher_alive": launcher is not None and process.pid_alive(launcher), "alive": alive, "nodes": nodes,
+        "health": http_status(f"{state.get('base_url')}/health", timeout_s=3) if any(n["alive"] for n in nodes) else None,
+        "log_dir": state.get("log_dir"), "uptime_s": round(time.time() - float(state.get("started_at", time.time())), 1),
+    }

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.redact import mask_text
+
 DATA_FILE = Path(__file__).parent / "engines" / "data" / "failure-signatures.json"
 FAILING_KINDS = ("fatal", "wrapper")
 
@@ -183,4 +185,4 @@ def last_lines(path: Path, n: int = 5, max_bytes: int = 65536, start: int = 0) -
     except OSError:
         return []
     lines = [ln.strip() for ln in split_log_lines(tail) if ln.strip()]
-    return lines[-n:]
+    return [mask_text(ln) for ln in lines[-n:]]  # shown on a terminal: a key the engine echoed stays hidden

@@ -15,7 +15,6 @@ line ends it at once; on any failure the whole process tree is stopped before
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +30,7 @@ from launcher import checkpoint_checks, process
 from launcher.diagnose import last_error_line
 from launcher.errors import LauncherError
 from launcher.readiness import NotReady, Progress, ReadinessSpec, Waiter
+from launcher.redact import mask_text
 
 if TYPE_CHECKING:
     from launcher.plan import Plan
@@ -111,8 +111,7 @@ class Server:
             ok = process.stop_tree(self.pgid or self.pid, self.pid, timeout_s, self._popen)
             self._stopped = True
             if ok:
-                for path in self.cleanup:
-                    shutil.rmtree(path, ignore_errors=True)
+                process.remove_paths(self.cleanup)
                 if self.state_path is not None:
                     self.state_path.unlink(missing_ok=True)
         finally:
@@ -334,17 +333,23 @@ def start_plan(
             tmp = Path(tempfile.mkdtemp(prefix="lgv-", dir="/tmp" if os.path.isdir("/tmp") else None))
             cleanup.append(tmp)
         env.update(serve_env(work, tmp))
+    try:
+        cleanup += write_secret_files(getattr(plan, "secret_files", None) or {})
+    except OSError as exc:
+        process.remove_paths(cleanup)
+        raise LaunchError(f"cannot write the engine's key file: {exc.strerror or exc}; run from a writable folder",
+                          signature="secret_file") from None
+    secrets = plan.secret_values() if hasattr(plan, "secret_values") else []
     argv = docker_argv or list(plan.argv)
     # Ctrl-C or SIGTERM between the fork and the `try` below would leave a server nobody stops:
     # held until the server is in hand, then delivered where it is stopped.
     held = process.HeldSignals().hold()
     try:
         popen, log_offset = process.start_process([str(a) for a in argv], env, log_path,
-                                                  die_with_parent=die_with_parent)
+                                                  die_with_parent=die_with_parent, secrets=secrets)
     except OSError as exc:
         held.release()
-        for path in cleanup:
-            shutil.rmtree(path, ignore_errors=True)
+        process.remove_paths(cleanup)
         raise LaunchError(
             f"cannot start {argv[0]!r}: {exc.strerror}; install the engine or point --engine-bin/--python at it",
             log_path=log_path,
@@ -376,12 +381,26 @@ def start_plan(
         server.progress = waiter.wait(ready_timeout_s)
     except NotReady as exc:
         server.stop()
-        raise LaunchError(_failure_message(engine, exc, log_path, log_offset), log_path=log_path,
+        raise LaunchError(mask_text(_failure_message(engine, exc, log_path, log_offset), secrets), log_path=log_path,
                           signature=exc.finding.signature.id if exc.finding else exc.reason) from None
     except BaseException:  # Ctrl-C or anything unexpected: never leave the server behind
         server.stop()
         raise
     return server
+
+
+def write_secret_files(files: dict[str, str]) -> list[Path]:
+    """Write each file readable by its owner only (created so, never widened later); their paths."""
+    written = []
+    for name, content in files.items():
+        path = Path(name)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        written.append(path)
+    return written
 
 
 def _write_state(server: Server, path: Path, health_path: str, detached: bool) -> None:

@@ -385,7 +385,7 @@ def build_multinode_plan(
         raise PlanError(f"--gpus-per-node {gpus}: give 1 or more")
     ports = {**multinode_data()["ports"], **(ports or {})}
     common: dict[str, Any] = dict(version=version, preset=preset, model=model, host=host, docker_image=docker_image, python=python,
-                  engine_bin=engine_bin, served_model_name=served_model_name, host_facts=("", ""))
+                  engine_bin=engine_bin, served_model_name=served_model_name, host_facts=("", ""), key_by_file=False)
     if engine == "sim":
         return _sim_plan(addrs, port, extra_args, common, warnings)
 

@@ -158,16 +158,18 @@ def serve_multinode(mn: dict, kw: dict) -> None:
     except KeyboardInterrupt:
         _err("interrupted; every node was stopped")
         sys.exit(130)
+    from launcher.cluster import write_cluster_state
+
     dead = None
+    state = None
     try:  # from the ready line on, a Ctrl-C stops every node
+        # The same state a detached cluster leaves: after a SIGKILL of this process, `status` and `stop` find every node.
+        state = write_cluster_state(cluster, kw.get("state_path"), detached=bool(kw.get("detach")))
         click.echo(f"ready: {plan.base_url} ({len(plan.nodes)} nodes, logs in {log_dir})")
         if kw.get("detach"):
-            from launcher.cluster import write_cluster_state
-
-            path = write_cluster_state(cluster, kw.get("state_path"))
-            click.echo(f"detached; state in {path} (stop with: loadgen-launch stop --state {path})")
+            click.echo(f"detached; state in {state} (stop with: loadgen-launch stop --state {state})")
             return
-        _err("serving; press Ctrl-C to stop every node")
+        _err(f"serving; press Ctrl-C to stop every node (state in {state})")
         while dead is None:
             time.sleep(0.5)
             cluster.pump()
@@ -178,14 +180,25 @@ def serve_multinode(mn: dict, kw: dict) -> None:
         for p in problems:
             _err(f"loadgen-launch: error: {p}")
         _err("stopped" if not problems else "some processes survived")
+        _forget(state, problems)
         sys.exit(1 if problems else 130 if stop_requested["sig"] is None else 0)
     except BaseException:
-        cluster.stop()
+        _forget(state, cluster.stop())
         raise
+    if state is not None and not state.exists():  # `loadgen-launch stop` removed it, then stopped the nodes
+        _forget(state, cluster.stop())
+        _err("stopped by loadgen-launch stop")
+        sys.exit(0)
     why = cluster.failure() or f"{dead.label} exited"
-    cluster.stop()
+    _forget(state, cluster.stop())
     _err(f"loadgen-launch: error: a node stopped while serving: {why}")
     sys.exit(1)
+
+
+def _forget(state: Path | None, problems: list[str]) -> None:
+    """Remove the cluster's state once every node is stopped (kept when something survived, for `stop`)."""
+    if state is not None and not problems:
+        state.unlink(missing_ok=True)
 
 
 def check_multinode(mn: dict, kw: dict) -> None:
@@ -290,5 +303,45 @@ def stop_options(fn: Any) -> Any:
         if failed:
             sys.exit(1)
         return None
+
+    return command
+
+
+def status_options(fn: Any) -> Any:
+    """Decorator for ``status``: recorded multi-node servers (detached or foreground) are listed first, node by node."""
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> Any:
+        from launcher import process
+        from launcher.cluster import cluster_state_paths, cluster_status, is_cluster_state
+
+        port, state_path, as_json = kwargs.get("port"), kwargs.get("state_path"), kwargs.get("as_json")
+        if state_path is not None:
+            paths = [Path(state_path)] if is_cluster_state(Path(state_path)) else []
+        else:
+            paths = cluster_state_paths(port, all_=port is None)
+        down = False
+        for path in paths:
+            try:
+                st = cluster_status(path)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
+            down |= not st["alive"] or st["health"] != 200
+            if as_json:
+                click.echo(json.dumps(st))
+                continue
+            up = sum(n["alive"] for n in st["nodes"])
+            how = "detached" if st["detached"] else (
+                "foreground serve" + ("" if st["launcher_alive"] else f", its launcher (pid {st['launcher_pid']}) is gone"))
+            click.echo(f"{st['engine']} cluster port {st['port']}: {'running' if st['alive'] else 'DOWN'} ({how}), "
+                       f"{up}/{len(st['nodes'])} node process groups alive, /health -> {st['health'] or 'no answer'}, "
+                       f"logs {st['log_dir']}" + ("" if st["alive"] else f"; stop with: loadgen-launch stop --state {path}"))
+        single = state_path is None and (process.default_state_path(port).exists() if port is not None
+                                         else bool(process.list_states()))
+        if paths and not single:
+            sys.exit(1 if down else 0)
+        fn(**kwargs)
+        if down:
+            sys.exit(1)
 
     return command

@@ -27,9 +27,9 @@ from launcher.engines import vllm as vllm_engine
 from launcher.engines.base import ReadinessSpec, engine_data, entry_argv, readiness_for, translate
 from launcher.engines.errors import PlanError
 from launcher.engines.flags import FlagSet, ParsedOpt, listed, load_flagset, parse_args, render_opt
-from launcher.engines.versions import ENGINES, detect_version, known_versions, resolve_version
+from launcher.engines.versions import ENGINES, detect_version, known_versions, resolve_version, version_key
 from launcher.paths import project_root
-from launcher.redact import is_secret_env
+from launcher.redact import SECRET, is_secret_env, secret_values
 
 __all__ = [
     "Plan",
@@ -211,6 +211,13 @@ class Plan:
     image: str | None = None
     docker_options: list[str] = field(default_factory=list)
     container_argv: list[str] | None = None  # the engine command as run inside the image
+    # Files holding secrets that the launcher writes (mode 0600) before the start and removes at the stop:
+    # path -> content. Never printed or stored (see secret_values).
+    secret_files: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def secret_values(self) -> list[str]:
+        """Every secret the engine is given (flags, environment, secret files): masked wherever its output goes."""
+        return secret_values(self.argv, self.env, [v for c in self.secret_files.values() for v in _yaml_values(c)])
 
     def shell(self) -> str:
         """The native command as one line a user can paste (environment prefix included)."""
@@ -241,15 +248,24 @@ class Plan:
         lines += ["", f"ready when: {ready}"]
         if not r.health_meaningful:
             lines.append("  (/health answers 200 before the model can serve on this release; it is not used)")
+        for path in self.secret_files:
+            lines += ["", f"secret file: {path} (api-key: {SECRET}; loadgen-launch serve writes it with mode 0600 "
+                          "and removes it when the server stops)"]
         if self.warnings:
             lines += ["", "warnings:"] + [f"  - {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["secret_files"] = {path: SECRET for path in self.secret_files}
         d["shell"] = self.shell()
         d["docker_shell"] = self.docker_shell()
         return d
+
+
+def _yaml_values(content: str) -> list[str]:
+    """The values of a key file as :func:`build_plan` writes it (``name: "json string"`` lines)."""
+    return [json.loads(value) for line in content.splitlines() if (value := line.partition(": ")[2])]
 
 
 def _gpu_list(gpus: str | None) -> list[str] | None:
@@ -313,6 +329,30 @@ def _sim_plan(host: str, port: int, extra_args: Sequence[str], python: str | Non
 
 
 API_KEY_ENV = {"vllm": "VLLM_API_KEY"}  # engines that read their --api-key from the environment
+CONFIG_FILE_FLAG = "--config"  # SGLang releases with this flag read flags from a YAML file
+
+
+def key_config_path(engine: str, port: int) -> Path:
+    """Where ``serve`` writes an engine's key file: beside the state folder, absolute (Docker mounts it)."""
+    from launcher.process import state_dir
+
+    return (state_dir().parent / "secrets" / f"{engine}-{port}.yaml").absolute()
+
+
+def _key_channel(engine: str, target: Any, resolved: Any, final: dict, key_by_file: bool) -> str | None:
+    """How a single ``--api-key`` reaches the engine off its command line: "env", "file", or None (it stays a flag).
+
+    A YAML file is used only when the release's own flag data has ``--config`` and the
+    release asked for is not older than that data (a borrowed newer release's flags
+    would promise a file an older SGLang rejects), and the user gave no ``--config``
+    of their own (SGLang reads one file only).
+    """
+    if engine in API_KEY_ENV:
+        return "env"
+    if (key_by_file and target.lookup(CONFIG_FILE_FLAG) is not None and CONFIG_FILE_FLAG not in final
+            and version_key(resolved.requested) >= version_key(resolved.data)):
+        return "file"
+    return None
 
 
 def build_plan(
@@ -331,6 +371,7 @@ def build_plan(
     served_model_name: str | None = None,
     environ: dict[str, str] | None = None,
     host_facts: tuple[str, str] | None = None,
+    key_by_file: bool = True,
 ) -> Plan:
     """The command (native and, with an image, Docker) that starts ``engine`` as asked.
 
@@ -340,7 +381,8 @@ def build_plan(
     ``environ``/``host_facts`` exist so tests can pin the host; by default the
     real environment and ``hostname -I`` are read. ``host=None``: the preset's,
     else 127.0.0.1 for sim (an emulator need not listen on every interface) and
-    0.0.0.0 for the real engines.
+    0.0.0.0 for the real engines. ``key_by_file=False``: never move ``--api-key``
+    into a local file (a multi-node command runs on other machines).
     """
     if engine not in ENGINES:
         raise PlanError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -408,14 +450,22 @@ def build_plan(
         v = final.pop(managed["served"]).value
         served_model_name = " ".join(v) if isinstance(v, list) else str(v)
 
-    # An engine that reads its key from the environment gets it there: a command line is
-    # world-readable (ps, /proc/PID/cmdline) and engines echo their arguments to their logs.
-    # (Several keys have no environment form: they stay flags.)
-    given = final.get("--api-key") if engine in API_KEY_ENV else None
+    # The key goes by environment (vLLM) or by a mode-0600 YAML file (SGLang with --config), never on
+    # the command line where the release allows: a command line is world-readable (ps,
+    # /proc/PID/cmdline) and engines echo their arguments to their logs. (Several keys, or an
+    # older SGLang: they stay flags, masked wherever the launcher shows them.)
+    given = final.get("--api-key")
     keys = (given.value if isinstance(given.value, list) else [given.value]) if given is not None else []
-    api_key = str(keys[0]) if len(keys) == 1 else None
+    channel = _key_channel(engine, target, resolved, final, key_by_file) if len(keys) == 1 else None
+    api_key = str(keys[0]) if channel else None
+    secret_files: dict[str, str] = {}
+    if keys and channel is None and engine != "sim":
+        warnings.append(f"{target.label} takes --api-key only on its command line (visible in ps); "
+                        "the launcher shows it as *** and masks it in the server log")
     if api_key is not None:
         final.pop("--api-key")
+        if channel == "file":
+            secret_files[str(key_config_path(engine, port))] = f"api-key: {json.dumps(api_key)}\n"
 
     model = model or (expand_path(pre.model) if pre else None)
     if not model:
@@ -436,6 +486,8 @@ def build_plan(
             argv += [managed["served"], served_model_name]
         for o in final.values():
             argv += render_opt(o.flag, o.value, target, o.spelled)
+        for path in secret_files:
+            argv += [CONFIG_FILE_FLAG, path]  # two words: SGLang merges the file only for `--config PATH`
         return argv
 
     native = engine_argv(python, engine_bin)
@@ -457,7 +509,7 @@ def build_plan(
     env.update(host_env)
     if gpu_ids is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-    if api_key is not None:
+    if api_key is not None and channel == "env":
         env[API_KEY_ENV[engine]] = api_key
 
     docker = section.docker if section is not None and src_engine == engine else None
@@ -479,6 +531,7 @@ def build_plan(
         options = list(docker.options) if docker else ["--net=host", "--ipc=host", "--gpus", "all", "--entrypoint", ""]
         if gpu_ids is not None:
             options = _replace_gpus(options, gpu_ids)
+        options += [x for path in secret_files for x in ("-v", f"{path}:{path}:ro")]
         container_argv = engine_argv(None, None)
         docker_argv = docker_run_argv(docker_name, options, env, image, container_argv)
 
@@ -501,6 +554,7 @@ def build_plan(
         image=image,
         docker_options=options,
         container_argv=container_argv,
+        secret_files=secret_files,
     )
 
 

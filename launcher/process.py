@@ -14,17 +14,20 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from launcher.redact import mask_argv
+from launcher import logmask
+from launcher.redact import mask_argv, mask_text
 
 STATE_DIR_ENV = "LOADGEN_STATE_DIR"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -166,6 +169,11 @@ def _alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (this machine)."""
+    return _alive(pid)
+
+
 def die_with_parent_hook() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child receive SIGTERM when the thread that started it dies.
 
@@ -219,7 +227,7 @@ class HeldSignals:
 
 
 def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
-                  die_with_parent: bool = False) -> tuple[subprocess.Popen, int]:
+                  die_with_parent: bool = False, secrets: Sequence[str] = ()) -> tuple[subprocess.Popen, int]:
     """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``.
 
     A new session makes the server its own process-group leader, so a Ctrl-C at
@@ -228,15 +236,25 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Pat
     runs: a resumed benchmark appends to the same file). The log's header line
     shows the command with secrets masked. ``die_with_parent``: see
     :func:`die_with_parent_hook` (not for a detached server, which must outlive us).
+    ``secrets``: values the engine may echo; its output then goes to the log
+    through :mod:`launcher.logmask`, which replaces them by ``***`` (the returned
+    process is that filter, the engine's parent, in the same session).
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    run = list(argv)
+    if secrets:
+        if shutil.which(argv[0], path=env.get("PATH")) is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+        run = [sys.executable, "-s", str(Path(logmask.__file__)), "--", *argv]
+        env = {**env, logmask.SECRETS_ENV: json.dumps(list(secrets))}
     with open(log_path, "ab", buffering=0) as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"=== loadgen-launch {stamp}: {' '.join(mask_argv(argv))}\n".encode())
+        # a node's command is one shell script argument: its values are masked by value, not by flag
+        log.write(f"=== loadgen-launch {stamp}: {mask_text(' '.join(mask_argv(argv)), secrets)}\n".encode())
         offset = log.tell()
         return subprocess.Popen(
-            argv,
+            run,
             env=env,
             cwd=str(cwd) if cwd else None,
             stdin=subprocess.DEVNULL,
@@ -312,6 +330,15 @@ class ServerState:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
+
+
+def remove_paths(paths: list[Path]) -> None:
+    """Remove temporary folders and files (a folder tree or a single file each)."""
+    for path in paths:
+        if Path(path).is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            Path(path).unlink(missing_ok=True)
 
 
 def state_dir() -> Path:

@@ -61,6 +61,43 @@ def mask_argv(argv: Sequence[object]) -> list[str]:
     return out
 
 
+def secret_values(argv: Sequence[object], env: Mapping[str, object], extra: Sequence[str] = ()) -> list[str]:
+    """The secret values themselves (of secret flags and variables), longest first, so output can be masked.
+
+    Values shorter than 4 characters are left out: masking every "ab" in a log hides more than it protects.
+    """
+    masked = mask_argv(argv)
+    found = {str(a) for a, m in zip((str(x) for x in argv), masked, strict=True) if a != m}
+    found = {v.partition("=")[2] if "=" in v and v.startswith("-") else v for v in found}
+    found |= {str(v) for k, v in env.items() if is_secret_env(str(k))} | set(extra)
+    return sorted((v for v in found if len(v) >= 4), key=len, reverse=True)
+
+
+# What engines print of their own arguments: api_key='sk-1' (a repr), --api-key sk-1, api-key: sk-1.
+_ECHOED = re.compile(
+    r"(?P<name>(?:--|\b)(?:[\w-]*[-_])?(?:api[-_]?key|token|secret|password|passwd))"
+    r"(?P<sep>'?\s*[=:]\s*['\"]?|(?<=[\w])\s+(?=\S))"
+    r"(?P<value>(?!None\b|\*\*\*)[^\s'\",)]+)",
+    re.IGNORECASE,
+)
+
+
+def mask_text(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with the given secret values, and any value printed after a secret's name, shown as ``***``.
+
+    For log lines read back (diagnosis, last error): the values come from the plan
+    when known; the name pattern catches what an older log holds without them.
+    """
+    for value in secrets:
+        text = text.replace(value, SECRET)
+    def hide(m: re.Match) -> str:
+        if m.group("sep").isspace() and not m.group("name").startswith("--"):
+            return m.group(0)  # "the token is": prose, not a flag and its value
+        return f"{m.group('name')}{m.group('sep')}{SECRET}"
+
+    return _ECHOED.sub(hide, text)
+
+
 def mask_env(env: Mapping[str, object]) -> dict[str, str]:
     """A copy of ``env`` with the values of secret variables masked."""
     return {str(k): SECRET if is_secret_env(str(k)) else mask_url(str(v)) for k, v in env.items()}

@@ -17,7 +17,10 @@ BYTES_PER_TOKEN = 7
 
 
 def prompt_bytes(count: int, input_len: int) -> int:
-    """Memory a built prompt set of ``count`` prompts of up to ``input_len`` tokens holds, at least."""
+    """Memory a built prompt set of ``count`` prompts of ``input_len`` tokens on average holds, at least.
+
+    The average, not the longest: ``--random-range-ratio`` draws lengths around
+    ``--input-len``, and over the counts that matter here their sum is the count times it."""
     return count * (BYTES_PER_PROMPT + BYTES_PER_TOKEN * input_len)
 
 
@@ -41,6 +44,6 @@ def too_many_prompts(count: int, input_len: int, available: int | None) -> str |
     need = prompt_bytes(count, input_len)
     if available is None or need <= available:
         return None
-    return (f"{count:,} prompts of up to {input_len:,} tokens need at least {need / 2**30:,.1f} GiB to build, and "
+    return (f"{count:,} prompts of {input_len:,} tokens on average need at least {need / 2**30:,.1f} GiB to build, and "
             f"this machine has {available / 2**30:,.1f} GiB available: lower --num-prompts (or the rate × --duration "
             "that sets it), or bound the run with --duration and a smaller prompt set")

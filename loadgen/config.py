@@ -12,7 +12,7 @@ import math
 import os
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -502,6 +502,14 @@ PARTS = {"target": TargetConfig, "workload": WorkloadConfig, "schedule": Schedul
 PART_OF = {f.name: part for part, cls in PARTS.items() for f in fields(cls)}
 
 
+def _timed_prompts(rates: Sequence[float], duration_s: float | None) -> float | None:
+    """Requests a duration-bounded sweep of finite rates sends at its fastest rate (None: not such a sweep)."""
+    finite = [r for r in rates if not math.isinf(r)]
+    if duration_s is None or not finite or len(finite) != len(rates):
+        return None
+    return max(finite) * duration_s
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One invocation: a target, a workload, a load shape, outputs and telemetry, and one seed
@@ -532,6 +540,11 @@ class RunConfig:
                               f"'{self.workload.dataset}' rows; use --cache-salt-mode body (vLLM) or --reset-prefix-cache")
         if self.workload.dataset == "sessions" and not self.target.chat:
             raise ConfigError("--dataset-name sessions sends conversations: add --backend openai-chat")
+        wanted = _timed_prompts(s.rates, s.duration_s)
+        if not self.workload.is_trace and self.workload.num_prompts is None and wanted is not None \
+                and not wanted <= MAX_NUM_PROMPTS:
+            raise ConfigError(f"--rate {max(s.rates):g} for --duration {s.duration_s:g} s is {wanted:,.3g} requests, more "
+                              f"than one run can hold (at most {MAX_NUM_PROMPTS:,}): lower --rate or --duration")
 
     @classmethod
     def from_flat(cls, **flat: Any) -> RunConfig:
@@ -588,12 +601,8 @@ class RunConfig:
         """
         if self.workload.num_prompts is not None:
             return self.workload.num_prompts
-        rates, duration_s = self.schedule.rates, self.schedule.duration_s
-        if duration_s is not None:
-            finite = [r for r in rates if not math.isinf(r)]
-            if finite and len(finite) == len(rates):
-                return max(1, math.ceil(max(finite) * duration_s))
-        return 1000
+        wanted = _timed_prompts(self.schedule.rates, self.schedule.duration_s)
+        return max(1, math.ceil(wanted)) if wanted is not None else 1000
 
     def max_input_len(self) -> int:
         """The longest random prompt this configuration can draw (vLLM's range rule)."""

@@ -43,13 +43,15 @@ def build_prompts(cfg: RunConfig, pre: Preflight) -> Sequence[Prompt]:
     """The prompt set shared by every point (built once, before the clock starts)."""
     if cfg.workload.is_trace:
         return build_trace(cfg, pre)
-    problem = budget.too_many_prompts(cfg.prompts_needed(), cfg.max_input_len(), budget.available_bytes())
-    if problem is not None:
-        raise PreflightError(problem)
     # A random set is built with --warmup's prompts beside the measured ones, so that the warm-up fills
     # no prefix cache the measured requests then hit (a dataset's rows are all used as measured prompts).
     needed = cfg.prompts_needed()
     warm = cfg.schedule.warmup if cfg.workload.dataset == "random" else 0
+    # Lengths are drawn around --input-len (vLLM's range rule: its mean), so a large set holds that many
+    # tokens per prompt on average; checked before a single prompt is built.
+    problem = budget.too_many_prompts(needed + warm, cfg.workload.input_len, budget.available_bytes())
+    if problem is not None:
+        raise PreflightError(problem)
     spec = cfg.workload.spec(num_prompts=needed + warm, chat=cfg.chat, seed=cfg.seed,
                              tokenizer=pre.tokenizer_id)
 

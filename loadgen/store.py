@@ -171,6 +171,52 @@ def _texts(r: RequestRecord) -> dict[str, str]:
     return {"text": r.text, "reasoning_text": r.reasoning_text} if r.reasoning_text else {"text": r.text}
 
 
+_BASE_NS = 10**15  # rebuilt stamps: ms from the start shifted past zero (warm-up rows are negative)
+
+
+def records_from_rows(rows: np.ndarray, chunks: np.ndarray | None = None) -> list[RequestRecord]:
+    """Store rows back into records, so figures can be rebuilt from a store alone (every worker died).
+
+    Times come back as ``perf_counter``-like stamps on a shifted origin: every figure is a
+    difference, so the origin does not matter. Chunk stamps exist only where the chunk
+    store was written (``--save-requests``); they follow the request rows in the order
+    written, so row ``i`` owns the next ``rows["chunks"][i]`` of them. Without them a
+    record has no chunks, and inter-token latencies cannot be rebuilt.
+    """
+    def ns(values: np.ndarray) -> np.ndarray:
+        out = np.where(np.isfinite(values), np.rint(values * 1e6) + _BASE_NS, 0)
+        return out.astype(np.int64)
+
+    names = [n for n in ("intended", "released", "sent", "first", "last", "answer") if f"{n}_ms" in rows.dtype.names]
+    stamps = {name: ns(np.asarray(rows[f"{name}_ms"], np.float64)) for name in names}
+    counts = np.asarray(rows["chunks"], np.int64)
+    ends = np.cumsum(counts)
+    have_chunks = chunks is not None and len(chunks) >= (int(ends[-1]) if len(ends) else 0)
+    out = []
+    for i, row in enumerate(rows):
+        error = bytes(row["error"]).decode(errors="replace") or None
+        rec = RequestRecord(
+            prompt_id=int(row["prompt_id"]), input_len=int(row["input_len"]), output_len=int(row["output_len"]),
+            intended_ns=int(stamps["intended"][i]), sent_ns=int(stamps["sent"][i]), first_ns=int(stamps["first"][i]),
+            released_ns=int(stamps["released"][i]) if "released" in stamps else 0,
+            last_ns=int(stamps["last"][i]), output_tokens=int(row["output_tokens"]),
+            output_tokens_source=bytes(row["output_tokens_source"]).decode(errors="replace"),
+            server_prompt_tokens=None if row["server_prompt_tokens"] < 0 else int(row["server_prompt_tokens"]),
+            cached_tokens=None if row["cached_tokens"] < 0 else int(row["cached_tokens"]),
+            finish_reason=bytes(row["finish_reason"]).decode(errors="replace") or None, status=int(row["status"]),
+            error=error, retries=int(row["retries"]), invisible_tokens=int(row["invisible_tokens"]),
+            answer_ns=int(stamps["answer"][i]), reasoning_chunk_tokens=int(row["reasoning_tokens"]),
+            warmup=bool(row["warmup"]), session=int(row["session"]), turn=int(row["turn"]),
+            session_end=bytes(row["session_end"]).decode(errors="replace"),
+        )
+        if have_chunks and counts[i]:
+            part = chunks[int(ends[i] - counts[i]):int(ends[i])]  # type: ignore[index]
+            rec.chunk_ns.extend((np.rint(np.asarray(part["t_ms"], np.float64) * 1e6) + rec.sent_ns).astype(np.int64).tolist())
+            rec.chunk_tokens.extend(np.asarray(part["tokens"], np.int32).tolist())
+        out.append(rec)
+    return out
+
+
 @dataclass
 class StoreFiles:
     requests: Path

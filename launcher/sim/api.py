@@ -452,7 +452,10 @@ def render_metrics(state: SimState) -> str:
         prom.render_gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (older name), 1 means 100 percent.", eng.kv_usage, labels),
         prom.render_counter("vllm:num_preemptions", "Requests preempted (KV freed, recomputed later).",
                          eng.preemptions, labels),
-        prom.render_counter("vllm:prompt_tokens", "Prefill tokens processed.", eng.prompt_tokens_total, labels),
+        prom.render_counter("vllm:prompt_tokens", "Prompt tokens of the requests prefilled, cached ones included.",
+                            eng.prompt_tokens_total, labels),
+        prom.render_counter("sim:prefill_tokens", "Prompt tokens computed: prefix-cache hits excluded, "
+                            "recomputation after preemption included.", eng.prefill_tokens_total, labels),
         prom.render_counter("vllm:generation_tokens", "Generation tokens produced.", eng.generation_tokens_total, labels),
     ]
     lines = ["# HELP vllm:request_success_total Finished requests by finish reason.",

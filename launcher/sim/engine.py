@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from launcher.sim.profiles import Profile
 from launcher.sim.timing import StepCost
 
+# SGLang's constants for its admission estimate: outputs are counted up to this many
+# tokens, and a retraction leaves room for this many more decode steps.
+CLIP_MAX_NEW_TOKENS = 4096
+RETRACT_DECODE_STEPS = 20
+
 
 class Seq:
     """One request inside the engine. Mutable and slotted: the step loop touches
@@ -72,6 +77,8 @@ class Engine:
     token as in vLLM: when a step's decodes do not fit, the most recently admitted
     running request is preempted (its KV freed, back to the front of the queue) and
     later recomputes its prompt and the output so far, as vLLM's recompute does.
+    ``"ratio"`` grows KV the same way but admits as SGLang does, against a decaying
+    estimate of the outputs the running requests still produce (docs/sim.md).
     """
 
     def __init__(self, profile: Profile, tokens_per_step: int = 1) -> None:
@@ -80,10 +87,16 @@ class Engine:
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
         self.kv_used = 0
-        self.lazy = profile.kv_allocation == "lazy"
+        # KV grows with every token for "lazy" (vLLM) and "ratio" (SGLang); "ratio" also
+        # admits against a decaying estimate of the outputs still to come
+        self.ratio_admission = profile.kv_allocation == "ratio"
+        self.lazy = profile.kv_allocation == "lazy" or self.ratio_admission
+        self.new_token_ratio = profile.new_token_ratio_init
+        self._ratio_decay = (profile.new_token_ratio_init - profile.new_token_ratio_min) / profile.new_token_ratio_decay_steps
         self.preemptions = 0
         self.steps = 0
-        self.prompt_tokens_total = 0
+        self.prompt_tokens_total = 0  # every prompt token of each request once, cached or not (vLLM's counter)
+        self.prefill_tokens_total = 0  # prompt tokens computed: cache hits excluded, recomputation included
         self.generation_tokens_total = 0
         self.cost = StepCost(profile)
         self._batch: tuple[list[Seq], list[Seq]] | None = None
@@ -112,6 +125,9 @@ class Engine:
         p = self.profile
         running = self.running
         waiting = self.waiting
+        # SGLang: what is free, minus the share of every running output still to come
+        room = (p.kv_tokens - self.kv_used - self.new_token_ratio * sum(
+            min(s.max_out - s.generated, CLIP_MAX_NEW_TOKENS) for s in running)) if self.ratio_admission and waiting else 0.0
         while waiting:
             seq = waiting[0]
             if seq.cancelled:
@@ -123,6 +139,11 @@ class Engine:
             need = seq.prefill_target + 1 if self.lazy else seq.prompt_len + seq.max_out
             if self.kv_used + need > p.kv_tokens:
                 return
+            if self.ratio_admission:  # a new request is charged its whole (clipped) output
+                charge = seq.prefill_target + min(seq.max_out - seq.generated, CLIP_MAX_NEW_TOKENS)
+                if charge >= room and running:  # an idle engine takes whatever fits its KV
+                    return
+                room -= charge
             if limit_tokens is not None and limit_tokens <= 0:
                 return
             waiting.popleft()
@@ -132,6 +153,15 @@ class Engine:
             running.append(seq)
             if limit_tokens is not None:
                 limit_tokens -= seq.prefill_target
+
+    def _after_retraction(self) -> None:
+        """SGLang's estimate after a retraction: the share of the remaining requests'
+        outputs decoded so far plus some steps of headroom, so that admission pauses."""
+        running = self.running
+        total = sum(min(s.max_out, CLIP_MAX_NEW_TOKENS) for s in running)
+        if total:
+            decoded = sum(s.generated for s in running)
+            self.new_token_ratio = min(1.0, (decoded + RETRACT_DECODE_STEPS * len(running)) / total)
 
     def _preempt(self, seq: Seq) -> None:
         """Free a running sequence's KV and queue it first, to recompute what it had."""
@@ -209,8 +239,14 @@ class Engine:
         if dropped:
             self.running = running = keep
         if self.lazy and decode:
+            before = self.preemptions
             decode = self._grow(decode)
             running = self.running
+            if self.ratio_admission:
+                if self.preemptions > before:
+                    self._after_retraction()
+                else:
+                    self.new_token_ratio = max(self.profile.new_token_ratio_min, self.new_token_ratio - self._ratio_decay)
 
         prefill_only = False
         if p.schedule == "prefill-first":
@@ -244,7 +280,7 @@ class Engine:
         context = sum(seq.prompt_len + seq.generated for seq in decode) if self.cost.needs_context else 0
         duration = self.cost.seconds(len(decode), context, prefill_tokens)
         self.steps += 1
-        self.prompt_tokens_total += prefill_tokens
+        self.prefill_tokens_total += prefill_tokens
         self._batch = (decode, completes_prefill)
         return duration
 
@@ -279,6 +315,8 @@ class Engine:
                     finished = True
         emitted = decode
         for seq in completes_prefill:
+            if seq.generated == 0:  # a first prefill, not the recomputation of a preempted request
+                self.prompt_tokens_total += seq.prompt_len
             seq.generated += 1
             seq.pending += 1
             produced += 1

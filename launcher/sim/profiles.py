@@ -18,7 +18,7 @@ from launcher.errors import LauncherError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 SCHEDULES = ("mixed", "prefill-first")
-KV_ALLOCATIONS = ("reserve", "lazy")
+KV_ALLOCATIONS = ("reserve", "lazy", "ratio")
 TIMED_FIELDS = ("base_ms", "decode_seq_ms", "prefill_token_ms", "prefill_step_ms", "decode_ctx_ms",
                 "decode_doubling_ms", "eager_step_ms")
 
@@ -69,6 +69,12 @@ class Profile:
     prefill_token_exp: float = 1.0
     graph_batch_sizes: tuple[int, ...] = ()
     eager_step_ms: float = 0.0
+    # kv_allocation "ratio" (SGLang's admission): a running request is charged this share of
+    # the output it may still produce, decaying per decode step from init to min over
+    # decay_steps; SGLang's defaults
+    new_token_ratio_init: float = 0.7
+    new_token_ratio_min: float = 0.098
+    new_token_ratio_decay_steps: int = 600
     tensor_parallel: int = 1  # the GPUs of the deployment it emulates (launch metadata: cost per GPU-hour)
     # the real server's command-line flags this profile stands for, as typed (e.g. "--enforce-eager"):
     # launch metadata for the comparability checks, parsed like a recorded server command line
@@ -96,6 +102,10 @@ class Profile:
         for key in ("decode_seq_exp", "prefill_token_exp"):
             if not 0.0 < getattr(self, key) <= 2.0:
                 problems.append(f"{key} must be within (0, 2]")
+        if not 0.0 <= self.new_token_ratio_min <= self.new_token_ratio_init <= 1.0:
+            problems.append("new_token_ratio_min <= new_token_ratio_init must both be within [0, 1]")
+        if self.new_token_ratio_decay_steps < 1:
+            problems.append("new_token_ratio_decay_steps must be >= 1")
         if self.decode_knee < 1:
             problems.append("decode_knee must be >= 1")
         if self.schedule not in SCHEDULES:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from launcher.errors import LauncherError
 from launcher.sim.faults import FaultConfig
-from launcher.sim.profiles import ProfileError, available_profiles, load_profile
+from launcher.sim.profiles import KV_ALLOCATIONS, ProfileError, available_profiles, load_profile
 
 EXAMPLES = """examples:
   python -m launcher.sim --port 8000 --profile fast
@@ -99,9 +99,10 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
                    help="tokens per decode step and SSE chunk, like speculative decoding (default: 1)")
     p.add_argument("--max-num-seqs", type=_positive_int, help="override the profile's batch slots")
     p.add_argument("--kv-tokens", type=_positive_int, help="override the profile's KV cache size in tokens")
-    p.add_argument("--kv-allocation", choices=["reserve", "lazy"],
-                   help="reserve prompt + max_tokens at admission (no preemption), or grow KV per token and "
-                        "preempt like vLLM when it runs out (default: profile's, reserve)")
+    p.add_argument("--kv-allocation", choices=list(KV_ALLOCATIONS),
+                   help="reserve prompt + max_tokens at admission (no preemption); lazy: grow KV per token and "
+                        "preempt like vLLM when it runs out; ratio: admit like SGLang against a decaying share of "
+                        "the outputs still to come, retract when it runs out (default: profile's, reserve)")
     p.add_argument("--natural-len-median", type=_nonneg_float,
                    help="median output length when ignore_eos is off; 0 = always max_tokens (default: profile's)")
     p.add_argument("--natural-len-sigma", type=_nonneg_float,

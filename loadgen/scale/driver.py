@@ -21,7 +21,7 @@ from loadgen.point import finish_point, point_setup, point_telemetry
 from loadgen.progress import Progress, print_summary
 from loadgen.records import Prompt
 from loadgen.scale import procpool, ray_pool
-from loadgen.scale.merge import concat_stores, merge_outcomes
+from loadgen.scale.merge import concat_stores, merge_outcomes, rebuild_from_stores
 from loadgen.scale.split import plan_tasks
 from loadgen.scale.worker import SummedCounters
 from loadgen.server_checks import PreflightError
@@ -84,19 +84,27 @@ def run_point_workers(
     finally:
         for ctx in reversed(threads):
             ctx.__exit__(None, None, None)
-    merged = merge_outcomes(outcomes, goodput_slos_ms=cfg.output.goodput_slos_ms, inline_limit=cfg.output.inline_requests,
-                            saturation_lag_p99_ms=SATURATION_LAG_P99_MS)
+    failed = [o for o in outcomes if o.result is None]
+    why = "; ".join(f"worker {o.index} {o.error}" + _stored(o.store) for o in failed)
+    # Every worker died: the figures are rebuilt from the rows they had stored (a partial point), if any.
+    rebuilt = len(failed) == len(outcomes)
+    merged = rebuild_from_stores(outcomes, goodput_slos_ms=cfg.output.goodput_slos_ms,
+                                 inline_limit=cfg.output.inline_requests) if rebuilt else \
+        merge_outcomes(outcomes, goodput_slos_ms=cfg.output.goodput_slos_ms, inline_limit=cfg.output.inline_requests,
+                       saturation_lag_p99_ms=SATURATION_LAG_P99_MS)
+    if merged is None:
+        raise PreflightError(f"every worker failed before storing a request, so no result was written: {why}")
     if merged.signal is not None:
         interrupts.note(merged.signal)
     for row, task in zip(merged.workers, sorted(tasks, key=lambda t: t.index), strict=True):
         row["concurrency"] = task.concurrency
-    if all(o.result is None for o in outcomes):
-        raise PreflightError("every worker failed, so no result was written: " + "; ".join(
-            f"worker {o.index} {o.error}" + _stored(o.store) for o in outcomes))
-    live = [o.store for o in outcomes if o.result is not None and o.store is not None]
+    live = [o.store for o in outcomes if o.store is not None and (rebuilt or o.result is not None)]
     per_request = concat_stores(live, files.store)
-    failed = [o for o in outcomes if o.result is None]
-    if failed:
+    if rebuilt:
+        per_request["complete"] = False
+        per_request["error"] = (f"every worker failed ({why}); the figures are rebuilt from the "
+                                f"{per_request['rows']} rows they had stored, which this store holds")
+    elif failed:
         per_request["complete"] = False
         per_request["error"] = "; ".join(
             f"worker {o.index} {o.error}: its requests are not in the figures"
@@ -122,11 +130,15 @@ def run_point_workers(
             "workers_failed": [o.index for o in failed],
             "per_worker": merged.workers,
             "loop_lag_of": "the worker with the highest loop-lag p99 (per_worker has each one)",
+            **({"rebuilt_from_stores": True} if rebuilt else {}),
         },
     )
     print_summary(result, console, str(files.result))
     if failed:
         console.print(f"[yellow]partial: {per_request['error']}[/yellow]", soft_wrap=True)
+    if rebuilt:  # the sweep stops here: the next point's workers would die the same way
+        raise PreflightError(f"every worker failed ({why}); a partial result rebuilt from the "
+                             f"{per_request['rows']} rows they had stored was written to {files.result}")
     return result
 
 

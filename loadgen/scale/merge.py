@@ -15,7 +15,14 @@ import numpy as np
 
 from loadgen.aggregate import Aggregate
 from loadgen.scale.worker import WorkerOutcome, aggregate_from_wire
-from loadgen.store import CHUNK_DTYPE, REQUEST_DTYPE, NpyAppender, StoreFiles, read_requests
+from loadgen.store import (
+    CHUNK_DTYPE,
+    REQUEST_DTYPE,
+    NpyAppender,
+    StoreFiles,
+    read_requests,
+    records_from_rows,
+)
 
 if TYPE_CHECKING:
     pass
@@ -90,6 +97,67 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome], *, goodput_slos_ms: dict[s
             **({"clock_offset_ms": o.clock_offset_ms} if o.clock_offset_ms is not None else {}),
         })
     return Merged(total, span, worst, in_flight, partial, sig, warm, rows, min(starts) if starts else None)
+
+
+def rebuild_from_stores(outcomes: Sequence[WorkerOutcome], *, goodput_slos_ms: dict[str, float] | None,
+                        inline_limit: int) -> Merged | None:
+    """Every worker died: the figures rebuilt from the rows each had stored, or None when none stored any.
+
+    The rows are the requests that ended before the worker died (stores are appended
+    every half second). Loop lag is not in a store, so it is left out; inter-token
+    latencies only come back from a chunk store (``--save-requests``).
+    """
+    total = Aggregate(goodput_slos_ms=goodput_slos_ms or None, inline_limit=inline_limit)
+    span = warm = 0
+    intervals: list[np.ndarray] = []
+    workers: list[dict[str, Any]] = []
+    for o in sorted(outcomes, key=lambda o: o.index):
+        rows = _stored_rows(o.store)
+        chunks = read_requests(o.store.chunks) if rows is not None and o.store is not None and o.store.chunks is not None \
+            and o.store.chunks.exists() else None
+        row: dict[str, Any] = {"worker": o.index, "error": o.error, "completed": None, "rebuilt_rows": 0,
+                               "store": o.store.requests.name if o.store is not None else None}
+        workers.append(row)
+        if rows is None or not len(rows):
+            continue
+        records = records_from_rows(rows, chunks)
+        measured = [r for r in records if not r.warmup]
+        warm += len(records) - len(measured)
+        agg = Aggregate(goodput_slos_ms=goodput_slos_ms or None, inline_limit=inline_limit)
+        agg.add(measured)
+        total.merge(agg)
+        row.update(rebuilt_rows=len(rows), num_requests=agg.num_requests, completed=agg.completed, failed=agg.failed,
+                   total_output_tokens=agg.total_output_tokens)
+        sent = np.asarray(rows["sent_ms"], np.float64)
+        ended = np.asarray(rows["last_ms"], np.float64)
+        done = np.isfinite(sent) & ~np.asarray(rows["warmup"], bool)
+        ended = np.where(np.isfinite(ended), ended, sent)
+        if done.any():
+            span = max(span, int(np.nanmax(ended[done]) * 1e6))
+            intervals.append(np.stack([sent[done], ended[done]]))
+    if not total.num_requests:
+        return None
+    return Merged(total, span, np.zeros(0, np.int64), peak_overlap(np.concatenate(intervals, axis=1)), True, None,
+                  warm, workers)
+
+
+def _stored_rows(files: StoreFiles | None) -> np.ndarray | None:
+    if files is None or not files.requests.exists():
+        return None
+    try:
+        return np.asarray(read_requests(files.requests))
+    except (OSError, ValueError):
+        return None
+
+
+def peak_overlap(intervals: np.ndarray) -> int:
+    """The most requests in flight at once, from (start, end) columns (a request's own end before another's start)."""
+    if not intervals.size:
+        return 0
+    times = np.concatenate([intervals[0], intervals[1]])
+    steps = np.concatenate([np.ones(intervals.shape[1], np.int64), -np.ones(intervals.shape[1], np.int64)])
+    order = np.lexsort((steps, times))  # at equal times, ends (-1) first
+    return int(np.cumsum(steps[order]).max())
 
 
 # ---------------------------------------------------------------- the stores

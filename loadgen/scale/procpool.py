@@ -25,7 +25,13 @@ run on, and the point is marked partial, naming it. A worker that stops without
 dying (``kill -STOP``, a hung process) is noticed by its heartbeat: a thread in each
 worker bumps its slot of a shared array every :data:`HEARTBEAT_S`; a slot that has
 not moved for :data:`HUNG_AFTER_S` means the whole process is stopped, so the parent
-kills it and treats it as dead. After a stop signal the workers get their grace
+kills it and treats it as dead. A worker whose process runs but whose event loop is stuck
+(a blocking call, a busy loop) is noticed by a second heartbeat that comes from the loop
+itself: the runner's progress timer, which publishes the live counters anyway, bumps a
+slot of another shared array (nothing per request). From the common start until the
+loop's part is over, a slot silent for :data:`LOOP_SILENT_AFTER_S` gets the worker
+killed and named the same way; a timed point's worker that has not finished by the
+start + ``--duration`` + ``--grace`` + :data:`STOP_SLACK_S` too. After a stop signal the workers get their grace
 period plus :data:`STOP_SLACK_S` to hand back their results; whoever has not by then
 is killed, so SIGTERM/SIGINT end the parent in bounded time whatever the workers do.
 """
@@ -49,6 +55,7 @@ from loadgen import interrupts
 from loadgen.interrupts import SIGNALS
 from loadgen.scale.worker import (
     START_MARGIN_S,
+    TICK_S,
     SummedCounters,
     WorkerOutcome,
     WorkerTask,
@@ -60,6 +67,11 @@ JOIN_TIMEOUT_S = 10.0
 HEARTBEAT_S = 0.2
 HUNG_AFTER_S = 5.0  # 25 missed beats: a thread that wakes 5x/s is not that late on a busy machine
 STOP_SLACK_S = 10.0  # after a stop signal: the grace period plus this, then the worker is killed
+# The event loop's heartbeat is the runner's progress timer (every TICK_S): silent for 40
+# ticks, and at least twice the process heartbeat's limit (so a stopped process is named as
+# one), the loop is stuck while its process runs.
+LOOP_SILENT_AFTER_S = max(2 * HUNG_AFTER_S, 40 * TICK_S)
+DONE = -1  # a loop slot's value once the loop's part is over
 
 
 def _heartbeat(beats: Any, index: int) -> None:
@@ -70,18 +82,26 @@ def _heartbeat(beats: Any, index: int) -> None:
 
 
 class Watch:
-    """The parent's view of the heartbeats: which live workers have been silent too long."""
+    """The parent's view of one kind of heartbeat: which watched workers have been silent too long.
 
-    def __init__(self, beats: Any, n: int, now: float) -> None:
+    A worker is watched from :meth:`arm` on; a slot set to :data:`DONE` is no longer watched."""
+
+    def __init__(self, beats: Any, n: int, after_s: float, now: float | None = None) -> None:
         self.beats = beats
-        self.seen = [(0, now)] * n
+        self.after_s = after_s
+        self.seen: list[tuple[int, float] | None] = [None if now is None else (0, now)] * n
+
+    def arm(self, i: int, now: float) -> None:
+        self.seen[i] = (self.beats[i], now)
 
     def silent(self, i: int, now: float) -> bool:
-        value = self.beats[i]
-        if value != self.seen[i][0]:
+        seen, value = self.seen[i], self.beats[i]
+        if seen is None or value == DONE:
+            return False
+        if value != seen[0]:
             self.seen[i] = (value, now)
             return False
-        return now - self.seen[i][1] > HUNG_AFTER_S
+        return now - seen[1] > self.after_s
 
 
 def _die_with_parent() -> None:
@@ -96,11 +116,12 @@ def _die_with_parent() -> None:
 class PipeControl:
     """The worker's side of the protocol above."""
 
-    def __init__(self, conn: Connection, rows: Any, index: int, early: list[int]) -> None:
+    def __init__(self, conn: Connection, rows: Any, index: int, early: list[int], loops: Any = None) -> None:
         self.conn = conn
         self.counters = SummedCounters(0, rows)
         self.index = index
         self.early = early
+        self.loops = loops if loops is not None else [0] * (index + 1)
 
     async def start(self) -> int:
         self.conn.send(("ready", None))
@@ -125,14 +146,19 @@ class PipeControl:
         return int(value)
 
     def publish(self, counters: Any) -> None:
+        """Called on the runner's progress timer, inside the event loop: also the loop's heartbeat."""
         self.counters.set(self.index, counters)
+        self.loops[self.index] += 1
+
+    def loop_done(self) -> None:
+        self.loops[self.index] = DONE
 
     def on_stop(self, stop: Callable[[int], None]) -> None:
         if self.early:  # a signal that came before the runner's own handlers
             stop(self.early[0])
 
 
-def _child(task: WorkerTask, conn: Connection, rows: Any, beats: Any) -> None:
+def _child(task: WorkerTask, conn: Connection, rows: Any, beats: Any, loops: Any) -> None:
     os.setsid()
     _die_with_parent()
     threading.Thread(target=_heartbeat, args=(beats, task.index), name="loadgen-heartbeat", daemon=True).start()
@@ -141,7 +167,7 @@ def _child(task: WorkerTask, conn: Connection, rows: Any, beats: Any) -> None:
         signal.signal(sig, lambda signum, frame: early.append(signum))
     gc.freeze()  # the parent's heap stays shared: collections leave it alone
     try:
-        result = run_worker(task, PipeControl(conn, rows, task.index, early))
+        result = run_worker(task, PipeControl(conn, rows, task.index, early, loops))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit non-zero
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}"[:300]))
@@ -188,12 +214,13 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
     ctx = multiprocessing.get_context("fork") if "fork" in methods else multiprocessing.get_context("spawn")
     rows = ctx.RawArray("q", n * len(SummedCounters.FIELDS))
     beats = ctx.RawArray("q", n)
+    loops = ctx.RawArray("q", n)
     counters.rows = rows
     conns: list[Connection] = []
     procs = []
     for task in tasks:
         parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(target=_child, args=(task, child_end, rows, beats), name=f"loadgen-worker-{task.index}",
+        proc = ctx.Process(target=_child, args=(task, child_end, rows, beats, loops), name=f"loadgen-worker-{task.index}",
                            daemon=True)
         proc.start()
         child_end.close()
@@ -207,8 +234,11 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
     done: set[int] = set()
     closed: set[int] = set()
     started = False
+    start_at = 0.0
     seen: list[int] = []
-    watch = Watch(beats, n, time.monotonic())
+    watch = Watch(beats, n, HUNG_AFTER_S, time.monotonic())
+    loop_watch = Watch(loops, n, LOOP_SILENT_AFTER_S)  # armed at the start
+    finish_by: list[float] = []  # the point's own end: start + duration + grace + slack (timed points)
     stop_by: list[float] = []  # when workers that ignore a stop signal are killed
     stop_after_s = max(t.grace_s for t in tasks) + STOP_SLACK_S
 
@@ -250,6 +280,12 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
                     if watch.silent(i, now):
                         outcomes[i].error = _kill(procs[i], f"it stopped reporting for {HUNG_AFTER_S:g} s "
                                                             "(hung or stopped)")
+                    elif loop_watch.silent(i, now):
+                        outcomes[i].error = _kill(procs[i], f"its event loop made no progress for "
+                                                            f"{LOOP_SILENT_AFTER_S:g} s (stuck while its process ran)")
+                    elif finish_by and now > finish_by[0] and loops[i] != DONE:
+                        outcomes[i].error = _kill(procs[i], f"it had not finished {finish_by[0] - start_at:.0f} s "
+                                                            "after the start (--duration + --grace + 10 s)")
                     elif stop_by and now > stop_by[0]:
                         outcomes[i].error = _kill(procs[i], f"it did not stop within {stop_after_s:g} s of "
                                                             f"{_name(seen[0])}")
@@ -260,7 +296,12 @@ def run_tasks(tasks: Sequence[WorkerTask], *, counters: SummedCounters, on_tick:
             if not started and all(i in ready or i in done for i in range(n)):
                 started = True
                 start = perf_counter_ns() + int(START_MARGIN_S * 1e9)
+                start_at = time.monotonic() + START_MARGIN_S
+                if all(t.duration_s is not None for t in tasks):
+                    finish_by.append(start_at + max(t.duration_s + t.grace_s for t in tasks  # type: ignore[operator]
+                                                    ) + STOP_SLACK_S)
                 for i in sorted(ready - done):
+                    loop_watch.arm(i, start_at)
                     try:
                         conns[i].send(("start", start))
                     except OSError:

@@ -195,6 +195,9 @@ class ActorControl:
         if self.pending_signal is not None:
             stop(self.pending_signal)
 
+    def loop_done(self) -> None:
+        pass  # an actor's liveness is Ray's to report
+
 
 class WorkerActor:
     """The actor: run one task; answer clock, status, start and stop calls meanwhile (threaded)."""

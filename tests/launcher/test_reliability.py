@@ -24,6 +24,16 @@ from launcher import process
 from tests.conftest import REPO_ROOT
 from tests.launcher.conftest import cli_env, kill_group, read_until, run_cli, start_cli, stop_cli
 
+# Both stand-in engines answer 200 on every GET (their health and readiness paths) on 127.0.0.1:port.
+HEALTH_SERVER = """
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+srv = http.server.HTTPServer(("127.0.0.1", port), H)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+"""
+
 FAKE_VLLM = textwrap.dedent(
     """
     import http.server, os, signal, sys, threading, time
@@ -31,12 +41,9 @@ FAKE_VLLM = textwrap.dedent(
     port = int(args[args.index("--port") + 1])
     if os.environ.get("FAKE_ENGINE_IGNORE_TERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-        def log_message(self, *a): pass
-    srv = http.server.HTTPServer(("127.0.0.1", port), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    """
+) + HEALTH_SERVER + textwrap.dedent(
+    """
     print("Starting vLLM API server on http://127.0.0.1:%d" % port, flush=True)
     while True:
         time.sleep(1)
@@ -164,15 +171,20 @@ def test_engine_api_key_is_masked_on_screen_in_log_and_state(tmp_path: Path) -> 
 # --- a foreground serve killed with SIGKILL --------------------------------------------
 
 
+def serve_sim(tmp_path: Path) -> tuple[int, subprocess.Popen]:
+    """A foreground ``serve --engine sim`` on a free port: the port and the launcher's process."""
+    port = process.free_port()
+    return port, start_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
+                           "--log", str(tmp_path / "sim.log"), "-q")
+
+
 def ready_pid(proc: subprocess.Popen) -> int:
     """Wait for a foreground serve's ready line; the engine's pid it names."""
     return int(re.search(r"pid (\d+)", read_until(proc, r"ready: .*\(pid \d+", 60)).group(1))
 
 
 def test_sigkill_of_foreground_serve_leaves_no_hidden_server(tmp_path: Path) -> None:
-    port = process.free_port()
-    proc = start_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
-                     "--log", str(tmp_path / "sim.log"), "-q")
+    port, proc = serve_sim(tmp_path)
     server_pid = None
     try:
         server_pid = ready_pid(proc)
@@ -218,9 +230,7 @@ def test_orphan_that_ignores_sigterm_is_found_and_stopped(tmp_path: Path) -> Non
 
 
 def test_stop_of_a_foreground_server_ends_its_launcher_cleanly(tmp_path: Path) -> None:
-    port = process.free_port()
-    proc = start_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
-                     "--log", str(tmp_path / "sim.log"), "-q")
+    port, proc = serve_sim(tmp_path)
     server_pid = None
     try:
         server_pid = ready_pid(proc)
@@ -344,3 +354,118 @@ def test_bench_vllm_on_a_gpu_machine_names_presets_and_model(tmp_path: Path) -> 
     assert "MODEL=" in last and "PRESET=" in last and "Traceback" not in res.stderr
     for name in ("tiny-cpu", "deepseek-r1-fp8-tp8-h20"):
         assert name in last
+
+
+# --- an engine's --api-key: off its command line where the release allows, masked in its log --------
+
+# A stand-in for `python -m sglang.launch_server`: reads `--config FILE` (SGLang's YAML form) and echoes its
+# arguments at start as SGLang does (`server_args=ServerArgs(..., api_key='...')`), then serves /health_generate.
+FAKE_SGLANG = textwrap.dedent(
+    """
+    import http.server, json, os, sys, threading, time
+    args = sys.argv[3:]  # after -m sglang.launch_server
+    def value(flag):
+        return args[args.index(flag) + 1] if flag in args else None
+    key = value("--api-key")
+    if value("--config"):
+        for line in open(value("--config")):
+            name, _, raw = line.partition(": ")
+            if name == "api-key":
+                key = json.loads(raw)
+    port = int(value("--port"))
+    open(os.environ["FAKE_PID_FILE"], "w").write(str(os.getpid()))
+    """
+) + HEALTH_SERVER + textwrap.dedent(
+    """
+    print(f"server_args=ServerArgs(model_path={value('--model-path')!r}, api_key={key!r}, port={port})", flush=True)
+    sys.stderr.write("The server is fired up and ready to roll!\\n"); sys.stderr.flush()
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def test_sglang_api_key_goes_by_config_file_where_the_release_reads_one(tmp_path: Path) -> None:
+    from launcher.plan import build_plan
+
+    secret = "sk-sglang-secret-0815"
+    new = build_plan("sglang", version="0.5.23", model="/m", port=31000, extra_args=("--api-key", secret),
+                     docker_image="img", host_facts=("", ""))
+    assert secret not in " ".join(new.argv) + " ".join(new.docker_argv or [])
+    (path, content), = new.secret_files.items()
+    assert new.argv[-2:] == ["--config", path] and content == f'api-key: "{secret}"\n'
+    assert f"{path}:{path}:ro" in new.docker_argv and secret in new.secret_values()
+    assert secret not in json.dumps(new.to_dict())
+    # 0.4.5 has no --config: the key stays a flag, and the plan says so.
+    old = build_plan("sglang", version="0.4.5", model="/m", port=31000, extra_args=("--api-key", secret),
+                     host_facts=("", ""))
+    assert old.argv[-2:] == ["--api-key", secret] and not old.secret_files
+    assert any("only on its command line" in w for w in old.warnings)
+
+
+@pytest.mark.parametrize("version", ["0.5.23", "0.4.5"])
+def test_sglang_api_key_never_lands_in_the_log_in_clear(tmp_path: Path, version: str) -> None:
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\n{FAKE_SGLANG}")
+    fake.chmod(0o755)
+    port = process.free_port()
+    log = tmp_path / "sglang.log"
+    pid_file = tmp_path / "engine.pid"
+    secret = "sk-sglang-secret-4711"
+    env = {**cli_env(tmp_path), "FAKE_PID_FILE": str(pid_file)}
+    res = subprocess.run([sys.executable, "-m", "launcher.cli", "serve", "--engine", "sglang", "--engine-version", version,
+                          "--python", str(fake), "--model", "/m", "--host", "127.0.0.1", "--port", str(port),
+                          "--log", str(log), "--no-preflight", "--detach", "--ready-timeout", "60", "--api-key", secret],
+                         capture_output=True, text=True, timeout=90, cwd=REPO_ROOT, env=env)
+    state_file = tmp_path / "state" / f"{port}.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else None
+    key_file = tmp_path / "secrets" / f"sglang-{port}.yaml"
+    try:
+        assert res.returncode == 0, res.stderr
+        assert secret not in res.stdout + res.stderr
+        text = log.read_text()
+        assert "api_key='***'" in text and secret not in text, text  # the engine's echo, masked on its way in
+        assert secret not in state_file.read_text()
+        cmdline = Path(f"/proc/{pid_file.read_text()}/cmdline").read_bytes()
+        if version == "0.5.23":
+            assert secret.encode() not in cmdline and b"--config" in cmdline
+            assert key_file.stat().st_mode & 0o777 == 0o600 and secret in key_file.read_text()
+        else:
+            assert secret.encode() in cmdline and not key_file.exists()  # no other way on this release
+        res = run_cli(tmp_path, "stop", "--port", str(port), "--timeout", "5")
+        assert res.returncode == 0, res.stderr
+        assert not key_file.exists(), "the key file goes with the server"
+        assert wait_gone(int(pid_file.read_text()), 20)
+    finally:
+        if state:
+            kill_group(state["pid"])
+
+
+def test_an_engine_behind_the_log_filter_still_dies_with_its_launcher(tmp_path: Path) -> None:
+    """With a key the engine runs under the masking filter: SIGKILL of a foreground launcher still ends both."""
+    exe = fake_vllm(tmp_path)
+    port = process.free_port()
+    proc = start_cli(tmp_path, "serve", "--engine", "vllm", "--engine-version", "0.33.0", "--engine-bin", str(exe),
+                     "--model", "/m", "--host", "127.0.0.1", "--port", str(port), "--log", str(tmp_path / "vllm.log"),
+                     "--no-preflight", "-q", "--api-key", "sk-foreground-2024")
+    server_pid = None
+    try:
+        server_pid = ready_pid(proc)
+        tree = process.live_tree(server_pid, server_pid)
+        assert len(tree) == 2, tree  # the filter and the engine, in one session
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_gone(server_pid, 20), "neither the filter nor the engine outlives a SIGKILLed launcher"
+        assert not process.port_in_use(port, "127.0.0.1")
+    finally:
+        stop_cli(proc, server_pid)
+
+
+def test_what_the_launcher_reads_back_from_a_log_is_masked(tmp_path: Path) -> None:
+    from launcher.diagnose import last_error_line
+
+    log = tmp_path / "old.log"
+    log.write_text("server_args=ServerArgs(api_key='sk-plain-9', tokenizer='t')\nValueError: bad --api-key sk-plain-9\n")
+    line = last_error_line(log) or ""
+    assert "sk-plain-9" not in line and "--api-key ***" in line

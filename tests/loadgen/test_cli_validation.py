@@ -37,6 +37,8 @@ BAD = [
     (["--num-prompts", "1.5"], "--num-prompts"),
     (["--num-prompts", str(2**63)], "--num-prompts"),
     (["--num-prompts", "2000000000"], "--num-prompts"),
+    (["--rate", "1e300", "--duration", "1e10"], "--duration"),  # rate x duration: infinitely many requests
+    (["--rate", "1e6", "--duration", "1e5"], "--duration"),  # 10^11 requests
     (["--percentiles", "0"], "--percentiles"),
     (["--percentiles", "101"], "--percentiles"),
     (["--percentiles", "nan"], "--percentiles"),
@@ -86,6 +88,22 @@ def test_a_prompt_set_that_cannot_fit_in_memory_is_refused_before_it_is_built(si
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "900,000,000 prompts" in lines[0] and "GiB available" in lines[0] and "--num-prompts" in lines[0]
+
+
+def test_the_memory_bound_counts_the_average_length_and_the_warm_up(sim_fast, tmp_path: Path) -> None:
+    """--random-range-ratio draws around --input-len: the set is refused on its mean length, warm-up included."""
+    from loadgen.budget import available_bytes, prompt_bytes
+
+    avail = available_bytes() or 0
+    count = 2 * (avail // prompt_bytes(1, 1000))  # twice what the machine holds at 1,000 tokens each on average
+    assert prompt_bytes(count, 10) < avail  # at the shortest length drawn it would have looked small
+    r = subprocess.run([sys.executable, "-m", "loadgen.cli", "--base-url", sim_fast.base_url, "--num-prompts",
+                        str(count - 5), "--warmup", "5", "--input-len", "1000", "--random-range-ratio", "0.99",
+                        "--output-len", "16", "--tokenizer", "deepseek-r1", "--output-dir", str(tmp_path / "out")],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"{count:,} prompts of 1,000 tokens on average" in lines[0] and "GiB available" in lines[0]
 
 
 def test_the_memory_bound_is_a_lower_bound_of_what_prompts_hold() -> None:

@@ -124,6 +124,9 @@ def test_sim_reports_cached_tokens_and_skips_their_prefill(sim_server, tmp_path:
     page = urllib.request.urlopen(f"{srv.base_url}/metrics", timeout=10).read().decode()
     assert f'vllm:prefix_cache_queries_total{{model_name="deepseek-r1"}} {2 * prompt}.0' in page
     assert f'vllm:prefix_cache_hits_total{{model_name="deepseek-r1"}} {cached}.0' in page
+    # vLLM counts every prompt token, cached or not; the computed ones are the sim's own counter
+    assert f'vllm:prompt_tokens_total{{model_name="deepseek-r1"}} {2 * prompt}.0' in page
+    assert f'sim:prefill_tokens_total{{model_name="deepseek-r1"}} {2 * prompt - cached}.0' in page
     # the reset empties it: the same prompt misses again
     urllib.request.urlopen(urllib.request.Request(f"{srv.base_url}/reset_prefix_cache", data=b"", method="POST"),
                            timeout=10)

@@ -88,6 +88,38 @@ def test_aggregate_travels_between_processes_intact() -> None:
     assert a.metrics["ttft"].hist is h1  # the sender's aggregate is left as it was
 
 
+def test_store_rows_rebuild_the_figures_they_were_written_from() -> None:
+    """Every worker dead: the figures come back from the stores (ms rows, chunk rows) as from the records."""
+    from array import array
+
+    from loadgen.records import RequestRecord
+    from loadgen.store import chunk_rows, records_from_rows, request_rows
+
+    start = 5_000_000_000
+    records = []
+    for i in range(30):
+        sent = start + i * 7_000_000
+        stamps = [sent + 20_000_000 + i * 1_000 + k * (3_000_000 + i * 10_000) for k in range(1 + i % 5)]
+        ok = i % 7 != 3
+        records.append(RequestRecord(
+            prompt_id=i % 20, input_len=16 + i, output_len=8, intended_ns=sent - i * 1_000,
+            released_ns=sent - i * 500, sent_ns=sent,
+            first_ns=stamps[0] if ok else 0, last_ns=stamps[-1] if ok else 0,
+            chunk_ns=array("q", stamps if ok else []), chunk_tokens=array("i", [1] * len(stamps) if ok else []),
+            output_tokens=len(stamps) if ok else 0, output_tokens_source="usage", error=None if ok else "http_5xx",
+            warmup=i < 4))
+    original, rebuilt = Aggregate(), Aggregate()
+    original.add([r for r in records if not r.warmup])
+    back = records_from_rows(request_rows(records, start), chunk_rows(records))
+    assert [r.warmup for r in back] == [r.warmup for r in records]
+    rebuilt.add([r for r in back if not r.warmup])
+    assert (rebuilt.num_requests, rebuilt.completed, dict(rebuilt.errors)) == \
+        (original.num_requests, original.completed, dict(original.errors))
+    for m in ("ttft", "tpot", "itl", "e2el", "queue", "release"):
+        assert rebuilt.metrics[m].moments.n == original.metrics[m].moments.n
+        assert rebuilt.metrics[m].moments.total == pytest.approx(original.metrics[m].moments.total, rel=1e-9)
+
+
 # --- the real command -------------------------------------------------------------------------
 
 
@@ -306,19 +338,36 @@ def test_a_killed_worker_leaves_a_partial_result_naming_it(sim_server, tmp_path:
     assert not _children(proc.pid)
 
 
-def test_every_worker_killed_says_where_their_rows_are(sim_server, tmp_path: Path) -> None:
+def test_every_worker_killed_leaves_a_partial_result_rebuilt_from_their_rows(sim_server, tmp_path: Path) -> None:
+    stored: dict[int, np.ndarray] = {}
+
     def kill_all(proc: subprocess.Popen, workers: list[int]) -> None:
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
+        for k in (0, 1):  # what each had stored when it died (a killed worker writes nothing more)
+            (store,) = out_dir.glob(f"*.w{k}.requests.npy")
+            stored[k] = np.array(read_requests(store))
 
-    proc, out, _ = _fault_run(sim_server, tmp_path, HUNG, kill_all, 60)
+    out_dir = tmp_path / "out"
+    proc, out, _ = _fault_run(sim_server, tmp_path, [*HUNG, "--save-requests"], kill_all, 60)
     stderr = proc.stderr.read().decode()
     lines = stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, stderr
-    assert "every worker failed" in lines[0] and "SIGKILL" in lines[0]
-    for k in (0, 1):
-        (store,) = out.glob(f"*.w{k}.requests.npy")
-        assert str(store) in lines[0] and len(read_requests(store)) > 0
+    assert "every worker failed" in lines[0] and "SIGKILL" in lines[0] and "partial result rebuilt" in lines[0]
+    res = only_result(out)
+    rows = np.concatenate([stored[0], stored[1]])
+    measured = rows[~rows["warmup"]]
+    assert res["partial"] is True and res["rebuilt_from_stores"] is True and res["workers_failed"] == [0, 1]
+    assert res["num_prompts"] == len(measured) and res["completed"] == int(measured["ok"].sum()) > 0
+    assert all("SIGKILL" in w["error"] and w["rebuilt_rows"] == len(stored[w["worker"]]) for w in res["per_worker"])
+    # the figures are the stored rows' own: TTFT from the rows, ITL from the chunk store
+    ttft = (measured["first_ms"] - measured["sent_ms"])[measured["ok"]]
+    assert sorted(res["ttfts"]) == pytest.approx(sorted(ttft / 1000.0), rel=1e-6)
+    assert res["median_itl_ms"] is not None and res["median_itl_ms"] > 0
+    assert res["per_request"]["rows"] == len(rows) and res["per_request"]["complete"] is False
+    assert "rebuilt" in res["per_request"]["error"]
+    assert len(read_requests(out / res["per_request"]["requests"])) == len(rows)
+    assert not list(out.glob("*.w[01].requests.npy")), "the workers' rows moved into the point's store"
 
 
 def test_sigterm_to_the_parent_stops_every_worker_and_keeps_their_requests(sim_server, tmp_path: Path) -> None:
@@ -343,6 +392,48 @@ def test_a_stopped_worker_is_killed_and_named_and_the_point_finishes(sim_server,
     assert res["per_worker"][0]["completed"] == 40 and res["completed"] == 40
     assert "worker 1" in proc.stdout.read().decode()
     assert not _children(proc.pid)
+
+
+class _StallingPrompts(list):
+    """A worker's prompts whose item ``at`` blocks the event loop (a blocking call inside the loop) while
+    the process, and its heartbeat thread, run on: the fault only the loop's own heartbeat can see."""
+
+    def __init__(self, prompts: list, at: int) -> None:
+        super().__init__(prompts)
+        self.at = at
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        if isinstance(i, int) and i == self.at:
+            time.sleep(3600)  # killed long before: the parent's loop watch ends it
+        return super().__getitem__(i)
+
+    def __iter__(self):  # noqa: ANN204
+        return (self[i] for i in range(len(self)))
+
+
+def test_a_worker_whose_event_loop_is_stuck_is_killed_and_named(sim_fast, tmp_path: Path) -> None:
+    from loadgen.client.target import Target
+    from loadgen.records import Prompt
+    from loadgen.scale import procpool
+    from loadgen.scale.worker import SummedCounters, WorkerTask
+    from loadgen.store import StoreFiles
+
+    target = Target(sim_fast.base_url, "openai", "deepseek-r1")
+    tasks = []
+    for k in range(2):
+        prompts = [Prompt(id=2 * i + k, input_len=8, output_len=4, text="hello there") for i in range(40)]
+        tasks.append(WorkerTask(
+            index=k, target=target, prompts=prompts if k == 0 else _StallingPrompts(prompts, 5),
+            offsets_s=[0.0] * 40, concurrency=2, warmup=0, duration_s=None, grace_s=1.0,
+            store=StoreFiles(tmp_path / f"w{k}.requests.npy", None, tmp_path / f"w{k}.details.jsonl")))
+    t0 = time.monotonic()
+    outcomes = procpool.run_tasks(tasks, counters=SummedCounters(2), on_tick=lambda: None)
+    took = time.monotonic() - t0
+    assert outcomes[1].result is None and "event loop made no progress" in (outcomes[1].error or "")
+    done0 = aggregate_from_wire(outcomes[0].result.aggregate) if outcomes[0].result is not None else None
+    assert done0 is not None and done0.completed == 40, done0 and dict(done0.errors)
+    # found by the loop's deadline, not by anything else (the stall itself lasts an hour)
+    assert took < procpool.LOOP_SILENT_AFTER_S + 60
 
 
 def test_sigterm_ends_the_parent_in_bounded_time_with_a_stopped_worker(sim_server, tmp_path: Path) -> None:

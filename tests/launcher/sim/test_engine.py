@@ -146,7 +146,49 @@ def test_lazy_kv_preempts_when_decodes_outgrow_the_cache_and_everyone_finishes()
     assert all(s.done and s.generated == 100 for s in seqs)
     assert eng.kv_used == 0 and not eng.running and not eng.waiting
     # recomputation is real work: the preempted ones re-ran a prefill of prompt + output so far
-    assert eng.prompt_tokens_total > 8 * 100
+    assert eng.prefill_tokens_total > 8 * 100
+    assert eng.prompt_tokens_total == 8 * 100  # vLLM's counter: each request's prompt once
+
+
+def test_ratio_admission_charges_new_outputs_whole_and_running_ones_by_the_ratio():
+    # SGLang's rule: room = free KV - ratio x outputs still to come of the running requests;
+    # a new request is charged its prompt + whole output and must leave room
+    p = profile(max_num_seqs=16, kv_tokens=1000, kv_allocation="ratio", new_token_ratio_init=0.5,
+                new_token_ratio_min=0.5)
+    eng = Engine(p)
+    for i in range(8):
+        eng.submit(Seq(i, 100, 100, 100))
+    eng.plan()
+    assert len(eng.running) == 4  # 4 x 200 = 800; a fifth would leave no room
+    eng.finish()
+    eng.plan()  # held 4 x 101, charged 4 x 0.5 x 99 for what they still produce: room for one more
+    assert len(eng.running) == 5
+    eng.finish()
+    reserve = Engine(p.replace(kv_allocation="reserve"))
+    for i in range(8):
+        reserve.submit(Seq(i, 100, 100, 100))
+    reserve.plan()
+    assert len(reserve.running) == 5
+
+
+def test_ratio_decays_per_decode_step_and_a_retraction_raises_it():
+    p = profile(max_num_seqs=16, kv_tokens=1500, kv_allocation="ratio", new_token_ratio_init=0.5,
+                new_token_ratio_min=0.1, new_token_ratio_decay_steps=10)
+    eng, seqs, _, peak = _run_lazy(p, 12, 100, 100)
+    assert eng.preemptions > 0  # the decayed estimate admitted more than their outputs need: retracted
+    assert peak <= p.kv_tokens
+    assert all(s.done and s.generated == 100 for s in seqs)
+    assert eng.kv_used == 0 and not eng.running and not eng.waiting
+    one = Engine(p)
+    one.submit(Seq(0, 10, 50, 50))
+    for _ in range(30):
+        one.plan()
+        one.finish()
+    assert one.new_token_ratio == pytest.approx(0.1)  # floor reached after 10 decode steps, no retraction
+    whole = Engine(p)  # a request as large as the whole cache still runs on an idle engine
+    whole.submit(Seq(0, 500, 1000, 1000))
+    whole.plan()
+    assert len(whole.running) == 1
 
 
 def test_lazy_kv_admits_more_than_reserve_and_reserve_never_preempts():

@@ -26,16 +26,15 @@ from launcher.sim.profiles import Profile, load_profile
 from launcher.sim.timing import StepCost
 from tests.conftest import REPO_ROOT
 
-# Targets the shipped profiles do not meet yet, each on the held-out 256/256 table (the
-# fitted 128/128 one meets all but vLLM's TTFT): (profile, setting, metric, tolerance).
-# Why, in fit-residuals.md and docs/sim.md: the effective KV capacity fitted on 128/128
-# does not carry over to 256/256 (the model reserves prompt + max_tokens; the engines
-# allocate as tokens grow and preempt or retract), and one prefill cost per token cannot
-# give vLLM's TTFT at both prompt lengths. A listed target that starts to hold must
-# leave this list: the test fails then too.
+# Targets the shipped profiles do not meet yet: (profile, setting, metric, tolerance).
+# Why, in fit-residuals.md and docs/sim.md: vLLM's effective KV capacity fitted on 128/128
+# does not carry over to 256/256 (its model reserves prompt + max_tokens; the engine
+# allocates as tokens grow and preempts), one prefill cost per token cannot give vLLM's
+# TTFT at both prompt lengths, and SGLang's throughput at N = 1 (+12 %) rests on the shared,
+# unrefitted per-step floor. A listed target that starts to hold must leave this list:
+# the test fails then too.
 KNOWN_MISSES = {
-    ("sglang-h20x8-r1", 256, "tput", 0.10), ("sglang-h20x8-r1", 256, "tput", 0.15),
-    ("sglang-h20x8-r1", 256, "tpot", 0.15),
+    ("sglang-h20x8-r1", 128, "tput", 0.10),
     ("vllm-0.8.2-h20x8-r1-eager", 256, "tpot", 0.10),
     ("vllm-0.8.2-h20x8-r1-eager", 256, "tput", 0.10), ("vllm-0.8.2-h20x8-r1-eager", 256, "tput", 0.15),
     ("vllm-0.8.2-h20x8-r1-eager", 256, "ttft", 0.30), ("vllm-0.8.2-h20x8-r1-eager", 128, "ttft", 0.30),
@@ -114,9 +113,9 @@ def test_engine_step_is_the_timing_equation(name):
     for _ in range(60):
         decoders = [s for s in engine.running if s.prefilled >= s.prefill_target]
         context = sum(s.prompt_len + s.generated for s in decoders)
-        before = engine.prompt_tokens_total
+        before = engine.prefill_tokens_total
         duration = engine.plan()
-        prefilled = engine.prompt_tokens_total - before
+        prefilled = engine.prefill_tokens_total - before
         n_decode = 0 if prefilled and profile.schedule == "prefill-first" else len(decoders)
         assert duration == pytest.approx(cost.seconds(n_decode, context if n_decode else 0, prefilled))
         seen_prefill |= prefilled > 0
