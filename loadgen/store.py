@@ -187,7 +187,8 @@ def records_from_rows(rows: np.ndarray, chunks: np.ndarray | None = None) -> lis
         out = np.where(np.isfinite(values), np.rint(values * 1e6) + _BASE_NS, 0)
         return out.astype(np.int64)
 
-    names = [n for n in ("intended", "released", "sent", "first", "last", "answer") if f"{n}_ms" in rows.dtype.names]
+    have = rows.dtype.names or ()  # a store written before a column was added lacks it
+    names = [n for n in ("intended", "released", "sent", "first", "last", "answer") if f"{n}_ms" in have]
     stamps = {name: ns(np.asarray(rows[f"{name}_ms"], np.float64)) for name in names}
     counts = np.asarray(rows["chunks"], np.int64)
     ends = np.cumsum(counts)
