@@ -141,7 +141,7 @@ class Recount:
         a child that had not yet reached :func:`main` when first raised lowers itself there, and
         then waits behind every busy process of the machine (a minute and more, seen)."""
         deadline = time.monotonic() + timeout_s
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
