@@ -128,6 +128,9 @@ class Engine:
         # SGLang: what is free, minus the share of every running output still to come
         room = (p.kv_tokens - self.kv_used - self.new_token_ratio * sum(
             min(s.max_out - s.generated, CLIP_MAX_NEW_TOKENS) for s in running)) if self.ratio_admission and waiting else 0.0
+        # prompt tokens the running requests may still take on (profile's running_prompt_tokens)
+        prompt_room = (p.running_prompt_tokens - sum(s.prompt_len for s in running)
+                       if p.running_prompt_tokens and waiting else 0)
         while waiting:
             seq = waiting[0]
             if seq.cancelled:
@@ -139,6 +142,10 @@ class Engine:
             need = seq.prefill_target + 1 if self.lazy else seq.prompt_len + seq.max_out
             if self.kv_used + need > p.kv_tokens:
                 return
+            if p.running_prompt_tokens:  # an idle engine still takes one request
+                if seq.prompt_len > prompt_room and running:
+                    return
+                prompt_room -= seq.prompt_len
             if self.ratio_admission:  # a new request is charged its whole (clipped) output
                 charge = seq.prefill_target + min(seq.max_out - seq.generated, CLIP_MAX_NEW_TOKENS)
                 if charge >= room and running:  # an idle engine takes whatever fits its KV
