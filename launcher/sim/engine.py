@@ -71,12 +71,12 @@ class Seq:
 class Engine:
     """Slots, a FCFS waiting queue, a KV budget in tokens, a per-step token budget.
 
-    With the profile's ``kv_allocation = "reserve"`` (the default, what the fitted
-    profiles use) KV is reserved for the whole request (prompt + max_tokens) at
+    With the profile's ``kv_allocation = "reserve"`` (the default) KV is reserved for the whole request (prompt + max_tokens) at
     admission, so no preemption is ever needed. With ``"lazy"`` KV grows token by
     token as in vLLM: when a step's decodes do not fit, the most recently admitted
     running request is preempted (its KV freed, back to the front of the queue) and
-    later recomputes its prompt and the output so far, as vLLM's recompute does.
+    later recomputes its prompt and the output so far, as vLLM's recompute does (the
+    vLLM profile uses it, with ``running_prompt_tokens``).
     ``"ratio"`` grows KV the same way but admits as SGLang does, against a decaying
     estimate of the outputs the running requests still produce (docs/sim.md).
     """
