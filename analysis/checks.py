@@ -174,6 +174,16 @@ def check_client(runs: pd.DataFrame) -> list[Issue]:
                 "its latencies include client delay — use fewer streams per client or more client cores.",
                 (label,),
             ))
+        behind = group[group["trace_behind"].fillna(False).astype(bool)] if "trace_behind" in group \
+            else group.iloc[0:0]
+        if not behind.empty:
+            issues.append(Issue(
+                "replay_behind", "warning",
+                f"{label}: the trace replay fell behind its schedule (release lateness p99 "
+                f"{float(pd.to_numeric(behind['trace_lag_p99_ms'], errors='coerce').max()):.1f} ms); the server "
+                "saw a smoother load than the trace — replay slower (--trace-speedup) or with more client cores.",
+                (label,),
+            ))
         if "prompt_token_mismatches" in group:
             mism = pd.to_numeric(group["prompt_token_mismatches"], errors="coerce").fillna(0)
             if (mism > 0).any():

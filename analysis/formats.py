@@ -21,6 +21,7 @@ from analysis.errors import AnalysisError
 from analysis.prefix_cache import cache_columns
 from analysis.sessions import session_columns
 from analysis.telemetry import server_columns
+from analysis.trace_replay import trace_columns
 
 LOADGEN = "loadgen"
 VLLM = "vllm"
@@ -366,6 +367,10 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     if grid is not None:
         in_asked = in_asked if in_asked is not None else grid[1]
         out_asked = out_asked if out_asked is not None else grid[2]
+    if fmt == LOADGEN and (isinstance(obj.get("trace"), Mapping) or isinstance(obj.get("sessions"), Mapping)):
+        # a trace's lengths are its rows', a session's grow turn by turn: the config's --input-len
+        # default was never asked for (the mean lengths say what was sent)
+        in_asked = out_asked = None
     row["input_len"] = in_asked
     row["output_len"] = out_asked
     # Mean lengths are over completed requests: vLLM lists a failed request with output
@@ -442,6 +447,7 @@ def normalize(obj: Mapping[str, Any], name: str = "", fmt: str | None = None) ->
     row.update(cache_columns(obj))  # prefix_cache (loadgen)
     row.update(energy_columns(obj))  # gpu_metrics' energy counter → J per token
     row.update(session_columns(obj))  # sessions (loadgen --dataset-name sessions)
+    row.update(trace_columns(obj))  # trace (loadgen --dataset-name mooncake|azure|burstgpt)
     return row
 
 

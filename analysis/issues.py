@@ -17,6 +17,7 @@ AFFECTS: dict[str, tuple[str, ...]] = {
     "burst": ("ttft", "e2el"),
     "engine_settings": ("output_throughput", "tpot", "itl", "ttft", "e2el", "input_throughput"),
     "client_saturated": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
+    "replay_behind": ("ttft", "tpot", "itl", "e2el", "output_throughput", "input_throughput"),
     "prompt_mismatch": ("ttft", "input_throughput"),
     "partial": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),
     "model": ("output_throughput", "ttft", "tpot", "itl", "e2el", "input_throughput"),

@@ -108,7 +108,8 @@ def comparison_markdown(issues: list[Issue], comps: list[Comparison], labels: li
 
 
 METHOD_COLUMNS = ("label", "format", "engine", "engine_version", "input_len", "output_len", "concurrency",
-                  "num_prompts", "warmup_requests", "ignore_eos", "burst", "client_saturated", "partial",
+                  "num_prompts", "warmup_requests", "ignore_eos", "burst", "client_saturated", "trace_behind",
+                  "trace_lag_p99_ms", "partial",
                   "error_rate", "engine_eager", "engine_context_length", "engine_max_num_seqs", "time_scale",
                   "repeats")
 

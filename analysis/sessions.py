@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.sections import section, shown_if_any, sub
+
 # run column -> summary.csv name; only runs that have sessions fill them
 SUMMARY_COLUMNS = {
     "sessions": "sessions",
@@ -24,11 +26,10 @@ SUMMARY_COLUMNS = {
 
 def session_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Flat columns from a result's ``sessions`` object; none for a run without sessions."""
-    s = obj.get("sessions")
-    if not isinstance(s, Mapping):
+    s = section(obj, "sessions")
+    if s is None:
         return {}
-    turns: Mapping[str, Any] = s["turns_completed"] if isinstance(s.get("turns_completed"), Mapping) else {}
-    duration: Mapping[str, Any] = s["session_duration_s"] if isinstance(s.get("session_duration_s"), Mapping) else {}
+    turns, duration = sub(s, "turns_completed"), sub(s, "session_duration_s")
     by_turn = [t for t in s.get("by_turn") or [] if isinstance(t, Mapping)]
     return {
         "sessions": s.get("sessions"),
@@ -46,6 +47,4 @@ def session_columns(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def summary_columns(runs: pd.DataFrame) -> dict[str, str]:
     """The session columns to show: all of them when any run has sessions, else none."""
-    if "sessions" not in runs.columns or not runs["sessions"].notna().any():
-        return {}
-    return SUMMARY_COLUMNS
+    return shown_if_any(runs, "sessions", SUMMARY_COLUMNS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis import prefix_cache, sessions, telemetry
+from analysis import prefix_cache, sessions, telemetry, trace_replay
 from analysis.cost import SUMMARY_COLUMNS as COST_COLUMNS
 from analysis.energy import SUMMARY_COLUMNS as ENERGY_COLUMNS
 
@@ -62,7 +62,8 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     the order a reader scans a sweep in.
     """
     wanted = {**KEY_COLUMNS, **REPORT_COLUMNS, **EXTRA_COLUMNS, **reasoning_columns(runs), **telemetry.summary_columns(runs),
-              **prefix_cache.summary_columns(runs), **sessions.summary_columns(runs)}
+              **prefix_cache.summary_columns(runs), **sessions.summary_columns(runs),
+              **trace_replay.summary_columns(runs)}
     wanted.update({k: v for k, v in {**ENERGY_COLUMNS, **COST_COLUMNS}.items() if k in runs.columns})
     frame = pd.DataFrame(index=runs.index)
     for src, name in wanted.items():

@@ -34,6 +34,7 @@ from loadgen.metrics import (
     METRICS,
     NS_PER_MS,
     REASONING_METRICS,
+    RELEASE_METRICS,
     SATURATION_LAG_P99_MS,
     Stats,
     Summary,
@@ -44,7 +45,7 @@ from loadgen.metrics import (
 from loadgen.records import RequestRecord
 from loadgen.session_figures import SessionFigures
 
-ALL_METRICS = METRICS + EXTRA_METRICS + REASONING_METRICS
+ALL_METRICS = METRICS + EXTRA_METRICS + REASONING_METRICS + RELEASE_METRICS
 # Metrics kept as histograms in result files and interval logs (the CO-corrected
 # variants are reported as statistics only).
 HISTOGRAM_TAGS = ("ttft", "tpot", "itl", "e2el", "queue")
@@ -259,11 +260,11 @@ class Aggregate:
             if i is None:
                 kind = r.error or "no_output"
                 self.inline.append(InlineRequest(r.prompt_id, r.input_len, 0, 0.0, np.zeros(0),
-                                                 f"{kind}: {r.error_detail}" if r.error_detail else kind, r.text))
+                                                 f"{kind}: {r.error_detail}" if r.error_detail else kind, r.output_text))
             else:
                 self.inline.append(InlineRequest(r.prompt_id, r.input_len, int(r.output_tokens),
                                                  float(fig.ttft_ms[i]) / 1000.0,
-                                                 fig.itls_of(i) / 1000.0, "", r.text))
+                                                 fig.itls_of(i) / 1000.0, "", r.output_text))
 
     def merge(self, other: Aggregate) -> None:
         """Add another aggregate of a disjoint set of requests (another worker's)."""

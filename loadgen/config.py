@@ -33,8 +33,12 @@ from loadgen.workload.spec import DATASETS, TRACE_DATASETS, SessionSpec, Workloa
 DEFAULT_RESULT_FILENAME = "{backend}-c{concurrency}-r{rate}-i{input_len}-o{output_len}-{date}.json"
 FILENAME_FIELDS = (
     "backend", "model", "concurrency", "rate", "input_len", "output_len", "num_prompts",
-    "dataset", "label", "date", "seed", "arrival", "repeat",
+    "dataset", "label", "date", "seed", "arrival", "repeat", "trace", "speedup", "turns",
 )
+# What the default template becomes for workloads whose lengths are not --input-len/--output-len:
+# a trace brings its own (named by its file and speed-up), a session's are per turn.
+TRACE_RESULT_FILENAME = "{backend}-c{concurrency}-{dataset}-{trace}-x{speedup}-{date}.json"
+SESSIONS_RESULT_FILENAME = "{backend}-c{concurrency}-r{rate}-sessions-t{turns}-i{input_len}-o{output_len}-{date}.json"
 SALT_MODES = ("body", "prefix")  # --cache-salt-mode
 
 
@@ -334,6 +338,16 @@ class WorkloadConfig:
     @property
     def is_trace(self) -> bool:
         return self.dataset in TRACE_DATASETS
+
+    def asked_lengths(self) -> tuple[int | str | None, int | str | None]:
+        """The input and output length the workload was asked for: ``--input-len``/``--output-len``,
+        a session's per-turn values (a value or a distribution), or ``None`` for a trace,
+        whose lengths are its rows'."""
+        if self.is_trace:
+            return None, None
+        if self.dataset == "sessions":
+            return self.turn_input_len or self.input_len, self.turn_output_len or self.output_len
+        return self.input_len, self.output_len
 
     def replay(self) -> ReplayOptions:
         """The replay controls of a trace dataset (``--num-prompts`` limits the requests sent)."""

@@ -44,6 +44,9 @@ from loadgen.records import RequestRecord
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 EXTRA_METRICS = ("queue", "ttft_from_intended", "e2el_from_intended")
+# released − intended: the schedule's own lateness (a trace replay's lag), kept in the
+# point's statistics but not written as result keys of its own
+RELEASE_METRICS = ("release",)
 REASONING_METRICS = ("ttfa", "reasoning_time", "answer_time", "answer_tpot")
 GOODPUT_METRICS = ("ttft", "tpot", "e2el", "ttfa")
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
@@ -66,6 +69,7 @@ class RequestFigures:
     e2el_ms: np.ndarray
     tpot_ms: np.ndarray  # NaN where output_tokens <= 1
     queue_ms: np.ndarray
+    release_ms: np.ndarray  # released − intended (the schedule's lateness, before connect and write)
     ttft_from_intended_ms: np.ndarray
     e2el_from_intended_ms: np.ndarray
     itl_ms: np.ndarray
@@ -187,6 +191,7 @@ def per_request(records: Iterable[RequestRecord]) -> RequestFigures:
     first = np.fromiter((r.first_ns for r in ok), np.int64, n)
     last = np.fromiter((r.last_ns for r in ok), np.int64, n)
     intended = np.fromiter((r.intended_ns or r.sent_ns for r in ok), np.int64, n)
+    released = np.fromiter((r.released_ns or r.sent_ns for r in ok), np.int64, n)
     out_tok = np.fromiter((r.output_tokens for r in ok), np.int64, n)
     in_len = np.fromiter((r.input_len for r in ok), np.int64, n)
 
@@ -233,6 +238,7 @@ def per_request(records: Iterable[RequestRecord]) -> RequestFigures:
         e2el_ms=e2el,
         tpot_ms=tpot,
         queue_ms=queue,
+        release_ms=(released - intended) / NS_PER_MS,
         ttft_from_intended_ms=ttft + queue,
         e2el_from_intended_ms=e2el + queue,
         itl_ms=itl,

@@ -70,6 +70,9 @@ class RequestRecord:
     input_len: int
     output_len: int
     intended_ns: int = 0
+    # the moment the release loop let the request go (0: not stamped): released − intended is
+    # the schedule's own lateness; sent_ns comes after the connection and the write
+    released_ns: int = 0
     sent_ns: int = 0
     first_ns: int = 0
     last_ns: int = 0
@@ -96,7 +99,8 @@ class RequestRecord:
     unrecognised_tokens: int = 0
     reasoning_tokens_usage: int | None = None  # usage.completion_tokens_details.reasoning_tokens
     unrecognised_field: str | None = None
-    text: str = ""
+    text: str = ""  # the answer's text (chat: delta.content), kept with --save-text or for a live history
+    reasoning_text: str = ""  # the text of reasoning chunks (and of an unknown field's), kept alike
     warmup: bool = False
     session: int = -1  # session id and turn index of a session's turn (-1: not a session)
     turn: int = -1
@@ -106,6 +110,11 @@ class RequestRecord:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def output_text(self) -> str:
+        """Everything generated, reasoning first as it streams (vLLM's ``generated_text``)."""
+        return self.reasoning_text + self.text if self.reasoning_text else self.text
 
     @property
     def server_reasoning_tokens(self) -> int | None:

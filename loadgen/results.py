@@ -20,7 +20,14 @@ import orjson
 
 from loadgen import hdr_record
 from loadgen.aggregate import InlineRequest
-from loadgen.config import RunConfig, rate_label, safe_filename_part
+from loadgen.config import (
+    DEFAULT_RESULT_FILENAME,
+    SESSIONS_RESULT_FILENAME,
+    TRACE_RESULT_FILENAME,
+    RunConfig,
+    rate_label,
+    safe_filename_part,
+)
 from loadgen.config_file import to_form
 from loadgen.fileio import atomic_write
 from loadgen.metrics import (
@@ -59,14 +66,23 @@ def render_filename(template: str, cfg: RunConfig, concurrency: int | None, rate
 
     With ``--repeat K`` (K > 1) and no ``{repeat}`` field in the template, ``-repN``
     is added before ``.json`` so the K files of a point never overwrite each other.
+    The default template names a trace replay by its file and speed-up, and a session
+    run by its turns and per-turn lengths, instead of ``--input-len``'s default.
     """
+    w = cfg.workload
+    if template == DEFAULT_RESULT_FILENAME and (w.is_trace or w.dataset == "sessions"):
+        template = TRACE_RESULT_FILENAME if w.is_trace else SESSIONS_RESULT_FILENAME
+    asked_in, asked_out = w.asked_lengths()
     fields = {
         "backend": cfg.target.backend,
         "model": model,
         "concurrency": "inf" if concurrency is None else concurrency,
         "rate": rate_label(rate),
-        "input_len": cfg.workload.input_len,
-        "output_len": cfg.workload.output_len,
+        "input_len": "trace" if asked_in is None else asked_in,
+        "output_len": "trace" if asked_out is None else asked_out,
+        "trace": Path(w.dataset_path).stem if w.is_trace and w.dataset_path else w.dataset,
+        "speedup": f"{w.trace_speedup:g}",
+        "turns": w.session_turns,
         "num_prompts": cfg.prompts_needed(),
         "dataset": cfg.workload.dataset,
         "label": cfg.output.label or cfg.target.backend,
@@ -168,14 +184,17 @@ def build_result(
         res.update(_stat_keys(m, summary.stats[m]))
     # vLLM-compatible extras and SGLang bench_serving names
     e2el = summary.stats["e2el"]
+    per_row = cfg.workload.is_trace or cfg.workload.dataset == "sessions"
     res.update(
         {
             "input_throughput": summary.input_throughput,
             "request_goodput": summary.request_goodput,
             "dataset_name": cfg.workload.dataset,
-            "random_input_len": cfg.workload.input_len,
-            "random_output_len": cfg.workload.output_len,
-            "random_range_ratio": cfg.workload.range_ratio,
+            # vLLM's keys for the asked lengths of every request: null for a trace (the rows') or
+            # sessions (per turn, the prompt growing with the conversation; `sessions`, run_config)
+            "random_input_len": None if per_row else cfg.workload.input_len,
+            "random_output_len": None if per_row else cfg.workload.output_len,
+            "random_range_ratio": None if per_row else cfg.workload.range_ratio,
             "total_throughput": summary.total_token_throughput,
             "mean_e2e_latency_ms": e2el.mean,
             "median_e2e_latency_ms": e2el.median,

@@ -159,7 +159,7 @@ async def _dispatch(client: StreamClient, prompts: Sequence[Prompt], offsets_s: 
         if gate is not None:
             await gate.acquire()
         rec = RequestRecord(prompt_id=prompt.id, input_len=prompt.input_len, output_len=prompt.output_len,
-                            intended_ns=due, warmup=warmup)
+                            intended_ns=due, released_ns=perf_counter_ns(), warmup=warmup)
         inflight.now += 1
         if inflight.now > inflight.peak:
             inflight.peak = inflight.now

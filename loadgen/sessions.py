@@ -8,7 +8,8 @@ session when theirs ends, and ``--rate`` a session arrival rate.
 
 Turn k carries the whole conversation so far: the system prompt, every earlier user
 message and the reply to it — the server's actual reply (live history: its text is
-kept for session turns only; ordinary runs keep none) or the recorded one. Its
+kept for session turns only; ordinary runs keep none; only the answer, ``delta.content``,
+never a reasoning parser's ``reasoning_content``, as a chat client sends back) or the recorded one. Its
 expected prompt length is turn k-1's plus the template's per-turn wrapper plus the
 reply's own tokens plus the new user tokens (one encode of the reply, off the
 per-chunk path); a template that does not grow by whole turns is counted in full.
@@ -122,7 +123,8 @@ async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
         messages = first.messages if k == 0 else turn_messages(session, k, replies)
         body = client.build_body(Prompt(first.id, expected, turn.output_len, messages=messages))
         rec = RequestRecord(prompt_id=first.id, input_len=expected, output_len=turn.output_len,
-                            intended_ns=due_ns, warmup=warmup, session=session.id, turn=k, keep_text=live)
+                            intended_ns=due_ns, released_ns=perf_counter_ns(), warmup=warmup, session=session.id,
+                            turn=k, keep_text=live)
         inflight.now += 1
         if inflight.now > inflight.peak:
             inflight.peak = inflight.now
@@ -137,7 +139,7 @@ async def _session(client: Any, plan: SessionPlan, first: Prompt, due_ns: int,
         reply_end = rec.last_ns or perf_counter_ns()
         reply = rec.text if live else (turn.reply or "")
         if live and not client.save_text:
-            rec.text = ""
+            rec.text = rec.reasoning_text = ""
         if rec.error is not None:
             rec.session_end = FAILED
         elif k + 1 == len(turns):

@@ -63,6 +63,7 @@ REQUEST_DTYPE = np.dtype([
     ("session", "<i4"),  # sessions: the session's id and the turn's index (-1: not a session)
     ("turn", "<i2"),
     ("session_end", "S16"),  # on a session's last turn: completed | failed | context_exceeded
+    ("released_ms", "<f8"),  # when the release loop let it go (sent_ms adds connect + write); NaN: not stamped
 ])
 CHUNK_DTYPE = np.dtype([
     ("prompt_id", "<i8"),
@@ -143,6 +144,7 @@ def request_rows(records: Sequence[RequestRecord], start_ns: int) -> np.ndarray:
     rows["session"] = col(lambda r: r.session, np.int32)
     rows["turn"] = col(lambda r: r.turn, np.int16)
     rows["session_end"] = [r.session_end.encode()[:16] for r in records]
+    rows["released_ms"] = _rel_ms(col(lambda r: r.released_ns, np.int64), start_ns)
     return rows
 
 
@@ -163,6 +165,12 @@ def chunk_rows(records: Sequence[RequestRecord]) -> np.ndarray:
     return rows
 
 
+def _texts(r: RequestRecord) -> dict[str, str]:
+    """A request's texts in its details line: ``text`` the answer, ``reasoning_text`` the
+    reasoning (only when there was some)."""
+    return {"text": r.text, "reasoning_text": r.reasoning_text} if r.reasoning_text else {"text": r.text}
+
+
 _BASE_NS = 10**15  # rebuilt stamps: ms from the start shifted past zero (warm-up rows are negative)
 
 
@@ -179,8 +187,9 @@ def records_from_rows(rows: np.ndarray, chunks: np.ndarray | None = None) -> lis
         out = np.where(np.isfinite(values), np.rint(values * 1e6) + _BASE_NS, 0)
         return out.astype(np.int64)
 
-    stamps = {name: ns(np.asarray(rows[f"{name}_ms"], np.float64)) for name in ("intended", "sent", "first", "last",
-                                                                                 "answer")}
+    have = rows.dtype.names or ()  # a store written before a column was added lacks it
+    names = [n for n in ("intended", "released", "sent", "first", "last", "answer") if f"{n}_ms" in have]
+    stamps = {name: ns(np.asarray(rows[f"{name}_ms"], np.float64)) for name in names}
     counts = np.asarray(rows["chunks"], np.int64)
     ends = np.cumsum(counts)
     have_chunks = chunks is not None and len(chunks) >= (int(ends[-1]) if len(ends) else 0)
@@ -190,6 +199,7 @@ def records_from_rows(rows: np.ndarray, chunks: np.ndarray | None = None) -> lis
         rec = RequestRecord(
             prompt_id=int(row["prompt_id"]), input_len=int(row["input_len"]), output_len=int(row["output_len"]),
             intended_ns=int(stamps["intended"][i]), sent_ns=int(stamps["sent"][i]), first_ns=int(stamps["first"][i]),
+            released_ns=int(stamps["released"][i]) if "released" in stamps else 0,
             last_ns=int(stamps["last"][i]), output_tokens=int(row["output_tokens"]),
             output_tokens_source=bytes(row["output_tokens_source"]).decode(errors="replace"),
             server_prompt_tokens=None if row["server_prompt_tokens"] < 0 else int(row["server_prompt_tokens"]),
@@ -246,8 +256,8 @@ class RequestStore:
                 self._chunks.append(chunk_rows(records))
             lines = [
                 orjson.dumps({"prompt_id": r.prompt_id, "error": r.error, "error_detail": r.error_detail or None,
-                              **({"text": r.text} if self.save_text else {})}) + b"\n"
-                for r in records if r.error_detail or (self.save_text and r.text)
+                              **(_texts(r) if self.save_text else {})}) + b"\n"
+                for r in records if r.error_detail or (self.save_text and (r.text or r.reasoning_text))
             ]
             if lines:
                 if self._details is None:

@@ -48,7 +48,13 @@ def http_json(port: int, path: str, method: str = "GET"):
 
 
 def run_cli(args: list[str], cpu: int, env: dict[str, str] | None = None) -> tuple[int, float, int, str]:
-    """(exit code, wall seconds, peak RSS in KiB, stderr) of one loadgen run on ``cpu``.
+    """(exit code, wall seconds, peak RSS in KiB, stderr) of one loadgen run on ``cpu``."""
+    code, wall, rss, _, err = run_cli_cpu(args, cpu, env)
+    return code, wall, rss, err
+
+
+def run_cli_cpu(args: list[str], cpu: int, env: dict[str, str] | None = None) -> tuple[int, float, int, float, str]:
+    """:func:`run_cli` plus the child's CPU seconds (user + system).
 
     The peak comes from ``/usr/bin/time -v``: a child forked straight from this
     (large) process would inherit its high-water mark, since Linux keeps
@@ -62,8 +68,10 @@ def run_cli(args: list[str], cpu: int, env: dict[str, str] | None = None) -> tup
                               env={**os.environ, **(env or {})}, check=False)
         wall = time.perf_counter() - t0
         text = rep.read()
-    rss = int(next(line.split(":")[1] for line in text.splitlines() if "Maximum resident set size" in line))
-    return proc.returncode, wall, rss, proc.stderr.decode()
+    fields = dict(line.strip().rsplit(": ", 1) for line in text.splitlines() if ": " in line)
+    rss = int(fields["Maximum resident set size (kbytes)"])
+    cpu_s = float(fields["User time (seconds)"]) + float(fields["System time (seconds)"])
+    return proc.returncode, wall, rss, cpu_s, proc.stderr.decode()
 
 
 EXTRA: list[str] = []  # --loadgen-args

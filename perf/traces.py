@@ -15,14 +15,19 @@ once, so the server costs little), like ``perf/footprint.py``.
   average), replayed whole at ``--speedup``: launch → the first trace request at the
   server ("ready to send"), and the client's peak RSS over the whole replay.
 
+* ``floor``: an event loop with nothing scheduled on the client's core: the loop lag the
+  machine itself imposes (another job holding the core), below which no schedule can go.
+
     python perf/traces.py rate --rate 1000 --repeat 3 [--baseline]
     python perf/traces.py hour --repeat 3
+    python perf/traces.py floor --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from perf.footprint import common, compile_bytecode, http_json, only_result, print_medians, run_cli  # noqa: E402
+from perf.footprint import common, compile_bytecode, http_json, only_result, print_medians, run_cli_cpu  # noqa: E402
 from tests.servers.stream_server import spawn  # noqa: E402
 
 BLOCK = 512
@@ -96,13 +101,13 @@ def mooncake_hour(path: Path, n: int, span_s: float, mean_tokens: float, seed: i
     return float(np.mean(lengths))
 
 
-def replay(port: int, out: Path, cpu: int, *options: str) -> tuple[dict, float, int]:
-    """One loadgen run with ``options`` into ``out``: (its result, wall seconds, peak RSS in KiB)."""
-    code, wall, rss, err = run_cli([*common(port, out), *options, "--server-metrics", "off", "--no-verify-prompts"],
-                                   cpu)
+def replay(port: int, out: Path, cpu: int, *options: str) -> tuple[dict, float, int, float]:
+    """One loadgen run with ``options`` into ``out``: (its result, wall seconds, peak RSS in KiB, CPU seconds)."""
+    code, wall, rss, cpu_s, err = run_cli_cpu(
+        [*common(port, out), *options, "--server-metrics", "off", "--no-verify-prompts"], cpu)
     if code != 0:
         raise SystemExit(f"loadgen failed ({code}): {err}")
-    return only_result(out), wall, rss
+    return only_result(out), wall, rss, cpu_s
 
 
 def rate(args: argparse.Namespace) -> None:
@@ -112,15 +117,15 @@ def rate(args: argparse.Namespace) -> None:
         trace = Path(tmp) / "azure.csv"
         azure_shaped(trace, args.requests, 1.0, args.azure)  # 1 req/s: --trace-speedup is the rate
         for rep in range(args.repeat):
-            res, _, rss = replay(port, Path(tmp) / f"out{rep}", args.client_cpu, "--dataset-name", "azure",
-                                 "--dataset-path", str(trace), "--trace-speedup", str(args.rate))
+            res, _, rss, cpu_s = replay(port, Path(tmp) / f"out{rep}", args.client_cpu, "--dataset-name", "azure",
+                                        "--dataset-path", str(trace), "--trace-speedup", str(args.rate))
             lag = res["trace"]["lag_ms"]
             row = {"offered_req_s": (res["trace"]["requests"] - 1) / res["trace"]["span_s"],
                    "achieved_req_s": res["request_throughput"], "lag_p50_ms": lag["p50"], "lag_p99_ms": lag["p99"],
                    "lag_max_ms": lag["max"], "loop_lag_p99_ms": res["loop_lag_p99_ms"], "rss_mb": rss / 1024,
-                   "behind": float(res["trace"]["behind"])}
+                   "client_cpu_s": cpu_s, "behind": float(res["trace"]["behind"])}
             if args.baseline:  # the same load from loadgen's own Poisson schedule and random prompts, alternated
-                base, _, _ = replay(port, Path(tmp) / f"base{rep}", args.client_cpu, "--rate", str(args.rate),
+                base, _, _, _ = replay(port, Path(tmp) / f"base{rep}", args.client_cpu, "--rate", str(args.rate),
                                     "--num-prompts", str(args.requests), "--input-len", "2048", "--output-len", "28")
                 row.update(base_queue_p50_ms=base["median_queue_ms"], base_queue_p99_ms=base["p99_queue_ms"],
                            base_loop_lag_p99_ms=base["loop_lag_p99_ms"])
@@ -140,7 +145,7 @@ def hour(args: argparse.Namespace) -> None:
         for rep in range(args.repeat):
             http_json(port, "/reset", "POST")
             launched = time.perf_counter_ns()
-            res, wall, rss = replay(port, Path(tmp) / f"out{rep}", args.client_cpu, "--dataset-name", "mooncake",
+            res, wall, rss, _ = replay(port, Path(tmp) / f"out{rep}", args.client_cpu, "--dataset-name", "mooncake",
                                     "--dataset-path", str(trace), "--trace-speedup", str(args.speedup))
             arrivals = sorted(t["recv_ns"] for t in http_json(port, "/truth"))
             lag = res["trace"]["lag_ms"]
@@ -151,9 +156,29 @@ def hour(args: argparse.Namespace) -> None:
     print_medians(rows)
 
 
+def floor(args: argparse.Namespace) -> None:
+    """The lateness floor of this machine: a uvloop event loop on the client's core with nothing
+    to do but the runner's lag monitor (a 10 ms timer) for ``--seconds``. What a schedule's
+    lateness shows above this, the client added."""
+    code = ("import asyncio, json, uvloop\n"
+            "from loadgen.lag import LagMonitor, lag_percentiles_ms\n"
+            "async def main():\n"
+            "    m = LagMonitor(); m.start(); await asyncio.sleep(SECONDS)\n"
+            "    p50, p99, mx = lag_percentiles_ms(m.stop())\n"
+            "    print(json.dumps({'loop_lag_p50_ms': p50, 'loop_lag_p99_ms': p99, 'loop_lag_max_ms': mx}))\n"
+            "uvloop.run(main())\n").replace("SECONDS", repr(args.seconds))
+    rows = []
+    for rep in range(args.repeat):
+        out = subprocess.run(["taskset", "-c", str(args.client_cpu), sys.executable, "-c", code], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out))
+        print(json.dumps({"repeat": rep, **rows[-1]}), flush=True)
+    print_medians(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=["rate", "hour"])
+    ap.add_argument("mode", choices=["rate", "hour", "floor"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rate", type=float, default=1000.0, help="rate: requests/s after the speed-up")
     ap.add_argument("--requests", type=int, default=None, help="rate: 10,000; hour: 12,000")
@@ -162,13 +187,14 @@ def main() -> None:
                     help="rate: after each replay, the same rate as a random-prompt Poisson run (queue time = lag)")
     ap.add_argument("--mean-tokens", type=float, default=12_000.0, help="hour: mean input tokens")
     ap.add_argument("--speedup", type=float, default=60.0, help="hour: replay the hour this much faster")
+    ap.add_argument("--seconds", type=float, default=10.0, help="floor: how long the empty loop runs")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     args = ap.parse_args()
     if args.requests is None:
         args.requests = 10_000 if args.mode == "rate" else 12_000
     compile_bytecode()
-    {"rate": rate, "hour": hour}[args.mode](args)
+    {"rate": rate, "hour": hour, "floor": floor}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class StreamConn(asyncio.Protocol):
     __slots__ = (
         "client", "transport", "closed", "rec", "fut", "timer", "phase", "got", "hbuf",
         "cbuf", "crem", "ctrailer", "blen", "sse", "framer", "parse", "pstate",
-        "counted", "last_ct", "texts", "errbody", "keep", "counters", "fast_path", "broken", "lead",
+        "counted", "last_ct", "texts", "rtexts", "errbody", "keep", "counters", "fast_path", "broken", "lead",
     )
 
     def __init__(self, client: ConnOwner) -> None:
@@ -96,8 +96,11 @@ class StreamConn(asyncio.Protocol):
         self.last_ct: int | None = None
         self.lead = 0  # chunks before the first answer chunk (reasoning, unknown field, no text)
         # generated text is kept only when asked for (--save-text): per chunk it is a
-        # string per stream, ~13 MB at 1,024 streams of 256 tokens
+        # string per stream, ~13 MB at 1,024 streams of 256 tokens. The answer's text and
+        # the rest (reasoning, an unknown field's text) are kept apart: a live history
+        # carries back only the answer, as a chat client does.
         self.texts: list[str] | None = [] if self.client.save_text else None
+        self.rtexts: list[str] | None = [] if self.client.save_text else None
         self.errbody = b""
         self.keep = True
         self.framer.reset()
@@ -354,12 +357,15 @@ class StreamConn(asyncio.Protocol):
                         rec.unrecognised_tokens += k
                     if self.lead == len(chunk_ns):
                         self.lead += 1
+                    texts = self.rtexts
+                else:
+                    texts = self.texts
                 chunk_ns.append(t)
                 chunk_tokens.append(k)
                 if not text:
                     rec.invisible_tokens += k
-                elif self.texts is not None:
-                    self.texts.append(text)
+                elif texts is not None:
+                    texts.append(text)
             elif err is not None:
                 if rec.error is None:
                     rec.error = "server_error"
@@ -396,6 +402,7 @@ class StreamConn(asyncio.Protocol):
         self._reset()
         if rec.keep_text and self.texts is None:
             self.texts = []
+            self.rtexts = []
         self.rec = rec
         self.fut = fut
         self.counters = self.client.counters
@@ -448,6 +455,8 @@ class StreamConn(asyncio.Protocol):
             rec.error_detail = "the stream ended without any output"
         if self.texts:
             rec.text = "".join(self.texts)
+        if self.rtexts:
+            rec.reasoning_text = "".join(self.rtexts)
         if self.lead < len(rec.chunk_ns):  # the first answer chunk, found once per request
             rec.answer_ns = rec.chunk_ns[self.lead]
         if self.pstate is not None:

@@ -55,7 +55,10 @@ class Cycled(LazyPrompts):
 
     def make(self, i: int) -> Prompt:
         p = self.base[i % len(self.base)]
-        return p if p.id == i else replace(p, id=i)
+        if p.id == i:
+            return p
+        # a reused session is a new conversation: its own id, so its figures stay its own
+        return replace(p, id=i) if p.session is None else replace(p, id=i, session=replace(p.session, id=i))
 
 
 def probe_requests(spec: SearchSpec, load: float, duration_s: float) -> int:
@@ -91,6 +94,14 @@ class SearchOutcome:
     probes: list[Probe]
 
 
+def load_unit(over: str, sessions: bool) -> str:
+    """What the searched load counts: requests, or with sessions the users (a concurrency
+    slot is held for a whole conversation) and the session arrival rate."""
+    if sessions:
+        return "sessions/s" if over == "rate" else "concurrent users"
+    return "req/s" if over == "rate" else "concurrent requests"
+
+
 def record(cfg: RunConfig, spec: SearchSpec, est: Estimate, probes: Sequence[Probe], *, model: str,
            server: dict[str, Any] | None, server_version: str | None, started: float, interrupted: bool = False,
            lost: Probe | None = None) -> dict[str, Any]:
@@ -98,7 +109,7 @@ def record(cfg: RunConfig, spec: SearchSpec, est: Estimate, probes: Sequence[Pro
     at_answer = [p for p in probes if p.load in {est.capacity, est.bracket[1]}]
     client_bound = any(p.client_saturated for p in at_answer)
     lag = max((p.loop_lag_p99_ms or 0.0 for p in at_answer), default=None)
-    unit = "req/s" if spec.over == "rate" else "concurrent requests"
+    unit = load_unit(spec.over, cfg.workload.dataset == "sessions")
     return {
         "schema": CAPACITY_SCHEMA,
         "label": cfg.output.label,
@@ -118,8 +129,9 @@ def record(cfg: RunConfig, spec: SearchSpec, est: Estimate, probes: Sequence[Pro
         "duration_s": cfg.schedule.duration_s,
         "warmup_seconds": cfg.schedule.warmup_s,
         "arrival": cfg.schedule.arrival if spec.over == "rate" else None,
-        "input_len": cfg.workload.input_len,
-        "output_len": cfg.workload.output_len,
+        # per turn with sessions (a value or a distribution, as given)
+        "input_len": cfg.workload.asked_lengths()[0],
+        "output_len": cfg.workload.asked_lengths()[1],
         "dataset_name": cfg.workload.dataset,
         "ignore_eos": cfg.effective_ignore_eos,
         "probes_at": est.to_dict()["probes_at"],
@@ -194,7 +206,8 @@ def run_search(
     probes: list[Probe] = []
     path = pre.output_dir / f"{stem}.capacity.json"
     console.print(
-        f"loadgen search: {cfg.target.backend} {pre.model} at {cfg.target.base_url}; over {spec.over} from {spec.start:g}; "
+        f"loadgen search: {cfg.target.backend} {pre.model} at {cfg.target.base_url}; over {spec.over} from "
+        f"{spec.start:g} {load_unit(spec.over, cfg.workload.dataset == 'sessions')}; "
         f"SLOs {', '.join(s.text for s in spec.slos)}; probes of {cfg.schedule.duration_s:g} s "
         f"({cfg.schedule.warmup_s:g} s warm-up left out)", highlight=False, soft_wrap=True)
 

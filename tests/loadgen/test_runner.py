@@ -40,7 +40,9 @@ def test_releases_follow_absolute_offsets() -> None:
     offsets = [0.05 * i for i in range(20)]
     with stream_server("--ttft-ms", "1", "--itl-ms", "1") as port:
         out = run(Target(f"http://127.0.0.1:{port}", "vllm", "m"), [prompt(i, 3) for i in range(20)], offsets)
-    for rec, off in zip(out.records, offsets, strict=True):
+    assert sorted(rec.prompt_id for rec in out.records) == list(range(20))
+    for rec in out.records:  # in the order they finished, which a busy machine may shuffle
+        off = offsets[rec.prompt_id]
         assert abs(rec.intended_ns - (out.start_ns + int(off * 1e9))) <= 1
         assert 0 <= rec.sent_ns - rec.intended_ns < 50e6  # generous: the machine is shared
 

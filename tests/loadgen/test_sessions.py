@@ -57,6 +57,28 @@ def test_live_history_every_turn_counts_exactly(sim_fast, tok) -> None:
             assert b.sent_ns >= a.last_ns + int(think * 1e9)
 
 
+def test_live_history_carries_back_the_answer_only_not_the_reasoning(sim_server, tok) -> None:
+    """Behind a reasoning parser the reply streams as reasoning_content, then content: the
+    next turn carries only the content, as a chat client sends back, and the server's count
+    of that prompt agrees."""
+    srv = sim_server("--reasoning-fraction", "0.5")
+    prompts = _sessions(2, turns="3", output="24")
+    target = Target(base_url=srv.base_url, backend="openai-chat", model="deepseek-r1", save_text=True)
+    out = run(target, prompts, None, concurrency=2, max_model_len=8192)
+    records = _by_turn(out.records)
+    assert len(records) == 6 and all(r.error is None for r in records)
+    shape = prompts[0].session.shape
+    for a, b in zip(records, records[1:], strict=False):
+        if a.session != b.session:
+            continue
+        assert a.reasoning_text and a.text and a.reasoning_text not in a.text  # both parts came, apart
+        answer = len(tok.encode(reply_in_history(shape, a.text), add_special_tokens=False))
+        user = prompts[b.session].session.turns[b.turn].user_len
+        assert b.input_len == a.input_len + shape.per_turn + answer + user  # the answer alone grew the prompt
+        assert b.server_prompt_tokens == b.input_len  # and the server received exactly that
+    assert all(r.output_text == r.reasoning_text + r.text for r in records)  # --save-text keeps both
+
+
 def test_recorded_history_counts_known_before_the_run(tok) -> None:
     prompts = _sessions(3, turns="4", history="recorded")
     for p in prompts:
@@ -135,7 +157,11 @@ def test_cli_sessions_run_writes_session_figures(sim_fast, tmp_path: Path) -> No
                     "--output-dir", str(tmp_path), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "Sessions completed / failed / context / cut" in proc.stdout and "6 / 0 / 0 / 0" in proc.stdout
-    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    (path,) = tmp_path.glob("*.json")
+    # named by turns and per-turn lengths; vLLM's per-request length keys claim nothing
+    assert path.name.startswith("openai-chat-c3-rinf-sessions-tuniform_2_4-i30-o16-")
+    result = json.loads(path.read_text())
+    assert result["random_input_len"] is None
     sessions = result["sessions"]
     assert sessions["sessions"] == 6 and sessions["completed"] == 6
     assert result["prompt_token_mismatches"] == 0 and result["prompt_tokens_checked"] == result["completed"]
@@ -152,6 +178,62 @@ def test_cli_sessions_run_writes_session_figures(sim_fast, tmp_path: Path) -> No
     table = pd.read_csv(tmp_path / "report" / "summary.csv")
     assert table["sessions completed"].tolist() == [6]
     assert (tmp_path / "report" / "plots" / "ttft_by_turn.png").stat().st_size > 0
+
+
+def test_warmup_seconds_leaves_out_whole_sessions(sim_fast, tmp_path: Path) -> None:
+    """--warmup-seconds with sessions: a session whose first turn was released in the warm-up
+    window is warm-up in every turn, so the figures hold whole sessions only."""
+    proc = _loadgen("--base-url", sim_fast.base_url, "--backend", "openai-chat", "--tokenizer", "deepseek-r1",
+                    "--dataset-name", "sessions", "--num-prompts", "400", "--session-turns", "3",
+                    "--turn-input-len", "20", "--turn-output-len", "8", "--think-time", "0.2", "--concurrency", "4",
+                    "--duration", "3", "--warmup-seconds", "1", "--output-dir", str(tmp_path), "--no-progress",
+                    "--server-metrics", "off")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = np.load(next(tmp_path.glob("*.requests.npy")))
+    rows = rows[rows["session"] >= 0]
+    warm, measured = set(), set()
+    for s in set(rows["session"].tolist()):
+        mine = rows[rows["session"] == s]
+        flags = set(mine["warmup"].tolist())
+        assert len(flags) == 1, f"session {s} is split between warm-up and measured turns"
+        first = mine[mine["turn"] == 0]
+        assert len(first) == 1
+        assert bool(first["sent_ms"][0] < 1000.0) is flags.pop()  # judged by its first turn's release
+        (warm if first["sent_ms"][0] < 1000.0 else measured).add(s)
+    assert warm and measured  # 4 users, 0.2 s think: sessions start in both windows
+    assert result["sessions"]["sessions"] == len(measured)
+    assert result["warmup_requests"] == int(rows["warmup"].sum())
+    assert result["completed"] + result["failed"] == int((~rows["warmup"]).sum())
+
+
+def test_search_over_concurrent_users(sim_fast, tmp_path: Path) -> None:
+    """`loadgen search --over concurrency` with sessions: each probe's load is users holding a
+    slot for whole sessions, and the record says so."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen.cli", "search", "--base-url", sim_fast.base_url, "--backend", "openai-chat",
+         "--tokenizer", "deepseek-r1", "--dataset-name", "sessions", "--base-prompts", "20", "--session-turns", "3",
+         "--turn-input-len", "20", "--turn-output-len", "8", "--think-time", "0.05", "--over", "concurrency",
+         "--slo", "ttft:p99<=60000", "--duration", "1.5", "--warmup-seconds", "0.3", "--max", "4",
+         "--max-probes", "3", "--label", "users", "--no-progress", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "concurrent users" in proc.stdout and "concurrent requests" not in proc.stdout
+    rec = json.loads((out / "users.capacity.json").read_text())
+    assert rec["unit"] == "concurrent users" and rec["over"] == "concurrency"
+    assert rec["input_len"] == "20" and rec["output_len"] == "8"  # per turn
+    assert 1 <= len(rec["probes"]) <= 3 and all(p["passed"] for p in rec["probes"])
+    for p in rec["probes"]:
+        result = json.loads((out / p["file"]).read_text())
+        assert result["sessions"]["sessions"] >= 1 and result["prompt_token_mismatches"] == 0
+        rows = np.load(out / p["file"].replace(".json", ".requests.npy"))
+        rows = rows[rows["session"] >= 0]
+        # sessions are whole on either side of the warm-up line, ids unique however often the set was reused
+        for s in set(rows["session"].tolist()):
+            mine = rows[rows["session"] == s]
+            assert len(set(mine["warmup"].tolist())) == 1 and sorted(mine["turn"].tolist()) == list(range(len(mine)))
+        assert result["max_concurrency"] == p["load"]  # users, each a session at a time
 
 
 def test_cli_sessions_need_the_chat_backend(tmp_path: Path) -> None:

@@ -102,7 +102,8 @@ def test_store_rows_rebuild_the_figures_they_were_written_from() -> None:
         stamps = [sent + 20_000_000 + i * 1_000 + k * (3_000_000 + i * 10_000) for k in range(1 + i % 5)]
         ok = i % 7 != 3
         records.append(RequestRecord(
-            prompt_id=i % 20, input_len=16 + i, output_len=8, intended_ns=sent - i * 1_000, sent_ns=sent,
+            prompt_id=i % 20, input_len=16 + i, output_len=8, intended_ns=sent - i * 1_000,
+            released_ns=sent - i * 500, sent_ns=sent,
             first_ns=stamps[0] if ok else 0, last_ns=stamps[-1] if ok else 0,
             chunk_ns=array("q", stamps if ok else []), chunk_tokens=array("i", [1] * len(stamps) if ok else []),
             output_tokens=len(stamps) if ok else 0, output_tokens_source="usage", error=None if ok else "http_5xx",
@@ -114,7 +115,7 @@ def test_store_rows_rebuild_the_figures_they_were_written_from() -> None:
     rebuilt.add([r for r in back if not r.warmup])
     assert (rebuilt.num_requests, rebuilt.completed, dict(rebuilt.errors)) == \
         (original.num_requests, original.completed, dict(original.errors))
-    for m in ("ttft", "tpot", "itl", "e2el"):
+    for m in ("ttft", "tpot", "itl", "e2el", "queue", "release"):
         assert rebuilt.metrics[m].moments.n == original.metrics[m].moments.n
         assert rebuilt.metrics[m].moments.total == pytest.approx(original.metrics[m].moments.total, rel=1e-9)
 
@@ -597,3 +598,46 @@ def test_a_lost_ray_actor_leaves_a_partial_result_naming_it(sim_server, ray_clus
     assert dead["error"] and alive["error"] is None and alive["completed"] == 20
     assert res["completed"] == 20 and res["per_request"]["rows"] == 20
     assert f"worker {k}" in res["per_request"]["error"]
+
+
+# --- sessions over workers ------------------------------------------------------------------
+
+SESSIONS = ["--backend", "openai-chat", "--tokenizer", "deepseek-r1", "--dataset-name", "sessions",
+            "--num-prompts", "8", "--session-turns", "3", "--turn-input-len", "20", "--turn-output-len", "8",
+            "--think-time", "0.02", "--concurrency", "4", "--session-header", "X-Session-Id", "--no-progress",
+            "--server-metrics", "off"]
+
+
+def check_sessions_stay_on_one_worker(folder: Path) -> None:
+    """Every turn of a session in one worker's part of the merged store; all of them exact."""
+    merged = only_result(folder)
+    assert merged["workers"] == 2 and merged["workers_failed"] == []
+    assert merged["sessions"]["sessions"] == 8 and merged["sessions"]["completed"] == 8
+    assert merged["completed"] == 24 and merged["prompt_token_mismatches"] == 0
+    rows = read_requests(next(folder.glob("*.requests.npy")))
+    # the merged store is the workers' stores one after the other, in worker order
+    bounds = np.cumsum([0, *(w["store_rows"] for w in merged["per_worker"])])
+    assert bounds[-1] == len(rows)
+    owner: dict[int, int] = {}
+    for k in range(2):
+        part = rows[bounds[k]:bounds[k + 1]]
+        assert len(part) > 0  # both workers had sessions to run
+        for s in set(part["session"].tolist()):
+            assert owner.setdefault(s, k) == k, f"session {s} ran on workers {owner[s]} and {k}"
+            assert sorted(part["turn"][part["session"] == s].tolist()) == [0, 1, 2]
+    assert sorted(owner) == list(range(8))
+
+
+def test_sessions_stay_on_one_local_worker(sim_fast, tmp_path: Path) -> None:
+    proc = loadgen("--base-url", sim_fast.base_url, *SESSIONS, "--workers", "2", "--output-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    check_sessions_stay_on_one_worker(tmp_path)
+
+
+def test_sessions_stay_on_one_ray_actor(sim_fast, ray_cluster, tmp_path: Path) -> None:
+    address, env, _, _ = ray_cluster
+    proc = loadgen("--base-url", sim_fast.base_url, *SESSIONS, "--workers", "2", "--ray-address", address,
+                   "--output-dir", str(tmp_path), env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert only_result(tmp_path)["worker_mode"] == "ray"
+    check_sessions_stay_on_one_worker(tmp_path)
