@@ -13,15 +13,15 @@ or "it failed" (``RuntimeError``) still catch them::
     ├── ChatTemplateError (ValueError)   workload/chat_template.py: messages the template cannot render
     ├── FitError                         workload/fit.py: one prompt not fitted (the caller words it)
     ├── PeerFlagError (ValueError)       peer_flags.py: a vLLM/SGLang benchmark flag refused, or a bad value
-    ├── SearchError (ValueError)         capacity.py: a bad search specification
-    ├── PreflightError (RuntimeError)    sweep.py: the server failed a check before the run
-    ├── ServerLost (RuntimeError)        search.py: the server stopped answering mid-search (exit 3)
+    ├── SearchError (ValueError)         search/method.py: a bad search specification
+    ├── PreflightError (RuntimeError)    server_checks.py: the server failed a check before the run
+    ├── ServerLost (RuntimeError)        search/probes.py: the server stopped answering mid-search (exit 3)
     ├── ClientError                      client/target.py: a target that cannot be reached or spoken to
     ├── NoKernelStamps                   client/stamped.py: no SO_TIMESTAMPING; the plain transport is used
     ├── MalformedEvent (ValueError)      protocols/base.py: an event that is not the expected JSON
     ├── RepeatError                      convergence.py: a bad --repeat/--repeat-width/--repeat-metric
     ├── ControlError (OSError)           control.py: a control request failed
-    ├── RayMissing (RuntimeError)        ray_workers.py: --ray-address without Ray installed
+    ├── RayMissing (RuntimeError)        scale/ray_pool.py: --ray-address without Ray installed
     ├── FetchError (RuntimeError)        telemetry/scrape.py: a metrics page that did not come
     ├── PageError (ValueError)           telemetry/page.py: a body that is not Prometheus text
     └── GpuError (RuntimeError)          telemetry/gpu.py: a GPU source that failed to read

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 import sys
 
 import pytest
@@ -52,3 +53,17 @@ def test_the_errors_module_draws_every_public_exception(package):
     assert public
     missing = sorted(e.__name__ for e in public if e.__name__ not in drawing)
     assert not missing, f"{base.__module__}'s docstring does not draw {missing}"
+
+
+@pytest.mark.parametrize("package", ["loadgen", "launcher", "analysis"])
+def test_the_drawing_names_each_error_where_it_is_defined(package):
+    """Each line ``Name (…)  path.py: …`` of the drawing names the module that defines Name, so a
+    moved module cannot leave the drawing pointing at a file that is gone."""
+    (base,) = BASES[package]
+    drawing = sys.modules[base.__module__].__doc__ or ""
+    where = {e.__name__: e.__module__ for e in defined_exceptions(package)}
+    lines = [m.groups() for m in re.finditer(r"── (\w+)\b[^\n]*?\s([\w/]+)\.py:", drawing)]
+    assert lines
+    wrong = [(name, path) for name, path in lines
+             if name in where and where[name] != f"{package}.{path.replace('/', '.')}"]
+    assert not wrong, f"the drawing names the wrong module for {wrong}"

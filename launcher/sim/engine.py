@@ -71,12 +71,12 @@ class Seq:
 class Engine:
     """Slots, a FCFS waiting queue, a KV budget in tokens, a per-step token budget.
 
-    With the profile's ``kv_allocation = "reserve"`` (the default, what the fitted
-    profiles use) KV is reserved for the whole request (prompt + max_tokens) at
+    With the profile's ``kv_allocation = "reserve"`` (the default) KV is reserved for the whole request (prompt + max_tokens) at
     admission, so no preemption is ever needed. With ``"lazy"`` KV grows token by
     token as in vLLM: when a step's decodes do not fit, the most recently admitted
     running request is preempted (its KV freed, back to the front of the queue) and
-    later recomputes its prompt and the output so far, as vLLM's recompute does.
+    later recomputes its prompt and the output so far, as vLLM's recompute does (the
+    vLLM profile uses it, with ``running_prompt_tokens``).
     ``"ratio"`` grows KV the same way but admits as SGLang does, against a decaying
     estimate of the outputs the running requests still produce (docs/sim.md).
     """
@@ -128,6 +128,9 @@ class Engine:
         # SGLang: what is free, minus the share of every running output still to come
         room = (p.kv_tokens - self.kv_used - self.new_token_ratio * sum(
             min(s.max_out - s.generated, CLIP_MAX_NEW_TOKENS) for s in running)) if self.ratio_admission and waiting else 0.0
+        # prompt tokens the running requests may still take on (profile's running_prompt_tokens)
+        prompt_room = (p.running_prompt_tokens - sum(s.prompt_len for s in running)
+                       if p.running_prompt_tokens and waiting else 0)
         while waiting:
             seq = waiting[0]
             if seq.cancelled:
@@ -139,6 +142,10 @@ class Engine:
             need = seq.prefill_target + 1 if self.lazy else seq.prompt_len + seq.max_out
             if self.kv_used + need > p.kv_tokens:
                 return
+            if p.running_prompt_tokens:  # an idle engine still takes one request
+                if seq.prompt_len > prompt_room and running:
+                    return
+                prompt_room -= seq.prompt_len
             if self.ratio_admission:  # a new request is charged its whole (clipped) output
                 charge = seq.prefill_target + min(seq.max_out - seq.generated, CLIP_MAX_NEW_TOKENS)
                 if charge >= room and running:  # an idle engine takes whatever fits its KV

@@ -75,6 +75,10 @@ class Profile:
     new_token_ratio_init: float = 0.7
     new_token_ratio_min: float = 0.098
     new_token_ratio_decay_steps: int = 600
+    # the most prompt tokens the running requests may hold together (0 = no such limit): the
+    # field report's vLLM starts one step budget of prompts (16,384 tokens) in a burst and the
+    # rest wait until running ones finish, in both in/out settings (docs/sim.md)
+    running_prompt_tokens: int = 0
     tensor_parallel: int = 1  # the GPUs of the deployment it emulates (launch metadata: cost per GPU-hour)
     # the real server's command-line flags this profile stands for, as typed (e.g. "--enforce-eager"):
     # launch metadata for the comparability checks, parsed like a recorded server command line
@@ -106,6 +110,8 @@ class Profile:
             problems.append("new_token_ratio_min <= new_token_ratio_init must both be within [0, 1]")
         if self.new_token_ratio_decay_steps < 1:
             problems.append("new_token_ratio_decay_steps must be >= 1")
+        if self.running_prompt_tokens < 0:
+            problems.append("running_prompt_tokens must be >= 0 (0 = no limit)")
         if self.decode_knee < 1:
             problems.append("decode_knee must be >= 1")
         if self.schedule not in SCHEDULES:

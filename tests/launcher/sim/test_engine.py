@@ -206,6 +206,32 @@ def test_lazy_kv_admits_more_than_reserve_and_reserve_never_preempts():
     assert len(first_res.running) == 5 and len(first_lazy.running) == 8
 
 
+def test_running_prompt_tokens_caps_the_prompts_running_together():
+    # 300 prompt tokens may run together: 3 of 100 start, a fourth waits for one to finish
+    p = profile(max_num_seqs=16, running_prompt_tokens=300, kv_allocation="lazy")
+    eng = Engine(p)
+    for i in range(6):
+        eng.submit(Seq(i, 100, 3, 3))
+    eng.step(0.0)
+    assert len(eng.running) == 3 and len(eng.waiting) == 3
+    eng.step(0.0)  # decoding, nobody finished: nobody starts
+    assert len(eng.running) == 3
+    for _ in range(2):  # the first three finish at their third token
+        eng.step(0.0)
+    assert [s.rid for s in eng.running] == [3, 4, 5]
+    big = Engine(p)  # a prompt above the cap still runs on an idle engine
+    big.submit(Seq(0, 500, 3, 3))
+    big.step(0.0)
+    assert len(big.running) == 1
+    off = Engine(p.replace(running_prompt_tokens=0))  # 0: no limit
+    for i in range(6):
+        off.submit(Seq(i, 100, 3, 3))
+    off.step(0.0)
+    assert len(off.running) == 6
+    with pytest.raises(ProfileError, match="running_prompt_tokens must be >= 0"):
+        profile(running_prompt_tokens=-1)
+
+
 def test_lazy_kv_without_pressure_matches_reserve_timing():
     lazy = profile(kv_allocation="lazy")
     reqs = [SimRequest(0.01 * i, 50, 20) for i in range(6)]

@@ -35,9 +35,8 @@ from tests.conftest import REPO_ROOT
 # the test fails then too.
 KNOWN_MISSES = {
     ("sglang-h20x8-r1", 128, "tput", 0.10),
-    ("vllm-0.8.2-h20x8-r1-eager", 256, "tpot", 0.10),
     ("vllm-0.8.2-h20x8-r1-eager", 256, "tput", 0.10), ("vllm-0.8.2-h20x8-r1-eager", 256, "tput", 0.15),
-    ("vllm-0.8.2-h20x8-r1-eager", 256, "ttft", 0.30), ("vllm-0.8.2-h20x8-r1-eager", 128, "ttft", 0.30),
+    ("vllm-0.8.2-h20x8-r1-eager", 256, "ttft", 0.30),
 }
 
 
