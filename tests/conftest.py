@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +30,14 @@ from launcher.process import free_port, stop_tree
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 START_TIMEOUT_S = 30.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C is part of what the tests check: they send SIGINT to the programs they start. A suite
+    started as a background job of a script (``make test &``) inherits SIGINT ignored, passes that on to
+    every child, and a child that ignores Ctrl-C never stops. Each test process takes SIGINT back."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass

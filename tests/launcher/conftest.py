@@ -50,12 +50,23 @@ def wait_or_dump(proc: subprocess.Popen, timeout: float) -> int:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        masks = _signal_masks(proc.pid)
         proc.send_signal(signal.SIGABRT)
         try:
             _, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             err = "(no output: the process did not end on SIGABRT)"
-        raise AssertionError(f"still running {timeout:g} s after it was told to stop; stderr:\n{err[-6000:]}") from None
+        raise AssertionError(f"still running {timeout:g} s after it was told to stop ({masks}; this process: "
+                             f"{_signal_masks(os.getpid())}); stderr:\n{err[-6000:]}") from None
+
+
+def _signal_masks(pid: int) -> str:
+    """The blocked, ignored and caught signal masks of ``pid``: a signal that does nothing shows here."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "gone"
+    return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
 
 
 def kill_group(pid: int) -> None:

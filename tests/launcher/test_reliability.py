@@ -22,7 +22,15 @@ import pytest
 
 from launcher import process
 from tests.conftest import REPO_ROOT
-from tests.launcher.conftest import cli_env, kill_group, read_until, run_cli, start_cli, stop_cli, wait_or_dump
+from tests.launcher.conftest import (
+    cli_env,
+    kill_group,
+    read_until,
+    run_cli,
+    start_cli,
+    stop_cli,
+    wait_or_dump,
+)
 
 # Both stand-in engines answer 200 on every GET (their health and readiness paths) on 127.0.0.1:port.
 HEALTH_SERVER = """
