@@ -166,7 +166,11 @@ def test_a_server_that_dies_mid_search_ends_it_with_its_own_exit_code(sim_server
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "stopped answering" in lines[0] and "Traceback" not in stderr
     rec = json.loads((out / "fixed.capacity.json").read_text())
-    assert rec["status"] == "server_lost" and len(rec["probes"]) >= 1 and rec["probes"][0]["passed"]
+    assert rec["status"] == "server_lost" and len(rec["probes"]) >= 1
+    # the probe measured before the server died is kept whole (its verdict against the SLO depends on how busy
+    # the machine is, so it is not asserted)
+    kept = rec["probes"][0]
+    assert kept["figures"]["requests"] > 0 and kept["figures"]["error_rate"] == 0 and isinstance(kept["passed"], bool)
     assert not rec["lost_probe"]["passed"]  # the probe it was lost in is kept apart, not judged as a failure
     assert rec["capacity"] is None or rec["capacity"] >= rec["probes"][0]["load"]
 
