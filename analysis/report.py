@@ -154,8 +154,12 @@ def render_html(title: str, table: pd.DataFrame, issues: list[Issue], comps: lis
 
 
 def write_report(runs: pd.DataFrame, out_dir: str | Path, hists: pd.DataFrame | None = None,
-                 baseline: str | None = None, title: str = "loadgen report") -> Report:
-    """Write summary.csv, comparison.md, plots/ and report.html into ``out_dir``."""
+                 baseline: str | None = None, title: str = "loadgen report", draw: bool = True) -> Report:
+    """Write summary.csv, comparison.md, plots/ and report.html into ``out_dir``.
+
+    ``draw=False`` leaves plots/ out: drawing is most of a report's time, and a CI job that reads
+    summary.csv or comparison.md does not need it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = intervals.annotate(runs)  # repeated points (loadgen --repeat) get 95 % intervals
@@ -167,7 +171,7 @@ def write_report(runs: pd.DataFrame, out_dir: str | Path, hists: pd.DataFrame | 
     comps = comparisons(runs, labels)
     md_path = out / "comparison.md"
     md_path.write_text(comparison_markdown(issues, comps, labels), encoding="utf-8")
-    pngs = make_plots(runs, hists, out / "plots")
+    pngs = make_plots(runs, hists, out / "plots") if draw else []
     html_path = out / "report.html"
     html_path.write_text(render_html(title, table, issues, comps, pngs, method_table(runs)), encoding="utf-8")
     return Report(out, csv_path, md_path, html_path, pngs, issues, comps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +30,31 @@ from launcher.process import free_port, stop_tree
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 START_TIMEOUT_S = 30.0
+
+
+# Files started first, longest first (make test runs them in several processes, a file per process at a
+# time): the ones that start real vLLM, then the others by measured duration (--durations), so that no
+# long file starts last and keeps one process busy after the others are done. The rest keep their order.
+FIRST = (
+    "loadgen/test_vllm_real.py", "loadgen/test_workload_vllm.py", "loadgen/test_workers.py",
+    "loadgen/test_sessions.py", "loadgen/test_capacity_sim.py", "orchestrator/test_bench_loop.py",
+    "loadgen/test_workload_random.py", "loadgen/test_cli.py", "analysis/test_intervals.py",
+    "analysis/test_compare_gate.py", "launcher/test_cluster.py", "loadgen/test_cli_validation.py",
+    "loadgen/test_prefix_cache.py", "loadgen/test_traces.py", "analysis/test_report_inputs.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].removeprefix("tests/"), len(rank)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C is part of what the tests check: they send SIGINT to the programs they start. A suite
+    started as a background job of a script (``make test &``) inherits SIGINT ignored, passes that on to
+    every child, and a child that ignores Ctrl-C never stops. Each test process takes SIGINT back."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass

@@ -357,6 +357,19 @@ def test_report_command_writes_every_artefact(tmp_path):
     assert 'src="http' not in html and "<link" not in html
 
 
+def test_no_plots_writes_the_same_tables_without_drawing(tmp_path):
+    full, tables = tmp_path / "full", tmp_path / "tables"
+    for out, extra in ((full, ()), (tables, ("--no-plots",))):
+        proc = _report(str(VLLM_DIR), str(SGLANG_DIR), "--out", str(out), *extra)
+        assert proc.returncode == 0, proc.stderr
+    assert not (tables / "plots").exists()
+    assert (tables / "summary.csv").read_bytes() == (full / "summary.csv").read_bytes()
+    assert (tables / "comparison.md").read_text() == (full / "comparison.md").read_text()
+    html = (tables / "report.html").read_text()
+    assert "data:image" not in html and "mean TTFT(ms)" in html
+    assert proc.stdout.splitlines()[-1].endswith("summary.csv, comparison.md, 0 plots, report.html")
+
+
 def test_report_command_usage_errors_are_one_line():
     proc = _report("/no/such/dir", "--out", "/tmp/never")
     assert proc.returncode == 2

@@ -22,8 +22,9 @@ GOOD = FIXTURES / "vllm-0.8.2" / "serving_benchmark_1_256_256.json"
 
 
 def report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
+    """loadgen-report without figures: what these tests read is what it says and its tables."""
+    return subprocess.run([sys.executable, "-m", "analysis.cli", *args, "--no-plots"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
 
 
 def loadgen_result(**changes: object) -> dict:

@@ -35,7 +35,7 @@ def test_summary_and_report_show_the_replay_lag_and_flags(replayed: Path, tmp_pa
     (path,) = replayed.glob("*.json")
     result = json.loads(path.read_text())
     lag = result["trace"]["lag_ms"]
-    proc = _run("-m", "analysis.cli", str(replayed), "--out", str(tmp_path / "report"))
+    proc = _run("-m", "analysis.cli", str(replayed), "--out", str(tmp_path / "report"), "--no-plots")
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(tmp_path / "report" / "summary.csv")
     (row,) = table.to_dict("records")

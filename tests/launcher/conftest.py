@@ -6,6 +6,7 @@ import os
 import re
 import select
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from tests.conftest import REPO_ROOT
 def cli_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["LOADGEN_STATE_DIR"] = str(tmp_path / "state")
+    env["PYTHONFAULTHANDLER"] = "1"  # a CLI that hangs can be asked for its stacks (see wait_or_dump)
     return env
 
 
@@ -39,6 +41,32 @@ def stop_cli(proc: subprocess.Popen, server_pid: int | None = None) -> None:
         proc.wait()
     if server_pid:
         kill_group(server_pid)
+
+
+def wait_or_dump(proc: subprocess.Popen, timeout: float) -> int:
+    """The CLI's exit code; if it is still running after ``timeout``, fail with the stack of every thread
+    (SIGABRT makes Python's fault handler print them) and what it wrote to stderr, so a hang seen once in a
+    long suite can be read, not guessed at."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        masks = _signal_masks(proc.pid)
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            err = "(no output: the process did not end on SIGABRT)"
+        raise AssertionError(f"still running {timeout:g} s after it was told to stop ({masks}; this process: "
+                             f"{_signal_masks(os.getpid())}); stderr:\n{err[-6000:]}") from None
+
+
+def _signal_masks(pid: int) -> str:
+    """The blocked, ignored and caught signal masks of ``pid``: a signal that does nothing shows here."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "gone"
+    return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
 
 
 def kill_group(pid: int) -> None:

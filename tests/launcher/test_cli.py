@@ -16,7 +16,7 @@ import pytest
 
 from launcher import process
 from tests.conftest import REPO_ROOT
-from tests.launcher.conftest import kill_group, read_until, run_cli, start_cli, stop_cli
+from tests.launcher.conftest import kill_group, read_until, run_cli, start_cli, stop_cli, wait_or_dump
 
 ROOT = REPO_ROOT
 
@@ -36,8 +36,7 @@ def test_foreground_serve_stops_on_ctrl_c(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
-        assert proc.returncode == 130
+        assert wait_or_dump(proc, 30) == 130
         assert process.live_tree(server_pid, server_pid) == set(), "Ctrl-C must stop the server"
         assert not process.port_in_use(port, "127.0.0.1")
     finally:
@@ -60,8 +59,7 @@ def test_ctrl_c_during_startup_stops_the_server(tmp_path: Path) -> None:
             pids = {int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(int(p), str(port))}
         assert pids, "the sim server should be running"
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
-        assert proc.returncode == 130
+        assert wait_or_dump(proc, 30) == 130
         for pid in pids:
             assert not process._alive(pid), "the server must not outlive an interrupted start"
     finally:

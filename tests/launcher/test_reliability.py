@@ -22,7 +22,15 @@ import pytest
 
 from launcher import process
 from tests.conftest import REPO_ROOT
-from tests.launcher.conftest import cli_env, kill_group, read_until, run_cli, start_cli, stop_cli
+from tests.launcher.conftest import (
+    cli_env,
+    kill_group,
+    read_until,
+    run_cli,
+    start_cli,
+    stop_cli,
+    wait_or_dump,
+)
 
 # Both stand-in engines answer 200 on every GET (their health and readiness paths) on 127.0.0.1:port.
 HEALTH_SERVER = """
@@ -310,8 +318,7 @@ def test_foreground_stop_signals_exit_codes(tmp_path: Path, sig: int, code: int)
     try:
         server_pid = ready_pid(proc)
         proc.send_signal(sig)
-        proc.wait(timeout=30)
-        assert proc.returncode == code
+        assert wait_or_dump(proc, 30) == code
         assert not (tmp_path / "state" / f"{port}.json").exists(), "a stopped foreground server leaves no state"
     finally:
         stop_cli(proc, server_pid)
