@@ -76,7 +76,8 @@ class Engine:
     token as in vLLM: when a step's decodes do not fit, the most recently admitted
     running request is preempted (its KV freed, back to the front of the queue) and
     later recomputes its prompt and the output so far, as vLLM's recompute does (the
-    vLLM profile uses it, with ``running_prompt_tokens``).
+    vLLM profile uses it, counted in whole blocks with one preallocated as vLLM V1 does:
+    ``kv_block_tokens``, ``kv_preallocate_blocks``).
     ``"ratio"`` grows KV the same way but admits as SGLang does, against a decaying
     estimate of the outputs the running requests still produce (docs/sim.md).
     """
@@ -139,7 +140,7 @@ class Engine:
             if len(running) >= p.max_num_seqs:
                 return
             # lazy: the prompt (plus output to recompute) and the token the prefill produces
-            need = seq.prefill_target + 1 if self.lazy else seq.prompt_len + seq.max_out
+            need = self._blocks(seq.prefill_target + 1) if self.lazy else seq.prompt_len + seq.max_out
             if self.kv_used + need > p.kv_tokens:
                 return
             if p.running_prompt_tokens:  # an idle engine still takes one request
@@ -154,12 +155,29 @@ class Engine:
             if limit_tokens is not None and limit_tokens <= 0:
                 return
             waiting.popleft()
+            if self.lazy:
+                need = self._grant(need)
             seq.reserved = need
             seq.admitted_at = now
             self.kv_used += need
             running.append(seq)
             if limit_tokens is not None:
                 limit_tokens -= seq.prefill_target
+
+    def _blocks(self, tokens: int) -> int:
+        """KV taken by ``tokens`` tokens: whole blocks of the profile's ``kv_block_tokens``."""
+        block = self.profile.kv_block_tokens
+        return tokens if block == 1 else -(-tokens // block) * block
+
+    def _grant(self, need: int) -> int:
+        """The KV handed out for a request that needs ``need`` more tokens (whole blocks, known
+        to be free): that plus the profile's preallocated blocks, as far as they are free."""
+        extra = self.profile.kv_preallocate_blocks
+        if not extra:
+            return need
+        block = self.profile.kv_block_tokens
+        free = (self.profile.kv_tokens - self.kv_used - need) // block * block
+        return need + min(extra * block, max(0, free))
 
     def _after_retraction(self) -> None:
         """SGLang's estimate after a retraction: the share of the remaining requests'
@@ -185,12 +203,16 @@ class Engine:
         running list until it fits; returns the decodes that still run (a preempted
         sequence has ``prefilled == 0``)."""
         kv_tokens = self.profile.kv_tokens
+        block = self.profile.kv_block_tokens
         k = self.tokens_per_step
         kept: list[Seq] = []
         for seq in decode:
             if seq.prefilled == 0:  # preempted to make room for an earlier sequence
                 continue
-            need = seq.prompt_len + seq.generated + min(k, seq.target_out - seq.generated) - seq.reserved
+            need = seq.prompt_len + seq.generated + min(k, seq.target_out - seq.generated)
+            if block > 1:
+                need = -(-need // block) * block
+            need -= seq.reserved
             while need > 0 and self.kv_used + need > kv_tokens:
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -199,6 +221,7 @@ class Engine:
             if seq.prefilled == 0:
                 break  # it preempted itself: everything after it is gone too
             if need > 0:
+                need = self._grant(need)
                 self.kv_used += need
                 seq.reserved += need
             kept.append(seq)

@@ -229,7 +229,8 @@ def fit(start: Profile, rows: list[Row], params: tuple[str, ...], excluded: Excl
         while improved:
             improved = False
             for key in params:
-                step = factor ** 0.25 if key.endswith("_exp") else factor  # exponents move gently
+                # exponents and the per-step floor move gently: every step time depends on them
+                step = factor ** 0.25 if key.endswith("_exp") or key == "base_ms" else factor
                 for direction in (step, 1.0 / step):
                     value = getattr(best, key) * direction
                     if key == "kv_tokens":

@@ -79,6 +79,13 @@ class Profile:
     # field report's vLLM starts one step budget of prompts (16,384 tokens) in a burst and the
     # rest wait until running ones finish, in both in/out settings (docs/sim.md)
     running_prompt_tokens: int = 0
+    # KV is allocated in blocks of this many tokens (a partly filled block counts whole), as
+    # vLLM's paged cache does; 1 = per token. Only "lazy" and "ratio" grow KV during a request
+    kv_block_tokens: int = 1
+    # vLLM V1 hands a request this many extra blocks whenever it gives it new ones (as far as
+    # free blocks allow; its num_preallocate_tokens = 64), so a request holds up to that much
+    # KV it has not used yet; admission and growth still need only the blocks they fill
+    kv_preallocate_blocks: int = 0
     tensor_parallel: int = 1  # the GPUs of the deployment it emulates (launch metadata: cost per GPU-hour)
     # the real server's command-line flags this profile stands for, as typed (e.g. "--enforce-eager"):
     # launch metadata for the comparability checks, parsed like a recorded server command line
@@ -112,6 +119,10 @@ class Profile:
             problems.append("new_token_ratio_decay_steps must be >= 1")
         if self.running_prompt_tokens < 0:
             problems.append("running_prompt_tokens must be >= 0 (0 = no limit)")
+        if self.kv_block_tokens < 1:
+            problems.append("kv_block_tokens must be >= 1 (1 = per token)")
+        if self.kv_preallocate_blocks < 0:
+            problems.append("kv_preallocate_blocks must be >= 0")
         if self.decode_knee < 1:
             problems.append("decode_knee must be >= 1")
         if self.schedule not in SCHEDULES:

@@ -232,6 +232,35 @@ def test_running_prompt_tokens_caps_the_prompts_running_together():
         profile(running_prompt_tokens=-1)
 
 
+def test_kv_blocks_count_whole_and_new_blocks_come_with_preallocated_ones():
+    # blocks of 64 tokens, one extra block handed out with every allocation (vLLM V1)
+    p = profile(max_num_seqs=8, kv_allocation="lazy", kv_tokens=640, kv_block_tokens=64, kv_preallocate_blocks=1)
+    eng = Engine(p)
+    eng.submit(Seq(0, 100, 200, 200))
+    eng.step(0.0)  # 101 tokens take 2 blocks, plus 1 preallocated
+    (seq,) = eng.running
+    assert (seq.reserved, eng.kv_used) == (192, 192)
+    while seq.generated < 92:  # 100 + 92 tokens still fit the 3 blocks: nothing new
+        eng.step(0.0)
+    assert seq.reserved == 192
+    eng.step(0.0)  # the 193rd token needs a 4th block: it comes with a preallocated 5th
+    assert (seq.reserved, eng.kv_used) == (320, 320)
+    # admission asks only for the blocks a prompt fills; the extra block only if free
+    tight = Engine(p.replace(kv_tokens=320))
+    tight.submit(Seq(0, 100, 10, 10))
+    tight.submit(Seq(1, 100, 10, 10))
+    tight.step(0.0)
+    assert [s.reserved for s in tight.running] == [192, 128]
+    plain = Engine(p.replace(kv_preallocate_blocks=0))
+    plain.submit(Seq(0, 100, 10, 10))
+    plain.step(0.0)
+    assert plain.running[0].reserved == 128
+    with pytest.raises(ProfileError, match="kv_block_tokens must be >= 1"):
+        profile(kv_block_tokens=0)
+    with pytest.raises(ProfileError, match="kv_preallocate_blocks must be >= 0"):
+        profile(kv_preallocate_blocks=-1)
+
+
 def test_lazy_kv_without_pressure_matches_reserve_timing():
     lazy = profile(kv_allocation="lazy")
     reqs = [SimRequest(0.01 * i, 50, 20) for i in range(6)]

@@ -27,15 +27,10 @@ from launcher.sim.timing import StepCost
 from tests.conftest import REPO_ROOT
 
 # Targets the shipped profiles do not meet yet: (profile, setting, metric, tolerance).
-# Why, in fit-residuals.md and docs/sim.md: vLLM's effective KV capacity fitted on 128/128
-# does not carry over to 256/256 (its model reserves prompt + max_tokens; the engine
-# allocates as tokens grow and preempts), one prefill cost per token cannot give vLLM's
-# TTFT at both prompt lengths, and SGLang's throughput at N = 1 (+12 %) rests on the shared,
-# unrefitted per-step floor. A listed target that starts to hold must leave this list:
-# the test fails then too.
+# Why, in fit-residuals.md and docs/sim.md: one prefill cost per prompt token cannot give
+# vLLM's TTFT at both prompt lengths (held-out 256/256, N = 8-32). A listed target that
+# starts to hold must leave this list: the test fails then too.
 KNOWN_MISSES = {
-    ("sglang-h20x8-r1", 128, "tput", 0.10),
-    ("vllm-0.8.2-h20x8-r1-eager", 256, "tput", 0.10), ("vllm-0.8.2-h20x8-r1-eager", 256, "tput", 0.15),
     ("vllm-0.8.2-h20x8-r1-eager", 256, "ttft", 0.30),
 }
 
