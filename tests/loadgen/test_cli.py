@@ -181,7 +181,10 @@ def test_release_times_hold_the_asked_rate(sim_fast, tmp_path: Path) -> None:
     inner = sent[10:-10]
     rate = (len(inner) - 1) / ((inner[-1] - inner[0]) / 1000.0)
     assert rate == pytest.approx(400.0, rel=0.01)
-    assert res["median_queue_ms"] < 5.0
+    # no concurrency limit: a send is late only by scheduling (9 ms median with a core held busy), while a
+    # client falling behind its schedule would be seconds late by the end of these 5 s (the figure itself
+    # is measured in perf/, not here)
+    assert res["median_queue_ms"] < 50.0
 
 
 @pytest.mark.parametrize("tokens_per_chunk", [1, 2])
