@@ -203,15 +203,12 @@ class Engine:
         running list until it fits; returns the decodes that still run (a preempted
         sequence has ``prefilled == 0``)."""
         kv_tokens = self.profile.kv_tokens
-        block = self.profile.kv_block_tokens
         k = self.tokens_per_step
         kept: list[Seq] = []
         for seq in decode:
             if seq.prefilled == 0:  # preempted to make room for an earlier sequence
                 continue
-            need = seq.prompt_len + seq.generated + min(k, seq.target_out - seq.generated)
-            if block > 1:
-                need = -(-need // block) * block
+            need = self._blocks(seq.prompt_len + seq.generated + min(k, seq.target_out - seq.generated))
             need -= seq.reserved
             while need > 0 and self.kv_used + need > kv_tokens:
                 victim = self.running[-1]
