@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.process import free_port, stop_tree
+from launcher.process import stop_tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -241,6 +241,11 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
             for s in socks:
                 s.close()
     raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port for a test's server, below the ephemeral range (see :func:`free_port_run`)."""
+    return free_port_run(1, host)
 
 
 @pytest.fixture(scope="session")

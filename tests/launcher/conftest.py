@@ -88,7 +88,10 @@ def read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> str:
                 return seen
         elif proc.poll() is not None:
             break
-    raise AssertionError(f"no {pattern!r} within {timeout}s; got {seen!r}")
+    err = ""
+    if proc.poll() is not None and proc.stderr is not None:
+        err = f"; it exited with {proc.returncode}, stderr: {proc.stderr.read()[-2000:]!r}"
+    raise AssertionError(f"no {pattern!r} within {timeout}s; got {seen!r}{err}")
 
 
 PROBES = {

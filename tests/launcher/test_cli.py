@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from launcher import process
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 from tests.launcher.conftest import kill_group, read_until, run_cli, start_cli, stop_cli, wait_or_dump
 
 ROOT = REPO_ROOT
 
 
 def test_foreground_serve_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = process.free_port()
+    port = free_port()
     log = tmp_path / "sim.log"
     proc = start_cli(
         tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
@@ -44,7 +44,7 @@ def test_foreground_serve_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_startup_stops_the_server(tmp_path: Path) -> None:
-    port = process.free_port()
+    port = free_port()
     log = tmp_path / "sim.log"
     proc = start_cli(
         tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
@@ -75,7 +75,7 @@ def _cmdline_has(pid: int, text: str) -> bool:
 
 
 def test_detach_status_stop_round_trip(tmp_path: Path) -> None:
-    port = process.free_port()
+    port = free_port()
     res = run_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port), "--detach",
                   "--log", str(tmp_path / "sim.log"), "-q")
     state_file = tmp_path / "state" / f"{port}.json"
@@ -121,7 +121,7 @@ def test_busy_port_is_refused(tmp_path: Path) -> None:
 
 
 def test_bad_engine_option_is_refused_before_start(tmp_path: Path) -> None:
-    port = process.free_port()
+    port = free_port()
     t0 = time.monotonic()
     res = run_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
                   "--log", str(tmp_path / "sim.log"), "--no-such-sim-flag", "1", "-q")
@@ -145,7 +145,7 @@ def test_plan_prints_commands_and_usage_errors(tmp_path: Path) -> None:
 def test_docker_serve_without_daemon_is_one_line(tmp_path: Path) -> None:
     if process.docker_problem() is None:
         pytest.skip("a Docker daemon runs here; this test is about its absence")
-    port = process.free_port()
+    port = free_port()
     res = run_cli(tmp_path, "serve", "--engine", "vllm", "--engine-version", "0.8.2", "--preset",
                   "deepseek-r1-fp8-tp8-h20", "--docker", "vllm/vllm-openai:v0.8.2", "--port", str(port), "-q")
     assert res.returncode == 1
@@ -165,7 +165,7 @@ def test_check_memory_plan_reproduces_the_sglang_verdicts(tmp_path: Path) -> Non
 
 
 def test_server_dying_while_serving_is_reported(tmp_path: Path) -> None:
-    port = process.free_port()
+    port = free_port()
     proc = start_cli(
         tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
         "--log", str(tmp_path / "sim.log"), "-q",

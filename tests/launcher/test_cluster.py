@@ -24,7 +24,7 @@ from launcher.multinode import build_multinode_plan
 from launcher.plan import project_root
 from launcher.readiness import http_status
 from launcher.transport import LocalTransport, SshTransport, parse_pgid, start_script, stop_script
-from tests.conftest import free_port_run
+from tests.conftest import free_port, free_port_run
 
 
 def test_ssh_argv_uses_the_system_ssh_with_batch_mode_and_one_script_argument():
@@ -136,7 +136,7 @@ def test_address_in_use_on_a_worker_fails_the_start_naming_the_worker(tmp_path):
     with socket.socket() as blocker:
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         for _ in range(50):  # a free port whose neighbour (node 1's port) we can take
-            port = process.free_port()
+            port = free_port()
             try:
                 blocker.bind(("127.0.0.1", port + 1))
                 break

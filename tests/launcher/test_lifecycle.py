@@ -22,6 +22,7 @@ import pytest
 from launcher import process
 from launcher.lifecycle import LaunchError, Server, start_plan
 from launcher.readiness import ReadinessSpec
+from tests.conftest import free_port
 
 FAKE_ENGINE = textwrap.dedent(
     '''
@@ -90,7 +91,7 @@ def fake(tmp_path: Path):
     script.write_text(FAKE_ENGINE)
 
     def make(*args: str, readiness: ReadinessSpec | None = None) -> FakePlan:
-        port = process.free_port()
+        port = free_port()
         return FakePlan([sys.executable, str(script), "--port", str(port), *args], port,
                         readiness=readiness or ReadinessSpec(health_path="/health"))
 
@@ -196,7 +197,7 @@ def test_health_that_lies_needs_the_ready_line(fake, tmp_path: Path) -> None:
 
 
 def test_missing_executable_is_one_line(tmp_path: Path) -> None:
-    plan = FakePlan(["/nonexistent/vllm", "serve"], process.free_port())
+    plan = FakePlan(["/nonexistent/vllm", "serve"], free_port())
     with pytest.raises(LaunchError, match="cannot start '/nonexistent/vllm'"):
         start_plan(plan, engine="vllm", log_path=tmp_path / "l.log")
 
@@ -211,7 +212,7 @@ def test_broken_checkpoint_refused_before_start(fake, tmp_path: Path) -> None:
 
 
 def test_docker_mode_without_daemon_is_a_clear_error(tmp_path: Path) -> None:
-    port = process.free_port()
+    port = free_port()
     plan = FakePlan(["vllm", "serve", "/mnt/models/m"], port,
                     docker_argv=["docker", "run", "--rm", "--name", "lg-test", "img", "vllm", "serve"])
     problem = process.docker_problem()
@@ -246,7 +247,7 @@ def test_memory_plan_refuses_sglang_default_fraction_on_h20(tmp_path: Path, monk
     from launcher.plan import build_plan
 
     monkeypatch.setenv("PATH", _fake_nvidia_smi(tmp_path, 97871))
-    port = process.free_port()
+    port = free_port()
     plan = build_plan("sglang", version="0.4.5", model="/mnt/models/DeepSeek-R1", port=port, host="127.0.0.1",
                       extra_args=["--tp-size", "8", "--trust-remote-code", "--context-length", "65536"])
     with pytest.raises(LaunchError) as info:

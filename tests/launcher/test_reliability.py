@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from launcher import process
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 from tests.launcher.conftest import (
     cli_env,
     kill_group,
@@ -80,7 +80,7 @@ def wait_gone(pid: int, timeout: float) -> bool:
 
 
 def test_unresolvable_host_is_named_not_a_busy_port(tmp_path: Path) -> None:
-    port = process.free_port()
+    port = free_port()
     res = run_cli(tmp_path, "serve", "--engine", "sim", "--host", "no-such-host.invalid", "--port", str(port),
                   "--log", str(tmp_path / "sim.log"), "-q")
     assert res.returncode == 1
@@ -93,7 +93,7 @@ def test_unwritable_log_is_named(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where a folder is expected")
     log = blocker / "sim.log"
-    res = run_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(process.free_port()),
+    res = run_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(free_port()),
                   "--log", str(log), "-q")
     assert res.returncode == 1
     last = res.stderr.strip().splitlines()[-1]
@@ -102,7 +102,7 @@ def test_unwritable_log_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_sim_flag_is_named_before_anything_starts(tmp_path: Path) -> None:
-    port = process.free_port()
+    port = free_port()
     log = tmp_path / "sim.log"
     res = run_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
                   "--log", str(log), "--profle", "fast", "-q")
@@ -122,7 +122,7 @@ def test_explicit_python_is_never_ignored(tmp_path: Path) -> None:
     for engine in ("vllm", "sim"):
         args = ("--preset", "tiny-cpu") if engine == "vllm" else ()
         res = run_cli(tmp_path, "serve", "--engine", engine, *args, "--python", "/nonexistent/python",
-                      "--port", str(process.free_port()), "--log", str(tmp_path / f"{engine}.log"),
+                      "--port", str(free_port()), "--log", str(tmp_path / f"{engine}.log"),
                       "--ready-timeout", "5", "-q")
         assert res.returncode == 2, res.stderr
         lines = res.stderr.strip().splitlines()
@@ -149,7 +149,7 @@ def test_mask_helpers_hide_secret_values_only() -> None:
 
 def test_engine_api_key_is_masked_on_screen_in_log_and_state(tmp_path: Path) -> None:
     exe = fake_vllm(tmp_path)
-    port = process.free_port()
+    port = free_port()
     log = tmp_path / "vllm.log"
     secret = "sk-very-secret-4711"
     res = run_cli(tmp_path, "serve", "--engine", "vllm", "--engine-version", "0.33.0", "--engine-bin", str(exe),
@@ -181,7 +181,7 @@ def test_engine_api_key_is_masked_on_screen_in_log_and_state(tmp_path: Path) -> 
 
 def serve_sim(tmp_path: Path) -> tuple[int, subprocess.Popen]:
     """A foreground ``serve --engine sim`` on a free port: the port and the launcher's process."""
-    port = process.free_port()
+    port = free_port()
     return port, start_cli(tmp_path, "serve", "--engine", "sim", "--host", "127.0.0.1", "--port", str(port),
                            "--log", str(tmp_path / "sim.log"), "-q")
 
@@ -213,7 +213,7 @@ def test_sigkill_of_foreground_serve_leaves_no_hidden_server(tmp_path: Path) -> 
 
 def test_orphan_that_ignores_sigterm_is_found_and_stopped(tmp_path: Path) -> None:
     exe = fake_vllm(tmp_path)
-    port = process.free_port()
+    port = free_port()
     env = {**cli_env(tmp_path), "FAKE_ENGINE_IGNORE_TERM": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "serve", "--engine", "vllm", "--engine-version",
                              "0.33.0", "--engine-bin", str(exe), "--model", "/m", "--host", "127.0.0.1", "--port",
@@ -258,7 +258,7 @@ def test_serve_from_a_folder_with_a_launcher_subfolder(tmp_path: Path) -> None:
     work = tmp_path / "work"
     (work / "launcher").mkdir(parents=True)
     (work / "launcher" / "__init__.py").write_text("")
-    port = process.free_port()
+    port = free_port()
     env = cli_env(tmp_path)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     res = subprocess.run([sys.executable, "-P", "-m", "launcher.cli", "serve", "--engine", "sim", "--port", str(port),
@@ -312,7 +312,7 @@ def test_sim_models_created_is_unix_time(sim_server) -> None:
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
 def test_foreground_stop_signals_exit_codes(tmp_path: Path, sig: int, code: int) -> None:
-    port = process.free_port()
+    port = free_port()
     proc = start_cli(tmp_path, "serve", "--engine", "sim", "--port", str(port), "--log", str(tmp_path / "s.log"), "-q")
     server_pid = None
     try:
@@ -416,7 +416,7 @@ def test_sglang_api_key_never_lands_in_the_log_in_clear(tmp_path: Path, version:
     fake.parent.mkdir()
     fake.write_text(f"#!{sys.executable}\n{FAKE_SGLANG}")
     fake.chmod(0o755)
-    port = process.free_port()
+    port = free_port()
     log = tmp_path / "sglang.log"
     pid_file = tmp_path / "engine.pid"
     secret = "sk-sglang-secret-4711"
@@ -452,7 +452,7 @@ def test_sglang_api_key_never_lands_in_the_log_in_clear(tmp_path: Path, version:
 def test_an_engine_behind_the_log_filter_still_dies_with_its_launcher(tmp_path: Path) -> None:
     """With a key the engine runs under the masking filter: SIGKILL of a foreground launcher still ends both."""
     exe = fake_vllm(tmp_path)
-    port = process.free_port()
+    port = free_port()
     proc = start_cli(tmp_path, "serve", "--engine", "vllm", "--engine-version", "0.33.0", "--engine-bin", str(exe),
                      "--model", "/m", "--host", "127.0.0.1", "--port", str(port), "--log", str(tmp_path / "vllm.log"),
                      "--no-preflight", "-q", "--api-key", "sk-foreground-2024")

@@ -17,9 +17,8 @@ import pytest
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
-from launcher.process import free_port
 from loadgen.store import read_requests
-from tests.conftest import REPO_ROOT, wait_for_rows
+from tests.conftest import REPO_ROOT, free_port, wait_for_rows
 from tests.loadgen.conftest import invoke, results_in, write_profile
 
 SMALL = ["--num-prompts", "32", "--concurrency", "8", "--input-len", "32", "--output-len", "16",

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.process import free_port
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 BAD = [
     (["--grace", "-1"], "--grace"),

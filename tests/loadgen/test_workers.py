@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 
 import analysis
-from launcher.process import free_port, live_tree, stop_tree
+from launcher.process import live_tree, stop_tree
 from loadgen.aggregate import Aggregate
 from loadgen.scale.split import effective_workers, partition, plan_tasks, split_limit
 from loadgen.scale.worker import aggregate_from_wire, aggregate_to_wire
 from loadgen.schedule import ArrivalSpec, release_offsets
 from loadgen.store import read_requests
-from tests.conftest import REPO_ROOT, wait_for_rows
+from tests.conftest import REPO_ROOT, free_port, wait_for_rows
 
 N, IN, OUT, CONC, RATE = 60, 32, 16, 8, 40.0
 SCHEDULE = ["--num-prompts", str(N), "--concurrency", str(CONC), "--rate", str(RATE), "--input-len", str(IN),
