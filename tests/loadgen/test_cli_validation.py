@@ -1,9 +1,10 @@
 """Every numeric option is checked before any work: one line on stderr, exit code 2, no traceback.
 
-Run through the real command (``python -m loadgen.cli`` in a subprocess), with no
-server listening: a value that slipped past validation would reach the pre-flight
-checks and fail differently (or, as ``--grace -1`` once did, with a traceback after
-the prompts were built).
+Bad values run through the real command in this process (click's test runner calls the
+same entry point as the console script, error shell included), with no server listening:
+a value that slipped past validation would reach the pre-flight checks and fail
+differently (or, as ``--grace -1`` once did, with a traceback after the prompts were
+built). The memory-bound refusals run as a subprocess, as a user meets them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from loadgen.cli import main
 from tests.conftest import REPO_ROOT, free_port
 
 BAD = [
@@ -65,13 +68,11 @@ BAD = [
 @pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_value_is_one_line_before_any_work(args: list[str], needle: str, tmp_path: Path) -> None:
     base = [] if any(a in ("--base-url", "--port") for a in args) else ["--port", str(free_port())]
-    r = subprocess.run([sys.executable, "-m", "loadgen.cli", *base, *args, "--tokenizer", "deepseek-r1",
-                        "--output-dir", str(tmp_path / "out")],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    r = CliRunner().invoke(main, [*base, *args, "--tokenizer", "deepseek-r1", "--output-dir", str(tmp_path / "out")])
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2, r.stderr
+    assert isinstance(r.exception, SystemExit) and r.exit_code == 2, r.stderr  # exited, not raised
     assert len(lines) == 1 and needle in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
     assert "pw-3c1e" not in r.stderr  # a password in a bad URL is not echoed
     assert not (tmp_path / "out").exists()  # nothing was done: not even the output folder
 

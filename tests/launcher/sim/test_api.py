@@ -6,7 +6,6 @@ import json
 import urllib.error
 import urllib.request
 
-import openai
 import pytest
 
 
@@ -28,6 +27,13 @@ def get(base_url: str, path: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def sdk_client(base_url: str):
+    """The OpenAI SDK's client (imported here: the SDK costs ~1 s to import in every test process)."""
+    import openai
+
+    return openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0)
+
+
 def sse_events(raw: bytes) -> list[str]:
     text = raw.decode()
     assert text.endswith("\n\n")
@@ -35,7 +41,7 @@ def sse_events(raw: bytes) -> list[str]:
 
 
 def test_openai_sdk_streams_chat_with_usage(sim_fast):
-    client = openai.OpenAI(base_url=sim_fast.base_url + "/v1", api_key="none", max_retries=0)
+    client = sdk_client(sim_fast.base_url)
     stream = client.chat.completions.create(
         model="deepseek-r1", messages=[{"role": "user", "content": "Tell me about batching."}],
         max_tokens=20, stream=True, stream_options={"include_usage": True},
@@ -52,7 +58,7 @@ def test_openai_sdk_streams_chat_with_usage(sim_fast):
 
 
 def test_openai_sdk_streams_completions_with_usage(sim_fast):
-    client = openai.OpenAI(base_url=sim_fast.base_url + "/v1", api_key="none", max_retries=0)
+    client = sdk_client(sim_fast.base_url)
     stream = client.completions.create(
         model="deepseek-r1", prompt="The quick brown fox", max_tokens=12, stream=True,
         stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
@@ -65,7 +71,7 @@ def test_openai_sdk_streams_completions_with_usage(sim_fast):
 
 
 def test_openai_sdk_non_streaming(sim_fast):
-    client = openai.OpenAI(base_url=sim_fast.base_url + "/v1", api_key="none", max_retries=0)
+    client = sdk_client(sim_fast.base_url)
     out = client.chat.completions.create(
         model="deepseek-r1", messages=[{"role": "user", "content": "hi"}], max_tokens=7,
         extra_body={"ignore_eos": True},
