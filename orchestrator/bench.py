@@ -377,9 +377,10 @@ def run_capacity(target: EngineTarget, out: Path, *, tokenizer: str, ready_timeo
 
 
 def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click.echo,
-                                price: tuple[float, int | None] | None = None) -> int:
+                                price: tuple[float, int | None] | None = None, draw: bool = True) -> int:
     """summary.csv, comparison.md and report.html of capacities, side by side with intervals
-    (with ``price`` = (USD per GPU-hour, GPUs): the cost per million output tokens at the SLO)."""
+    (with ``price`` = (USD per GPU-hour, GPUs): the cost per million output tokens at the SLO;
+    ``draw=False``: no figures)."""
     from analysis.capacity import load_capacities, write_capacity_report
     from analysis.cost import CostError, capacity_cost
 
@@ -394,16 +395,17 @@ def write_capacity_bench_report(out: Path, labels: list[str], echo: Echo = click
             table = capacity_cost(table, *price)
         except CostError as exc:
             echo(f"no cost at the SLO: {exc}")
-    files = write_capacity_report(table, out / "report", baseline=labels[0], title=f"loadgen capacity — {out.name}")
+    files = write_capacity_report(table, out / "report", baseline=labels[0], title=f"loadgen capacity — {out.name}",
+                                  draw=draw)
     echo("")
     echo(files["comparison_md"].read_text(encoding="utf-8"))
     return len(table)
 
 
 def write_bench_report(out: Path, labels: list[str], echo: Echo = click.echo,
-                       price: tuple[float, int | None] | None = None) -> int:
+                       price: tuple[float, int | None] | None = None, draw: bool = True) -> int:
     """The report over every target's folder; the first label is the comparison's baseline
-    (with ``price``: $ per million tokens per point)."""
+    (with ``price``: $ per million tokens per point; ``draw=False``: tables only)."""
     from analysis.cli import print_summary
     from analysis.cost import CostError, annotate
     from analysis.load import LoadError, histograms, load
@@ -422,7 +424,8 @@ def write_bench_report(out: Path, labels: list[str], echo: Echo = click.echo,
         except CostError as exc:
             echo(f"no cost columns: {exc}")
     baseline = labels[0] if labels and labels[0] in set(runs["label"]) else None
-    report = write_report(runs, out / "report", hists, baseline=baseline, title=f"loadgen bench — {out.name}")
+    report = write_report(runs, out / "report", hists, baseline=baseline, title=f"loadgen bench — {out.name}",
+                          draw=draw)
     echo("")
     print_summary(report, len(runs))
     return len(runs)
@@ -467,10 +470,11 @@ Examples:
               help="Price of one GPU-hour: $ per million tokens per point (at the SLO with SWEEP=capacity).")
 @click.option("--gpus", type=int, default=None, metavar="N",
               help="GPUs per deployment for --gpu-hour-price [default: the launch plan's tensor parallel size]")
+@click.option("--no-plots", is_flag=True, help="Report tables only (summary.csv, comparison.md, report.html), no figures.")
 def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str | None, profile: str | None,
          like_report: bool, concurrency: str | None, lengths: str | None, tokenizer: str,
          ready_timeout_s: float, dry_run: bool, time_scale: float | None, slos: tuple[str, ...],
-         probe_seconds: float, gpu_hour_price: float | None, gpus: int | None) -> None:
+         probe_seconds: float, gpu_hour_price: float | None, gpus: int | None, no_plots: bool) -> None:
     """Launch → wait ready → sweep (loadgen) → report (analysis) → stop, in one command; resumable."""
     if engine != "sim" and profile:
         raise click.UsageError("--profile applies to --engine sim only; use --preset/--model for vllm and sglang")
@@ -497,7 +501,7 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     if sweep == "capacity":
         _capacity_main(targets, out_dir, tokenizer, ready_timeout_s, slos or CAPACITY_SLOS, probe_seconds, dry_run,
-                       price)
+                       price, draw=not no_plots)
         return
     points = plan_points(sweep, like_report, _parse_concurrency(concurrency), _parse_lengths(lengths))
     if dry_run:
@@ -522,7 +526,7 @@ def main(engine: str, sweep: str, out_dir: Path, preset: str | None, model: str 
     except SystemExit:
         click.echo("\nterminated: the server is stopped; run the same command again to resume")
         raise
-    write_bench_report(out_dir, [t.label for t in targets], price=price)
+    write_bench_report(out_dir, [t.label for t in targets], price=price, draw=not no_plots)
     _finished(out_dir, started, failed, "points")
 
 
@@ -548,7 +552,7 @@ def gpu_present() -> bool:
     return done.returncode == 0 and "GPU" in done.stdout
 def _capacity_main(targets: list[EngineTarget], out_dir: Path, tokenizer: str, ready_timeout_s: float,
                    slos: tuple[str, ...], probe_s: float, dry_run: bool,
-                   price: tuple[float, int | None] | None = None) -> None:
+                   price: tuple[float, int | None] | None = None, draw: bool = True) -> None:
     from loadgen.search.method import SearchError, parse_slo
 
     try:
@@ -573,7 +577,7 @@ def _capacity_main(targets: list[EngineTarget], out_dir: Path, tokenizer: str, r
     except KeyboardInterrupt:
         click.echo("\ninterrupted: the server is stopped; run the same command again to resume")
         sys.exit(130)
-    write_capacity_bench_report(out_dir, [t.label for t in targets], price=price)
+    write_capacity_bench_report(out_dir, [t.label for t in targets], price=price, draw=draw)
     _finished(out_dir, started, failed, "searches")
 
 

@@ -74,7 +74,7 @@ def test_a_run_with_an_energy_counter_reports_joules_per_token_and_cost(sim_serv
     assert "energy_j_mean" not in summ  # a counter has no meaningful mean
 
     report = subprocess.run([str(Path(sys.executable).parent / "loadgen-report"), str(tmp_path / "runs"), "--out",
-                             str(tmp_path / "report"), "--gpu-hour-price", "2.5"],
+                             str(tmp_path / "report"), "--gpu-hour-price", "2.5", "--no-plots"],
                             capture_output=True, text=True, timeout=150, cwd=REPO_ROOT)
     assert report.returncode == 0, report.stderr
     row = pd.read_csv(tmp_path / "report" / "summary.csv").iloc[0]

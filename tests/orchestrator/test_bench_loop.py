@@ -125,8 +125,8 @@ def test_bench_runs_reports_and_resumes(tmp_path):
     assert (report / "plots" / "output_throughput.png").is_file()
     assert "server.log" in {p.name for p in results.iterdir()}
 
-    # A re-run finds every point complete and does not start a server.
-    again = _bench(out)
+    # A re-run finds every point complete and does not start a server (its report: tables only).
+    again = _bench(out, "--no-plots")
     assert again.returncode == 0
     assert "2 of 2 points already complete: skipped" in again.stdout
     assert "launching" not in again.stdout
@@ -135,7 +135,7 @@ def test_bench_runs_reports_and_resumes(tmp_path):
     partial = results / "serving_benchmark_4_32_16.json"
     partial.write_text(json.dumps({**data, "partial": True}))
     kept = (results / "serving_benchmark_1_32_16.json").stat().st_mtime_ns
-    third = _bench(out)
+    third = _bench(out, "--no-plots")
     assert third.returncode == 0, third.stdout[-3000:]
     assert "1 of 2 points already complete: skipped" in third.stdout
     assert json.loads(partial.read_text())["partial"] is False
