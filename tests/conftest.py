@@ -216,8 +216,9 @@ def wait_for_rows(folder: Path, pattern: str, files: int, proc: subprocess.Popen
 def free_port_run(count: int, host: str = "127.0.0.1") -> int:
     """The first of ``count`` consecutive free ports (a multi-node sim listens on port + rank).
 
-    Taken below the kernel's ephemeral range: ``free_port()`` and every outgoing connection
-    draw from that range, so a neighbour checked free here is not handed to a client a moment later.
+    Taken below the kernel's ephemeral range, from which the product's ``free_port()`` and every
+    outgoing connection draw, so a port checked free here is not handed to a client a moment later;
+    and above Ray's worker ports (10002-19999), which a Ray test's cluster takes for itself.
     """
     import random
     import socket
@@ -227,7 +228,7 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
     except (OSError, ValueError, IndexError):
         low = 32768
     for _ in range(200):
-        first = random.randrange(10_000, max(low - count, 10_001))
+        first = random.randrange(20_000, max(low - count, 20_001))
         socks = []
         try:
             for port in range(first, first + count):
