@@ -24,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import plots
 from analysis.formats import engine_settings
 from analysis.intervals import separated
 from analysis.page import image, page_start, table_html
@@ -148,6 +147,8 @@ def markdown(table: pd.DataFrame, baseline: str | None = None) -> str:
 
 def figure(table: pd.DataFrame):  # -> matplotlib Figure
     """Capacity per label with its interval as an error bar."""
+    from analysis import plots  # matplotlib: imported only to draw
+
     with plots.style():
         fig, ax = plots._new("Capacity under SLOs (95 % interval)")
         x = list(range(len(table)))
@@ -174,8 +175,11 @@ def write_capacity_report(table: pd.DataFrame, out_dir: str | Path, baseline: st
     table.to_csv(csv, index=False, float_format="%.4g")
     md = out / "comparison.md"
     md.write_text(markdown(table, baseline), encoding="utf-8")
-    pngs = [p for p in plots.save(figure(table), out / "plots", "capacity") if p.suffix == ".png"] \
-        if len(table) and draw else []
+    pngs: list[Path] = []
+    if len(table) and draw:
+        from analysis import plots
+
+        pngs = [p for p in plots.save(figure(table), out / "plots", "capacity") if p.suffix == ".png"]
     parts = [page_start(title)]
     concl = conclusions(table, baseline)
     parts.append("<h2>Conclusions the data supports</h2><ul>")

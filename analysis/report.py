@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import intervals, plots
+from analysis import intervals
 from analysis.checks import Issue, comparability
 from analysis.compare import Comparison, compare_labels
 from analysis.page import image, page_start, table_html
-from analysis.server_plots import timeline_plots, ttft_plot
 from analysis.summary import summary, write_csv
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -61,6 +60,9 @@ def _select_concurrencies(hists: pd.DataFrame, limit: int = 3) -> list[float]:
 
 def make_plots(runs: pd.DataFrame, hists: pd.DataFrame | None, plot_dir: Path) -> list[Path]:
     """Every report figure, written as PNG and SVG; returns the PNG paths in report order."""
+    from analysis import plots  # matplotlib: only a report that draws pays for it (~0.5 s)
+    from analysis.server_plots import timeline_plots, ttft_plot
+
     written: list[Path] = []
     written += plots.save(plots.throughput(runs), plot_dir, "output_throughput")
     for metric in LATENCY_METRICS:

@@ -357,6 +357,21 @@ def test_report_command_writes_every_artefact(tmp_path):
     assert 'src="http' not in html and "<link" not in html
 
 
+def test_a_report_without_plots_never_imports_matplotlib(tmp_path):
+    """--no-plots costs what the tables cost: the plotting library is imported only to draw."""
+    code = ("import sys\n"
+            "from analysis.cli import main\n"
+            "try:\n"
+            "    main([sys.argv[1], '--out', sys.argv[2], '--no-plots'])\n"
+            "except SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\n"
+            "assert 'matplotlib' not in sys.modules, 'a tables-only report imported matplotlib'\n")
+    done = subprocess.run([sys.executable, "-c", code, str(VLLM_DIR), str(tmp_path / "report")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "report" / "summary.csv").is_file() and not (tmp_path / "report" / "plots").exists()
+
+
 def test_no_plots_writes_the_same_tables_without_drawing(tmp_path):
     full, tables = tmp_path / "full", tmp_path / "tables"
     for out, extra in ((full, ()), (tables, ("--no-plots",))):
