@@ -66,7 +66,7 @@ class SimTokenizer:
             if len(pieces) >= PIECE_TABLE_SIZE:
                 break
         if not pieces:  # an odd vocabulary: fall back to any decodable token
-            pieces = [self.decode([t]) for t in range(min(self.vocab_size, PIECE_TABLE_SIZE))]
+            pieces = [self.decode([t]) for t in range(3, min(self.vocab_size, 3 + PIECE_TABLE_SIZE))]
         return pieces
 
 
