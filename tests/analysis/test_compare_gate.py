@@ -137,9 +137,10 @@ def test_runs_that_are_not_comparable_or_bad_options_are_one_line_and_exit_2(tmp
 
 @pytest.mark.timeout(240)
 def test_the_gate_passes_identical_sims_and_fails_a_slowed_one(sim_server, fixed_profile, tmp_path, private_cache):
-    fast = sim_server("--profile", str(fixed_profile), "--time-scale", "10")
-    twin = sim_server("--profile", str(fixed_profile), "--time-scale", "10")
-    slow = sim_server("--profile", str(fixed_profile), "--time-scale", "5")
+    # steps of 20 ms and 40 ms: long against a busy machine's scheduling delays, which make every step late
+    fast = sim_server("--profile", str(fixed_profile), "--time-scale", "5")
+    twin = sim_server("--profile", str(fixed_profile), "--time-scale", "5")
+    slow = sim_server("--profile", str(fixed_profile), "--time-scale", "2.5")
     common = ["--tokenizer", "deepseek-r1", "--input-len", "16", "--output-len", "8", "--rate", "20",
               "--concurrency", "32", "--num-prompts", "80", "--no-progress", "--goodput", "e2el:1000"]
     for srv, name in ((fast, "base"), (twin, "twin"), (slow, "slow")):
@@ -160,7 +161,7 @@ def test_the_gate_passes_identical_sims_and_fails_a_slowed_one(sim_server, fixed
                    "--threshold", "20%")
     assert twin.returncode == 0, twin.stdout
     assert twin.stdout.startswith("**PASS**")
-    # steps of 20 ms instead of 10: TPOT doubles; the gate fails with the markdown saying so
+    # steps of 40 ms instead of 20: TPOT doubles; the gate fails with the markdown saying so
     slowed = loadgen("compare", str(tmp_path / "base"), str(tmp_path / "slow"), "--metric", "tpot_p50",
                      "--json", str(tmp_path / "verdict.json"))
     assert slowed.returncode == 1, slowed.stdout

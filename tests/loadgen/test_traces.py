@@ -329,7 +329,10 @@ def test_azure_replay_at_trace_times_against_sim(private_cache, tmp_path: Path, 
     lateness = released - np.asarray(store["intended_ms"])
     assert np.all(lateness >= 0) and np.all(sent >= released)
     assert trace["lag_ms"]["max"] == pytest.approx(float(lateness.max()), rel=1e-3, abs=1e-3)
-    assert trace["lag_ms"]["p50"] == pytest.approx(float(np.percentile(lateness, 50, method="inverted_cdf")), abs=0.005)
+    # the median comes from the HDR histogram: 3 significant digits (a busy machine's lateness of 300 ms is
+    # kept to ~0.1 ms)
+    assert trace["lag_ms"]["p50"] == pytest.approx(float(np.percentile(lateness, 50, method="inverted_cdf")),
+                                                   rel=1e-3, abs=0.005)
     assert trace["lag_ms"]["p99"] <= result["p99_queue_ms"] + 0.01  # queue time adds connect + write
 
 
