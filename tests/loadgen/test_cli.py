@@ -174,12 +174,18 @@ def test_release_times_hold_the_asked_rate(sim_fast, tmp_path: Path) -> None:
                 "--output-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output + r.stderr
     (res,) = results_in(tmp_path)
-    sent = sorted(read_requests(tmp_path / res["per_request"]["requests"])["sent_ms"].tolist())
+    rows = read_requests(tmp_path / res["per_request"]["requests"])
+    sent, intended = sorted(rows["sent_ms"].tolist()), sorted(rows["intended_ms"].tolist())
     # Measured between the 10th and the 10th-last send, so that one late first send (a new
     # connection on a loaded machine) does not stand for the whole schedule.
-    inner = sent[10:-10]
-    rate = (len(inner) - 1) / ((inner[-1] - inner[0]) / 1000.0)
-    assert rate == pytest.approx(400.0, rel=0.01)
+    def rate(times: list[float]) -> float:
+        inner = times[10:-10]
+        return (len(inner) - 1) / ((inner[-1] - inner[0]) / 1000.0)
+
+    assert rate(intended) == pytest.approx(400.0, rel=0.01)  # the seeded schedule
+    # the sends keep it, unless the client says it could not: a machine too busy for 400 sends a second
+    # falls behind, and then the result must say so
+    assert rate(sent) == pytest.approx(rate(intended), rel=0.01) or res["client_saturated"], res["loop_lag_p99_ms"]
     # no concurrency limit: a send is late only by scheduling (9 ms median with a core held busy), while a
     # client falling behind its schedule would be seconds late by the end of these 5 s (the figure itself
     # is measured in perf/, not here)
