@@ -212,14 +212,23 @@ def test_figures_match_the_sims_timing(sim_server, tmp_path: Path, tokens_per_ch
     (res,) = results_in(out)
     assert res["completed"] == 12 and res["total_output_tokens"] == 120
     decode_steps = math.ceil(9 / tokens_per_chunk)
+    assert res["itl_samples"] == 12 * 9
+    # every request has 9 gaps, so the ITL gaps add up to the decode time on any machine
+    assert res["mean_itl_ms"] == pytest.approx(res["mean_tpot_ms"], rel=0.01)
+    # the sim keeps absolute step deadlines: three waves of four requests, each 1 + decode_steps
+    # steps long, cannot end sooner
+    assert res["duration"] >= 3 * (1 + decode_steps) * step_ms / 1000 * 0.8
+    if res["client_saturated"] or res.get("emulator_behind"):
+        # A stalled client reads several steps' chunks in one read, under one stamp (gaps of 0);
+        # a stalled sim runs its late steps back to back. The result says so; its timing is the
+        # busy machine's, not the sim's.
+        return
     assert res["median_itl_ms"] == pytest.approx(step_ms / tokens_per_chunk, rel=0.25)
     assert res["median_tpot_ms"] == pytest.approx(decode_steps * step_ms / 9, rel=0.25)
-    assert res["itl_samples"] == 12 * 9
     # first token after one or two steps (a request may wait for the running step to end)
     assert step_ms / 2 <= res["median_ttft_ms"] <= 4 * step_ms
     assert res["median_e2el_ms"] == pytest.approx(res["median_ttft_ms"] + decode_steps * step_ms, rel=0.3)
-    # three waves of four requests, each 1 + decode_steps steps long
-    assert 3 * (1 + decode_steps) * step_ms / 1000 * 0.8 <= res["duration"] <= 3 * (1 + decode_steps) * step_ms / 1000 * 3
+    assert res["duration"] <= 3 * (1 + decode_steps) * step_ms / 1000 * 3
 
 
 def test_rate_and_concurrency_gate_work_together(sim_server, tmp_path: Path) -> None:
