@@ -145,7 +145,7 @@ def test_busy_port_refused_before_start(fake, tmp_path: Path) -> None:
         t0 = time.monotonic()
         with pytest.raises(LaunchError, match=f"port {plan.port} is already in use"):
             start_plan(plan, engine="sim", log_path=tmp_path / "l.log", ready_timeout_s=30)
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 15  # refused up front, not at the 30 s timeout
     assert not (tmp_path / "l.log").exists(), "nothing may be started for a busy port"
 
 

@@ -110,3 +110,22 @@ def copy_tokenizer(tmp_path: Path, name: str, post_processor: dict | None = None
             config[key] = value
     (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
     return folder
+
+
+def schedule_drift(intended_ms, sent_ms) -> float:
+    """How far the sends drifted from their schedule, as a share of its length.
+
+    The median lateness of the last quarter of the sends (in schedule order) minus that of the
+    first quarter, over the time between them: a client that keeps its schedule stays at 0, one
+    whose releases fall behind a little more each time shows its rate error (0.01: 1 % slow).
+    A medians' difference, so one stall of the machine (a few hundred late sends, caught up) does
+    not move it, while a client falling behind for a whole quarter does.
+    """
+    import numpy as np
+
+    intended = np.asarray(intended_ms, dtype=float)
+    order = np.argsort(intended, kind="stable")
+    intended, late = intended[order], (np.asarray(sent_ms, dtype=float) - np.asarray(intended_ms, dtype=float))[order]
+    q = len(intended) // 4
+    span = float(np.median(intended[-q:]) - np.median(intended[:q]))
+    return float(np.median(late[-q:]) - np.median(late[:q])) / span

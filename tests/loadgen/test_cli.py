@@ -19,7 +19,7 @@ from hdrh.log import HistogramLogReader
 
 from loadgen.store import read_requests
 from tests.conftest import REPO_ROOT, free_port, wait_for_rows
-from tests.loadgen.conftest import invoke, results_in, write_profile
+from tests.loadgen.conftest import invoke, results_in, schedule_drift, write_profile
 
 SMALL = ["--num-prompts", "32", "--concurrency", "8", "--input-len", "32", "--output-len", "16",
          "--tokenizer", "deepseek-r1", "--no-progress"]
@@ -175,21 +175,17 @@ def test_release_times_hold_the_asked_rate(sim_fast, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output + r.stderr
     (res,) = results_in(tmp_path)
     rows = read_requests(tmp_path / res["per_request"]["requests"])
-    sent, intended = sorted(rows["sent_ms"].tolist()), sorted(rows["intended_ms"].tolist())
-    # Measured between the 10th and the 10th-last send, so that one late first send (a new
-    # connection on a loaded machine) does not stand for the whole schedule.
-    def rate(times: list[float]) -> float:
-        inner = times[10:-10]
-        return (len(inner) - 1) / ((inner[-1] - inner[0]) / 1000.0)
-
-    assert rate(intended) == pytest.approx(400.0, rel=0.01)  # the seeded schedule
-    # the sends keep it, unless the client says it could not: a machine too busy for 400 sends a second
-    # falls behind, and then the result must say so
-    assert rate(sent) == pytest.approx(rate(intended), rel=0.01) or res["client_saturated"], res["loop_lag_p99_ms"]
+    intended = sorted(rows["intended_ms"].tolist())
+    # the seeded schedule, measured between the 10th and the 10th-last release
+    assert (len(intended) - 21) / ((intended[-11] - intended[10]) / 1000.0) == pytest.approx(400.0, rel=0.01)
+    # the sends keep it within 1 %, unless the client says it could not: a machine too busy for 400 sends
+    # a second falls behind, and then the result must say so
+    drift = schedule_drift(rows["intended_ms"], rows["sent_ms"])
+    assert abs(drift) < 0.01 or res["client_saturated"], (drift, res["loop_lag_p99_ms"])
     # no concurrency limit: a send is late only by scheduling (9 ms median with a core held busy), while a
     # client falling behind its schedule would be seconds late by the end of these 5 s (the figure itself
-    # is measured in perf/, not here)
-    assert res["median_queue_ms"] < 50.0
+    # is measured in perf/, not here); a stalled loop is the result's to say
+    assert res["median_queue_ms"] < 50.0 or res["client_saturated"], res["loop_lag_p99_ms"]
 
 
 @pytest.mark.parametrize("tokens_per_chunk", [1, 2])

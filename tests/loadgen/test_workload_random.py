@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -316,10 +315,8 @@ def test_cache_serves_the_second_build(tok, tmp_path: Path) -> None:
     first = build_prompts(spec, tok)
     files = list((tmp_path / "cache" / "prompts").glob("random-*.jsonl"))
     assert len(files) == 1
-    t0 = time.perf_counter()
     second = build_prompts(spec, tok)
-    assert time.perf_counter() - t0 < 1.0
-    assert workload.last_build.source == "cache"
+    assert workload.last_build.source == "cache"  # read, not built (how fast: perf/, not here)
     assert second == first
     other = build_prompts(WorkloadSpec(num_prompts=50, input_len=129, seed=12), tok)
     assert other[0].input_len == 129
