@@ -255,6 +255,20 @@ def _children(pid: int) -> list[int]:
     return sorted(out)
 
 
+def wait_dead(pid: int, timeout_s: float = 30.0) -> None:
+    """Return once a killed process (not ours to reap) is a zombie or gone: it writes nothing more."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X"):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still alive {timeout_s:.0f} s after SIGKILL")
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from loadgen.cli import main; main()", *args], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -342,11 +356,19 @@ def test_every_worker_killed_leaves_a_partial_result_rebuilt_from_their_rows(sim
     stored: dict[int, np.ndarray] = {}
 
     def kill_all(proc: subprocess.Popen, workers: list[int]) -> None:
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
-        for k in (0, 1):  # what each had stored when it died (a killed worker writes nothing more)
-            (store,) = out_dir.glob(f"*.w{k}.requests.npy")
-            stored[k] = np.array(read_requests(store))
+        # The parent is held stopped meanwhile: once it sees its workers dead, it merges their stores
+        # into one and removes them, which could happen before this test has read them.
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            for pid in workers:
+                wait_dead(pid)
+            for k in (0, 1):  # what each had stored when it died (a killed worker writes nothing more)
+                (store,) = out_dir.glob(f"*.w{k}.requests.npy")
+                stored[k] = np.array(read_requests(store))
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
 
     out_dir = tmp_path / "out"
     proc, out, _ = _fault_run(sim_server, tmp_path, [*HUNG, "--save-requests"], kill_all, 60)
