@@ -104,10 +104,15 @@ def test_warmup_seconds_leaves_the_first_seconds_out(sim_server, fixed_profile, 
     rows = read_requests(tmp_path / "w.requests.npy")
     warm = rows[rows["warmup"]]
     steady = rows[~rows["warmup"]]
-    assert len(warm) == 10 and np.all(warm["intended_ms"] < 500) and np.all(steady["intended_ms"] >= 500)
-    assert result["completed"] == len(steady) == 30 and result["warmup_requests"] == 10
+    # warm-up is what was sent in the first 0.5 s: a send comes at its intended time or later, so at most
+    # the schedule's first 10, and all 10 unless the client fell behind (then the result says so)
+    assert np.all(warm["sent_ms"] < 500) and np.all(steady["sent_ms"] >= 500)
+    assert np.all(warm["intended_ms"] < 500) and 0 < len(warm) <= 10
+    assert result["completed"] == len(steady) and result["warmup_requests"] == len(warm)
+    if not result["client_saturated"]:
+        assert len(warm) == 10 and len(steady) == 30, result["loop_lag_p99_ms"]
     assert result["warmup_seconds"] == 0.5
-    assert result["request_throughput"] == pytest.approx(30 / result["duration"])
+    assert result["request_throughput"] == pytest.approx(len(steady) / result["duration"])
     # the steady window, not the whole point: it starts when the warm-up ends, 0.5 s after the point's start,
     # and ends once the last answer is in (later than its last byte by however long the machine takes to
     # notice; 0.4 s of that still tells the window from the whole point)

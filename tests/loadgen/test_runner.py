@@ -100,7 +100,9 @@ def test_duration_stops_releasing() -> None:
     with stream_server("--ttft-ms", "1", "--itl-ms", "1") as port:
         out = run(Target(f"http://127.0.0.1:{port}", "vllm", "m"), [prompt(i, 3) for i in range(200)], offsets,
                   duration_s=0.3)
-    assert 20 <= len(out.records) <= 45
+    assert 0 < len(out.records) <= 31  # released only while the schedule is inside the 0.3 s
+    # a stalled client sends less in that time, and its loop lag says so
+    assert len(out.records) >= 20 or lag_percentiles_ms(out.lag_samples_ns)[1] > SATURATION_LAG_P99_MS
     assert all(r.ok for r in out.records) and not out.partial
 
 
