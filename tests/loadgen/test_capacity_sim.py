@@ -84,29 +84,30 @@ def test_search_finds_the_analytic_capacity_and_it_holds(sim_server, fixed_profi
     took = time.monotonic() - started
     rec = outcome.record
 
-    assert rec["status"] == "found", rec
-    cap = rec["capacity"]
-    assert rec["bracket"][1] / rec["bracket"][0] <= 1.1 + 1e-9
     assert rec["server"]["time_scale"] == SCALE
     assert rec["search"]["slos"] == [SLO] and rec["warmup_seconds"] == WARMUP_S
     saved = json.loads(outcome.path.read_text())
-    assert saved["capacity"] == cap and len(saved["probes"]) == len(outcome.probes) <= spec.max_probes
+    assert len(saved["probes"]) == len(outcome.probes) <= spec.max_probes
     results = {}
     for p in saved["probes"]:
         result = json.loads((tmp_path / "out" / p["file"]).read_text())
         assert result["server"]["time_scale"] == SCALE and result["warmup_seconds"] == WARMUP_S
         results.setdefault(p["load"], []).append((p["passed"], result))
     assert took < 200
-    # A busy machine only makes the sim's steps (or the client) late, so it can only find less. When it
-    # finds clearly less, every probe that failed under the analytic capacity must say why: the emulator
-    # fell behind its model, or the client was saturated. Then the figure is the busy machine's, and the
-    # checks of the analytic edge below do not apply.
-    assert cap <= 1.05 * CAPACITY, (cap, CAPACITY)
-    if cap < 0.85 * CAPACITY:
+    # A busy machine only makes the sim's steps (or the client) late, so it can only make probes fail. When
+    # the search finds clearly less, or no edge at all within its probes, every probe that failed under the
+    # analytic capacity must say why: the emulator fell behind its model, or the client was saturated. Then
+    # the figure is the busy machine's, and the checks of the analytic edge below do not apply.
+    assert rec["status"] in ("found", "max_probes", "below_min"), rec
+    if rec["status"] != "found" or rec["capacity"] < 0.85 * CAPACITY:
         failed_under = [r for load, runs in results.items() if load < CAPACITY for ok, r in runs if not ok]
         assert failed_under and all(r.get("emulator_behind") or r.get("client_saturated") for r in failed_under), \
-            (cap, [(r.get("emulator_behind"), r.get("client_saturated"), r.get("p99_ttft_ms")) for r in failed_under])
+            (rec["status"], rec["capacity"],
+             [(r.get("emulator_behind"), r.get("client_saturated"), r.get("p99_ttft_ms")) for r in failed_under])
         return
+    cap = rec["capacity"]
+    assert saved["capacity"] == cap and rec["bracket"][1] / rec["bracket"][0] <= 1.1 + 1e-9
+    assert cap <= 1.05 * CAPACITY, (cap, CAPACITY)
     lo, hi = rec["interval"]
     assert lo <= cap and lo <= CAPACITY * 1.05 and hi >= CAPACITY * 0.95
 
