@@ -218,12 +218,16 @@ def test_search_over_concurrent_users(sim_fast, tmp_path: Path) -> None:
          "--slo", "ttft:p99<=60000", "--duration", "1.5", "--warmup-seconds", "0.3", "--max", "4",
          "--max-probes", "3", "--label", "users", "--no-progress", "--output-dir", str(out)],
         capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
-    assert proc.returncode == 0, proc.stderr
     assert "concurrent users" in proc.stdout and "concurrent requests" not in proc.stdout
     rec = json.loads((out / "users.capacity.json").read_text())
     assert rec["unit"] == "concurrent users" and rec["over"] == "concurrency"
     assert rec["input_len"] == "20" and rec["output_len"] == "8"  # per turn
-    assert 1 <= len(rec["probes"]) <= 3 and all(p["passed"] for p in rec["probes"])
+    # The SLO is lax: every probe passes, unless a stalled client sent too few requests in the steady
+    # window for a verdict, which the probe says (and then the search may end below its minimum, exit 1).
+    assert 1 <= len(rec["probes"]) <= 3
+    for p in rec["probes"]:
+        assert p["passed"] or (p["client_saturated"] and all("steady-state requests" in f for f in p["failures"])), p
+    assert proc.returncode == (1 if rec["status"] == "below_min" else 0), proc.stderr
     for p in rec["probes"]:
         result = json.loads((out / p["file"]).read_text())
         assert result["sessions"]["sessions"] >= 1 and result["prompt_token_mismatches"] == 0
