@@ -17,6 +17,7 @@ child would share the client's pages copy-on-write and stall it on every write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import pickle
 import subprocess
@@ -72,8 +73,7 @@ class ReplyCounter:
         except TimeoutError:
             line = b""
         if line != b"ready\n":
-            if self.proc.returncode is None:
-                self.proc.kill()
+            _kill(self.proc)
             code = await self.proc.wait()
             self.proc = None
             self.errors.seek(0)
@@ -115,11 +115,18 @@ class ReplyCounter:
         try:
             await asyncio.wait_for(self.proc.wait(), 5.0)
         except TimeoutError:
-            self.proc.kill()
+            _kill(self.proc)
             await self.proc.wait()
         if self.reader is not None:
             await asyncio.gather(self.reader, return_exceptions=True)
         self.errors.close()
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the counter unless it has exited meanwhile: an exit between a timed-out wait and the kill
+    is not an error (uvloop raises ProcessLookupError for it)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
 
 
 def _count(tokenizer: str) -> None:

@@ -85,11 +85,14 @@ def test_repeats_give_files_intervals_and_a_report(sim_server, fixed_profile, tm
     assert "mean TPOT(ms) CI low" in table and table["repeats"].eq(3).all()
     assert (table["mean TPOT(ms) CI low"] <= table["mean TPOT(ms)"]).all()
     md = report.comparison_md.read_text()
-    # a step of 10 ms against 20 ms: the TPOT intervals are far apart, so the conclusion stands
+    # a step of 10 ms against 20 ms: the TPOT intervals are far apart, so the conclusion stands, unless a
+    # machine too busy for the client stretched the runs (and their intervals): the report then says so
+    # beside the conclusion, which is all a busy machine's figures can give
     tpot = [c for comp in report.comparisons for c in comp.conclusions if c.figure == "mean TPOT"]
-    # (a machine too busy for the client adds a comparability caveat, the intervals' verdict stays)
-    assert tpot and not any(cav.startswith(NOT_SUPPORTED) for c in tpot for cav in c.caveats), md
-    assert all(c.supported or "client itself was saturated" in c.reason for c in tpot), md
+    assert tpot, md
+    for c in tpot:
+        if "client itself was saturated" not in c.reason:
+            assert c.supported and not any(cav.startswith(NOT_SUPPORTED) for cav in c.caveats), md
     assert "95% CI" in md
 
 
