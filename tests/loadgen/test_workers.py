@@ -241,16 +241,21 @@ def test_two_workers_measure_what_one_process_measures(sim_fast, tmp_path: Path)
     assert merged["server_metrics"]["scrapes"] > 0 and merged["server_metrics"]["failed_scrapes"] == 0
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (state, ppid, ...); empty when the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rfind(")") + 2:].split()
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for d in os.listdir("/proc"):
         if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
+            fields = _stat_fields(int(d))
+            if fields and int(fields[1]) == pid and fields[0] != "Z":
                 out.append(int(d))
     return sorted(out)
 
@@ -259,11 +264,8 @@ def wait_dead(pid: int, timeout_s: float = 30.0) -> None:
     """Return once a killed process (not ours to reap) is a zombie or gone: it writes nothing more."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return
-        if stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X"):
+        fields = _stat_fields(pid)
+        if not fields or fields[0] in ("Z", "X"):
             return
         time.sleep(0.01)
     raise AssertionError(f"process {pid} still alive {timeout_s:.0f} s after SIGKILL")
