@@ -163,18 +163,28 @@ def check_merged_like_single(merged: dict, single: dict, folder: Path) -> None:
     assert len(merged["ttfts"]) == N and len(merged["itls"]) == N
     assert sum(w["completed"] for w in merged["per_worker"]) == N
     assert merged["max_concurrency_observed"] <= CONC
-    for m in ("ttft", "tpot", "e2el"):  # the fast sim: a few ms per request; a busy machine adds tens
-        assert abs(merged[f"mean_{m}_ms"] - single[f"mean_{m}_ms"]) < 100.0, m
+    # timing is held to the fast sim's few ms only where both runs say their clients kept up
+    kept_up = not merged["client_saturated"] and not single["client_saturated"]
+    for m in ("ttft", "tpot", "e2el"):
+        assert merged[f"mean_{m}_ms"] > 0.0 and single[f"mean_{m}_ms"] > 0.0, m
+        if kept_up:
+            assert abs(merged[f"mean_{m}_ms"] - single[f"mean_{m}_ms"]) < 100.0, m
     assert merged["duration"] == pytest.approx(single["duration"], abs=1.0)
     # every request was released at the single-process schedule's instant, from one common start
     rows = np.sort(np.asarray(read_requests(folder / merged["per_request"]["requests"])), order="prompt_id")
     assert rows["prompt_id"].tolist() == list(range(N))
     expected = release_offsets(N, ArrivalSpec(RATE, "poisson"), seed=7) * 1000.0
     assert np.allclose(rows["intended_ms"], expected, atol=1e-3)
-    # no late start, no queueing: a wrong start instant would be off by seconds, a busy core by tens of ms
-    assert float(np.nanmean(rows["sent_ms"] - rows["intended_ms"])) < 100.0
+    # never early; no late start, no queueing where the clients kept up: a wrong start instant
+    # would be off by seconds
+    lateness = rows["sent_ms"] - rows["intended_ms"]
+    assert float(np.nanmin(lateness)) >= -1e-3
+    if kept_up:
+        assert float(np.nanmean(lateness)) < 100.0
     for w in merged["per_worker"]:
-        assert w["start_late_ms"] < 250.0 and w["loop_lag_p99_ms"] >= 0.0 and w["error"] is None
+        assert w["start_late_ms"] >= 0.0 and w["loop_lag_p99_ms"] >= 0.0 and w["error"] is None
+        if kept_up:
+            assert w["start_late_ms"] < 250.0
     assert merged["client_saturated"] == any(w["client_saturated"] for w in merged["per_worker"])
     # readers of vLLM results read the merged one unchanged
     (row,) = field_report_collector(folder)
@@ -387,7 +397,10 @@ def test_every_worker_killed_leaves_a_partial_result_rebuilt_from_their_rows(sim
     # the figures are the stored rows' own: TTFT from the rows, ITL from the chunk store
     ttft = (measured["first_ms"] - measured["sent_ms"])[measured["ok"]]
     assert sorted(res["ttfts"]) == pytest.approx(sorted(ttft / 1000.0), rel=1e-6)
-    assert res["median_itl_ms"] is not None and res["median_itl_ms"] > 0
+    # gaps read in one receive after a stall are 0, so only a killed run that kept up has a median > 0
+    assert res["median_itl_ms"] is not None and res["median_itl_ms"] >= 0
+    if not res["client_saturated"]:
+        assert res["median_itl_ms"] > 0
     assert res["per_request"]["rows"] == len(rows) and res["per_request"]["complete"] is False
     assert "rebuilt" in res["per_request"]["error"]
     assert len(read_requests(out / res["per_request"]["requests"])) == len(rows)
