@@ -301,7 +301,8 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, name_a: str | None = None, name_b:
         text = (f"peak output throughput ({_fmt_len(row_a.input_len)}/{_fmt_len(row_a.output_len)}): "
                 f"{name_a} {row_a.output_throughput:,.0f} tok/s at concurrency {int(row_a.concurrency)}, "
                 f"{name_b} {row_b['output_throughput']:,.0f} tok/s at concurrency {int(row_b['concurrency'])} "
-                f"(B/A {row_b['output_throughput'] / row_a.output_throughput:.2f}×)")
+                f"(B/A {row_b['output_throughput'] / row_a.output_throughput:.2f}×"
+                f"{_sweep_end_note(a, b, row_a, row_b, name_a, name_b)})")
         caveats, qualifiers = _caveats(issues, "output_throughput", (name_a, name_b))
         ends = ("output_throughput_ci_low", "output_throughput_ci_high")
         if all(e in pa.columns and e in pb.columns for e in ends) and intervals.separated(
@@ -310,6 +311,28 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, name_a: str | None = None, name_b:
         concl.append(Conclusion(text, "peak output throughput", supported=not caveats, caveats=caveats,
                                 qualifiers=qualifiers))
     return Comparison(name_a, name_b, tab, concl, issues)
+
+
+def _still_rising(runs: pd.DataFrame, input_len: float, output_len: float, concurrency: float) -> bool:
+    """Whether a peak sits at the highest concurrency its sweep measured and is more than
+    ``THRESHOLD`` above the point before it: throughput still climbing, no plateau reached."""
+    same = runs.dropna(subset=["output_throughput", "concurrency"])
+    same = same[(same["input_len"] == input_len) & (same["output_len"] == output_len)]
+    by_conc = same.groupby("concurrency")["output_throughput"].mean().sort_index()
+    if len(by_conc) < 2 or concurrency < by_conc.index[-1]:
+        return False
+    return bool(by_conc.iloc[-1] > (1.0 + THRESHOLD) * by_conc.iloc[-2])
+
+
+def _sweep_end_note(a: pd.DataFrame, b: pd.DataFrame, row_a, row_b: pd.Series, name_a: str, name_b: str) -> str:
+    """A peak still climbing at the sweep's last point is no plateau: its ratio is the sweep's,
+    not necessarily the deployments' (a quick sweep stops below either engine's capacity)."""
+    rising = [name for name, runs, row in ((name_a, a, row_a._asdict()), (name_b, b, row_b))
+              if _still_rising(runs, row["input_len"], row["output_len"], row["concurrency"])]
+    if not rising:
+        return ""
+    return (f"; {' and '.join(rising)} still rising at the sweep's highest concurrency: the sweep's peak, "
+            f"not necessarily the deployment's")
 
 
 def _intervals_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

@@ -291,6 +291,23 @@ def test_a_drifting_ratio_is_given_as_a_range_with_its_direction():
     assert "B's output throughput is 1.20–2.00× A's at every concurrency (2.00× at concurrency 1, 1.20× at 8)" in texts
 
 
+def test_a_peak_still_rising_at_the_sweeps_end_is_said_to_be_the_sweeps():
+    rising = _runs("A", [100, 200, 300, 400], [50, 60, 70, 80])  # +33 % from 4 to 8
+    plateau = _runs("B", [150, 300, 450, 420], [50, 60, 70, 80])
+    flat_end = _runs("B", [150, 300, 450, 460], [50, 60, 70, 80])  # highest at 8, but +2 %: a plateau
+
+    def peak_text(a, b):
+        (peak,) = [c for c in compare(a, b).conclusions if c.figure == "peak output throughput"]
+        return peak.text
+
+    text = peak_text(rising, plateau)
+    assert "A 400 tok/s at concurrency 8, B 450 tok/s at concurrency 4 (B/A 1.12×" in text
+    assert "A still rising at the sweep's highest concurrency: the sweep's peak, not necessarily the deployment's" in text
+    assert "A and B still rising" in peak_text(rising, rising.assign(label="B"))
+    assert peak_text(rising, flat_end).count("still rising") == 1 and "A still rising" in peak_text(rising, flat_end)
+    assert peak_text(plateau.assign(label="A"), flat_end).endswith("(B/A 1.02×)")
+
+
 def test_a_single_point_is_not_a_trend():
     a = _runs("A", [100, 200, 300, 400], [50, 60, 70, 80])
     b = _runs("B", [100, 300, 300, 400], [50, 60, 70, 80])
